@@ -1,0 +1,33 @@
+"""`distill eval`: STS evaluation of any model."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import DistillError
+
+
+def _cmd_eval(args) -> int:
+    from ..io import write_json_atomic
+    from ..sts_eval import evaluate_sts, format_table
+
+    results = evaluate_sts(
+        args.model, tasks=args.tasks, sts_dir=args.sts_dir, batch_size=args.batch_size, progress=not args.quiet
+    )
+    print(format_table(results, title=args.model))
+    if args.json:
+        write_json_atomic(args.json, {"model": args.model, "sts_dir": args.sts_dir, "scores": results})
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+
+def register(sub) -> None:
+    ev = sub.add_parser("eval", help="STS evaluation: STS12-16, STS-B, SICK-R and their average")
+    ev.add_argument("--model", required=True, help="model folder, preset name, hub id or PyPI model key")
+    ev.add_argument("--sts-dir", help="folder laid out like ../shared/data/sts (default: the hub)")
+    ev.add_argument("--tasks", nargs="+", help="subset of STS12 STS13 STS14 STS15 STS16 STS-B SICK-R STS-B-dev (default: the seven test sets)")
+    ev.add_argument("--json", help="also write the scores to this JSON file")
+    ev.add_argument("--batch-size", type=int, default=128)
+    ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    ev.set_defaults(func=_cmd_eval)

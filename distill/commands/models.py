@@ -1,0 +1,36 @@
+"""`distill models`: list presets, pull models into the cache."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import DistillError
+
+
+def _cmd_models(args) -> int:
+    from ..models import COMPLETE_MARKER, PYPI_MODELS, cache_root, resolve_model
+    from ..presets import find_preset, list_presets
+
+    if args.action == "list":
+        print("teachers: " + ", ".join(list_presets("teachers")))
+        print("students: " + ", ".join(list_presets("students")))
+        for key, spec in PYPI_MODELS.items():
+            cached = (cache_root() / "models" / key / COMPLETE_MARKER).is_file()
+            print(f"offline copy {key}: {spec.hub_id} from PyPI {spec.packages[0]}"
+                  f"{'..' + spec.packages[-1][-3:] if len(spec.packages) > 1 else ''}"
+                  f" [{'cached' if cached else 'not pulled'}]")
+        return 0
+    if not args.name:
+        raise DistillError(f"distill models {args.action}: give a model name")
+    preset = find_preset(args.name)
+    path = resolve_model(args.name, offline_source=preset.offline_source if preset else None)
+    print(path)
+    return 0
+
+
+
+def register(sub) -> None:
+    mo = sub.add_parser("models", help="list presets, or pull a model into the local cache")
+    mo.add_argument("action", choices=["list", "pull", "path"])
+    mo.add_argument("name", nargs="?")
+    mo.set_defaults(func=_cmd_models)

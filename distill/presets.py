@@ -1,0 +1,112 @@
+"""Teacher and student presets: YAML files in the repository's teachers/ and students/ folders.
+
+Presets are data, not code: adding a teacher means adding a YAML file. Every field is checked,
+and an unknown or missing one is an error naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import DistillError
+
+POOLINGS = ("mean", "cls", "cls_before_pooler")
+
+
+def repo_root() -> Path:
+    """Folder that holds teachers/, students/ and configs/ (override with $DISTILL_HOME)."""
+    env = os.environ.get("DISTILL_HOME")
+    return Path(env) if env else Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    name: str
+    hub_id: str
+    offline_source: str | None
+    pooling: str
+    normalize: bool
+    dim: int
+    max_length: int
+
+    @property
+    def model(self) -> str:
+        return self.hub_id
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    name: str
+    base: str
+    offline_source: str | None
+    layers: int | list[int] | None
+    pooling: str
+    normalize: bool
+    hidden_dim: int
+    max_length: int
+
+    @property
+    def model(self) -> str:
+        return self.base
+
+
+def _load(kind: str, cls, name: str):
+    folder = repo_root() / kind
+    path = folder / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(list_presets(kind)) or "(none)"
+        raise DistillError(f"unknown {kind[:-1]} preset {name!r}: no {path}. Known {kind}: {known}")
+    return parse_preset(path, cls)
+
+
+def parse_preset(path: Path, cls):
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise DistillError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise DistillError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    names = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in names:
+            raise DistillError(f"{path}: unknown key {key!r} (allowed: {', '.join(names)})")
+    for key in names:
+        if key not in data:
+            raise DistillError(f"{path}: missing key {key!r}")
+    if data["pooling"] not in POOLINGS:
+        raise DistillError(f"{path}: pooling {data['pooling']!r} is not one of {', '.join(POOLINGS)}")
+    if data["name"] != path.stem:
+        raise DistillError(f"{path}: name {data['name']!r} differs from the file name {path.stem!r}")
+    layers = data.get("layers")
+    if layers is not None and not (
+        (isinstance(layers, int) and layers > 0)
+        or (isinstance(layers, list) and layers and all(isinstance(i, int) and i >= 0 for i in layers))
+    ):
+        raise DistillError(f"{path}: layers must be a positive int or a list of layer indices, got {layers!r}")
+    return cls(**data)
+
+
+def list_presets(kind: str) -> list[str]:
+    folder = repo_root() / kind
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def load_teacher(name: str) -> TeacherSpec:
+    return _load("teachers", TeacherSpec, name)
+
+
+def load_student(name: str) -> StudentSpec:
+    return _load("students", StudentSpec, name)
+
+
+def find_preset(name: str) -> TeacherSpec | StudentSpec | None:
+    """A teacher preset of that name, else a student preset, else None."""
+    if name in list_presets("teachers"):
+        return load_teacher(name)
+    if name in list_presets("students"):
+        return load_student(name)
+    return None

@@ -1,0 +1,101 @@
+"""STS evaluation the SimCSE / SentEval way: Spearman x100 between cosine similarity and gold.
+
+Every distinct sentence of the requested sets is encoded once (26,173 for the seven sets), then
+each set is scored from the shared embedding table. Used by `distill eval` and, during
+training, as the STS callback (usually on STS-B dev alone).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy.stats import spearmanr
+
+from .errors import DistillError
+from .sts_data import DEV_TASK, TEST_TASKS, STSPairs, load_sts, normalize_task
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a.astype(np.float64)
+    b = b.astype(np.float64)
+    na = np.linalg.norm(a, axis=1).clip(min=1e-12)
+    nb = np.linalg.norm(b, axis=1).clip(min=1e-12)
+    return (a * b).sum(1) / (na * nb)
+
+
+def spearman_x100(pred: np.ndarray, gold: np.ndarray) -> float:
+    return float(spearmanr(pred, gold).statistic * 100.0)
+
+
+def _encoder_fn(model, batch_size: int, progress: bool) -> Callable[[list[str]], np.ndarray]:
+    from .encoder import Encoder
+
+    if isinstance(model, str):
+        model = Encoder.load(model)
+    if isinstance(model, Encoder):
+        return lambda s: model.encode(s, batch_size=batch_size, progress=progress, desc="STS encode")
+    if hasattr(model, "encode"):  # a SentenceTransformer, or anything shaped like it
+        return lambda s: np.asarray(model.encode(s, batch_size=batch_size, show_progress_bar=progress))
+    if callable(model):
+        return lambda s: np.asarray(model(s))
+    raise DistillError(f"cannot evaluate a {type(model).__name__}: give a model name, an Encoder, or an object with .encode")
+
+
+def resolve_tasks(tasks: Sequence[str] | None) -> list[str]:
+    if not tasks or list(tasks) == ["all"]:
+        return list(TEST_TASKS)
+    out = []
+    for t in tasks:
+        for part in str(t).split(","):
+            if part.strip():
+                name = normalize_task(part.strip())
+                if name not in out:
+                    out.append(name)
+    return out
+
+
+def evaluate_sts(
+    model,
+    tasks: Sequence[str] | None = None,
+    sts_dir=None,
+    batch_size: int = 128,
+    progress: bool = True,
+    data: dict[str, STSPairs] | None = None,
+) -> dict[str, float]:
+    """Spearman x100 per task, plus "Avg" over the test sets evaluated (STS-B dev never enters it).
+
+    `model`: a model name / folder / preset, an `Encoder`, a `SentenceTransformer`, or a callable
+    mapping a list of sentences to an (n, d) array. `tasks`: default the seven test sets; add
+    "STS-B-dev" for the selection metric. `data`: already loaded pairs (the training callback
+    loads them once).
+    """
+    names = resolve_tasks(tasks)
+    pairs = data if data is not None else {t: load_sts(t, sts_dir) for t in names}
+    missing = [t for t in names if t not in pairs]
+    if missing:
+        raise DistillError(f"no data for STS tasks {missing}")
+    sentences = sorted({s for t in names for s in (*pairs[t].sentences1, *pairs[t].sentences2)})
+    emb = _encoder_fn(model, batch_size, progress)(sentences)
+    if emb.shape[0] != len(sentences):
+        raise DistillError(f"the model returned {emb.shape[0]} embeddings for {len(sentences)} sentences")
+    row = {s: i for i, s in enumerate(sentences)}
+    results: dict[str, float] = {}
+    for t in names:
+        p = pairs[t]
+        a = emb[[row[s] for s in p.sentences1]]
+        b = emb[[row[s] for s in p.sentences2]]
+        results[t] = spearman_x100(cosine_rows(a, b), p.scores)
+    tests = [results[t] for t in names if t != DEV_TASK]
+    if tests:
+        results["Avg"] = float(np.mean(tests))
+    return results
+
+
+def format_table(results: dict[str, float], title: str | None = None) -> str:
+    """A markdown table, columns in the paper's order."""
+    cols = [c for c in (*TEST_TASKS, "Avg", DEV_TASK) if c in results]
+    head = "| " + " | ".join(([""] if title is not None else []) + cols) + " |"
+    sep = "|" + "|".join(["---"] * (len(cols) + (1 if title is not None else 0))) + "|"
+    row = "| " + " | ".join(([title] if title is not None else []) + [f"{results[c]:.2f}" for c in cols]) + " |"
+    return "\n".join([head, sep, row])
