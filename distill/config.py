@@ -111,6 +111,10 @@ def _check_value(where: str, value: Any, annotation) -> Any:
         if not isinstance(value, list):
             raise DistillError(f"{where}: expected a list, got {value!r}")
         return [_check_value(f"{where}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise DistillError(f"{where}: expected a mapping, got {value!r}")
+        return value
     if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if annotation is int and isinstance(value, int) and not isinstance(value, bool):
