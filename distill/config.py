@@ -115,6 +115,8 @@ def _check_value(where: str, value: Any, annotation) -> Any:
         if not isinstance(value, dict):
             raise DistillError(f"{where}: expected a mapping, got {value!r}")
         return value
+    if annotation is float and isinstance(value, str):
+        value = _yaml11_float(value)  # PyYAML reads "3e-5" (no dot) as a string
     if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if annotation is int and isinstance(value, int) and not isinstance(value, bool):
@@ -127,6 +129,13 @@ def _check_value(where: str, value: Any, annotation) -> Any:
         return value
     name = getattr(annotation, "__name__", str(annotation))
     raise DistillError(f"{where}: expected {name}, got {value!r}")
+
+
+def _yaml11_float(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _build(cls, data: dict, where: str):
@@ -166,6 +175,8 @@ def _check_loss(loss: dict) -> dict:
             allowed = ", ".join(params) or "(no parameters)"
             raise DistillError(f"unknown key loss.{key} for loss {name!r} (it takes: {allowed})")
         default = params[key]
+        if isinstance(default, float) and isinstance(value, str):
+            value = _yaml11_float(value)
         if isinstance(default, bool) != isinstance(value, bool) or (
             not isinstance(default, bool) and isinstance(default, (int, float)) and not isinstance(value, (int, float))
         ) or (isinstance(default, str) and not isinstance(value, str)):

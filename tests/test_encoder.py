@@ -1,0 +1,75 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from distill.encoder import Encoder, keep_layers, pool
+from distill.errors import DistillError
+
+SENTENCES = [
+    "A man is playing a guitar.",
+    "Two dogs run across a snowy field while a child watches them from the porch.",
+    "Hi.",
+    "The stock market fell sharply on Monday after the announcement.",
+    "A woman slices an onion.",
+]
+
+
+def test_mean_pooling_ignores_padding():
+    hidden = torch.arange(2 * 3 * 2, dtype=torch.float64).reshape(2, 3, 2)
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    out = pool("mean", hidden, mask)
+    assert torch.allclose(out[0], hidden[0, :2].mean(0)) and torch.allclose(out[1], hidden[1, 0])
+    assert torch.equal(pool("cls_before_pooler", hidden, mask), hidden[:, 0])
+    with pytest.raises(DistillError, match="pooling 'cls' needs a model with a pooler"):
+        pool("cls", hidden, mask, None)
+
+
+def test_layer_cutting_first_k_and_list(tiny_bert_dir):
+    full = Encoder.load(str(tiny_bert_dir), device="cpu")
+    cut = Encoder.load(str(tiny_bert_dir), layers=2, device="cpu")
+    assert len(cut.transformer.encoder.layer) == 2 and cut.transformer.config.num_hidden_layers == 2
+    # keeping the first two layers = the full model's hidden state after layer 2, mean-pooled
+    batch = full.tokenize(SENTENCES)
+    with torch.no_grad():
+        h2 = full(batch["input_ids"], batch["attention_mask"], output_hidden_states=True)["hidden_states"][2]
+        expected = pool("mean", h2, batch["attention_mask"])
+        got = cut(batch["input_ids"], batch["attention_mask"])["embedding"]
+    assert torch.allclose(got, expected, atol=1e-5)
+    picked = keep_layers(Encoder.load(str(tiny_bert_dir), device="cpu").transformer, [0, 3])
+    assert picked.encoder.layer[1] is not None and picked.config.num_hidden_layers == 2
+    with pytest.raises(DistillError, match=r"layers \[0, 7\] do not fit a model with 4 layers"):
+        Encoder.load(str(tiny_bert_dir), layers=[0, 7], device="cpu")
+
+
+def test_encode_keeps_input_order_and_matches_one_by_one(tiny_bert_dir):
+    enc = Encoder.load(str(tiny_bert_dir), device="cpu", normalize=True)
+    batched = enc.encode(SENTENCES, batch_size=2, progress=False)
+    single = np.stack([enc.encode([s], progress=False)[0] for s in SENTENCES])
+    assert batched.shape == (5, 32)
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    with pytest.raises(DistillError, match="sentence 1 is a int"):
+        enc.encode(["ok", 3], progress=False)
+
+
+def test_sentence_transformers_folder_settings_are_read(minilm_path):
+    enc = Encoder.load(str(minilm_path), device="cpu")
+    assert (enc.pooling, enc.normalize, enc.dim) == ("mean", True, 384)
+    assert enc.max_length == json.loads((minilm_path / "sentence_bert_config.json").read_text())["max_seq_length"]
+
+
+def test_matches_sentence_transformers(minilm_path):
+    from sentence_transformers import SentenceTransformer
+
+    ours = Encoder.load(str(minilm_path), device="cpu").encode(SENTENCES, progress=False)
+    ref = SentenceTransformer(str(minilm_path), device="cpu").encode(SENTENCES)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+
+
+def test_student_preset_brings_layers_and_no_normalization():
+    enc = Encoder.load("all-minilm-l3-v2", device="cpu")
+    assert len(enc.transformer.encoder.layer) == 3 and enc.normalize is False and enc.pooling == "mean"
+    norms = np.linalg.norm(enc.encode(SENTENCES, progress=False), axis=1)
+    assert norms.min() > 1.5  # un-normalized mean-pooled vectors, as the losses receive them

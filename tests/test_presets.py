@@ -1,0 +1,44 @@
+import shutil
+
+import pytest
+
+from distill.errors import DistillError
+from distill.presets import list_presets, load_student, load_teacher, repo_root
+
+
+def test_required_presets_exist_and_parse():
+    assert {"simcse-roberta-large", "all-mpnet-base-v2"} <= set(list_presets("teachers"))
+    assert {"minilm-l6-h384", "minilm-l12-h384", "all-minilm-l6-v2", "all-minilm-l3-v2"} <= set(list_presets("students"))
+    for name in list_presets("teachers"):
+        load_teacher(name)
+    for name in list_presets("students"):
+        load_student(name)
+
+
+def test_preset_values_follow_the_papers():
+    simcse = load_teacher("simcse-roberta-large")
+    assert (simcse.hub_id, simcse.pooling, simcse.dim) == ("princeton-nlp/sup-simcse-roberta-large", "cls", 1024)
+    mpnet = load_teacher("all-mpnet-base-v2")
+    assert (mpnet.hub_id, mpnet.pooling, mpnet.normalize, mpnet.dim) == ("sentence-transformers/all-mpnet-base-v2", "mean", True, 768)
+    assert load_student("minilm-l6-h384").base == "nreimers/MiniLM-L6-H384-uncased"
+    assert load_student("minilm-l12-h384").base == "microsoft/MiniLM-L12-H384-uncased"
+    l3 = load_student("all-minilm-l3-v2")
+    assert l3.layers == 3 and l3.base == "sentence-transformers/all-MiniLM-L6-v2" and l3.normalize is False
+
+
+def test_unknown_preset_names_the_known_ones():
+    with pytest.raises(DistillError, match=r"unknown teacher preset 'nope'.*all-mpnet-base-v2"):
+        load_teacher("nope")
+
+
+def test_bad_preset_file_names_file_and_key(tmp_path, monkeypatch):
+    for kind in ("teachers", "students"):
+        shutil.copytree(repo_root() / kind, tmp_path / kind)
+    monkeypatch.setenv("DISTILL_HOME", str(tmp_path))
+    bad = tmp_path / "teachers" / "broken.yaml"
+    bad.write_text((tmp_path / "teachers" / "all-mpnet-base-v2.yaml").read_text().replace("name: all-mpnet-base-v2", "name: broken") + "poolng: mean\n")
+    with pytest.raises(DistillError, match=r"broken\.yaml: unknown key 'poolng'"):
+        load_teacher("broken")
+    bad.write_text((tmp_path / "teachers" / "all-mpnet-base-v2.yaml").read_text().replace("name: all-mpnet-base-v2", "name: broken").replace("pooling: mean", "pooling: max"))
+    with pytest.raises(DistillError, match=r"broken\.yaml: pooling 'max'"):
+        load_teacher("broken")

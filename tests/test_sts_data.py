@@ -1,0 +1,65 @@
+import shutil
+
+import pytest
+
+from distill.errors import DistillError
+from distill.sts_data import load_local, normalize_task
+
+# Pair counts of the standard sets (SentEval / SimCSE), gold-less pairs skipped.
+EXPECTED = {"STS12": 3108, "STS13": 1500, "STS14": 3750, "STS15": 3000, "STS16": 1186, "STS-B": 1379, "SICK-R": 4927, "STS-B-dev": 1500}
+
+
+@pytest.mark.parametrize("task", list(EXPECTED))
+def test_pair_counts_match_the_standard_sets(sts_dir, task):
+    pairs = load_local(task, sts_dir)
+    assert len(pairs) == len(pairs.sentences1) == len(pairs.sentences2) == EXPECTED[task]
+    assert pairs.scores.min() >= 0 and pairs.scores.max() <= 5
+    assert all(isinstance(s, str) and s for s in pairs.sentences1[:50])
+
+
+def test_sts16_uses_the_first_two_columns(sts_dir):
+    pairs = load_local("STS16", sts_dir)
+    assert not any("\t" in s or "Europe Media Monitor" in s for s in pairs.sentences2)
+
+
+def test_task_aliases():
+    assert normalize_task("stsb") == "STS-B" and normalize_task("sickr") == "SICK-R" and normalize_task("sts-b-dev") == "STS-B-dev"
+    with pytest.raises(DistillError, match=r"unknown STS task 'sts17'"):
+        normalize_task("sts17")
+
+
+def test_missing_folder_is_named(tmp_path):
+    with pytest.raises(DistillError, match=r"STS folder not found: .*nowhere"):
+        load_local("STS12", tmp_path / "nowhere")
+
+
+def test_missing_file_is_named(tmp_path, sts_dir):
+    shutil.copytree(sts_dir / "sts13", tmp_path / "sts13")
+    (tmp_path / "sts13" / "STS.gs.FNWN.txt").unlink()
+    with pytest.raises(DistillError, match=r"missing STS file: .*sts13/STS\.gs\.FNWN\.txt"):
+        load_local("STS13", tmp_path)
+
+
+def test_gs_input_line_count_mismatch_names_both_files(tmp_path, sts_dir):
+    shutil.copytree(sts_dir / "sts13", tmp_path / "sts13")
+    gs = tmp_path / "sts13" / "STS.gs.headlines.txt"
+    gs.write_text("\n".join(gs.read_text().splitlines()[:-3]) + "\n")
+    with pytest.raises(DistillError, match=r"STS\.input\.headlines\.txt has 750 lines but .*STS\.gs\.headlines\.txt has 747"):
+        load_local("STS13", tmp_path)
+
+
+def test_bad_gold_and_bad_columns_name_file_and_line(tmp_path, sts_dir):
+    shutil.copytree(sts_dir / "sts13", tmp_path / "sts13")
+    gs = tmp_path / "sts13" / "STS.gs.OnWN.txt"
+    lines = gs.read_text().splitlines()
+    lines[4] = "four"
+    gs.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DistillError, match=r"STS\.gs\.OnWN\.txt:5: gold score 'four' is not a number"):
+        load_local("STS13", tmp_path)
+    shutil.copytree(sts_dir / "stsb", tmp_path / "stsb")
+    test = tmp_path / "stsb" / "sts-test.csv"
+    lines = test.read_text().splitlines()
+    lines[9] = "only\tthree\tcolumns"
+    test.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DistillError, match=r"sts-test\.csv:10: expected 7 tab-separated columns, found 3"):
+        load_local("STS-B", tmp_path)
