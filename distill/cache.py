@@ -1,0 +1,247 @@
+"""The teacher embedding cache: the frozen teacher encodes the corpus once, every run reuses it.
+
+A cache folder holds
+  sentences.txt        the de-duplicated corpus, one sentence per line (row i = line i)
+  embeddings.npy       float16 N x D, opened memory-mapped
+  pca.npz, pca_K.npy   optional: PCA fitted on a sample (mean, components) and the N x K
+                       projected targets (HPD's targets)
+  manifest.json        teacher, pooling, normalize, dim, max length, corpus sha256, counts...;
+                       written last, with "complete": true: a folder without it is not a cache
+While building, shards/NNNNN.npy (one per `shard_size` rows) are written atomically next to a
+build.json that pins the build parameters, so an interrupted build resumes at the first missing
+shard; the final matrix is assembled from the shards at the end.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .corpus import Corpus, read_corpus, read_sentences_file, write_sentences
+from .errors import DistillError
+from .io import write_json_atomic
+from .models import resolve_model
+from .presets import TeacherSpec, load_teacher
+
+FORMAT_VERSION = 1
+# Fields that must agree between a cache and the run that uses it.
+IDENTITY_FIELDS = ("teacher", "teacher_model", "pooling", "normalize", "dim", "max_length", "corpus_sha256")
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    tmp.replace(path)
+
+
+def model_revision(path: Path) -> str:
+    """The hub commit when the folder is a huggingface_hub snapshot, else a hash of the weights."""
+    if path.parent.name == "snapshots":
+        return f"hub:{path.name}"
+    weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin"))
+    h = hashlib.sha256()
+    for w in weights:
+        with open(w, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+    return f"sha256:{h.hexdigest()}"
+
+
+def teacher_identity(spec: TeacherSpec) -> dict:
+    return {
+        "teacher": spec.name,
+        "teacher_model": spec.hub_id,
+        "pooling": spec.pooling,
+        "normalize": spec.normalize,
+        "dim": spec.dim,
+        "max_length": spec.max_length,
+    }
+
+
+@dataclass
+class TeacherCache:
+    """An opened, complete cache. `embeddings` is a read-only memory map (float16)."""
+
+    path: Path
+    manifest: dict
+    embeddings: np.ndarray
+    build_stats: dict | None = None  # set by build_cache: shards reused / encoded
+
+    @classmethod
+    def open(cls, path: str | Path, expect: dict | None = None) -> "TeacherCache":
+        """Open a complete cache; `expect` (e.g. teacher_identity(spec) + corpus_sha256) must agree."""
+        path = Path(path)
+        manifest_file = path / "manifest.json"
+        if not manifest_file.is_file():
+            hint = " (a build was interrupted: run `distill cache` again to resume it)" if (path / "build.json").is_file() else ""
+            raise DistillError(f"{path}: not a complete teacher cache, no manifest.json{hint}")
+        manifest = json.loads(manifest_file.read_text())
+        if not manifest.get("complete"):
+            raise DistillError(f"{manifest_file}: the cache is not marked complete")
+        for key, value in (expect or {}).items():
+            if manifest.get(key) != value:
+                raise DistillError(
+                    f"teacher cache {path} does not match this run: {key} is {manifest.get(key)!r} in the cache "
+                    f"but {value!r} here; rebuild it with `distill cache` or point to another --out"
+                )
+        emb = np.load(path / "embeddings.npy", mmap_mode="r")
+        if emb.shape != (manifest["count"], manifest["dim"]):
+            raise DistillError(f"{path}/embeddings.npy has shape {emb.shape}, the manifest says {(manifest['count'], manifest['dim'])}")
+        return cls(path, manifest, emb)
+
+    def sentences(self) -> list[str]:
+        out = read_sentences_file(self.path / "sentences.txt")
+        if len(out) != self.manifest["count"]:
+            raise DistillError(f"{self.path}/sentences.txt has {len(out)} lines, the manifest says {self.manifest['count']}")
+        return out
+
+    def pca_targets(self, k: int | None = None) -> np.ndarray:
+        pca = self.manifest.get("pca")
+        if not pca or (k is not None and pca["k"] != k):
+            have = f"PCA to {pca['k']} dims" if pca else "no PCA"
+            raise DistillError(f"teacher cache {self.path} has {have}; HPD asks for k={k}: rebuild with `distill cache --pca {k}`")
+        return np.load(self.path / pca["targets"], mmap_mode="r")
+
+    def __len__(self) -> int:
+        return int(self.manifest["count"])
+
+
+def fit_pca(matrix: np.ndarray, k: int, sample: int = 50_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean (D), components (k x D) and explained variance (k) from a random sample of rows."""
+    n, d = matrix.shape
+    if not 0 < k <= min(d, n):
+        raise DistillError(f"--pca {k}: must be between 1 and min(dim={d}, sentences={n})")
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
+    x = np.asarray(matrix[rows], dtype=np.float64)
+    mean = x.mean(0)
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    var = (s**2) / max(len(x) - 1, 1)
+    return mean.astype(np.float32), vt[:k].astype(np.float32), var[:k].astype(np.float32)
+
+
+def build_cache(
+    teacher: str | TeacherSpec,
+    corpus: list[str] | Corpus,
+    out: str | Path,
+    *,
+    pca: int | None = None,
+    column: str | None = None,
+    max_sentences: int | None = None,
+    batch_size: int = 256,
+    shard_size: int = 16384,
+    device=None,
+    progress: bool = True,
+    encoder=None,
+) -> TeacherCache:
+    """Encode the corpus with the teacher exactly as its preset says; resume an interrupted build."""
+    from .encoder import Encoder
+
+    spec = load_teacher(teacher) if isinstance(teacher, str) else teacher
+    out = Path(out)
+    if not isinstance(corpus, Corpus):
+        corpus = read_corpus(list(corpus), column=column, max_sentences=max_sentences)
+    if not corpus.sentences:
+        raise DistillError(f"the corpus {', '.join(corpus.sources)} holds no sentence after dropping empty lines")
+    identity = {**teacher_identity(spec), "corpus_sha256": corpus.sha256}
+    if (out / "manifest.json").is_file():
+        cache = TeacherCache.open(out, expect=identity)  # refuses a mismatched one, with the field
+        if pca and (cache.manifest.get("pca") or {}).get("k") != pca:
+            return _add_pca(cache, pca)
+        print(f"[distill] teacher cache {out} is complete and matches: reused", flush=True)
+        return cache
+
+    out.mkdir(parents=True, exist_ok=True)
+    shards = out / "shards"
+    build_file = out / "build.json"
+    params = {**identity, "count": len(corpus.sentences), "shard_size": shard_size}
+    if build_file.is_file():
+        previous = json.loads(build_file.read_text())
+        if previous != params:
+            diff = [k for k in params if previous.get(k) != params[k]]
+            raise DistillError(f"{out} holds an interrupted build with other parameters ({', '.join(diff)} differ): use another --out or delete it")
+    else:
+        if shards.exists():
+            shutil.rmtree(shards)
+        write_json_atomic(build_file, params)
+    shards.mkdir(exist_ok=True)
+    write_sentences(out / "sentences.txt", corpus.sentences)
+
+    n = len(corpus.sentences)
+    n_shards = (n + shard_size - 1) // shard_size
+    todo = [i for i in range(n_shards) if not (shards / f"{i:05d}.npy").is_file()]
+    stats = {"shards": n_shards, "shards_reused": n_shards - len(todo), "shards_encoded": len(todo)}
+    if stats["shards_reused"]:
+        print(f"[distill] resuming {out}: {stats['shards_reused']} of {n_shards} shards already encoded", flush=True)
+    if todo:
+        enc = encoder or Encoder.load(spec.name, device=device)
+        if enc.dim != spec.dim:
+            raise DistillError(f"teacher {spec.name} gives {enc.dim}-d vectors but its preset says dim {spec.dim}")
+        done = n_shards - len(todo)
+        bar = tqdm(total=n, initial=min(done * shard_size, n), desc=f"cache {spec.name}", unit="sent", disable=not progress)
+        for i in todo:
+            chunk = corpus.sentences[i * shard_size : (i + 1) * shard_size]
+            emb = enc.encode(chunk, batch_size=batch_size, progress=False)
+            _save_npy_atomic(shards / f"{i:05d}.npy", emb.astype(np.float16))
+            bar.update(len(chunk))
+        bar.close()
+
+    matrix = np.lib.format.open_memmap(out / ".embeddings.npy.tmp", mode="w+", dtype=np.float16, shape=(n, spec.dim))
+    for i in range(n_shards):
+        part = np.load(shards / f"{i:05d}.npy")
+        if part.shape != (min(shard_size, n - i * shard_size), spec.dim):
+            raise DistillError(f"{shards / f'{i:05d}.npy'}: shape {part.shape} does not fit row {i * shard_size}; delete it to recompute")
+        matrix[i * shard_size : i * shard_size + len(part)] = part
+    matrix.flush()
+    del matrix
+    (out / ".embeddings.npy.tmp").replace(out / "embeddings.npy")
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        **identity,
+        "teacher_revision": model_revision(Path(encoder.source) if encoder is not None else resolve_model(spec.name)),
+        "corpus_sources": corpus.sources,
+        "count": n,
+        "read": corpus.read,
+        "dropped_empty": corpus.dropped_empty,
+        "dropped_duplicates": corpus.dropped_duplicates,
+        "dtype": "float16",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "pca": None,
+        "complete": False,
+    }
+    cache = TeacherCache(out, manifest, np.load(out / "embeddings.npy", mmap_mode="r"))
+    if pca:
+        manifest["pca"] = _write_pca(cache, pca)
+    # Only now is it a cache: manifest.json with complete=true is written last.
+    manifest["complete"] = True
+    write_json_atomic(out / "manifest.json", manifest)
+    shutil.rmtree(shards)
+    build_file.unlink()
+    print(f"[distill] teacher cache {out}: {corpus.summary()}, {spec.dim}-d float16", flush=True)
+    cache = TeacherCache.open(out)
+    cache.build_stats = stats
+    return cache
+
+
+def _write_pca(cache: TeacherCache, k: int) -> dict:
+    mean, comps, var = fit_pca(cache.embeddings, k)
+    _save_npy_atomic(cache.path / f"pca_{k}.npy", ((np.asarray(cache.embeddings, dtype=np.float32) - mean) @ comps.T).astype(np.float16))
+    with open(cache.path / ".pca.npz.tmp", "wb") as f:
+        np.savez(f, mean=mean, components=comps, explained_variance=var)
+    (cache.path / ".pca.npz.tmp").replace(cache.path / "pca.npz")
+    return {"k": k, "file": "pca.npz", "targets": f"pca_{k}.npy", "sample": min(50_000, len(cache))}
+
+
+def _add_pca(cache: TeacherCache, k: int) -> TeacherCache:
+    manifest = dict(cache.manifest)
+    manifest["pca"] = _write_pca(cache, k)
+    write_json_atomic(cache.path / "manifest.json", manifest)
+    return TeacherCache.open(cache.path)

@@ -1,0 +1,31 @@
+"""`distill cache`: encode a corpus once with a frozen teacher."""
+
+from __future__ import annotations
+
+
+def _cmd_cache(args) -> int:
+    from ..cache import build_cache
+
+    cache = build_cache(
+        args.teacher, args.corpus, args.out, pca=args.pca, column=args.column, max_sentences=args.max_sentences,
+        batch_size=args.batch_size, shard_size=args.shard_size, progress=not args.quiet,
+    )
+    m = cache.manifest
+    print(f"{cache.path}: {m['count']:,} sentences x {m['dim']} ({m['teacher']}, {m['pooling']} pooling, "
+          f"normalize={m['normalize']}); dropped {m['dropped_empty']:,} empty, {m['dropped_duplicates']:,} duplicates"
+          + (f"; PCA to {m['pca']['k']}" if m.get("pca") else ""))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("cache", help="encode a corpus with a teacher once (float16, memory-mapped, resumable)")
+    p.add_argument("--teacher", required=True, help="teacher preset (teachers/*.yaml)")
+    p.add_argument("--corpus", required=True, nargs="+", help="text/.gz files (one sentence a line), .jsonl/.csv/.tsv, or hub dataset names")
+    p.add_argument("--out", required=True, help="cache folder")
+    p.add_argument("--pca", type=int, help="also store the targets projected to K PCA dims (HPD; the paper uses 128)")
+    p.add_argument("--column", help="text column of JSONL/CSV/hub sources (default: text, sentence, ...)")
+    p.add_argument("--max-sentences", type=int, help="keep only the first N distinct sentences")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--shard-size", type=int, default=16384, help="rows per resumable shard")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_cache)

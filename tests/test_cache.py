@@ -1,0 +1,145 @@
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from distill.cache import TeacherCache, build_cache, fit_pca, teacher_identity
+from distill.corpus import read_corpus
+from distill.encoder import Encoder
+from distill.errors import DistillError
+from distill.presets import TeacherSpec
+
+from conftest import CORPUS_DIR, REPO
+
+
+def _tiny_teacher_home(tmp_path: Path, model_dir: Path) -> tuple[Path, TeacherSpec]:
+    """A DISTILL_HOME whose teachers/tiny.yaml points at the tiny BERT folder."""
+    home = tmp_path / "home"
+    (home / "teachers").mkdir(parents=True)
+    (home / "students").mkdir()
+    (home / "teachers" / "tiny.yaml").write_text(
+        f"name: tiny\nhub_id: {model_dir}\noffline_source: null\npooling: mean\nnormalize: true\ndim: 32\nmax_length: 32\n"
+    )
+    spec = TeacherSpec(name="tiny", hub_id=str(model_dir), offline_source=None, pooling="mean", normalize=True, dim=32, max_length=32)
+    return home, spec
+
+
+def _corpus_file(tmp_path: Path, n: int) -> Path:
+    with gzip.open(CORPUS_DIR / "wordnet-glosses.txt.gz", "rt", encoding="utf-8") as f:
+        lines = [next(f).rstrip("\n") for _ in range(n)]
+    path = tmp_path / "corpus.txt"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_corpus_cleaning_counts_and_formats(tmp_path):
+    (tmp_path / "a.txt").write_text("One.\n\n  Two.  \nOne.\n   \n")
+    with gzip.open(tmp_path / "b.txt.gz", "wt") as f:
+        f.write("Three.\nTwo.\n")
+    (tmp_path / "c.jsonl").write_text('{"text": "Four."}\n{"text": "One."}\n')
+    (tmp_path / "d.csv").write_text('id,sentence\n1,"Five, with a comma."\n2,Four.\n')
+    corpus = read_corpus([str(tmp_path / n) for n in ("a.txt", "b.txt.gz", "c.jsonl", "d.csv")])
+    assert corpus.sentences == ["One.", "Two.", "Three.", "Four.", "Five, with a comma."]
+    assert (corpus.read, corpus.dropped_empty, corpus.dropped_duplicates) == (11, 2, 4)
+
+
+def test_non_utf8_names_file_and_line(tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(b"fine\nalso fine\ncaf\xe9\n")
+    with pytest.raises(DistillError, match=r"bad\.txt:3: not UTF-8"):
+        read_corpus([str(bad)])
+    with pytest.raises(DistillError, match=r"corpus file not found: .*missing\.txt"):
+        read_corpus([str(tmp_path / "missing.txt")])
+
+
+def test_cache_matches_the_teacher_and_refuses_a_mismatch(tmp_path, tiny_bert_dir):
+    _, spec = _tiny_teacher_home(tmp_path, tiny_bert_dir)
+    corpus = _corpus_file(tmp_path, 300)
+    enc = Encoder.load(str(tiny_bert_dir), pooling="mean", normalize=True, max_length=32, device="cpu")
+    cache = build_cache(spec, [str(corpus)], tmp_path / "cache", pca=8, shard_size=128, encoder=enc, progress=False)
+    sentences = cache.sentences()
+    assert len(sentences) == len(cache) == 300 and cache.embeddings.dtype == np.float16
+    np.testing.assert_allclose(cache.embeddings, enc.encode(sentences, progress=False), atol=2e-3)
+    m = cache.manifest
+    assert m["complete"] and m["teacher"] == "tiny" and m["dim"] == 32 and m["teacher_revision"].startswith("sha256:")
+    assert not (tmp_path / "cache" / "shards").exists() and not (tmp_path / "cache" / "build.json").exists()
+    # PCA: targets are the centered embeddings on the top-8 principal axes
+    pca = np.load(tmp_path / "cache" / "pca.npz")
+    x = np.asarray(cache.embeddings, dtype=np.float64)
+    np.testing.assert_allclose(cache.pca_targets(8), (x - pca["mean"]) @ pca["components"].T, atol=2e-3)
+    assert np.all(np.diff(pca["explained_variance"]) <= 1e-7)
+    # a run whose teacher or corpus differs is refused, naming the field
+    expect = {**teacher_identity(spec), "corpus_sha256": m["corpus_sha256"]}
+    TeacherCache.open(tmp_path / "cache", expect=expect)
+    with pytest.raises(DistillError, match=r"pooling is 'mean' in the cache but 'cls' here"):
+        TeacherCache.open(tmp_path / "cache", expect={**expect, "pooling": "cls"})
+    other = tmp_path / "other.txt"
+    other.write_text("A different corpus.\n")
+    with pytest.raises(DistillError, match=r"corpus_sha256 is '[0-9a-f]+' in the cache but"):
+        build_cache(spec, [str(other)], tmp_path / "cache", encoder=enc, progress=False)
+    with pytest.raises(DistillError, match=r"has PCA to 8 dims; HPD asks for k=16"):
+        cache.pca_targets(16)
+
+
+def test_fit_pca_matches_numpy_svd():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6))
+    mean, comps, var = fit_pca(x, 3)
+    cov = np.cov(x.T)
+    evals, evecs = np.linalg.eigh(cov)
+    np.testing.assert_allclose(var, evals[::-1][:3], rtol=1e-5)
+    for i in range(3):
+        assert abs(abs(comps[i] @ evecs[:, ::-1][:, i]) - 1) < 1e-5
+
+
+def test_interrupted_build_resumes_where_it_stopped(tmp_path, tiny_bert_dir):
+    home, spec = _tiny_teacher_home(tmp_path, tiny_bert_dir)
+    corpus = _corpus_file(tmp_path, 3000)
+    out = tmp_path / "cache"
+    env = {**os.environ, "DISTILL_HOME": str(home), "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "distill.cli", "cache", "--teacher", "tiny", "--corpus", str(corpus), "--out", str(out), "--shard-size", "100", "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (out / "shards" / "00001.npy").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "manifest.json").exists(), "the build finished before it could be interrupted"
+    with pytest.raises(DistillError, match="not a complete teacher cache.*interrupted"):
+        TeacherCache.open(out)
+    done_before = len(list((out / "shards").glob("*.npy")))
+    assert done_before >= 2
+    enc = Encoder.load(str(tiny_bert_dir), pooling="mean", normalize=True, max_length=32, device="cpu")
+    cache = build_cache(spec, [str(corpus)], out, shard_size=100, encoder=enc, progress=False)
+    assert cache.build_stats["shards_reused"] == done_before
+    assert cache.build_stats["shards_encoded"] == 30 - done_before
+    # the resumed cache equals what an uninterrupted encoding gives, row for row
+    np.testing.assert_allclose(cache.embeddings, enc.encode(cache.sentences(), progress=False), atol=2e-3)
+    assert json.loads((out / "manifest.json").read_text())["count"] == 3000
+
+
+@pytest.mark.integration
+def test_offline_teacher_cache_over_part_of_the_shared_corpus(tmp_path):
+    """The packaged all-MiniLM-L6-v2 as teacher, via the CLI, on 400 corpus sentences."""
+    from sentence_transformers import SentenceTransformer
+
+    corpus = CORPUS_DIR / "sts-family-train.txt.gz"
+    out = tmp_path / "cache"
+    proc = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "cache", "--teacher", "all-minilm-l6-v2", "--corpus", str(corpus),
+         "--out", str(out), "--max-sentences", "400", "--pca", "32", "--quiet"],
+        capture_output=True, text=True, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "400 sentences x 384" in proc.stdout
+    cache = TeacherCache.open(out)
+    ref = SentenceTransformer(str(Encoder.load("all-minilm-l6-v2", device="cpu").source), device="cpu").encode(cache.sentences())
+    np.testing.assert_allclose(cache.embeddings, ref, atol=2e-3)
+    assert cache.pca_targets(32).shape == (400, 32)
