@@ -1,0 +1,53 @@
+"""Direction matching: one minus the cosine between the (projected) student vector and the teacher's."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import DistillError
+from .functional import DistillLoss, precise
+from .mse import _projection
+
+
+class CosineLoss(DistillLoss):
+    """L = mean_i [1 - cos(W s_i, t_i)].
+
+    W is a learned nn.Linear(d_s, d_t) when the widths differ (or `projection=True`), the identity
+    otherwise; training-only. Scale-free, so unlike MSE it needs no standardization of the teacher:
+    it trains exactly the quantity STS evaluation reads (the direction). This is the "cosine"
+    distance of EmbedDistill (Kim et al., 2023, "EmbedDistill: A Geometric Knowledge Distillation
+    for Information Retrieval"), sentence-transformers' `EmbedDistillLoss(distance_metric="cosine")`.
+
+    Returns {"loss", "cosine" (mean cos(W s_i, t_i), detached)}.
+    """
+
+    name = "cosine"
+    citation = """
+@article{kim2023embeddistill,
+    title = {EmbedDistill: A Geometric Knowledge Distillation for Information Retrieval},
+    author = {Kim, Seungyeon and Rawat, Ankit Singh and Zaheer, Manzil and Jayasumana, Sadeep and Sadhanala, Veeranjaneyulu and Jitkrittum, Wittawat and Menon, Aditya Krishna and Fergus, Rob and Kumar, Sanjiv},
+    journal = {arXiv preprint arXiv:2301.12005},
+    year = {2023},
+}
+"""
+
+    def __init__(self, student_dim: int, teacher_dim: int, *, projection: bool | None = None):
+        super().__init__()
+        self.student_dim, self.teacher_dim = int(student_dim), int(teacher_dim)
+        self.projection = _projection(self.student_dim, self.teacher_dim, projection, "cosine")
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"projection": self.projection is not None}
+
+    def forward(self, student_out: dict, teacher: Tensor) -> dict:
+        s = student_out["embedding"]
+        pred = precise(self.projection(s) if self.projection is not None else s)
+        t = self._teacher(teacher, pred)
+        if t.shape != pred.shape:
+            raise DistillError(f"cosine: teacher batch {tuple(t.shape)} does not match the student's {tuple(pred.shape)}")
+        cos = F.cosine_similarity(pred, t, dim=-1, eps=1e-8)
+        loss = (1.0 - cos).mean()
+        return {"loss": loss, "cosine": cos.mean().detach()}

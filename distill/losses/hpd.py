@@ -1,0 +1,90 @@
+"""Homomorphic Projective Distillation (HPD): a compact tanh projection regressing the teacher's PCA."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import DistillError
+from .functional import DistillLoss, precise
+
+
+@torch.no_grad()
+def fit_pca(teacher_all: Tensor | np.ndarray, k: int = 128, max_rows: int | None = 40000) -> Tensor:
+    """The k principal directions (k x d_t, float32) of teacher vectors, for building HPD targets.
+
+    Fitted on centered data (like sklearn's PCA, on the first `max_rows` rows as the authors do with
+    40,000 sentences), but the authors then project WITHOUT subtracting the mean: their targets are
+    `teacher @ components.T` (a bias-free nn.Linear holding `pca.components_`). Do the same for the
+    cache so the targets match the paper.
+    """
+    t = torch.as_tensor(teacher_all)
+    if max_rows is not None:
+        t = t[:max_rows]
+    t = t.to(torch.float64)
+    if t.dim() != 2 or not 0 < k <= min(t.shape):
+        raise DistillError(f"fit_pca: cannot take {k} components from a {tuple(t.shape)} matrix")
+    centered = t - t.mean(0, keepdim=True)
+    # Right singular vectors of the centered data = eigenvectors of the covariance, by variance.
+    _, _, vh = torch.linalg.svd(centered, full_matrices=False)
+    return vh[:k].to(torch.float32).contiguous()
+
+
+class HPDLoss(DistillLoss):
+    """HPD (Zhao, Yu, Wu, Li, Findings of ACL 2022, "Compressing Sentence Representation for
+    Semantic Retrieval via Homomorphic Projective Distillation").
+
+    The student grows a learnable projection P(s) = tanh(A s + b) (a sentence-transformers
+    Dense(d_s -> K, Tanh)) and is trained with MSE to the teacher's vectors reduced to K dimensions
+    by PCA (K = 128 in the paper):  L = mean over batch and the K dimensions of (P(s_i) - V_K t_i)^2.
+
+    Our reading of the paper and its code (github.com/XuandongZhao/HPD): the teacher side is
+    fixed (PCA fitted once on teacher embeddings; projected with `pca.components_` and no mean
+    subtraction, see `fit_pca`), so `teacher` here is the already-reduced K-d target the cache
+    provides. The loss is sentence-transformers' MSELoss (mean over elements). Unlike the other
+    losses, the head is the product: the compact K-d tanh vector IS the sentence embedding, so
+    `embedding_head()` returns it and it must be appended to the student for evaluation/export.
+
+    `teacher_dim` (the raw teacher width) is accepted for a uniform constructor and not used.
+    Returns {"loss", "mse" (detached)}.
+    """
+
+    name = "hpd"
+    citation = """
+@inproceedings{zhao-etal-2022-compressing,
+    title = "Compressing Sentence Representation for Semantic Retrieval via Homomorphic Projective Distillation",
+    author = "Zhao, Xuandong and Yu, Zhiguo and Wu, Ming and Li, Lei",
+    booktitle = "Findings of the Association for Computational Linguistics: ACL 2022",
+    year = "2022",
+    pages = "774--781",
+    url = "https://aclanthology.org/2022.findings-acl.64",
+}
+"""
+
+    def __init__(self, student_dim: int, teacher_dim: int | None = None, *, k: int = 128):
+        super().__init__()
+        if int(k) < 1:
+            raise DistillError(f"hpd: k must be a positive number of dimensions, got {k!r}")
+        self.student_dim, self.teacher_dim, self.k = int(student_dim), teacher_dim, int(k)
+        self.head = nn.Sequential(nn.Linear(self.student_dim, self.k), nn.Tanh())
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {"k": self.k}
+
+    def embedding_head(self) -> nn.Module:
+        return self.head
+
+    def forward(self, student_out: dict, teacher: Tensor) -> dict:
+        pred = precise(self.head(student_out["embedding"]))
+        t = self._teacher(teacher, pred)
+        if t.shape != pred.shape:
+            raise DistillError(
+                f"hpd: targets {tuple(t.shape)} do not match the {self.k}-d head output {tuple(pred.shape)}"
+                f" (HPD needs the teacher vectors reduced to k={self.k} dimensions by PCA)"
+            )
+        loss = F.mse_loss(pred, t)
+        return {"loss": loss, "mse": loss.detach()}

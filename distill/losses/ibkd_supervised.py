@@ -1,0 +1,122 @@
+"""IBKD stage 2: supervised SimCSE fine-tuning of the distilled student, with the HSIC penalty kept."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import DistillError
+from .functional import DistillLoss, gather_candidates, info_nce
+from .ibkd import IBKD_CITATION, HSICPenalty
+
+HEADS = ("mlp", "linear", "none")
+
+
+class IBKDSupervisedLoss(DistillLoss):
+    """IBKD stage 2 (Zhang, Long, Li, Xie, EMNLP 2023, "Text Representation Distillation via
+    Information Bottleneck Principle"): after stage 1, the student is fine-tuned on labelled
+    (anchor, positive, hard negative) triplets (NLI entailment / contradiction) with the supervised
+    SimCSE objective (Gao, Yao, Chen, EMNLP 2021, "SimCSE: Simple Contrastive Learning of Sentence
+    Embeddings") plus the same HSIC bottleneck term:
+
+        L = mean_i CE( softmax over {cos(h_i, h+_j)/tau}_j  U  {cos(h_i, h-_j)/tau}_j , positive h+_i )
+            + lam * HSIC(X, S)
+
+    h = head(s) for anchors, positives and hard negatives; every positive and every hard negative of
+    the batch (gathered across DDP ranks, with gradient) is a candidate for every anchor. HSIC runs
+    over all sentences of the local batch (anchors, positives and negatives together), X being the
+    masked mean of hidden state `hsic_layer`: the authors use the second-to-last layer (-2, negative
+    indices count from the top), lam = 1.0 and a fixed gamma = 0.1, tau = 0.05.
+
+    head: "mlp" (default; SimCSE's MLP, Linear(d_s, head_dim or d_s) + Tanh), "linear" (a plain
+    Linear(d_s, head_dim or d_s): the authors' code uses a 128-d one and keeps it at inference) or
+    "none" (contrast s itself). The head is training-only here: `embedding_head()` is None.
+
+    Call: `loss(anchor_out, positive_out, negative_out=None)`, three student forward dicts (each
+    with "embedding" and, when lam > 0, "hidden_states" and "attention_mask"); no teacher.
+    Returns {"loss", "infonce", "hsic", "hsic_gamma", "hsic_gamma_x"} (all but "loss" detached;
+    the HSIC keys only when the term is computed).
+    """
+
+    name = "ibkd_supervised"
+    citation = IBKD_CITATION
+
+    def __init__(
+        self,
+        student_dim: int,
+        teacher_dim: int | None = None,
+        *,
+        tau: float = 0.05,
+        lam: float = 1.0,
+        gamma: float = 0.1,
+        bandwidth: str = "fixed",
+        hsic_layer: int = -2,
+        kernel_normalize: bool = False,
+        head: str = "mlp",
+        head_dim: int | None = None,
+    ):
+        super().__init__()
+        if tau <= 0:
+            raise DistillError(f"{self.name}: tau must be > 0, got {tau!r}")
+        if lam < 0:
+            raise DistillError(f"{self.name}: lam must be >= 0, got {lam!r}")
+        if head not in HEADS:
+            raise DistillError(f"{self.name}: head must be one of {', '.join(HEADS)}, got {head!r}")
+        if head == "none" and head_dim not in (None, student_dim):
+            raise DistillError(f"{self.name}: head='none' keeps the {student_dim}-d student vector; head_dim must be unset")
+        self.student_dim, self.teacher_dim = int(student_dim), teacher_dim
+        self.tau, self.lam, self.head_kind = float(tau), float(lam), head
+        out_dim = int(head_dim or student_dim)
+        self.head_dim = out_dim if head != "none" else self.student_dim
+        if head == "mlp":
+            self.head = nn.Sequential(nn.Linear(self.student_dim, out_dim), nn.Tanh())
+        elif head == "linear":
+            self.head = nn.Linear(self.student_dim, out_dim)
+        else:
+            self.head = nn.Identity()
+        self.hsic_term = HSICPenalty(
+            gamma=gamma, bandwidth=bandwidth, layer=hsic_layer, kernel_normalize=kernel_normalize, who=self.name
+        )
+
+    @property
+    def needs_hidden_states(self) -> bool:  # type: ignore[override]
+        return self.lam > 0
+
+    def get_config_dict(self) -> dict[str, Any]:
+        h = self.hsic_term
+        return {
+            "tau": self.tau,
+            "lam": self.lam,
+            "gamma": h.gamma,
+            "bandwidth": h.bandwidth,
+            "hsic_layer": h.layer,
+            "kernel_normalize": h.kernel_normalize,
+            "head": self.head_kind,
+            "head_dim": self.head_dim,
+        }
+
+    def forward(self, anchor: dict, positive: dict, negative: dict | None = None) -> dict:  # type: ignore[override]
+        outs = [anchor, positive] + ([negative] if negative is not None else [])
+        n = anchor["embedding"].shape[0]
+        if any(o["embedding"].shape[0] != n for o in outs):
+            raise DistillError(f"{self.name}: anchor, positive and negative batches must have the same size")
+        h_a = self.head(anchor["embedding"])
+        # Candidates from every rank, with gradient: other GPUs' positives/negatives are trained too.
+        candidates, offset = gather_candidates(self.head(positive["embedding"]), with_grad=True)
+        if negative is not None:
+            negatives, _ = gather_candidates(self.head(negative["embedding"]), with_grad=True)
+            candidates = torch.cat([candidates, negatives], dim=0)
+        nce = info_nce(h_a, candidates, self.tau, positive_offset=offset)
+        out = {"loss": nce, "infonce": nce.detach()}
+        if self.lam > 0:
+            parts = self.hsic_term(outs)
+            out["loss"] = nce + self.lam * parts["hsic"]
+        elif all(o.get("hidden_states") is not None and o.get("attention_mask") is not None for o in outs):
+            with torch.no_grad():
+                parts = self.hsic_term(outs)
+        else:
+            return out
+        out.update({k: v.detach() for k, v in parts.items()})
+        return out
