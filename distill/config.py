@@ -66,6 +66,7 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: ["STS-B-dev"])  # selection metric
     final_tasks: list[str] = field(default_factory=lambda: ["all"])  # reported at the end
     batch_size: int = 256
+    baselines: bool = False  # also score the teacher and the untrained student on final_tasks
 
 
 @dataclass

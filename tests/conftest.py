@@ -50,3 +50,40 @@ def tiny_bert_dir(tmp_path_factory, minilm_path) -> Path:
     BertModel(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_home(tmp_path_factory, tiny_bert_dir) -> Path:
+    """A DISTILL_HOME with a tiny teacher (the 4-layer tiny BERT) and a tiny student (its first
+    two layers), so training tests run in seconds on CPU. Set it with monkeypatch.setenv."""
+    home = tmp_path_factory.mktemp("home")
+    (home / "teachers").mkdir()
+    (home / "students").mkdir()
+    (home / "teachers" / "tiny-teacher.yaml").write_text(
+        f"name: tiny-teacher\nhub_id: {tiny_bert_dir}\noffline_source: null\npooling: mean\nnormalize: true\ndim: 32\nmax_length: 32\n"
+    )
+    (home / "students" / "tiny-student.yaml").write_text(
+        f"name: tiny-student\nbase: {tiny_bert_dir}\noffline_source: null\nlayers: 2\npooling: mean\nnormalize: false\nhidden_dim: 32\nmax_length: 32\n"
+    )
+    return home
+
+
+def tiny_recipe_text(tmp_path: Path, loss: str = "name: ibkd", steps: int = 8, every: int = 2, extra: str = "") -> str:
+    """A recipe over the tiny presets: 256 corpus sentences, STS-B dev as the selection metric."""
+    return f"""teacher: tiny-teacher
+student: tiny-student
+loss: {{{loss}}}
+data:
+  corpus: [{CORPUS_DIR / 'sts-family-train.txt.gz'}]
+  cache_dir: {tmp_path / 'cache'}
+  max_sentences: 256
+  max_length: 32
+train: {{max_steps: {steps}, batch_size: 32, lr: 1.0e-3, warmup_ratio: 0.1, seed: 7}}
+eval:
+  sts_dir: {STS_DIR}
+  every_steps: {every}
+  tasks: [STS-B-dev]
+  final_tasks: [STS-B]
+  batch_size: 256
+output: {{dir: {tmp_path / 'run'}}}
+{extra}"""

@@ -1,0 +1,94 @@
+"""Training callbacks: a small interface and the built-in ones (progress bar, STS, wandb).
+
+A callback implements any of
+    on_train_begin(state)            once, before the first step (also after a resume)
+    on_step_end(state, metrics)      after every optimizer step; metrics: loss parts, lr, sent/s
+    on_evaluate(state, scores)       after every STS-B dev evaluation
+    on_train_end(state, results)     once, with the final seven-set results of the best student
+`state` is the trainer's TrainState (step, epoch, total_steps, best score, run dir...).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+
+class Callback:
+    def on_train_begin(self, state) -> None: ...
+
+    def on_step_end(self, state, metrics: dict) -> None: ...
+
+    def on_evaluate(self, state, scores: dict) -> None: ...
+
+    def on_train_end(self, state, results: dict) -> None: ...
+
+
+class ProgressBar(Callback):
+    """tqdm over optimizer steps with loss, lr and sentences/s."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.bar = enabled, None
+
+    def on_train_begin(self, state) -> None:
+        self.bar = tqdm(total=state.total_steps, initial=state.step, desc="train", unit="step", disable=not self.enabled, dynamic_ncols=True)
+
+    def on_step_end(self, state, metrics: dict) -> None:
+        self.bar.update(1)
+        if state.step % 10 == 0 or state.step == state.total_steps:
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", sent_s=f"{metrics['sentences_per_s']:.0f}", refresh=False)
+
+    def on_evaluate(self, state, scores: dict) -> None:
+        self.bar.write(f"step {state.step}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()) + f" (best {state.best_score:.2f} at step {state.best_step})")
+
+    def on_train_end(self, state, results: dict) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class JsonlLog(Callback):
+    """log.jsonl in the run folder: one line per step (every `every` steps) and per evaluation."""
+
+    def __init__(self, run_dir: Path, every: int = 10):
+        self.path, self.every = Path(run_dir) / "log.jsonl", every
+
+    def _write(self, row: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def on_step_end(self, state, metrics: dict) -> None:
+        if state.step % self.every == 0 or state.step == state.total_steps:
+            self._write({"step": state.step, "epoch": state.epoch, "time": time.time(), **metrics})
+
+    def on_evaluate(self, state, scores: dict) -> None:
+        self._write({"step": state.step, "epoch": state.epoch, "eval": scores})
+
+
+class WandbCallback(Callback):
+    """Weights & Biases: run config, losses, dev scores, final table. WANDB_MODE=offline works offline."""
+
+    def __init__(self, project: str, config: dict, run_dir: Path, name: str | None = None):
+        try:
+            import wandb
+        except ImportError:
+            from .errors import DistillError
+
+            raise DistillError("output.wandb is on but wandb is not installed (pip install 'distill[wandb]')") from None
+        self.wandb = wandb
+        self.run = wandb.init(project=project, config=config, dir=str(run_dir), name=name or Path(run_dir).name, reinit=True)
+
+    def on_step_end(self, state, metrics: dict) -> None:
+        self.run.log({f"train/{k}": v for k, v in metrics.items()}, step=state.step)
+
+    def on_evaluate(self, state, scores: dict) -> None:
+        self.run.log({f"eval/{k}": v for k, v in scores.items()}, step=state.step)
+
+    def on_train_end(self, state, results: dict) -> None:
+        scores = results.get("best", {})
+        if scores:
+            self.run.log({"final": self.wandb.Table(columns=list(scores), data=[list(scores.values())])}, step=state.step)
+            self.run.summary.update({f"final/{k}": v for k, v in scores.items()})
+        self.run.finish()

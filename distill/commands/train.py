@@ -1,0 +1,29 @@
+"""`distill train`: run a recipe (cache -> train with the STS callback -> best student)."""
+
+from __future__ import annotations
+
+
+def _cmd_train(args) -> int:
+    from ..config import load_recipe
+    from ..sts_eval import format_table
+    from ..train import train
+
+    recipe = load_recipe(args.config, args.set)
+    results = train(recipe, resume=args.resume, progress=not args.quiet)
+    if results:
+        rows = [("teacher " + recipe.teacher, results["baselines"]["teacher"]), (recipe.student + " before", results["baselines"]["init"])] if "baselines" in results else []
+        rows.append((f"{recipe.student} after ({recipe.loss['name']})", results["best"]))
+        tables = [format_table(scores, title=name).splitlines() for name, scores in rows]
+        print("\n".join(tables[0][:2] + [t[2] for t in tables]))
+        print(f"best STS-B dev {results['best_dev']:.2f} at step {results['best_step']} of {results['steps']}; "
+              f"{results['train_sentences_per_s']:.0f} sentences/s on {results['device']}; run folder {recipe.output.dir}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="distill a student as a recipe says (configs/*.yaml)")
+    p.add_argument("config", help="recipe YAML")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. loss.lam=0.2")
+    p.add_argument("--resume", action="store_true", help="continue the run in output.dir from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)

@@ -1,0 +1,130 @@
+"""`distill export`: a trained student -> a sentence-transformers folder with a model card.
+
+The folder loads with plain `SentenceTransformer(DIR)` and its transformer with `AutoModel`:
+Transformer -> Pooling [-> Dense (HPD's K-d tanh head, or with --keep-projection the loss's
+student->teacher projection)] -> Normalize (cosine is unchanged by it; dot product then equals
+cosine, as with the teachers). Written to a temp folder and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import DistillError
+from .student_io import META, load_student
+from .sts_data import TEST_TASKS
+
+# Where each loss keeps its student -> teacher-space projection (in its state dict).
+PROJECTIONS = {"ibkd": "decoder", "infonce": "decoder", "mse": "projection", "cosine": "projection", "crd": "student_head"}
+POOLING_MODES = {"mean": "mean", "cls_before_pooler": "cls"}
+
+
+def _st_modules():
+    """sentence-transformers' module classes (moved in 6.x; the old path still works before)."""
+    try:
+        from sentence_transformers.sentence_transformer import modules
+    except ImportError:
+        from sentence_transformers import models as modules
+    return modules
+
+
+def _dense_from(state: dict, prefix: str, activation: nn.Module):
+    models = _st_modules()
+
+    w = state[f"{prefix}.weight"]
+    b = state.get(f"{prefix}.bias")
+    dense = models.Dense(w.shape[1], w.shape[0], bias=b is not None, activation_function=activation)
+    with torch.no_grad():
+        dense.linear.weight.copy_(w)
+        if b is not None:
+            dense.linear.bias.copy_(b)
+    return dense
+
+
+def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best", keep_projection: bool = False, normalize: bool = True) -> Path:
+    from sentence_transformers import SentenceTransformer
+
+    models = _st_modules()
+    run_dir, out = Path(run_dir), Path(out)
+    student_dir = run_dir / which if (run_dir / which / META).is_file() else run_dir
+    if not (student_dir / META).is_file():
+        raise DistillError(f"{run_dir}: no trained student in it (expected {run_dir / which / META})")
+    enc, meta, heads = load_student(student_dir, device="cpu")
+    if enc.pooling not in POOLING_MODES:
+        raise DistillError(f"{student_dir}: pooling {enc.pooling!r} has no sentence-transformers Pooling mode")
+    loss_name = meta.get("loss", {}).get("name", "")
+    modules = [models.Transformer(str(student_dir), max_seq_length=enc.max_length), models.Pooling(enc.dim, pooling_mode=POOLING_MODES[enc.pooling])]
+    if loss_name == "hpd":  # HPD's K-d tanh output is HPD's product, and was scored as such
+        modules.append(_dense_from(heads, "head.0", nn.Tanh()))
+    if keep_projection:
+        prefix = PROJECTIONS.get(loss_name)
+        if loss_name == "hpd" or prefix is None or f"{prefix}.weight" not in heads:
+            raise DistillError(f"--keep-projection: the {loss_name or 'unknown'} loss of this run has no student->teacher projection to keep")
+        modules.append(_dense_from(heads, prefix, nn.Identity()))
+    if normalize:
+        modules.append(models.Normalize())
+    model = SentenceTransformer(modules=modules, device="cpu")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        model.save(str(tmp), safe_serialization=True)
+        (tmp / "README.md").write_text(model_card(run_dir, meta, model, keep_projection, normalize), encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def model_card(run_dir: Path, meta: dict, model, keep_projection: bool, normalize: bool) -> str:
+    results_file = run_dir / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
+    scores = results.get("best", {})
+    recipe = meta.get("recipe", {})
+    dim = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
+    lines = [
+        "---",
+        "library_name: sentence-transformers",
+        "pipeline_tag: sentence-similarity",
+        "tags: [sentence-transformers, feature-extraction, sentence-similarity, knowledge-distillation]",
+        "---",
+        f"# {Path(run_dir).name}",
+        "",
+        f"A {dim}-d sentence embedder distilled from **{meta.get('teacher')}** into **{meta.get('student')}** "
+        f"with the **{meta.get('loss', {}).get('name')}** objective, by the `distill` toolkit.",
+        "",
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        "model = SentenceTransformer('PATH_TO_THIS_FOLDER')",
+        "embeddings = model.encode(['A man is playing a guitar.', 'Someone plays the guitar.'])",
+        "```",
+        "",
+        "## Training",
+        f"- Teacher: `{meta.get('teacher')}`; student: `{meta.get('student')}` ({sum(p.numel() for p in model.parameters()):,} parameters exported)",
+        f"- Objective: `{json.dumps(meta.get('loss', {}))}`",
+        f"- Data: {meta.get('cache_count', '?'):,} distinct sentences from {', '.join(recipe.get('data', {}).get('corpus', []) or [meta.get('cache', '?')])}" if isinstance(meta.get('cache_count'), int) else f"- Data: {meta.get('cache', '?')}",
+        f"- Schedule: `{json.dumps(recipe.get('train', {}))}`",
+        f"- Checkpoint: step {meta.get('step')} (selected by {meta.get('selected_by', 'the last step')}"
+        + (f" = {meta['score']:.2f})" if "score" in meta else ")"),
+        f"- Output: {'the student projected into the teacher space (--keep-projection)' if keep_projection else 'the student embedding'}"
+        + (", L2-normalized" if normalize else ""),
+        "",
+        "## STS (Spearman x100 of cosine similarity)",
+        "",
+    ]
+    if scores:
+        cols = [c for c in (*TEST_TASKS, "Avg") if c in scores]
+        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), "| " + " | ".join(f"{scores[c]:.2f}" for c in cols) + " |"]
+    else:
+        lines.append("(no results.json in the run folder)")
+    return "\n".join(lines) + "\n"

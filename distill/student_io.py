@@ -1,0 +1,92 @@
+"""A trained student on disk: the transformer (safetensors) + tokenizer + how to pool it.
+
+    DIR/model.safetensors, config.json, tokenizer files   (plain transformers: AutoModel loads it)
+    DIR/distill_student.json   pooling, normalize, max length, loss, head kind, dims
+    DIR/heads.safetensors      the loss's trainable heads (HPD's Dense+tanh, IBKD's decoder, ...)
+
+Written to a temp folder and renamed, so a reader never sees half a student.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .encoder import Encoder
+from .errors import DistillError
+
+META = "distill_student.json"
+
+
+def save_student(path: str | Path, encoder: Encoder, loss: nn.Module | None, meta: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        encoder.transformer.save_pretrained(tmp, safe_serialization=True)
+        encoder.tokenizer.save_pretrained(tmp)
+        head = loss.embedding_head() if loss is not None else None
+        info = {
+            **meta,
+            "pooling": encoder.pooling,
+            "normalize": encoder.normalize,
+            "max_length": encoder.max_length,
+            "dim": encoder.dim,
+            "embedding_head": type(head).__name__ if head is not None else None,
+            "embedding_dim": _head_out_dim(head) if head is not None else encoder.dim,
+        }
+        if loss is not None:
+            state = {k: v.detach().contiguous().cpu() for k, v in loss.state_dict().items()}
+            if state:
+                save_file(state, str(tmp / "heads.safetensors"))
+        (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
+        old = path.with_name(f".{path.name}.old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _head_out_dim(head: nn.Module) -> int:
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    return int(linears[-1].out_features)
+
+
+def load_student(path: str | Path, device=None) -> tuple[Encoder, dict, dict]:
+    """(encoder, meta, loss head state) of a saved student."""
+    path = Path(path)
+    meta_file = path / META
+    if not meta_file.is_file():
+        raise DistillError(f"{path}: not a saved student (no {META})")
+    meta = json.loads(meta_file.read_text())
+    enc = Encoder.load(str(path), pooling=meta["pooling"], normalize=meta["normalize"], max_length=meta["max_length"], device=device)
+    heads = load_file(str(path / "heads.safetensors")) if (path / "heads.safetensors").is_file() else {}
+    return enc, meta, heads
+
+
+class StudentEmbedder:
+    """What evaluation scores: the pooled vector, or for HPD the pooled vector through its head."""
+
+    def __init__(self, encoder: Encoder, head: nn.Module | None = None):
+        self.encoder, self.head = encoder, head
+
+    @torch.inference_mode()
+    def __call__(self, sentences: list[str], batch_size: int = 256, progress: bool = False):
+        emb = self.encoder.encode(sentences, batch_size=batch_size, progress=progress, to_numpy=False)
+        if self.head is not None:
+            was = self.head.training
+            self.head.eval()
+            p = next(self.head.parameters())
+            emb = self.head(emb.to(p.device, p.dtype)).float().cpu()
+            self.head.train(was)
+        return emb.numpy()

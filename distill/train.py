@@ -1,0 +1,361 @@
+"""`distill train`: distill a student from a cached frozen teacher. One readable loop.
+
+    recipe -> teacher cache (built if missing) -> student tokens (once) -> length-grouped batches
+           -> student forward (bf16 autocast on GPU) -> loss (owns its heads) -> AdamW + warmup/decay
+           -> every N steps: STS-B dev, keep the best student, checkpoint
+           -> end: the best student on the seven STS sets -> results.json / results.md
+
+One GPU, CPU and torchrun (DDP) share this code path: under DDP each rank takes every
+world-th batch and the contrastive losses gather their candidates across ranks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+
+from .cache import TeacherCache, build_cache, teacher_identity
+from .callbacks import Callback, JsonlLog, ProgressBar, WandbCallback
+from .config import Recipe
+from .corpus import read_corpus
+from .data import epoch_batches, tokenize_corpus
+from .encoder import Encoder
+from .errors import DistillError
+from .io import write_json_atomic, write_text_atomic
+from .losses import build_loss
+from .presets import load_teacher
+from .student_io import StudentEmbedder, save_student
+from .sts_data import DEV_TASK, load_sts
+from .sts_eval import evaluate_sts, format_table, resolve_tasks
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0
+    step_in_epoch: int = 0
+    total_steps: int = 0
+    steps_per_epoch: int = 0
+    best_score: float = -math.inf
+    best_step: int = -1
+    sentences_seen: int = 0
+    train_seconds: float = 0.0
+    evals: list = field(default_factory=list)
+    run_dir: str = ""
+
+
+class DistillModule(nn.Module):
+    """Student + loss in one module, so DDP synchronizes the loss heads' gradients too."""
+
+    def __init__(self, student: Encoder, loss: nn.Module):
+        super().__init__()
+        self.student, self.loss = student, loss
+
+    def forward(self, input_ids, attention_mask, targets):
+        out = self.student(input_ids, attention_mask, output_hidden_states=self.loss.needs_hidden_states)
+        out["attention_mask"] = attention_mask
+        return self.loss(out, targets)
+
+
+def _distributed() -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def _rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def _set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def open_or_build_cache(recipe: Recipe, progress: bool = True) -> TeacherCache:
+    """The recipe's teacher cache; built when missing (needs data.corpus), refused when it disagrees."""
+    spec = load_teacher(recipe.teacher)
+    if not recipe.data.cache_dir:
+        raise DistillError("data.cache_dir is not set: name the folder of the teacher cache")
+    cache_dir = Path(recipe.data.cache_dir)
+    if not recipe.data.corpus:
+        # no corpus named: trust the cache's own, but still check the teacher
+        return TeacherCache.open(cache_dir, expect=teacher_identity(spec))
+    corpus = read_corpus(recipe.data.corpus, max_sentences=recipe.data.max_sentences)
+    if (cache_dir / "manifest.json").is_file():
+        return TeacherCache.open(cache_dir, expect={**teacher_identity(spec), "corpus_sha256": corpus.sha256})
+    pca = recipe.loss.get("k") if recipe.loss["name"] == "hpd" else None
+    return build_cache(spec, corpus, cache_dir, pca=pca, progress=progress)
+
+
+def _targets(recipe: Recipe, cache: TeacherCache, device: torch.device) -> torch.Tensor:
+    """Teacher vectors as one tensor, on the GPU when they fit in a quarter of its free memory."""
+    if recipe.loss["name"] == "hpd":
+        k = int(recipe.loss["k"])
+        if not cache.manifest.get("pca") or cache.manifest["pca"]["k"] != k:
+            from .cache import _add_pca
+
+            cache = _add_pca(cache, k)
+        matrix = cache.pca_targets(k)
+    else:
+        matrix = cache.embeddings
+    t = torch.from_numpy(np.array(matrix))  # a private copy: the cache stays read-only
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        if t.numel() * t.element_size() < free // 4:
+            return t.to(device)
+        return t.pin_memory()
+    return t.float()
+
+
+def _optimizer(module: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": recipe.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs = {"fused": True} if device.type == "cuda" else {}
+    return torch.optim.AdamW(groups, lr=recipe.train.lr, **kwargs)
+
+
+def _autocast(recipe: Recipe, device: torch.device):
+    if device.type != "cuda" or recipe.train.precision == "fp32":
+        return nullcontext()
+    if recipe.train.precision == "bf16" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cuda", dtype=torch.float16)
+
+
+def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callbacks: list[Callback] | None = None) -> dict:
+    """Run a recipe; returns the results dict also written to OUTPUT_DIR/results.json."""
+    from transformers import get_linear_schedule_with_warmup
+
+    rank, world, device = _distributed()
+    main_process = rank == 0
+    run_dir = Path(recipe.output.dir)
+    ckpt_file = run_dir / "checkpoint.pt"
+    if resume and not ckpt_file.is_file():
+        raise DistillError(f"--resume: no checkpoint at {ckpt_file}")
+    if not resume and ckpt_file.is_file():
+        raise DistillError(f"{run_dir} already holds a run (checkpoint.pt): pass --resume to continue it, or choose another output.dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if main_process:
+        write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    seed_everything(recipe.train.seed)
+
+    # Rank 0 builds what is shared on disk (cache, PCA, tokens); the others wait, then read it.
+    if not main_process:
+        dist.barrier()
+    cache = open_or_build_cache(recipe, progress=progress and main_process)
+    sentences = cache.sentences()
+    student = Encoder.load(recipe.student, max_length=recipe.data.max_length, device=device)
+    targets = _targets(recipe, cache, device)
+    loss = build_loss(recipe.loss, student_dim=student.dim, teacher_dim=int(targets.shape[1])).to(device)
+    if hasattr(loss, "fit_targets") and recipe.loss.get("standardize") == "zscore":
+        loss.fit_targets(targets.float())
+    tokens = tokenize_corpus(student.tokenizer, sentences, recipe.data.max_length, cache.path, progress=progress and main_process)
+    if main_process and world > 1:
+        dist.barrier()
+    module = DistillModule(student, loss).to(device)
+    model = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else module
+
+    bs, accum = recipe.train.batch_size, recipe.train.grad_accum
+    batches_per_rank = len(epoch_batches(tokens.lengths, bs, recipe.train.seed, 0)) // world
+    steps_per_epoch = batches_per_rank // accum
+    if steps_per_epoch < 1:
+        raise DistillError(f"{len(tokens)} sentences give no full step of {bs} x {accum} x {world} ranks")
+    total = recipe.train.max_steps or math.ceil(recipe.train.epochs * steps_per_epoch)
+    optimizer = _optimizer(module, recipe, device)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(recipe.train.warmup_ratio * total), total)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and recipe.train.precision == "fp16" else None
+    state = TrainState(total_steps=total, steps_per_epoch=steps_per_epoch, run_dir=str(run_dir))
+
+    if resume:
+        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
+        if ckpt["recipe"] != recipe.to_dict():
+            diff = [k for k in recipe.to_dict() if ckpt["recipe"].get(k) != recipe.to_dict()[k]]
+            raise DistillError(f"--resume: the recipe differs from the checkpoint's in {', '.join(diff)}")
+        module.student.transformer.load_state_dict(ckpt["student"])
+        module.loss.load_state_dict(ckpt["loss"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = TrainState(**{**ckpt["state"], "run_dir": str(run_dir)})
+        _set_rng_state(ckpt["rng"])
+
+    dev_tasks = resolve_tasks(recipe.eval.tasks)
+    final_tasks = resolve_tasks(recipe.eval.final_tasks)
+    sts = {t: load_sts(t, recipe.eval.sts_dir) for t in dict.fromkeys(dev_tasks + final_tasks)} if main_process else {}
+
+    def evaluate(tasks, head: bool = True):
+        embed = StudentEmbedder(module.student, module.loss.embedding_head() if head else None)
+        scores = evaluate_sts(lambda s: embed(s, batch_size=recipe.eval.batch_size), tasks=tasks, data=sts, progress=False)
+        module.train()
+        return scores
+
+    def save_checkpoint():
+        if not main_process:
+            return
+        payload = {
+            "student": module.student.transformer.state_dict(), "loss": module.loss.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state(),
+            "state": {k: v for k, v in dataclasses.asdict(state).items() if k != "run_dir"}, "recipe": recipe.to_dict(),
+        }
+        tmp = ckpt_file.with_name(".checkpoint.pt.tmp")
+        torch.save(payload, tmp)
+        os.replace(tmp, ckpt_file)  # atomic: a kill leaves the previous checkpoint intact
+
+    meta = {"teacher": recipe.teacher, "student": recipe.student, "loss": recipe.loss, "cache": str(cache.path),
+            "cache_count": len(cache), "recipe": recipe.to_dict()}
+
+    def run_eval():
+        if not main_process:
+            return
+        scores = evaluate(dev_tasks)
+        key = DEV_TASK if DEV_TASK in scores else next(iter(scores))
+        state.evals.append({"step": state.step, "epoch": state.epoch, **scores})
+        if scores[key] > state.best_score:
+            state.best_score, state.best_step = scores[key], state.step
+            save_student(run_dir / "best", module.student, module.loss, {**meta, "step": state.step, "selected_by": key, "score": scores[key]})
+        for cb in cbs:
+            cb.on_evaluate(state, scores)
+
+    cbs: list[Callback] = []
+    if main_process:
+        cbs += [ProgressBar(progress), JsonlLog(run_dir)]
+        if recipe.output.wandb:
+            cbs.append(WandbCallback(recipe.output.wandb_project, recipe.to_dict(), run_dir))
+    cbs += list(callbacks or [])
+    for cb in cbs:
+        cb.on_train_begin(state)
+
+    baselines_file = run_dir / "baselines.json"
+    if main_process and recipe.eval.baselines and not baselines_file.is_file():
+        teacher_enc = Encoder.load(recipe.teacher, device=device)
+        baselines = {
+            "teacher": evaluate_sts(teacher_enc, tasks=final_tasks, data=sts, batch_size=recipe.eval.batch_size, progress=False),
+            "init": evaluate(final_tasks, head=False),  # an untrained head (HPD) would only add noise
+        }
+        del teacher_enc
+        write_json_atomic(baselines_file, baselines)
+
+    module.train()
+    amp = _autocast(recipe, device)
+    while state.step < total:
+        batches = epoch_batches(tokens.lengths, bs, recipe.train.seed, state.epoch)[rank::world][: steps_per_epoch * accum]
+        while state.step_in_epoch < steps_per_epoch and state.step < total:
+            t0 = time.perf_counter()
+            parts_sum: dict[str, float] = {}
+            for micro in range(accum):
+                rows = batches[state.step_in_epoch * accum + micro]
+                ids, mask = tokens.collate(rows)
+                ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+                tgt = targets[torch.from_numpy(rows).to(targets.device)].to(device, non_blocking=True).float()
+                sync = nullcontext() if (world == 1 or micro == accum - 1) else model.no_sync()
+                with sync:
+                    with amp:
+                        parts = model(ids, mask, tgt)
+                    value = parts["loss"]
+                    if not torch.isfinite(value):
+                        raise DistillError(
+                            f"the loss is {value.item()} at step {state.step + 1} (epoch {state.epoch}): stopped; "
+                            f"the last good checkpoint is {ckpt_file if ckpt_file.is_file() else 'none yet'}"
+                            f" and the best student is in {run_dir / 'best'}"
+                        )
+                    value = value / accum
+                    (scaler.scale(value) if scaler else value).backward()
+                for k, v in parts.items():
+                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) / accum
+            if scaler:
+                scaler.unscale_(optimizer)
+            if recipe.train.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), recipe.train.grad_clip)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda" and state.step % 50 == 0:
+                torch.cuda.synchronize(device)  # honest timing without a sync every step
+            state.train_seconds += time.perf_counter() - t0
+            state.step += 1
+            state.step_in_epoch += 1
+            state.sentences_seen += bs * accum * world
+            metrics = {**parts_sum, "lr": scheduler.get_last_lr()[0], "sentences_per_s": state.sentences_seen / max(state.train_seconds, 1e-9)}
+            for cb in cbs:
+                cb.on_step_end(state, metrics)
+            epoch_end = state.step_in_epoch == steps_per_epoch
+            if state.step % recipe.eval.every_steps == 0 or epoch_end or state.step == total:
+                run_eval()
+                if epoch_end:
+                    state.epoch += 1
+                    state.step_in_epoch = 0
+                save_checkpoint()
+            if world > 1:
+                dist.barrier()
+
+    results = {}
+    if main_process:
+        save_student(run_dir / "final", module.student, module.loss, {**meta, "step": state.step})
+        from .student_io import load_student as _load
+
+        best_enc, best_meta, heads = _load(run_dir / "best", device=device)
+        head = module.loss.embedding_head()
+        if head is not None:  # put the best step's head weights in place
+            module.loss.load_state_dict(heads)
+        best_scores = evaluate_sts(lambda s: StudentEmbedder(best_enc, head)(s, batch_size=recipe.eval.batch_size), tasks=final_tasks, data=sts, progress=False)
+        results = {
+            "best": best_scores, "best_step": state.best_step, "best_dev": state.best_score, "steps": state.step,
+            "train_sentences_per_s": state.sentences_seen / max(state.train_seconds, 1e-9),
+            "sentences": len(tokens), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "evals": state.evals, "embedding_dim": best_meta["embedding_dim"],
+            "params": sum(p.numel() for p in best_enc.transformer.parameters()) + (sum(p.numel() for p in head.parameters()) if head is not None else 0),
+        }
+        if baselines_file.is_file():
+            import json
+
+            results["baselines"] = json.loads(baselines_file.read_text())
+        write_json_atomic(run_dir / "results.json", results)
+        write_text_atomic(run_dir / "results.md", format_table(best_scores, title=f"{recipe.student} ({recipe.loss['name']})") + "\n")
+        for cb in cbs:
+            cb.on_train_end(state, results)
+    if world > 1:
+        dist.barrier()
+    return results

@@ -1,0 +1,145 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import REPO, STS_DIR, tiny_recipe_text
+from distill.callbacks import Callback
+from distill.config import load_recipe
+from distill.errors import DistillError
+from distill.train import train
+
+
+def _recipe(tmp_path, **kw):
+    path = tmp_path / "recipe.yaml"
+    path.write_text(tiny_recipe_text(tmp_path, **kw))
+    return path
+
+
+class StopAt(Callback):
+    """Ctrl-C at a given step: the interruption a user causes."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, state, metrics):
+        if state.step == self.step:
+            raise KeyboardInterrupt
+
+
+def _weights(run):
+    return torch.load(run / "checkpoint.pt", weights_only=False)["student"]
+
+
+def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_home, monkeypatch):
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    straight = train(load_recipe(_recipe(a, steps=9, every=3)), progress=False)
+    recipe_b = load_recipe(_recipe(b, steps=9, every=3))
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe_b, progress=False, callbacks=[StopAt(5)])  # checkpoint at step 3, steps 4-5 lost
+    assert torch.load(b / "run" / "checkpoint.pt", weights_only=False)["state"]["step"] == 3
+    assert not (b / "run" / "results.json").exists()
+    with pytest.raises(DistillError, match="already holds a run.*--resume"):
+        train(recipe_b, progress=False)
+    resumed = train(recipe_b, resume=True, progress=False)
+    assert resumed["steps"] == straight["steps"] == 9
+    assert [e["step"] for e in resumed["evals"]] == [e["step"] for e in straight["evals"]]
+    assert abs(resumed["best"]["STS-B"] - straight["best"]["STS-B"]) < 0.1
+    wa, wb = _weights(a / "run"), _weights(b / "run")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)  # same data order, same updates
+    changed = load_recipe(_recipe(b, steps=9, every=3), ["train.lr=0.5"])
+    with pytest.raises(DistillError, match="recipe differs from the checkpoint's in train"):
+        train(changed, resume=True, progress=False)
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, tiny_home, monkeypatch):
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    recipe = load_recipe(_recipe(tmp_path, loss="name: mse, standardize: none", steps=20, every=1), ["train.lr=1e25", "train.grad_clip=0", "train.warmup_ratio=0"])
+    with pytest.raises(DistillError, match=r"the loss is (nan|inf) at step (\d+).*last good checkpoint is .*checkpoint\.pt"):
+        train(recipe, progress=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert ckpt["state"]["step"] >= 1
+    assert all(torch.isfinite(v).all() for v in ckpt["student"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("loss", ["name: mse", "name: cosine", "name: crd", "name: hpd, k: 16", "name: infonce", "name: ibkd, bandwidth: median"])
+def test_every_objective_trains_from_the_cache_and_exports(tmp_path, tiny_home, monkeypatch, loss):
+    from sentence_transformers import SentenceTransformer
+
+    from distill.export import export_student
+    from distill.sts_eval import evaluate_sts
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    results = train(load_recipe(_recipe(tmp_path, loss=loss, steps=4, every=2)), progress=False)
+    assert results["steps"] == 4 and len(results["evals"]) == 2
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert any("loss" in row for row in log) and any("eval" in row for row in log)
+    if "ibkd" in loss:
+        assert any(row.get("hsic", 0) > 0 for row in log)  # the HSIC term is alive and logged
+    out = export_student(tmp_path / "run", tmp_path / "export")
+    model = SentenceTransformer(str(out), device="cpu")
+    dim = 16 if "hpd" in loss else 32
+    assert model.encode(["a test"]).shape == (1, dim) and results["embedding_dim"] == dim
+    # the exported folder scores what the run reported for its best checkpoint
+    again = evaluate_sts(model, tasks=["STS-B"], sts_dir=STS_DIR, progress=False)
+    assert again["STS-B"] == pytest.approx(results["best"]["STS-B"], abs=0.05)
+    name = loss.split()[1].rstrip(",")
+    if name in ("ibkd", "infonce", "crd"):  # their heads exist whatever the widths
+        proj = export_student(tmp_path / "run", tmp_path / "export-proj", keep_projection=True)
+        assert SentenceTransformer(str(proj), device="cpu").encode(["a test"]).shape == (1, 128 if name == "crd" else 32)
+    else:  # mse / cosine add no map when student and teacher widths agree (32 = 32 here); hpd has none
+        with pytest.raises(DistillError, match="has no student->teacher projection"):
+            export_student(tmp_path / "run", tmp_path / "export-proj", keep_projection=True)
+    readme = (out / "README.md").read_text()
+    assert "tiny-teacher" in readme and "| STS-B | Avg |" in readme
+
+
+def test_wandb_offline_logs_the_run(tmp_path, tiny_home, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train(load_recipe(_recipe(tmp_path, steps=2, every=2), ["output.wandb=true"]), progress=False)
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())
+
+
+@pytest.mark.integration
+def test_smoke_recipe_end_to_end_on_cpu(tmp_path):
+    """`distill train configs/smoke.yaml` then `distill export`: the real MiniLM pair, on CPU."""
+    run, cache = tmp_path / "smoke", tmp_path / "cache"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "distill.cli", "train", "configs/smoke.yaml", "--quiet", "--set", f"output.dir={run}", "--set", f"data.cache_dir={cache}"],
+        capture_output=True, text=True, cwd=REPO, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| all-minilm-l3-v2 after (ibkd) |" in proc.stdout
+    results = json.loads((run / "results.json").read_text())
+    assert (cache / "manifest.json").is_file() and results["sentences"] == 512
+    exp = subprocess.run([sys.executable, "-m", "distill.cli", "export", str(run), "--out", str(tmp_path / "exported")], capture_output=True, text=True, cwd=REPO)
+    assert exp.returncode == 0, exp.stderr
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel
+
+    assert SentenceTransformer(str(tmp_path / "exported"), device="cpu").encode(["hello"]).shape == (1, 384)
+    assert AutoModel.from_pretrained(str(tmp_path / "exported")).config.num_hidden_layers == 3
+
+
+def test_torchrun_two_processes_on_cpu(tmp_path, tiny_home):
+    """DDP through torchrun (gloo on CPU): the same code path as one GPU, candidates gathered across ranks."""
+    recipe = _recipe(tmp_path, steps=4, every=2)
+    env = {**os.environ, "DISTILL_HOME": str(tiny_home), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    proc = subprocess.run([*torchrun, "-m", "distill.cli", "train", str(recipe), "--quiet"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["steps"] == 4 and len(results["evals"]) == 2
+    # 256 sentences, batch 32 per rank, 2 ranks: 4 steps = 256 sentences seen in all
+    assert "best STS-B dev" in proc.stdout
