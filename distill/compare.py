@@ -1,0 +1,395 @@
+"""`distill compare`: one recipe, several objectives, one table.
+
+The same teacher cache, student, data and schedule are run under each loss (and seed), each in
+OUT/<loss>[-seed<N>]/, then collected into the paper's table:
+
+    OUT/baselines.json   teacher and untrained student on the final tasks (computed once)
+    OUT/<loss>/          a normal `distill train` run folder (results.json, best/, log.jsonl...)
+    OUT/compare.md       rows: teacher, student init, each loss (mean ± s.d. over seeds)
+    OUT/compare.csv      one row per run (teacher and init included)
+    OUT/compare.json     the same rows as JSON
+    OUT/compare.png      STS-B dev against steps, one line per loss/seed
+
+A run folder that already holds results.json is reused (an interrupted compare continues where it
+stopped); one that holds only a checkpoint is resumed. A folder whose recipe differs from this
+compare's is refused rather than silently mixed into the table.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .config import LOSS_DEFAULTS, Recipe, _check_loss, parse_override
+from .errors import DistillError
+from .io import write_bytes_atomic, write_json_atomic, write_text_atomic
+from .sts_data import DEV_TASK, TEST_TASKS
+
+ALL_LOSSES = tuple(LOSS_DEFAULTS)  # mse, cosine, hpd, crd, infonce, ibkd
+CSV_COLUMNS = ["loss", "student", "teacher", "seed", *TEST_TASKS, "Avg", "params", "dim", "train_sentences_per_s", "best_dev", "steps", "best_step", "sentences", "device", "run_dir", "reused"]
+
+
+# ----------------------------------------------------------------------------- loss parameters
+
+
+def parse_losses(text: str | Iterable[str]) -> list[str]:
+    """'mse,cosine' (or a list) -> ['mse', 'cosine']; an unknown loss is an error naming it."""
+    names = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) for p in str(p).split(",")]
+    names = list(dict.fromkeys(n for n in names if n))
+    if not names:
+        raise DistillError("--losses: name at least one loss (" + ", ".join(ALL_LOSSES) + ")")
+    for n in names:
+        if n not in LOSS_DEFAULTS:
+            raise DistillError(f"--losses: unknown loss {n!r} (known: {', '.join(ALL_LOSSES)})")
+    return names
+
+
+def parse_loss_overrides(items: Sequence[str] | Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
+    """['hpd.k=64', 'ibkd.lam=0.1'] -> {'hpd': {'k': 64}, 'ibkd': {'lam': 0.1}}, every name checked."""
+    if not items:
+        return {}
+    if isinstance(items, Mapping):
+        pairs = [(f"{loss}.{key}", loss, key, value) for loss, kv in items.items() for key, value in dict(kv).items()]
+    else:
+        pairs = []
+        for text in items:
+            dotted, value = parse_override(text)
+            loss, _, key = dotted.partition(".")
+            if not key:
+                raise DistillError(f"--loss-set {text!r}: expected LOSS.KEY=VALUE, e.g. hpd.k=64")
+            pairs.append((text, loss, key, value))
+    out: dict[str, dict[str, Any]] = {}
+    for text, loss, key, value in pairs:
+        if loss not in LOSS_DEFAULTS:
+            raise DistillError(f"--loss-set {text}: unknown loss {loss!r} (known: {', '.join(ALL_LOSSES)})")
+        if key == "name":
+            raise DistillError(f"--loss-set {text}: the loss name is not a parameter")
+        try:
+            _check_loss({"name": loss, key: value})
+        except DistillError as exc:
+            raise DistillError(f"--loss-set {text}: {exc}") from None
+        out.setdefault(loss, {})[key] = value
+    return out
+
+
+def loss_specs(recipe: Recipe, losses: Sequence[str], overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict]:
+    """Each loss's full parameter mapping: the recipe's own for its loss, LOSS_DEFAULTS for the
+    others, then the --loss-set overrides; validated like a recipe's loss section."""
+    overrides = overrides or {}
+    specs = {}
+    for name in losses:
+        base = {k: v for k, v in recipe.loss.items() if k != "name"} if recipe.loss["name"] == name else dict(LOSS_DEFAULTS[name])
+        try:
+            specs[name] = _check_loss({"name": name, **base, **dict(overrides.get(name, {}))})
+        except DistillError as exc:
+            raise DistillError(f"loss {name}: {exc}") from None
+    return specs
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@dataclasses.dataclass
+class Run:
+    loss: str
+    seed: int
+    dir: Path
+    recipe: Recipe
+
+
+def plan_runs(recipe: Recipe, losses: Sequence[str], out_dir: str | Path, loss_overrides=None,
+              seeds: Sequence[int] | None = None, seed_losses: Sequence[str] | None = None) -> list[Run]:
+    """One Run per (loss, seed). With `seeds`, the losses in `seed_losses` (default: all) run once
+    per seed in OUT/<loss>-seed<N>; every other run uses the recipe's seed in OUT/<loss>."""
+    losses = parse_losses(losses)
+    specs = loss_specs(recipe, losses, parse_loss_overrides(loss_overrides))
+    seeded = set(losses if seed_losses is None else parse_losses(seed_losses)) if seeds else set()
+    out_dir = Path(out_dir)
+    runs = []
+    for name in losses:
+        for seed in (list(dict.fromkeys(int(s) for s in seeds)) if name in seeded else [None]):
+            folder = out_dir / (name if seed is None else f"{name}-seed{seed}")
+            run = copy.deepcopy(recipe)
+            run.loss = specs[name]
+            run.train = dataclasses.replace(run.train, seed=recipe.train.seed if seed is None else seed)
+            run.output = dataclasses.replace(run.output, dir=str(folder))
+            run.eval = dataclasses.replace(run.eval, baselines=False)  # compare scores them once itself
+            runs.append(Run(name, run.train.seed, folder, run))
+    return runs
+
+
+def _comparable(d: dict) -> dict:
+    d = copy.deepcopy(d)
+    d.pop("output", None)  # where the folder lives / wandb do not change what was trained
+    d.get("eval", {}).pop("baselines", None)
+    return d
+
+
+def _check_same_recipe(run: Run) -> None:
+    saved_file = run.dir / "recipe.yaml"
+    if not saved_file.is_file():
+        return
+    saved = _comparable(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {})
+    want = _comparable(run.recipe.to_dict())
+    if saved != want:
+        diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
+        raise DistillError(
+            f"{run.dir} holds a run of another recipe ({', '.join(diff)} differ): "
+            f"choose another --out, or delete that folder to retrain it"
+        )
+
+
+def _baselines(recipe: Recipe, out_dir: Path, log: Callable[[str], None]) -> dict:
+    """Teacher and untrained student on the final (and dev) tasks; OUT/baselines.json, reused."""
+    from .encoder import Encoder
+    from .sts_data import load_sts
+    from .sts_eval import evaluate_sts, resolve_tasks
+
+    tasks = list(dict.fromkeys(resolve_tasks(recipe.eval.final_tasks) + resolve_tasks(recipe.eval.tasks)))
+    path = out_dir / "baselines.json"
+    key = {"teacher": recipe.teacher, "student": recipe.student, "tasks": tasks, "max_length": recipe.data.max_length,
+           "sts_dir": recipe.eval.sts_dir}
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            log(f"[compare] baselines: reused {path}")
+            return saved
+    sts = {t: load_sts(t, recipe.eval.sts_dir) for t in tasks}
+    out: dict[str, Any] = {"key": key}
+    for role, name, kwargs in (("teacher", recipe.teacher, {}), ("init", recipe.student, {"max_length": recipe.data.max_length})):
+        log(f"[compare] baseline: {role} {name}")
+        enc = Encoder.load(name, **kwargs)
+        scores = evaluate_sts(enc, tasks=tasks, data=sts, batch_size=recipe.eval.batch_size, progress=False)
+        out[role] = {"name": name, "scores": scores, "params": sum(p.numel() for p in enc.transformer.parameters()),
+                     "dim": enc.dim, "device": _device_name(enc.device)}
+        del enc
+    write_json_atomic(path, out)
+    return out
+
+
+def _free_memory() -> None:
+    """Drop the finished run's student, optimizer and targets before the next run allocates its own."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _device_name(device) -> str:
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def _baseline_row(role: str, base: dict, recipe: Recipe) -> dict:
+    scores = base["scores"]
+    return {
+        "loss": role, "student": recipe.student if role == "init" else None, "teacher": recipe.teacher, "seed": None,
+        "tasks": {t: scores[t] for t in TEST_TASKS if t in scores}, "avg": scores.get("Avg"),
+        "train_sentences_per_s": None, "params": base["params"], "dim": base["dim"],
+        "best_dev": scores.get(DEV_TASK), "device": base.get("device"), "model": base["name"],
+    }
+
+
+def _run_row(run: Run, results: dict, reused: bool) -> dict:
+    best = results["best"]
+    return {
+        "loss": run.loss, "student": run.recipe.student, "teacher": run.recipe.teacher, "seed": run.seed,
+        "tasks": {t: best[t] for t in TEST_TASKS if t in best}, "avg": best.get("Avg"),
+        "train_sentences_per_s": results.get("train_sentences_per_s"), "params": results.get("params"),
+        "dim": results.get("embedding_dim"), "best_dev": results.get("best_dev"), "device": results.get("device"),
+        "steps": results.get("steps"), "best_step": results.get("best_step"), "sentences": results.get("sentences"),
+        "run_dir": str(run.dir), "reused": reused,
+    }
+
+
+def compare(
+    recipe: Recipe,
+    losses: Sequence[str] | str = ALL_LOSSES,
+    out_dir: str | Path = "runs/compare",
+    loss_overrides: Sequence[str] | Mapping[str, Mapping[str, Any]] | None = None,
+    seeds: Sequence[int] | None = None,
+    progress: bool = True,
+    *,
+    seed_losses: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> list[dict]:
+    """Train `recipe` under each loss (and seed), then write OUT/compare.{md,csv,json,png}.
+
+    Returns the rows of compare.json: the teacher, the untrained student ("init"), then one per run:
+    {"loss", "student", "teacher", "seed", "tasks": {STS12..SICK-R}, "avg", "train_sentences_per_s",
+    "params", "dim", "best_dev", "device", ...}. `loss_overrides`: ["hpd.k=64", ...] or
+    {"hpd": {"k": 64}}. `seeds`: run the losses of `seed_losses` (default all) once per seed.
+    """
+    from .train import train
+
+    log = log or (lambda _msg: None)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise DistillError("compare runs its trainings one after another in one process: run it without torchrun")
+    out_dir = Path(out_dir)
+    runs = plan_runs(recipe, losses, out_dir, loss_overrides, seeds, seed_losses)
+    for run in runs:  # refuse a mismatched folder before spending any time
+        if (run.dir / "results.json").is_file():
+            _check_same_recipe(run)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    base = _baselines(recipe, out_dir, log)
+    rows = [_baseline_row("teacher", base["teacher"], recipe), _baseline_row("init", base["init"], recipe)]
+    curves = []
+    for i, run in enumerate(runs, start=1):
+        tag = f"{run.loss} seed {run.seed}"
+        results_file = run.dir / "results.json"
+        if results_file.is_file():
+            results = json.loads(results_file.read_text())
+            log(f"[compare] {i}/{len(runs)} {tag}: reused {results_file} (not retrained)")
+            reused = True
+        else:
+            _check_same_recipe(run)
+            resume = (run.dir / "checkpoint.pt").is_file()
+            log(f"[compare] {i}/{len(runs)} {tag}: {'resuming' if resume else 'training'} in {run.dir}")
+            results = train(run.recipe, resume=resume, progress=progress)
+            reused = False
+            _free_memory()
+        row = _run_row(run, results, reused)
+        rows.append(row)
+        curves.append((run, results.get("evals", [])))
+        log(f"[compare] {tag}: Avg {_fmt(row['avg'])}, best dev {_fmt(row['best_dev'])}")
+
+    write_outputs(rows, out_dir, curves=curves, title=f"{recipe.student} distilled from {recipe.teacher}")
+    return rows
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def _fmt(x, digits: int = 2) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _fmt_params(n) -> str:
+    if n is None:
+        return "–"
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n / 1e3:.1f}k"
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, sd
+
+
+def _cell(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return _fmt(values[0])
+    mean, sd = _mean_sd(values)
+    return f"{mean:.2f} ± {sd:.2f}"
+
+
+def format_compare_table(rows: Sequence[dict]) -> str:
+    """The paper's table: teacher, student init, then each loss (runs of one loss over several seeds
+    in one row: mean ± sample s.d., plus each seed's Avg). Rows of several students are labelled
+    with the student's name."""
+    tasks = [t for t in TEST_TASKS if any(t in r["tasks"] for r in rows)]
+    students = list(dict.fromkeys(r["student"] for r in rows if r["loss"] != "teacher"))
+    several = len(students) > 1
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        key = ("teacher", r.get("model") or r["teacher"]) if r["loss"] == "teacher" else (r["student"], r["loss"])
+        groups.setdefault(key, []).append(r)
+    multi_seed = any(len(g) > 1 for k, g in groups.items() if k[0] != "teacher")
+    head = ["model", *tasks, "Avg", "params", "dim", "train sentences/s", "best STS-B dev"] + (["Avg per seed"] if multi_seed else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
+    for (who, loss), group in groups.items():
+        if who == "teacher":
+            label = f"teacher ({loss})"
+        elif loss == "init":
+            label = f"{who} (init)" if several else f"student init ({who})"
+        else:
+            label = (f"{who} + {loss}" if several else loss) + (f" ({len(group)} seeds)" if len(group) > 1 else "")
+        speeds = [r["train_sentences_per_s"] for r in group if r["train_sentences_per_s"] is not None]
+        cells = [label, *[_cell([r["tasks"].get(t) for r in group]) for t in tasks], _cell([r["avg"] for r in group]),
+                 _fmt_params(group[0]["params"]), str(group[0]["dim"] if group[0]["dim"] is not None else "–"),
+                 f"{sum(speeds) / len(speeds):,.0f}" if speeds else "–", _cell([r["best_dev"] for r in group])]
+        if multi_seed:
+            cells.append(", ".join(f"{r['seed']}: {_fmt(r['avg'])}" for r in group) if len(group) > 1 else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: Sequence[dict], path: str | Path, extra: Sequence[str] = ()) -> None:
+    buf = io.StringIO()
+    cols = [*CSV_COLUMNS, *extra]
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        flat = {**{k: v for k, v in r.items() if k != "tasks"}, **r["tasks"], "Avg": r["avg"]}
+        w.writerow({c: ("" if flat.get(c) is None else flat.get(c)) for c in cols})
+    write_text_atomic(path, buf.getvalue())
+
+
+def plot_dev_curves(curves: Sequence[tuple[Run, list]], path: str | Path, baselines: Sequence[dict] = (), title: str = "") -> None:
+    """STS-B dev (Spearman x100) against optimizer steps, one labelled line per loss/seed (Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(8, 5), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    seeds_of: dict[str, int] = {}
+    for run, _ in curves:
+        seeds_of[run.loss] = seeds_of.get(run.loss, 0) + 1
+    for run, evals in curves:
+        key = DEV_TASK if any(DEV_TASK in e for e in evals) else next((k for e in evals for k in e if k not in ("step", "epoch")), None)
+        pts = [(e["step"], e[key]) for e in evals if key in e]
+        if not pts:
+            continue
+        label = run.loss + (f" seed {run.seed}" if seeds_of[run.loss] > 1 else "")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, linewidth=1.4, label=label)
+    for b in baselines:
+        if b.get("best_dev") is not None:
+            ax.axhline(b["best_dev"], linestyle="--", linewidth=1, color="grey" if b["loss"] == "init" else "black",
+                       label=f"{b['loss']} ({b.get('model')})")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel(f"{DEV_TASK} Spearman x100")
+    ax.set_title(title or f"{DEV_TASK} during training")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def write_outputs(rows: Sequence[dict], out_dir: str | Path, curves: Sequence[tuple[Run, list]] = (), title: str = "") -> str:
+    """OUT/compare.md, .csv, .json and (with curves) .png; returns the markdown table."""
+    out_dir = Path(out_dir)
+    table = format_compare_table(rows)
+    seeds_note = ""
+    if any(sum(1 for r in rows if (r["student"], r["loss"]) == (x["student"], x["loss"])) > 1 for x in rows if x["loss"] not in ("teacher", "init")):
+        seeds_note = "Rows over several seeds: mean ± sample standard deviation; \"Avg per seed\" lists each seed's Avg.\n"
+    md = (f"# {title or 'compare'}\n\nSpearman x100 of the student selected on {DEV_TASK}; Avg over the test sets shown. "
+          f"Runs in {out_dir}.\n{seeds_note}\n{table}\n")
+    write_text_atomic(out_dir / "compare.md", md)
+    write_csv(rows, out_dir / "compare.csv")
+    write_json_atomic(out_dir / "compare.json", list(rows))
+    if curves:
+        plot_dev_curves(curves, out_dir / "compare.png", [r for r in rows if r["loss"] in ("teacher", "init")], title)
+    return table
