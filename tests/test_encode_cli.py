@@ -1,0 +1,170 @@
+"""`distill encode` and the bulk path of Encoder.encode, with the packaged all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import sys
+
+import numpy as np
+import pytest
+
+from distill.cli import main
+from distill.errors import DistillError
+
+SENTENCES = [
+    "A man is playing a guitar.",
+    "The Berlin Wall fell on 9 November 1989, and crowds crossed the border all night long.",
+    "北京大学",
+    "ok",
+    "  leading and trailing spaces are kept  ",
+    "Pandas eat bamboo.",
+    "word " * 200,  # longer than max_length: truncated
+    "Ünïcödé façade, naïve café.",
+    "",
+]
+
+
+@pytest.fixture(scope="module")
+def enc():
+    from distill.encoder import Encoder
+
+    return Encoder.load("all-minilm-l6-v2", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_by_one(enc):
+    return np.stack([enc.encode([s], progress=False)[0] for s in SENTENCES])
+
+
+def _run(args) -> int:
+    return main(["encode", "--model", "all-minilm-l6-v2", "--quiet", *args])
+
+
+def test_text_file_to_npy_keeps_input_order(tmp_path, one_by_one, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")  # the last line is the empty sentence
+    out = tmp_path / "emb.npy"
+    assert _run(["--input", str(src), "--out", str(out), "--batch-size", "3"]) == 0
+    assert "1 empty sentence(s)" in capsys.readouterr().err
+    emb = np.load(out)
+    assert emb.shape == (len(SENTENCES), 384) and emb.dtype == np.float32
+    np.testing.assert_allclose(emb, one_by_one, atol=1e-5)
+
+
+def test_gz_and_crlf_to_safetensors(tmp_path, one_by_one):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    src = tmp_path / "in.txt.gz"
+    with gzip.open(src, "wb") as f:
+        f.write("\r\n".join(SENTENCES[:-1]).encode("utf-8"))  # Windows line ends, no final newline
+    out = tmp_path / "sub" / "emb.safetensors"
+    assert _run(["--input", str(src), "--out", str(out)]) == 0
+    emb = load_file(str(out))["embeddings"]
+    np.testing.assert_allclose(emb, one_by_one[:-1], atol=1e-5)
+    with safe_open(str(out), "np") as f:
+        meta = f.metadata()
+    assert meta["model"] == "all-minilm-l6-v2" and meta["rows"] == str(len(SENTENCES) - 1) and meta["dim"] == "384"
+
+
+def test_jsonl_column_float16_and_stdin(tmp_path, one_by_one, monkeypatch):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "sentence": s}, ensure_ascii=False) + "\n" for i, s in enumerate(SENTENCES)), encoding="utf-8")
+    out = tmp_path / "emb16.npy"
+    assert _run(["--input", str(src), "--column", "sentence", "--out", str(out), "--dtype", "float16"]) == 0
+    emb = np.load(out)
+    assert emb.dtype == np.float16
+    np.testing.assert_allclose(emb.astype(np.float32), one_by_one, atol=2e-3)
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(SENTENCES[:3]) + "\n"))
+    out = tmp_path / "stdin.npy"
+    assert _run(["--input", "-", "--out", str(out)]) == 0
+    np.testing.assert_allclose(np.load(out), one_by_one[:3], atol=1e-5)
+
+
+def test_errors_name_the_file_and_line_and_leave_outputs_alone(tmp_path, capsys):
+    out = tmp_path / "keep.npy"
+    out.write_bytes(b"old")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"title": "no text key"}\n')
+    assert _run(["--input", str(bad), "--out", str(out)]) == 2
+    assert f"{bad}:2: no key 'text'" in capsys.readouterr().err
+    assert out.read_bytes() == b"old"  # nothing half-written
+    bad.write_text('{"text": "fine"}\n{"text": 3}\n')
+    assert _run(["--input", str(bad), "--out", str(out)]) == 2
+    assert f"{bad}:2: 'text' is a int" in capsys.readouterr().err
+    txt = tmp_path / "in.txt"
+    txt.write_text("a\n")
+    assert _run(["--input", str(txt), "--out", str(tmp_path / "emb.csv")]) == 2
+    assert "use a .npy or .safetensors file" in capsys.readouterr().err
+    assert _run(["--input", str(tmp_path / "missing.txt"), "--out", str(out)]) == 2
+    assert "missing.txt: no such file" in capsys.readouterr().err
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
+    assert _run(["--input", str(latin1), "--out", str(out)]) == 2
+    assert f"{latin1}:2: not UTF-8" in capsys.readouterr().err
+
+
+# --- Encoder.encode internals: the threaded chunked path and batch planning --------------------
+
+
+def test_threaded_chunked_path_keeps_order(enc, one_by_one, monkeypatch):
+    import distill.encoder as E
+
+    # Tiny chunks force several tokenizer calls, the background thread, and several flushes.
+    monkeypatch.setattr(E, "_FIRST_CHUNK", 2)
+    monkeypatch.setattr(E, "_CHUNK", 3)
+    monkeypatch.setattr(E, "_PREFETCH_BATCHES", 1)
+    monkeypatch.setattr(E, "_FLUSH_ROWS", 4)
+    sentences = SENTENCES * 2
+    emb = enc.encode(sentences, batch_size=2, progress=False)
+    np.testing.assert_allclose(emb, np.concatenate([one_by_one] * 2), atol=1e-5)
+    as_tensor = enc.encode(sentences[:4], batch_size=3, progress=False, to_numpy=False)
+    np.testing.assert_allclose(as_tensor.numpy(), one_by_one[:4], atol=1e-5)
+
+
+def test_token_batches_match_the_tokenizer(enc):
+    from distill.encoder import _token_batches
+
+    seen = []
+    for idx, ids, mask in _token_batches(enc.tokenizer, SENTENCES, 16, 4, token_budget=0, pin=False):
+        assert ids.shape == mask.shape and ids.shape[0] <= 4
+        for row, i in enumerate(idx):
+            ref = enc.tokenizer(SENTENCES[i], truncation=True, max_length=16)["input_ids"]
+            n = int(mask[row].sum())
+            assert ids[row, :n].tolist() == ref and (ids[row, n:] == enc.tokenizer.pad_token_id).all()
+        seen.extend(idx.tolist())
+    assert sorted(seen) == list(range(len(SENTENCES)))
+
+
+def test_plan_batches_by_token_budget():
+    from distill.encoder import _MAX_ROWS_FACTOR, _plan_batches
+
+    lengths = np.array([128, 128, 64, 64, 64, 64, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8])
+    assert _plan_batches(lengths, 4) == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 18)]
+    # budget 2 x 128 tokens: 2 rows at 128, 4 at 64, then up to _MAX_ROWS_FACTOR * 2 rows of 8
+    plan = _plan_batches(lengths, 2, token_budget=256)
+    assert plan[:2] == [(0, 2), (2, 6)] and plan[2][0] == 6
+    assert plan[2][1] - plan[2][0] == min(12, _MAX_ROWS_FACTOR * 2)
+    assert plan[-1][1] == len(lengths)
+
+
+def test_prefetch_hands_errors_to_the_consumer():
+    from distill.encoder import _Prefetch
+
+    def items():
+        yield 1
+        raise DistillError("tokenizer broke")
+
+    it = _Prefetch(items(), depth=1)
+    got = []
+    with pytest.raises(DistillError, match="tokenizer broke"):
+        got.extend(it)
+    it.close()
+    assert got == [1]
+    stopped = _Prefetch(iter(range(10_000)), depth=2)
+    assert next(iter(stopped)) == 0
+    stopped.close()  # the producer thread ends though its queue is full
+    assert not stopped._thread.is_alive()
