@@ -2,7 +2,9 @@
 
 A callback implements any of
     on_train_begin(state)            once, before the first step (also after a resume)
-    on_step_end(state, metrics)      after every optimizer step; metrics: loss parts, lr, sent/s
+    on_step_end(state, metrics)      after every optimizer step; metrics: loss parts (averaged and
+                                     refreshed every 10 steps: reading them forces a device sync),
+                                     lr, sentences/s
     on_evaluate(state, scores)       after every STS-B dev evaluation
     on_train_end(state, results)     once, with the final seven-set results of the best student
 `state` is the trainer's TrainState (step, epoch, total_steps, best score, run dir...).
@@ -30,15 +32,15 @@ class Callback:
 class ProgressBar(Callback):
     """tqdm over optimizer steps with loss, lr and sentences/s."""
 
-    def __init__(self, enabled: bool = True):
-        self.enabled, self.bar = enabled, None
+    def __init__(self, enabled: bool = True, desc: str = "train"):
+        self.enabled, self.bar, self.desc = enabled, None, desc
 
     def on_train_begin(self, state) -> None:
-        self.bar = tqdm(total=state.total_steps, initial=state.step, desc="train", unit="step", disable=not self.enabled, dynamic_ncols=True)
+        self.bar = tqdm(total=state.total_steps, initial=state.step, desc=self.desc, unit="step", disable=not self.enabled, dynamic_ncols=True)
 
     def on_step_end(self, state, metrics: dict) -> None:
         self.bar.update(1)
-        if state.step % 10 == 0 or state.step == state.total_steps:
+        if (state.step % 10 == 0 or state.step == state.total_steps) and "loss" in metrics:
             self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", sent_s=f"{metrics['sentences_per_s']:.0f}", refresh=False)
 
     def on_evaluate(self, state, scores: dict) -> None:
@@ -81,7 +83,8 @@ class WandbCallback(Callback):
         self.run = wandb.init(project=project, config=config, dir=str(run_dir), name=name or Path(run_dir).name, reinit=True)
 
     def on_step_end(self, state, metrics: dict) -> None:
-        self.run.log({f"train/{k}": v for k, v in metrics.items()}, step=state.step)
+        if state.step % 10 == 0 or state.step == state.total_steps:  # metrics are refreshed every 10 steps
+            self.run.log({f"train/{k}": v for k, v in metrics.items()}, step=state.step)
 
     def on_evaluate(self, state, scores: dict) -> None:
         self.run.log({f"eval/{k}": v for k, v in scores.items()}, step=state.step)

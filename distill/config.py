@@ -37,6 +37,19 @@ LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+# IBKD stage 2 (supervised triplets) takes its own loss parameters: the authors' recipe.
+STAGE2_LOSS_DEFAULTS: dict[str, Any] = {
+    "tau": 0.05,
+    "lam": 1.0,
+    "gamma": 0.1,
+    "bandwidth": "fixed",
+    "hsic_layer": -2,  # the authors take X from the second-to-last layer in stage 2
+    "kernel_normalize": False,
+    "head": "mlp",  # mlp (SimCSE's Linear+Tanh) | linear | none
+    "head_dim": None,  # default: the student's width
+}
+
+
 @dataclass
 class DataConfig:
     corpus: list[str] = field(default_factory=list)  # text/.gz files or hub dataset names
@@ -77,6 +90,18 @@ class OutputConfig:
 
 
 @dataclass
+class Stage2Config:
+    """IBKD stage 2: supervised fine-tuning of the stage-1 student on (anchor, positive, negative)."""
+
+    triplets: list[str] = field(default_factory=list)  # CSV/TSV/JSONL files or a hub dataset; empty = no stage 2
+    subset: str | None = None  # hub dataset configuration, e.g. "triplet" for sentence-transformers/all-nli
+    columns: list[str] = field(default_factory=lambda: ["anchor", "positive", "negative"])
+    max_triplets: int | None = None
+    loss: dict[str, Any] = field(default_factory=dict)  # keys of STAGE2_LOSS_DEFAULTS
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, batch_size=128, lr=1e-6, warmup_ratio=0.0))
+
+
+@dataclass
 class Recipe:
     teacher: str
     student: str
@@ -85,6 +110,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -156,7 +182,12 @@ def _build(cls, data: dict, where: str):
             continue
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = _build(hint, data[name] or {}, prefix)
+            given = data[name] or {}
+            if not isinstance(given, dict):
+                raise DistillError(f"{prefix}: expected a mapping, got {given!r}")
+            base = dataclasses.asdict(f.default_factory()) if f.default_factory is not dataclasses.MISSING else {}
+            # a nested default (stage2.train) keeps its own defaults for the keys not given
+            kwargs[name] = _build(hint, {**{k: v for k, v in base.items() if k not in given}, **given}, prefix)
         else:
             kwargs[name] = _check_value(prefix, data[name], hint)
     return cls(**kwargs)
@@ -168,22 +199,25 @@ def _check_loss(loss: dict) -> dict:
     name = loss["name"]
     if name not in LOSS_DEFAULTS:
         raise DistillError(f"loss.name {name!r} is not one of {', '.join(LOSS_DEFAULTS)}")
-    params = dict(LOSS_DEFAULTS[name])
-    for key, value in loss.items():
-        if key == "name":
-            continue
+    return {"name": name, **_check_params("loss", name, {k: v for k, v in loss.items() if k != "name"}, LOSS_DEFAULTS[name])}
+
+
+def _check_params(where: str, name: str, given: dict, defaults: dict) -> dict:
+    """Loss parameters: known keys only, values of the default's type (None defaults take any)."""
+    params = dict(defaults)
+    for key, value in given.items():
         if key not in params:
             allowed = ", ".join(params) or "(no parameters)"
-            raise DistillError(f"unknown key loss.{key} for loss {name!r} (it takes: {allowed})")
+            raise DistillError(f"unknown key {where}.{key} for loss {name!r} (it takes: {allowed})")
         default = params[key]
         if isinstance(default, float) and isinstance(value, str):
             value = _yaml11_float(value)
         if isinstance(default, bool) != isinstance(value, bool) or (
             not isinstance(default, bool) and isinstance(default, (int, float)) and not isinstance(value, (int, float))
         ) or (isinstance(default, str) and not isinstance(value, str)):
-            raise DistillError(f"loss.{key}: expected a value like {default!r}, got {value!r}")
+            raise DistillError(f"{where}.{key}: expected a value like {default!r}, got {value!r}")
         params[key] = float(value) if isinstance(default, float) else value
-    return {"name": name, **params}
+    return params
 
 
 def _set_path(tree: dict, dotted: str, value: Any) -> None:
@@ -225,6 +259,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     try:
         tree["loss"] = _check_loss(tree.get("loss"))
         recipe = _build(Recipe, tree, "recipe")
+        recipe.stage2.loss = _check_params("stage2.loss", "ibkd_supervised", recipe.stage2.loss, STAGE2_LOSS_DEFAULTS)
         for kind, name in (("teachers", recipe.teacher), ("students", recipe.student)):
             if name not in list_presets(kind) and not Path(name).expanduser().is_dir():
                 raise DistillError(

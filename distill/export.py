@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from .errors import DistillError
-from .student_io import META, load_student
 from .sts_data import TEST_TASKS
+from .student_io import META, load_student
 
 # Where each loss keeps its student -> teacher-space projection (in its state dict).
 PROJECTIONS = {"ibkd": "decoder", "infonce": "decoder", "mse": "projection", "cosine": "projection", "crd": "student_head"}
@@ -53,6 +53,8 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
 
     models = _st_modules()
     run_dir, out = Path(run_dir), Path(out)
+    if (run_dir / "stage2" / which / META).is_file():
+        run_dir = run_dir / "stage2"  # a two-stage IBKD run ships its stage-2 student
     student_dir = run_dir / which if (run_dir / which / META).is_file() else run_dir
     if not (student_dir / META).is_file():
         raise DistillError(f"{run_dir}: no trained student in it (expected {run_dir / which / META})")

@@ -12,6 +12,7 @@ world-th batch and the contrastive losses gather their candidates across ranks.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import random
@@ -36,9 +37,9 @@ from .errors import DistillError
 from .io import write_json_atomic, write_text_atomic
 from .losses import build_loss
 from .presets import load_teacher
-from .student_io import StudentEmbedder, save_student
 from .sts_data import DEV_TASK, load_sts
 from .sts_eval import evaluate_sts, format_table, resolve_tasks
+from .student_io import StudentEmbedder, save_student
 
 
 @dataclass
@@ -57,7 +58,7 @@ class TrainState:
 
 
 class DistillModule(nn.Module):
-    """Student + loss in one module, so DDP synchronizes the loss heads' gradients too."""
+    """Stage 1: student + loss in one module, so DDP synchronizes the loss heads' gradients too."""
 
     def __init__(self, student: Encoder, loss: nn.Module):
         super().__init__()
@@ -67,6 +68,41 @@ class DistillModule(nn.Module):
         out = self.student(input_ids, attention_mask, output_hidden_states=self.loss.needs_hidden_states)
         out["attention_mask"] = attention_mask
         return self.loss(out, targets)
+
+
+class TripletModule(nn.Module):
+    """Stage 2: one student forward over anchors, positives and negatives stacked (3n rows)."""
+
+    def __init__(self, student: Encoder, loss: nn.Module):
+        super().__init__()
+        self.student, self.loss = student, loss
+
+    def forward(self, input_ids, attention_mask, n: int):
+        out = self.student(input_ids, attention_mask, output_hidden_states=self.loss.needs_hidden_states)
+
+        def part(i):
+            rows = slice(i * n, (i + 1) * n)
+            d = {"embedding": out["embedding"][rows], "attention_mask": attention_mask[rows]}
+            if "hidden_states" in out:
+                d["hidden_states"] = tuple(h[rows] for h in out["hidden_states"])
+            return d
+
+        return self.loss(part(0), part(1), part(2))
+
+
+@dataclass
+class Stage:
+    """What differs between stage 1 (teacher cache) and stage 2 (triplets); the loop is shared."""
+
+    name: str
+    run_dir: Path
+    module: nn.Module  # DistillModule or TripletModule
+    tokens: object  # TokenizedCorpus over the stage's sentences
+    lengths: np.ndarray  # one per training row (a triplet's longest sentence in stage 2)
+    make_batch: object  # rows -> (args for module.forward)
+    rows_per_sentence: int  # sentences per row: 1, or 3 for a triplet
+    train: object  # TrainConfig
+    meta: dict
 
 
 def _distributed() -> tuple[int, int, torch.device]:
@@ -144,35 +180,32 @@ def _targets(recipe: Recipe, cache: TeacherCache, device: torch.device) -> torch
     return t.float()
 
 
-def _optimizer(module: nn.Module, recipe: Recipe, device: torch.device) -> torch.optim.Optimizer:
+def _optimizer(module: nn.Module, tcfg, device: torch.device) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": recipe.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     kwargs = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(groups, lr=recipe.train.lr, **kwargs)
+    return torch.optim.AdamW(groups, lr=tcfg.lr, **kwargs)
 
 
-def _autocast(recipe: Recipe, device: torch.device):
-    if device.type != "cuda" or recipe.train.precision == "fp32":
+def _autocast(tcfg, device: torch.device):
+    if device.type != "cuda" or tcfg.precision == "fp32":
         return nullcontext()
-    if recipe.train.precision == "bf16" and torch.cuda.is_bf16_supported():
+    if tcfg.precision == "bf16" and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cuda", dtype=torch.float16)
 
 
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callbacks: list[Callback] | None = None) -> dict:
-    """Run a recipe; returns the results dict also written to OUTPUT_DIR/results.json."""
-    from transformers import get_linear_schedule_with_warmup
-
+    """Run a recipe (stage 1, then stage 2 when it names triplets); returns OUTPUT_DIR/results.json's dict."""
     rank, world, device = _distributed()
     main_process = rank == 0
     run_dir = Path(recipe.output.dir)
-    ckpt_file = run_dir / "checkpoint.pt"
-    if resume and not ckpt_file.is_file():
-        raise DistillError(f"--resume: no checkpoint at {ckpt_file}")
-    if not resume and ckpt_file.is_file():
+    if resume and not (run_dir / "checkpoint.pt").is_file():
+        raise DistillError(f"--resume: no checkpoint at {run_dir / 'checkpoint.pt'}")
+    if not resume and (run_dir / "checkpoint.pt").is_file():
         raise DistillError(f"{run_dir} already holds a run (checkpoint.pt): pass --resume to continue it, or choose another output.dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     if main_process:
@@ -192,20 +225,74 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
     tokens = tokenize_corpus(student.tokenizer, sentences, recipe.data.max_length, cache.path, progress=progress and main_process)
     if main_process and world > 1:
         dist.barrier()
-    module = DistillModule(student, loss).to(device)
+
+    def stage1_batch(rows):
+        ids, mask = tokens.collate(rows)
+        tgt = targets[torch.from_numpy(rows).to(targets.device)].to(device, non_blocking=True).float()
+        return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), tgt
+
+    meta = {"teacher": recipe.teacher, "student": recipe.student, "loss": recipe.loss, "cache": str(cache.path),
+            "cache_count": len(cache), "recipe": recipe.to_dict()}
+    stage1 = Stage("stage1", run_dir, DistillModule(student, loss).to(device), tokens, tokens.lengths, stage1_batch, 1, recipe.train, meta)
+    stage1_done = (run_dir / "results.json").is_file() and (run_dir / "stage2").exists()
+    results = _run_stage(stage1, recipe, rank, world, device, resume, progress, callbacks) if not stage1_done else json.loads((run_dir / "results.json").read_text())
+    if not recipe.stage2.triplets:
+        return results
+
+    # Stage 2 starts from stage 1's best student, with its own loss, schedule and run folder.
+    from .losses import IBKDSupervisedLoss
+    from .student_io import load_student as _load
+    from .triplets import read_triplets
+
+    s2 = recipe.stage2
+    s2_dir = run_dir / "stage2"
+    if not main_process:
+        dist.barrier()
+    student2, _, _ = _load(run_dir / "best", device=device)
+    student2.max_length = recipe.data.max_length
+    triplets = read_triplets(s2.triplets, s2.columns, s2.subset, s2.max_triplets)
+    flat = [t[0] for t in triplets] + [t[1] for t in triplets] + [t[2] for t in triplets]
+    s2_dir.mkdir(parents=True, exist_ok=True)
+    tok2 = tokenize_corpus(student2.tokenizer, flat, recipe.data.max_length, s2_dir, progress=progress and main_process)
+    if main_process and world > 1:
+        dist.barrier()
+    n_trip = len(triplets)
+    lengths2 = np.maximum.reduce([tok2.lengths[:n_trip], tok2.lengths[n_trip : 2 * n_trip], tok2.lengths[2 * n_trip :]])
+
+    def stage2_batch(rows):
+        ids, mask = tok2.collate(np.concatenate([rows, rows + n_trip, rows + 2 * n_trip]))
+        return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), len(rows)
+
+    loss2 = IBKDSupervisedLoss(student2.dim, None, **s2.loss).to(device)
+    meta2 = {**meta, "loss": {"name": "ibkd_supervised", **s2.loss}, "stage": 2, "triplets": s2.triplets, "triplet_count": n_trip}
+    stage2 = Stage("stage2", s2_dir, TripletModule(student2, loss2).to(device), tok2, lengths2, stage2_batch, 3, s2.train, meta2)
+    resume2 = resume and (s2_dir / "checkpoint.pt").is_file()
+    results2 = _run_stage(stage2, recipe, rank, world, device, resume2, progress, callbacks, baselines=False)
+    if main_process:
+        results2["stage1"] = {k: results[k] for k in ("best", "best_step", "best_dev", "steps", "train_sentences_per_s")}
+        if "baselines" in results:
+            results2["baselines"] = results["baselines"]
+        write_json_atomic(s2_dir / "results.json", results2)
+    return results2
+
+
+def _run_stage(stage: Stage, recipe: Recipe, rank: int, world: int, device: torch.device, resume: bool, progress: bool,
+               callbacks: list[Callback] | None, baselines: bool = True) -> dict:
+    from transformers import get_linear_schedule_with_warmup
+
+    main_process = rank == 0
+    run_dir, tcfg, module = stage.run_dir, stage.train, stage.module
+    ckpt_file = run_dir / "checkpoint.pt"
     model = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else module
-
-    bs, accum = recipe.train.batch_size, recipe.train.grad_accum
-    batches_per_rank = len(epoch_batches(tokens.lengths, bs, recipe.train.seed, 0)) // world
-    steps_per_epoch = batches_per_rank // accum
+    bs, accum = tcfg.batch_size, tcfg.grad_accum
+    steps_per_epoch = len(epoch_batches(stage.lengths, bs, tcfg.seed, 0)) // world // accum
     if steps_per_epoch < 1:
-        raise DistillError(f"{len(tokens)} sentences give no full step of {bs} x {accum} x {world} ranks")
-    total = recipe.train.max_steps or math.ceil(recipe.train.epochs * steps_per_epoch)
-    optimizer = _optimizer(module, recipe, device)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(recipe.train.warmup_ratio * total), total)
-    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and recipe.train.precision == "fp16" else None
+        raise DistillError(f"{stage.name}: {len(stage.lengths)} rows give no full step of {bs} x {accum} x {world} ranks")
+    total = tcfg.max_steps or math.ceil(tcfg.epochs * steps_per_epoch)
+    optimizer = _optimizer(module, tcfg, device)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(tcfg.warmup_ratio * total), total)
+    scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and tcfg.precision == "fp16" else None
     state = TrainState(total_steps=total, steps_per_epoch=steps_per_epoch, run_dir=str(run_dir))
-
     if resume:
         ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
         if ckpt["recipe"] != recipe.to_dict():
@@ -240,9 +327,6 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
         torch.save(payload, tmp)
         os.replace(tmp, ckpt_file)  # atomic: a kill leaves the previous checkpoint intact
 
-    meta = {"teacher": recipe.teacher, "student": recipe.student, "loss": recipe.loss, "cache": str(cache.path),
-            "cache_count": len(cache), "recipe": recipe.to_dict()}
-
     def run_eval():
         if not main_process:
             return
@@ -251,60 +335,64 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
         state.evals.append({"step": state.step, "epoch": state.epoch, **scores})
         if scores[key] > state.best_score:
             state.best_score, state.best_step = scores[key], state.step
-            save_student(run_dir / "best", module.student, module.loss, {**meta, "step": state.step, "selected_by": key, "score": scores[key]})
+            save_student(run_dir / "best", module.student, module.loss, {**stage.meta, "step": state.step, "selected_by": key, "score": scores[key]})
         for cb in cbs:
             cb.on_evaluate(state, scores)
 
     cbs: list[Callback] = []
     if main_process:
-        cbs += [ProgressBar(progress), JsonlLog(run_dir)]
+        cbs += [ProgressBar(progress, desc=stage.name), JsonlLog(run_dir)]
         if recipe.output.wandb:
-            cbs.append(WandbCallback(recipe.output.wandb_project, recipe.to_dict(), run_dir))
+            cbs.append(WandbCallback(recipe.output.wandb_project, recipe.to_dict(), run_dir, name=f"{run_dir.name}-{stage.name}"))
     cbs += list(callbacks or [])
     for cb in cbs:
         cb.on_train_begin(state)
 
     baselines_file = run_dir / "baselines.json"
-    if main_process and recipe.eval.baselines and not baselines_file.is_file():
+    if main_process and baselines and recipe.eval.baselines and not baselines_file.is_file():
         teacher_enc = Encoder.load(recipe.teacher, device=device)
-        baselines = {
+        scores = {
             "teacher": evaluate_sts(teacher_enc, tasks=final_tasks, data=sts, batch_size=recipe.eval.batch_size, progress=False),
             "init": evaluate(final_tasks, head=False),  # an untrained head (HPD) would only add noise
         }
         del teacher_enc
-        write_json_atomic(baselines_file, baselines)
+        write_json_atomic(baselines_file, scores)
+
+    def check_finite(bad: torch.Tensor, since: int):
+        # One host sync per check, not per step: the flag accumulates on the device.
+        if bool(bad):
+            raise DistillError(
+                f"{stage.name}: the loss became nan or inf between steps {since + 1} and {state.step}: stopped; the last good "
+                f"checkpoint is {ckpt_file if ckpt_file.is_file() else 'none yet'} and the best student is in {run_dir / 'best'}"
+            )
 
     module.train()
-    amp = _autocast(recipe, device)
+    amp = _autocast(tcfg, device)
+    log_every = 10
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    checked_at = state.step
+    sums: dict[str, torch.Tensor] = {}  # loss parts summed on the device since the last log
+    summed = 0
+    metrics: dict[str, float] = {}
     while state.step < total:
-        batches = epoch_batches(tokens.lengths, bs, recipe.train.seed, state.epoch)[rank::world][: steps_per_epoch * accum]
+        batches = epoch_batches(stage.lengths, bs, tcfg.seed, state.epoch)[rank::world][: steps_per_epoch * accum]
         while state.step_in_epoch < steps_per_epoch and state.step < total:
             t0 = time.perf_counter()
-            parts_sum: dict[str, float] = {}
             for micro in range(accum):
-                rows = batches[state.step_in_epoch * accum + micro]
-                ids, mask = tokens.collate(rows)
-                ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
-                tgt = targets[torch.from_numpy(rows).to(targets.device)].to(device, non_blocking=True).float()
+                args = stage.make_batch(batches[state.step_in_epoch * accum + micro])
                 sync = nullcontext() if (world == 1 or micro == accum - 1) else model.no_sync()
                 with sync:
                     with amp:
-                        parts = model(ids, mask, tgt)
+                        parts = model(*args)
                     value = parts["loss"]
-                    if not torch.isfinite(value):
-                        raise DistillError(
-                            f"the loss is {value.item()} at step {state.step + 1} (epoch {state.epoch}): stopped; "
-                            f"the last good checkpoint is {ckpt_file if ckpt_file.is_file() else 'none yet'}"
-                            f" and the best student is in {run_dir / 'best'}"
-                        )
-                    value = value / accum
-                    (scaler.scale(value) if scaler else value).backward()
+                    bad |= ~torch.isfinite(value.detach())
+                    (scaler.scale(value / accum) if scaler else value / accum).backward()
                 for k, v in parts.items():
-                    parts_sum[k] = parts_sum.get(k, 0.0) + float(v.detach()) / accum
+                    sums[k] = sums.get(k, 0.0) + v.detach().float() / accum
             if scaler:
                 scaler.unscale_(optimizer)
-            if recipe.train.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(module.parameters(), recipe.train.grad_clip)
+            if tcfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(module.parameters(), tcfg.grad_clip)
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -312,17 +400,23 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
                 optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            if device.type == "cuda" and state.step % 50 == 0:
-                torch.cuda.synchronize(device)  # honest timing without a sync every step
-            state.train_seconds += time.perf_counter() - t0
+            summed += 1
             state.step += 1
             state.step_in_epoch += 1
-            state.sentences_seen += bs * accum * world
-            metrics = {**parts_sum, "lr": scheduler.get_last_lr()[0], "sentences_per_s": state.sentences_seen / max(state.train_seconds, 1e-9)}
+            state.sentences_seen += bs * accum * world * stage.rows_per_sentence
+            epoch_end = state.step_in_epoch == steps_per_epoch
+            evaluating = state.step % recipe.eval.every_steps == 0 or epoch_end or state.step == total
+            if state.step % log_every == 0 or evaluating:
+                check_finite(bad, checked_at)  # synchronizes with the device: timing is honest here
+                checked_at = state.step
+                metrics = {k: float(v) / summed for k, v in sums.items()}
+                sums.clear()
+                summed = 0
+            state.train_seconds += time.perf_counter() - t0
+            metrics.update(lr=scheduler.get_last_lr()[0], sentences_per_s=state.sentences_seen / max(state.train_seconds, 1e-9))
             for cb in cbs:
                 cb.on_step_end(state, metrics)
-            epoch_end = state.step_in_epoch == steps_per_epoch
-            if state.step % recipe.eval.every_steps == 0 or epoch_end or state.step == total:
+            if evaluating:
                 run_eval()
                 if epoch_end:
                     state.epoch += 1
@@ -333,7 +427,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
 
     results = {}
     if main_process:
-        save_student(run_dir / "final", module.student, module.loss, {**meta, "step": state.step})
+        save_student(run_dir / "final", module.student, module.loss, {**stage.meta, "step": state.step})
         from .student_io import load_student as _load
 
         best_enc, best_meta, heads = _load(run_dir / "best", device=device)
@@ -344,16 +438,15 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
         results = {
             "best": best_scores, "best_step": state.best_step, "best_dev": state.best_score, "steps": state.step,
             "train_sentences_per_s": state.sentences_seen / max(state.train_seconds, 1e-9),
-            "sentences": len(tokens), "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "sentences": len(stage.lengths) * stage.rows_per_sentence, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "evals": state.evals, "embedding_dim": best_meta["embedding_dim"],
             "params": sum(p.numel() for p in best_enc.transformer.parameters()) + (sum(p.numel() for p in head.parameters()) if head is not None else 0),
+            "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         }
         if baselines_file.is_file():
-            import json
-
             results["baselines"] = json.loads(baselines_file.read_text())
         write_json_atomic(run_dir / "results.json", results)
-        write_text_atomic(run_dir / "results.md", format_table(best_scores, title=f"{recipe.student} ({recipe.loss['name']})") + "\n")
+        write_text_atomic(run_dir / "results.md", format_table(best_scores, title=f"{recipe.student} ({stage.meta['loss']['name']})") + "\n")
         for cb in cbs:
             cb.on_train_end(state, results)
     if world > 1:

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 import torch
-
 from conftest import REPO, STS_DIR, tiny_recipe_text
+
 from distill.callbacks import Callback
 from distill.config import load_recipe
 from distill.errors import DistillError
@@ -61,7 +61,7 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_hom
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, tiny_home, monkeypatch):
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     recipe = load_recipe(_recipe(tmp_path, loss="name: mse, standardize: none", steps=20, every=1), ["train.lr=1e25", "train.grad_clip=0", "train.warmup_ratio=0"])
-    with pytest.raises(DistillError, match=r"the loss is (nan|inf) at step (\d+).*last good checkpoint is .*checkpoint\.pt"):
+    with pytest.raises(DistillError, match=r"the loss became nan or inf between steps \d+ and \d+.*last good checkpoint is .*checkpoint\.pt"):
         train(recipe, progress=False)
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
     assert ckpt["state"]["step"] >= 1
@@ -143,3 +143,43 @@ def test_torchrun_two_processes_on_cpu(tmp_path, tiny_home):
     assert results["steps"] == 4 and len(results["evals"]) == 2
     # 256 sentences, batch 32 per rank, 2 ranks: 4 steps = 256 sentences seen in all
     assert "best STS-B dev" in proc.stdout
+
+
+def _write_triplets(path):
+    """Hand-written (anchor, entailed, contradicting) triplets, SimCSE's column names."""
+    people = ["A man", "A woman", "Two children", "An old farmer", "A young girl", "The chef", "A soldier", "Three dogs"]
+    acts = [("is playing a guitar", "makes music", "is sleeping silently"), ("is cutting an onion", "prepares food", "is swimming in a lake"),
+            ("runs through the park", "is outside moving", "sits in an office"), ("reads a thick book", "is reading", "is shouting at a game")]
+    rows = ["sent0,sent1,hard_neg"]
+    for who in people:
+        for act, pos, neg in acts:
+            rows.append(f"{who} {act}.,{who} {pos}.,{who} {neg}.")
+    path.write_text("\n".join(rows) + "\n")
+
+
+def test_two_stage_ibkd_chains_stage1_and_supervised_triplets(tmp_path, tiny_home, monkeypatch):
+    from sentence_transformers import SentenceTransformer
+
+    from distill.export import export_student
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    _write_triplets(tmp_path / "nli.csv")
+    recipe = load_recipe(_recipe(tmp_path, steps=2, every=2), [
+        f"stage2.triplets=[{tmp_path / 'nli.csv'}]", "stage2.train.batch_size=8", "stage2.train.max_steps=3", "stage2.train.lr=1e-4",
+        "stage2.loss.hsic_layer=-2",
+    ])
+    results = train(recipe, progress=False)
+    assert results["stage1"]["steps"] == 2 and results["steps"] == 3
+    s2 = tmp_path / "run" / "stage2"
+    assert (s2 / "best" / "distill_student.json").is_file() and (s2 / "results.json").is_file()
+    meta = json.loads((s2 / "best" / "distill_student.json").read_text())
+    assert meta["loss"]["name"] == "ibkd_supervised" and meta["triplet_count"] == 32
+    log = [json.loads(line) for line in (s2 / "log.jsonl").read_text().splitlines()]
+    assert any("hsic" in row for row in log)
+    out = export_student(tmp_path / "run", tmp_path / "export")
+    assert "ibkd_supervised" in (out / "README.md").read_text()
+    assert SentenceTransformer(str(out), device="cpu").encode(["x"]).shape == (1, 32)
+    (tmp_path / "bad.csv").write_text("a,b,c\n1,2,3\n")
+    bad = load_recipe(_recipe(tmp_path / "run2" if (tmp_path / "run2").mkdir() is None else None, steps=2, every=2), [f"stage2.triplets=[{tmp_path / 'bad.csv'}]"])
+    with pytest.raises(DistillError, match=r"bad\.csv: needs the columns anchor, positive, negative"):
+        train(bad, progress=False)
