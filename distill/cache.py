@@ -76,7 +76,7 @@ class TeacherCache:
     build_stats: dict | None = None  # set by build_cache: shards reused / encoded
 
     @classmethod
-    def open(cls, path: str | Path, expect: dict | None = None) -> "TeacherCache":
+    def open(cls, path: str | Path, expect: dict | None = None) -> TeacherCache:
         """Open a complete cache; `expect` (e.g. teacher_identity(spec) + corpus_sha256) must agree."""
         path = Path(path)
         manifest_file = path / "manifest.json"

@@ -13,9 +13,9 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from .corpus_io import iter_jsonl, iter_lines, open_binary
 from .errors import DistillError

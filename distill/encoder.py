@@ -10,9 +10,9 @@ states (IBKD's HSIC term), and bulk encoding must be faster than `SentenceTransf
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import DistillError
-from .presets import POOLINGS, StudentSpec, TeacherSpec
+from .presets import POOLINGS, StudentSpec
 
 
 def pool(pooling: str, last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooler_output=None) -> torch.Tensor:
@@ -121,7 +121,7 @@ class Encoder(nn.Module):
         layers: int | Sequence[int] | None = None,
         device: str | torch.device | None = None,
         offline_source: str | None = None,
-    ) -> "Encoder":
+    ) -> Encoder:
         """Load from a folder, preset, hub id or PyPI model; explicit arguments beat the folder's own settings.
 
         A preset name brings its pooling, normalization, max length and layer cut.

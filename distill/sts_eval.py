@@ -7,7 +7,7 @@ training, as the STS callback (usually on STS-B dev alone).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.stats import spearmanr

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CORPUS_DIR, REPO
 
 from distill.cache import TeacherCache, build_cache, fit_pca, teacher_identity
 from distill.corpus import read_corpus
 from distill.encoder import Encoder
 from distill.errors import DistillError
 from distill.presets import TeacherSpec
-
-from conftest import CORPUS_DIR, REPO
 
 
 def _tiny_teacher_home(tmp_path: Path, model_dir: Path) -> tuple[Path, TeacherSpec]:

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
-from ..errors import DistillError
-
 
 def _cmd_config(args) -> int:
     import yaml

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import DistillError
-
 
 def _cmd_eval(args) -> int:
     from ..io import write_json_atomic
