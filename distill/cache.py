@@ -3,8 +3,8 @@
 A cache folder holds
   sentences.txt        the de-duplicated corpus, one sentence per line (row i = line i)
   embeddings.npy       float16 N x D, opened memory-mapped
-  pca.npz, pca_K.npy   optional: PCA fitted on a sample (mean, components) and the N x K
-                       projected targets (HPD's targets)
+  pca.npz, pca_K.npy   optional: PCA fitted on a sample (mean, components, variance) and the
+                       N x K targets t @ components.T (HPD's targets, uncentered as its authors')
   manifest.json        teacher, pooling, normalize, dim, max length, corpus sha256, counts...;
                        written last, with "complete": true: a folder without it is not a cache
 While building, shards/NNNNN.npy (one per `shard_size` rows) are written atomically next to a
@@ -115,7 +115,12 @@ class TeacherCache:
 
 
 def fit_pca(matrix: np.ndarray, k: int, sample: int = 50_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean (D), components (k x D) and explained variance (k) from a random sample of rows."""
+    """Mean (D), components (k x D) and explained variance (k), fitted on a random sample of rows.
+
+    HPD's targets are `t @ components.T`: fitted on centered data like sklearn's PCA, but projected
+    without subtracting the mean, as the HPD authors' code does (a bias-free linear layer holding
+    `pca.components_`). The sample is random because a corpus is often several files in a row.
+    """
     n, d = matrix.shape
     if not 0 < k <= min(d, n):
         raise DistillError(f"--pca {k}: must be between 1 and min(dim={d}, sentences={n})")
@@ -233,7 +238,7 @@ def build_cache(
 
 def _write_pca(cache: TeacherCache, k: int) -> dict:
     mean, comps, var = fit_pca(cache.embeddings, k)
-    _save_npy_atomic(cache.path / f"pca_{k}.npy", ((np.asarray(cache.embeddings, dtype=np.float32) - mean) @ comps.T).astype(np.float16))
+    _save_npy_atomic(cache.path / f"pca_{k}.npy", (np.asarray(cache.embeddings, dtype=np.float32) @ comps.T).astype(np.float16))
     with open(cache.path / ".pca.npz.tmp", "wb") as f:
         np.savez(f, mean=mean, components=comps, explained_variance=var)
     (cache.path / ".pca.npz.tmp").replace(cache.path / "pca.npz")

@@ -69,10 +69,10 @@ def test_cache_matches_the_teacher_and_refuses_a_mismatch(tmp_path, tiny_bert_di
     m = cache.manifest
     assert m["complete"] and m["teacher"] == "tiny" and m["dim"] == 32 and m["teacher_revision"].startswith("sha256:")
     assert not (tmp_path / "cache" / "shards").exists() and not (tmp_path / "cache" / "build.json").exists()
-    # PCA: targets are the centered embeddings on the top-8 principal axes
+    # PCA: targets are the embeddings on the top-8 principal axes (uncentered, as HPD's authors)
     pca = np.load(tmp_path / "cache" / "pca.npz")
     x = np.asarray(cache.embeddings, dtype=np.float64)
-    np.testing.assert_allclose(cache.pca_targets(8), (x - pca["mean"]) @ pca["components"].T, atol=2e-3)
+    np.testing.assert_allclose(cache.pca_targets(8), x @ pca["components"].T, atol=2e-3)
     assert np.all(np.diff(pca["explained_variance"]) <= 1e-7)
     # a run whose teacher or corpus differs is refused, naming the field
     expect = {**teacher_identity(spec), "corpus_sha256": m["corpus_sha256"]}

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from distill.cache import fit_pca
 from distill.config import LOSS_DEFAULTS
 from distill.encoder import Encoder, keep_layers
 from distill.errors import DistillError
@@ -24,7 +25,6 @@ from distill.losses import (
     InfoNCELoss,
     MSELoss,
     build_loss,
-    fit_pca,
     hsic,
     info_nce,
     median_gamma,
@@ -367,7 +367,8 @@ def test_hpd_reference_head_and_pca():
     t_all = torch.randn(40, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(15)) @ torch.diag(
         torch.linspace(3, 0.1, 12, dtype=torch.float64)
     )
-    comps = fit_pca(t_all, k=4)
+    _, comps, _ = fit_pca(t_all.numpy(), k=4)  # the cache's PCA (distill.cache)
+    comps = torch.from_numpy(comps)
     assert comps.shape == (4, 12)
     # the principal directions = top eigenvectors of the covariance (up to sign)
     _, evecs = np.linalg.eigh(np.cov(t_all.numpy(), rowvar=False))

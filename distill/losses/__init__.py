@@ -30,7 +30,7 @@ from .functional import (
     median_gamma,
     rbf_kernel,
 )
-from .hpd import HPDLoss, fit_pca
+from .hpd import HPDLoss
 from .ibkd import IBKDLoss
 from .ibkd_supervised import IBKDSupervisedLoss
 from .infonce import InfoNCELoss
@@ -86,7 +86,6 @@ __all__ = [
     "MSELoss",
     "STDistillLoss",
     "build_loss",
-    "fit_pca",
     "gather_candidates",
     "hidden_state_mean",
     "hsic",

@@ -4,34 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import DistillError
 from .functional import DistillLoss, precise
-
-
-@torch.no_grad()
-def fit_pca(teacher_all: Tensor | np.ndarray, k: int = 128, max_rows: int | None = 40000) -> Tensor:
-    """The k principal directions (k x d_t, float32) of teacher vectors, for building HPD targets.
-
-    Fitted on centered data (like sklearn's PCA, on the first `max_rows` rows as the authors do with
-    40,000 sentences), but the authors then project WITHOUT subtracting the mean: their targets are
-    `teacher @ components.T` (a bias-free nn.Linear holding `pca.components_`). Do the same for the
-    cache so the targets match the paper.
-    """
-    t = torch.as_tensor(teacher_all)
-    if max_rows is not None:
-        t = t[:max_rows]
-    t = t.to(torch.float64)
-    if t.dim() != 2 or not 0 < k <= min(t.shape):
-        raise DistillError(f"fit_pca: cannot take {k} components from a {tuple(t.shape)} matrix")
-    centered = t - t.mean(0, keepdim=True)
-    # Right singular vectors of the centered data = eigenvectors of the covariance, by variance.
-    _, _, vh = torch.linalg.svd(centered, full_matrices=False)
-    return vh[:k].to(torch.float32).contiguous()
 
 
 class HPDLoss(DistillLoss):
