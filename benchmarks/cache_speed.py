@@ -1,0 +1,113 @@
+"""Teacher cache build speed vs SentenceTransformer.encode at its best batch size, in one run.
+
+Goal (issue 3): `distill cache` encodes at least twice the sentences/s of
+SentenceTransformer.encode at its best batch size, same teacher and GPU (all-mpnet-base-v2 in fp16
+on an H100: 8,500 sentences/s through `encode` at batch 512). Ours is timed end to end: corpus
+read + de-duplication, tokenization, encoding, shards, the final float16 matrix and manifest.
+The SentenceTransformer copy runs in fp16 on GPU (fp32 on CPU) over the same distinct sentences.
+
+    python benchmarks/cache_speed.py                                     # mpnet, 50k glosses, GPU
+    python benchmarks/cache_speed.py --teacher all-minilm-l6-v2 --n 2000 --batch-sizes 64,128 --label CPU
+
+Appends a row to BENCHMARKS.md (date, device, command, commit, numbers).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from encode_speed import DEFAULT_CORPUS, device_name, git_commit, read_sentences, sync  # noqa: E402
+
+SECTION = "## Teacher cache speed (benchmarks/cache_speed.py)"
+COLUMNS = ["date", "device", "label", "command", "commit", "teacher", "sentences", "ST best batch", "ST sentences/s", "cache sentences/s", "cache / ST"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from distill.cache import build_cache
+    from distill.encoder import best_device
+    from distill.models import resolve_model
+    from distill.presets import load_teacher
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", default="all-mpnet-base-v2")
+    ap.add_argument("--n", type=int, default=50_000)
+    ap.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    ap.add_argument("--batch-sizes", default="128,256,512,1024", help="SentenceTransformer batch sizes to try")
+    ap.add_argument("--cache-batch-size", type=int, default=512)
+    ap.add_argument("--label", default="")
+    ap.add_argument("--bench-md", type=Path, default=REPO / "BENCHMARKS.md")
+    args = ap.parse_args(argv)
+
+    spec = load_teacher(args.teacher)
+    device = best_device()
+    sentences = list(dict.fromkeys(read_sentences(args.corpus, args.n)))  # the cache de-duplicates too
+    st = SentenceTransformer(str(resolve_model(spec.name, offline_source=spec.offline_source)), device=str(device))
+    st.max_seq_length = spec.max_length
+    if device.type == "cuda":
+        st.half()
+    st.encode(sentences[:512], batch_size=128)  # warm-up
+    best = (0, 0.0)
+    for bs in [int(b) for b in args.batch_sizes.split(",")]:
+        sync(device)
+        t0 = time.perf_counter()
+        st.encode(sentences, batch_size=bs, normalize_embeddings=spec.normalize)
+        sync(device)
+        rate = len(sentences) / (time.perf_counter() - t0)
+        print(f"SentenceTransformer.encode batch {bs}: {rate:,.0f} sentences/s", flush=True)
+        best = max(best, (bs, rate), key=lambda x: x[1])
+    del st
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus.txt"
+        corpus.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+        # warm-up on a small cache so model loading is not timed twice; then the timed build
+        build_cache(spec, [str(corpus)], Path(tmp) / "warm", max_sentences=512, batch_size=args.cache_batch_size, progress=False)
+        sync(device)
+        t0 = time.perf_counter()
+        build_cache(spec, [str(corpus)], Path(tmp) / "cache", batch_size=args.cache_batch_size, progress=False)
+        sync(device)
+        ours = len(sentences) / (time.perf_counter() - t0)
+    print(f"distill cache (end to end, incl. model load): {ours:,.0f} sentences/s; {ours / best[1]:.2f}x SentenceTransformer at batch {best[0]}")
+
+    row = {
+        "date": dt.date.today().isoformat(), "device": device_name(device), "label": args.label,
+        "command": "`python benchmarks/cache_speed.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])) + "`",
+        "commit": git_commit(), "teacher": spec.name, "sentences": len(sentences), "ST best batch": best[0],
+        "ST sentences/s": f"{best[1]:,.0f}", "cache sentences/s": f"{ours:,.0f}", "cache / ST": f"{ours / best[1]:.2f}x",
+    }
+    record(args.bench_md, "| " + " | ".join(str(row[c]) for c in COLUMNS) + " |")
+    return 0
+
+
+def record(path: Path, line: str) -> None:
+    """Append the row to this script's table in BENCHMARKS.md (made on first use), wherever it sits."""
+    lines = path.read_text().splitlines() if path.is_file() else ["# Benchmarks"]
+    if SECTION not in lines:
+        lines += ["", SECTION, "", "Goal: cache sentences/s >= 2 x SentenceTransformer.encode at its best batch size, same teacher and GPU.", "",
+                  "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    end = lines.index(SECTION) + 1
+    while end < len(lines) and not lines[end].startswith("|"):
+        end += 1
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines.insert(end, line)
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
