@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -313,7 +315,7 @@ def test_mse_reference(standardize):
     w, b = _linear(loss.projection)
     p = np_(out["embedding"]) @ w.T + b
     tn = t.numpy()
-    if standardize == "student_norm":
+    if standardize == "student_norm":  # first batch: the scale is measured on it
         target = tn * (np.mean([np.linalg.norm(r) for r in p]) / np.mean([np.linalg.norm(r) for r in tn]))
     elif standardize == "zscore":
         t_all = torch.randn(50, 7, dtype=torch.float64, generator=torch.Generator().manual_seed(12)) * 3 + 1
@@ -324,6 +326,26 @@ def test_mse_reference(standardize):
     got = loss(out, t)
     assert got["loss"].item() == pytest.approx(float(((p - target) ** 2).mean()), rel=1e-12)
     assert not got["mse"].requires_grad
+
+
+def test_mse_student_norm_scale_is_measured_once():
+    """The scale comes from the first batch and then stays: a per-batch scale would let the
+    student shrink for free (the target would follow it down)."""
+    g = torch.Generator().manual_seed(19)
+    loss = MSELoss(7, 7).double()  # default standardize: student_norm
+    assert loss.standardize == "student_norm" and loss.projection is None
+    s1 = torch.randn(6, 7, generator=g, dtype=torch.float64) * 5
+    t1, t2 = (F.normalize(torch.randn(6, 7, generator=g, dtype=torch.float64), dim=-1) for _ in range(2))
+    first = loss({"embedding": s1}, t1)
+    c = np.linalg.norm(s1.numpy(), axis=1).mean() / np.linalg.norm(t1.numpy(), axis=1).mean()
+    assert first["target_scale"].item() == pytest.approx(c, rel=1e-12)
+    s2 = s1 * 0.1  # a shrunken student meets the same scale, not a shrunken target
+    second = loss({"embedding": s2}, t2)
+    assert second["target_scale"].item() == pytest.approx(c, rel=1e-12)
+    assert second["loss"].item() == pytest.approx(float(((s2.numpy() - c * t2.numpy()) ** 2).mean()), rel=1e-12)
+    fresh = MSELoss(7, 7).double()
+    fresh.load_state_dict(loss.state_dict())  # the scale is a buffer: a resumed run keeps it
+    assert fresh({"embedding": s2}, t2)["loss"].item() == pytest.approx(second["loss"].item(), rel=1e-12)
 
 
 def test_mse_zscore_running_statistics_and_identity_head():
@@ -673,6 +695,8 @@ def _ddp_worker(rank, world, init_file, out_dir):
     from distill.losses import gather_candidates
 
     torch.set_num_threads(1)
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")  # both ranks are local: no hostname lookup
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         data = _ddp_data()

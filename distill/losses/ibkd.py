@@ -80,7 +80,8 @@ class IBKDLoss(DistillLoss):
       between X, the attention-masked mean of the student's hidden state `hsic_layer` (0 = the
       embedding output, negative = from the top) standing in for the input, and S = the student's
       pooled vector s. It is the information-bottleneck term: a differentiable proxy for I(X; S) that
-      the student is pushed to lower.
+      the student is pushed to lower. Under DDP it is computed on each rank's own batch (the kernel
+      statistics need no global view, and gathering n x n kernels would cost more than it brings).
 
     Parameters: tau (temperature), lam (HSIC weight; lam = 0 is plain InfoNCE, the "infonce" loss),
     gamma (kernel width when bandwidth = "fixed"), bandwidth ("fixed": use gamma on both sides;
