@@ -183,3 +183,33 @@ def test_two_stage_ibkd_chains_stage1_and_supervised_triplets(tmp_path, tiny_hom
     bad = load_recipe(_recipe(tmp_path / "run2" if (tmp_path / "run2").mkdir() is None else None, steps=2, every=2), [f"stage2.triplets=[{tmp_path / 'bad.csv'}]"])
     with pytest.raises(DistillError, match=r"bad\.csv: needs the columns anchor, positive, negative"):
         train(bad, progress=False)
+
+
+def test_sigkilled_training_resumes_to_the_same_end(tmp_path, tiny_home, monkeypatch):
+    """A real kill -9 mid-run: the atomic checkpoint survives and --resume finishes the run."""
+    import signal
+    import time
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    straight = train(load_recipe(_recipe(a, steps=24, every=2)), progress=False)
+    recipe_file = _recipe(b, steps=24, every=2)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "distill.cli", "train", str(recipe_file), "--quiet"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpt = b / "run" / "checkpoint.pt"
+    deadline = time.time() + 240
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (b / "run" / "results.json").exists(), "the run ended before it could be killed"
+    killed_at = torch.load(ckpt, weights_only=False)["state"]["step"]
+    assert 0 < killed_at < 24
+    resumed = train(load_recipe(recipe_file), resume=True, progress=False)
+    assert resumed["steps"] == 24 and [e["step"] for e in resumed["evals"]] == [e["step"] for e in straight["evals"]]
+    assert abs(resumed["best"]["STS-B"] - straight["best"]["STS-B"]) < 0.1
+    wa, wb = _weights(a / "run"), _weights(b / "run")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
