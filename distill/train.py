@@ -97,10 +97,9 @@ class Stage:
     name: str
     run_dir: Path
     module: nn.Module  # DistillModule or TripletModule
-    tokens: object  # TokenizedCorpus over the stage's sentences
     lengths: np.ndarray  # one per training row (a triplet's longest sentence in stage 2)
     make_batch: object  # rows -> (args for module.forward)
-    rows_per_sentence: int  # sentences per row: 1, or 3 for a triplet
+    sentences_per_row: int  # sentences per row: 1, or 3 for a triplet
     train: object  # TrainConfig
     meta: dict
 
@@ -233,7 +232,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
 
     meta = {"teacher": recipe.teacher, "student": recipe.student, "loss": recipe.loss, "cache": str(cache.path),
             "cache_count": len(cache), "recipe": recipe.to_dict()}
-    stage1 = Stage("stage1", run_dir, DistillModule(student, loss).to(device), tokens, tokens.lengths, stage1_batch, 1, recipe.train, meta)
+    stage1 = Stage("stage1", run_dir, DistillModule(student, loss).to(device), tokens.lengths, stage1_batch, 1, recipe.train, meta)
     stage1_done = (run_dir / "results.json").is_file() and (run_dir / "stage2").exists()
     results = _run_stage(stage1, recipe, rank, world, device, resume, progress, callbacks) if not stage1_done else json.loads((run_dir / "results.json").read_text())
     if not recipe.stage2.triplets:
@@ -265,7 +264,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
 
     loss2 = IBKDSupervisedLoss(student2.dim, None, **s2.loss).to(device)
     meta2 = {**meta, "loss": {"name": "ibkd_supervised", **s2.loss}, "stage": 2, "triplets": s2.triplets, "triplet_count": n_trip}
-    stage2 = Stage("stage2", s2_dir, TripletModule(student2, loss2).to(device), tok2, lengths2, stage2_batch, 3, s2.train, meta2)
+    stage2 = Stage("stage2", s2_dir, TripletModule(student2, loss2).to(device), lengths2, stage2_batch, 3, s2.train, meta2)
     resume2 = resume and (s2_dir / "checkpoint.pt").is_file()
     results2 = _run_stage(stage2, recipe, rank, world, device, resume2, progress, callbacks, baselines=False)
     if main_process:
@@ -403,7 +402,7 @@ def _run_stage(stage: Stage, recipe: Recipe, rank: int, world: int, device: torc
             summed += 1
             state.step += 1
             state.step_in_epoch += 1
-            state.sentences_seen += bs * accum * world * stage.rows_per_sentence
+            state.sentences_seen += bs * accum * world * stage.sentences_per_row
             epoch_end = state.step_in_epoch == steps_per_epoch
             evaluating = state.step % recipe.eval.every_steps == 0 or epoch_end or state.step == total
             if state.step % log_every == 0 or evaluating:
@@ -438,7 +437,7 @@ def _run_stage(stage: Stage, recipe: Recipe, rank: int, world: int, device: torc
         results = {
             "best": best_scores, "best_step": state.best_step, "best_dev": state.best_score, "steps": state.step,
             "train_sentences_per_s": state.sentences_seen / max(state.train_seconds, 1e-9),
-            "sentences": len(stage.lengths) * stage.rows_per_sentence, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "sentences": len(stage.lengths) * stage.sentences_per_row, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "evals": state.evals, "embedding_dim": best_meta["embedding_dim"],
             "params": sum(p.numel() for p in best_enc.transformer.parameters()) + (sum(p.numel() for p in head.parameters()) if head is not None else 0),
             "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
