@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from sentences import CONTRADICTIONS, PARAPHRASES, SENTENCES
 
 from distill.cache import fit_pca
 from distill.config import LOSS_DEFAULTS
@@ -32,38 +33,6 @@ from distill.losses import (
     median_gamma,
     rbf_kernel,
 )
-
-SENTENCES = [
-    "A man is playing a guitar.",
-    "A woman slices an onion in the kitchen.",
-    "The cat sleeps on the warm mat.",
-    "Stocks fell sharply on Monday after the announcement.",
-    "Two dogs run across a snowy field.",
-    "He cooked pasta for dinner.",
-    "The train was late again this morning.",
-    "Children are swimming in a lake.",
-]
-PARAPHRASES = [
-    "Someone plays the guitar.",
-    "A woman is cutting an onion.",
-    "A cat is asleep on a mat.",
-    "Share prices dropped on Monday.",
-    "Dogs are running through snow.",
-    "He made spaghetti for supper.",
-    "Once more the train arrived late.",
-    "Kids swim in a lake.",
-]
-CONTRADICTIONS = [
-    "Nobody is playing any instrument.",
-    "A man is eating a sandwich.",
-    "The cat is chasing a mouse outside.",
-    "Stocks rose to record highs.",
-    "The dogs are sleeping indoors.",
-    "He skipped dinner entirely.",
-    "The train arrived early.",
-    "The children are reading at school.",
-]
-
 
 # ----------------------------------------------------------------------------------------------
 # fixtures: a tiny real BERT with the real MiniLM tokenizer

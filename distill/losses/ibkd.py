@@ -49,6 +49,9 @@ class HSICPenalty(nn.Module):
         self.gamma, self.bandwidth, self.layer = float(gamma), bandwidth, int(layer)
         self.kernel_normalize, self.who = bool(kernel_normalize), who
 
+    def config(self) -> dict[str, Any]:
+        return {"gamma": self.gamma, "bandwidth": self.bandwidth, "hsic_layer": self.layer, "kernel_normalize": self.kernel_normalize}
+
     def inputs(self, outs: list[dict]) -> tuple[Tensor, Tensor]:
         x = torch.cat([hidden_state_mean(o, self.layer, self.who) for o in outs], dim=0)
         s = torch.cat([o["embedding"] for o in outs], dim=0)
@@ -133,15 +136,7 @@ class IBKDLoss(DistillLoss):
         return self.lam > 0
 
     def get_config_dict(self) -> dict[str, Any]:
-        h = self.hsic_term
-        return {
-            "tau": self.tau,
-            "lam": self.lam,
-            "gamma": h.gamma,
-            "bandwidth": h.bandwidth,
-            "hsic_layer": h.layer,
-            "kernel_normalize": h.kernel_normalize,
-        }
+        return {"tau": self.tau, "lam": self.lam, **self.hsic_term.config()}
 
     def forward(self, student_out: dict, teacher: Tensor) -> dict:
         s = student_out["embedding"]

@@ -85,17 +85,7 @@ class IBKDSupervisedLoss(DistillLoss):
         return self.lam > 0
 
     def get_config_dict(self) -> dict[str, Any]:
-        h = self.hsic_term
-        return {
-            "tau": self.tau,
-            "lam": self.lam,
-            "gamma": h.gamma,
-            "bandwidth": h.bandwidth,
-            "hsic_layer": h.layer,
-            "kernel_normalize": h.kernel_normalize,
-            "head": self.head_kind,
-            "head_dim": self.head_dim,
-        }
+        return {"tau": self.tau, "lam": self.lam, **self.hsic_term.config(), "head": self.head_kind, "head_dim": self.head_dim}
 
     def forward(self, anchor: dict, positive: dict, negative: dict | None = None) -> dict:  # type: ignore[override]
         outs = [anchor, positive] + ([negative] if negative is not None else [])
