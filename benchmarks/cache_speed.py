@@ -26,9 +26,11 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_md import add_row  # noqa: E402
 from encode_speed import DEFAULT_CORPUS, device_name, git_commit, read_sentences, sync  # noqa: E402
 
 SECTION = "## Teacher cache speed (benchmarks/cache_speed.py)"
+INTRO = "Goal: cache sentences/s >= 2 x SentenceTransformer.encode at its best batch size, same teacher and GPU."
 COLUMNS = ["date", "device", "label", "command", "commit", "teacher", "sentences", "ST best batch", "ST sentences/s", "cache sentences/s", "cache / ST"]
 
 
@@ -90,23 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         "commit": git_commit(), "teacher": spec.name, "sentences": len(sentences), "ST best batch": best[0],
         "ST sentences/s": f"{best[1]:,.0f}", "cache sentences/s": f"{ours:,.0f}", "cache / ST": f"{ours / best[1]:.2f}x",
     }
-    record(args.bench_md, "| " + " | ".join(str(row[c]) for c in COLUMNS) + " |")
+    add_row(args.bench_md, SECTION, INTRO, COLUMNS, row)
     return 0
 
-
-def record(path: Path, line: str) -> None:
-    """Append the row to this script's table in BENCHMARKS.md (made on first use), wherever it sits."""
-    lines = path.read_text().splitlines() if path.is_file() else ["# Benchmarks"]
-    if SECTION not in lines:
-        lines += ["", SECTION, "", "Goal: cache sentences/s >= 2 x SentenceTransformer.encode at its best batch size, same teacher and GPU.", "",
-                  "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    end = lines.index(SECTION) + 1
-    while end < len(lines) and not lines[end].startswith("|"):
-        end += 1
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    lines.insert(end, line)
-    path.write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_md import add_row  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus" / "wordnet-glosses.txt.gz"
 SECTION = "## Encode speed (benchmarks/encode_speed.py)"
@@ -139,34 +142,16 @@ def measure(name: str, sentences: list[str], device, batch_size: int, repeats: i
     return {"st": st_rate, "ours": ours_rate, "min_cos": float(cos.min())}
 
 
+INTRO = (
+    "Sentences/s end to end (tokenization included), SentenceTransformer.encode (batch 256, fp32 "
+    "unless the command says otherwise) vs distill's Encoder.encode (bf16/fp16 autocast on GPU), "
+    "same sentences, same device. Target: ours student/s >= 5 x ours teacher/s on an H100."
+)
+
+
 def record(path: Path, row: dict) -> None:
     """Append a row to the encode-speed table of BENCHMARKS.md (made if missing), atomically."""
-    from distill.io import write_text_atomic
-
-    cells = "| " + " | ".join(str(row[c]).replace("|", "\\|") for c in COLUMNS) + " |"
-    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
-    lines = text.rstrip("\n").split("\n")
-    if SECTION not in lines:
-        lines += [
-            "", SECTION, "",
-            (
-                "Sentences/s end to end (tokenization included), SentenceTransformer.encode (batch 256, fp32 "
-                "unless the command says otherwise) vs distill's Encoder.encode (bf16/fp16 autocast on GPU), "
-                "same sentences, same device. Target: ours student/s >= 5 x ours teacher/s on an H100."
-            ),
-            "",
-            "| " + " | ".join(COLUMNS) + " |",
-            "|" + "|".join("---" for _ in COLUMNS) + "|",
-        ]
-        lines.append(cells)
-    else:
-        i = lines.index(SECTION) + 1
-        while i < len(lines) and not lines[i].startswith("|"):
-            i += 1
-        while i < len(lines) and lines[i].startswith("|"):
-            i += 1
-        lines.insert(i, cells)
-    write_text_atomic(path, "\n".join(lines) + "\n")
+    add_row(path, SECTION, INTRO, COLUMNS, row)
 
 
 def main(argv: list[str] | None = None) -> int:
