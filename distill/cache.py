@@ -159,7 +159,7 @@ def build_cache(
     if (out / "manifest.json").is_file():
         cache = TeacherCache.open(out, expect=identity)  # refuses a mismatched one, with the field
         if pca and (cache.manifest.get("pca") or {}).get("k") != pca:
-            return _add_pca(cache, pca)
+            return add_pca(cache, pca)
         print(f"[distill] teacher cache {out} is complete and matches: reused", flush=True)
         return cache
 
@@ -245,7 +245,8 @@ def _write_pca(cache: TeacherCache, k: int) -> dict:
     return {"k": k, "file": "pca.npz", "targets": f"pca_{k}.npy", "sample": min(50_000, len(cache))}
 
 
-def _add_pca(cache: TeacherCache, k: int) -> TeacherCache:
+def add_pca(cache: TeacherCache, k: int) -> TeacherCache:
+    """Fit and store PCA-k targets in an existing complete cache (HPD asks for them)."""
     manifest = dict(cache.manifest)
     manifest["pca"] = _write_pca(cache, k)
     write_json_atomic(cache.path / "manifest.json", manifest)

@@ -27,7 +27,7 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from .cache import TeacherCache, build_cache, teacher_identity
+from .cache import TeacherCache, add_pca, build_cache, teacher_identity
 from .callbacks import Callback, JsonlLog, ProgressBar, WandbCallback
 from .config import Recipe
 from .corpus import read_corpus
@@ -164,9 +164,7 @@ def _targets(recipe: Recipe, cache: TeacherCache, device: torch.device) -> torch
     if recipe.loss["name"] == "hpd":
         k = int(recipe.loss["k"])
         if not cache.manifest.get("pca") or cache.manifest["pca"]["k"] != k:
-            from .cache import _add_pca
-
-            cache = _add_pca(cache, k)
+            cache = add_pca(cache, k)
         matrix = cache.pca_targets(k)
     else:
         matrix = cache.embeddings
