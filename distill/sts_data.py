@@ -5,6 +5,11 @@ Folder layout (as SentEval ships them, see ../shared/data/sts):
                                                               pairs with an empty gold skipped)
   stsb/sts-{dev,test}.csv      genre, file, year, id, score, sentence1, sentence2 (tab separated)
   sick/SICK_test_annotated.txt pair_ID, sentence_A, sentence_B, relatedness_score, entailment
+
+Every sentence is whitespace-normalized as SentEval does (it splits each sentence on white space
+and joins the tokens back with single spaces before encoding): 672 of the 26,845 distinct
+sentences change, most of them in STS14 (double spaces, tabs, trailing blanks). The scores then
+refer to exactly the text SentEval and SimCSE score.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ SICK_TEST_PAIRS = 4927
 
 @dataclass
 class STSPairs:
+    """Sentence pairs and their gold scores; the sentences are already SentEval-normalized."""
+
     task: str
     sentences1: list[str]
     sentences2: list[str]
@@ -51,6 +58,15 @@ class STSPairs:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+
+def senteval_text(sentence: str) -> str:
+    """SentEval's view of a sentence: `sentence.split()` joined back with single spaces."""
+    return " ".join(sentence.split())
+
+
+def _pairs(task: str, s1: list[str], s2: list[str], gold) -> STSPairs:
+    return STSPairs(task, [senteval_text(s) for s in s1], [senteval_text(s) for s in s2], np.asarray(gold, dtype=np.float64))
 
 
 def normalize_task(name: str) -> str:
@@ -97,7 +113,7 @@ def _load_senteval_year(folder: Path, task: str) -> STSPairs:
             s1.append(cols[0])
             s2.append(cols[1])  # STS16 lines carry two extra source columns: ignored
             gold.append(_parse_score(score.strip(), gs, lineno))
-    return STSPairs(task, s1, s2, np.asarray(gold, dtype=np.float64))
+    return _pairs(task, s1, s2, gold)
 
 
 def _load_stsb(path: Path, task: str) -> STSPairs:
@@ -109,7 +125,7 @@ def _load_stsb(path: Path, task: str) -> STSPairs:
         gold.append(_parse_score(cols[4], path, lineno))
         s1.append(cols[5])
         s2.append(cols[6])  # some lines carry extra trailing columns: ignored
-    return STSPairs(task, s1, s2, np.asarray(gold, dtype=np.float64))
+    return _pairs(task, s1, s2, gold)
 
 
 def _load_sick(path: Path) -> STSPairs:
@@ -123,7 +139,7 @@ def _load_sick(path: Path) -> STSPairs:
         s1.append(cols[1])
         s2.append(cols[2])
         gold.append(_parse_score(cols[3], path, lineno))
-    return STSPairs("SICK-R", s1, s2, np.asarray(gold, dtype=np.float64))
+    return _pairs("SICK-R", s1, s2, gold)
 
 
 def load_local(task: str, sts_dir: str | Path) -> STSPairs:
@@ -163,7 +179,7 @@ def load_hub(task: str) -> STSPairs:
         ds = ds.filter(lambda row: str(row[marker]).upper().startswith("TEST"))
         if len(ds) != SICK_TEST_PAIRS:
             raise DistillError(f"{repo}: {len(ds)} pairs are marked TEST, expected {SICK_TEST_PAIRS}")
-    return STSPairs(task, list(ds["sentence1"]), list(ds["sentence2"]), np.asarray(ds["score"], dtype=np.float64))
+    return _pairs(task, list(ds["sentence1"]), list(ds["sentence2"]), ds["score"])
 
 
 def load_sts(task: str, sts_dir: str | Path | None = None) -> STSPairs:

@@ -63,3 +63,22 @@ def test_bad_gold_and_bad_columns_name_file_and_line(tmp_path, sts_dir):
     test.write_text("\n".join(lines) + "\n")
     with pytest.raises(DistillError, match=r"sts-test\.csv:10: expected 7 tab-separated columns, found 3"):
         load_local("STS-B", tmp_path)
+
+
+def test_sentences_are_whitespace_normalized_as_senteval_does(tmp_path, sts_dir):
+    """SentEval splits every sentence on white space and re-joins it: we score that same text."""
+    shutil.copytree(sts_dir / "sts13", tmp_path / "sts13")
+    inp = tmp_path / "sts13" / "STS.input.FNWN.txt"
+    lines = inp.read_text(encoding="utf-8").splitlines()
+    lines[0] = " A  man\u00a0is   here. \tThe man  is here .  "
+    inp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    pairs = load_local("STS13", tmp_path)
+    assert (pairs.sentences1[0], pairs.sentences2[0]) == ("A man is here.", "The man is here .")
+    # the real sets: nothing is left un-normalized, and STS14 is where most of it was
+    raw14 = [s for sub in ("deft-forum", "deft-news", "headlines", "images", "OnWN", "tweet-news")
+             for line in (sts_dir / "sts14" / f"STS.input.{sub}.txt").read_text(encoding="utf-8").splitlines()
+             for s in line.split("\t")[:2]]
+    assert sum(s != " ".join(s.split()) for s in raw14) > 400
+    for task in EXPECTED:
+        p = load_local(task, sts_dir)
+        assert all(s == " ".join(s.split()) for s in p.sentences1 + p.sentences2), task
