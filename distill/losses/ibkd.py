@@ -98,8 +98,10 @@ class IBKDLoss(DistillLoss):
     (unit vectors: squared distances in [0, 4]) to make the penalty act. The "hsic_gamma" logs show
     the width actually used.
 
-    W is training-only here (the student's own s is exported; note the authors' code also applies
-    the decoder at inference). Needs student_out["hidden_states"] and ["attention_mask"] when
+    W is training-only: the student's own s is what evaluation scores and export ships. The same
+    holds for the authors: their test numbers come from `AutoModel` with average pooling (384-d,
+    no decoder); the decoder serves them only to pick checkpoints on dev, where we score s
+    itself. Needs student_out["hidden_states"] and ["attention_mask"] when
     lam > 0. Returns {"loss", "infonce", and when the HSIC term is computed: "hsic" (unweighted),
     "hsic_gamma" (width on S), "hsic_gamma_x" (width on X)}, all but "loss" detached.
     """

@@ -11,7 +11,8 @@ from ..errors import DistillError
 from .functional import DistillLoss, gather_candidates, info_nce
 from .ibkd import IBKD_CITATION, HSICPenalty
 
-HEADS = ("mlp", "linear", "none")
+HEADS = ("linear", "mlp", "none")
+AUTHORS_HEAD_DIM = 128  # the IBKD authors' stage-2 head: Linear(384 -> 128), no activation
 
 
 class IBKDSupervisedLoss(DistillLoss):
@@ -30,9 +31,12 @@ class IBKDSupervisedLoss(DistillLoss):
     masked mean of hidden state `hsic_layer`: the authors use the second-to-last layer (-2, negative
     indices count from the top), lam = 1.0 and a fixed gamma = 0.1, tau = 0.05.
 
-    head: "mlp" (default; SimCSE's MLP, Linear(d_s, head_dim or d_s) + Tanh), "linear" (a plain
-    Linear(d_s, head_dim or d_s): the authors' code uses a 128-d one and keeps it at inference) or
-    "none" (contrast s itself). The head is training-only here: `embedding_head()` is None.
+    head: "linear" (default, the authors' stage-2 head: a plain Linear(d_s, head_dim), head_dim
+    128 unless set), "mlp" (SimCSE's MLP, Linear(d_s, head_dim or d_s) + Tanh) or "none"
+    (contrast s itself). The head is training-only: `embedding_head()` is None. The authors use
+    theirs only to pick checkpoints on dev; the test numbers they report come from `AutoModel`
+    with average pooling, 384-d, no head. We select on dev with the student's own pooled vector,
+    the vector that is exported and reported.
 
     Call: `loss(anchor_out, positive_out, negative_out=None)`, three student forward dicts (each
     with "embedding" and, when lam > 0, "hidden_states" and "attention_mask"); no teacher.
@@ -54,7 +58,7 @@ class IBKDSupervisedLoss(DistillLoss):
         bandwidth: str = "fixed",
         hsic_layer: int = -2,
         kernel_normalize: bool = False,
-        head: str = "mlp",
+        head: str = "linear",
         head_dim: int | None = None,
     ):
         super().__init__()
@@ -68,7 +72,8 @@ class IBKDSupervisedLoss(DistillLoss):
             raise DistillError(f"{self.name}: head='none' keeps the {student_dim}-d student vector; head_dim must be unset")
         self.student_dim, self.teacher_dim = int(student_dim), teacher_dim
         self.tau, self.lam, self.head_kind = float(tau), float(lam), head
-        out_dim = int(head_dim or student_dim)
+        # head_dim unset: the authors' 128 for the linear head, the student's width for SimCSE's MLP
+        out_dim = int(head_dim or (AUTHORS_HEAD_DIM if head == "linear" else student_dim))
         self.head_dim = out_dim if head != "none" else self.student_dim
         if head == "mlp":
             self.head = nn.Sequential(nn.Linear(self.student_dim, out_dim), nn.Tanh())
