@@ -3,8 +3,9 @@
 A cache folder holds
   sentences.txt        the de-duplicated corpus, one sentence per line (row i = line i)
   embeddings.npy       float16 N x D, opened memory-mapped
-  pca.npz, pca_K.npy   optional: PCA fitted on a sample (mean, components, variance) and the
-                       N x K targets t @ components.T (HPD's targets, uncentered as its authors')
+  pca.npz, pca_K.npy   optional: PCA fitted on a sample of the L2-normalized teacher vectors
+                       (mean, components, variance) and the N x K targets u @ components.T with
+                       u = t / ||t|| (HPD's targets: normalized and uncentered, as its authors')
   manifest.json        teacher, pooling, normalize, dim, max length, corpus sha256, counts...;
                        written last, with "complete": true: a folder without it is not a cache
 While building, shards/NNNNN.npy (one per `shard_size` rows) are written atomically next to a
@@ -40,6 +41,12 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     with open(tmp, "wb") as f:
         np.save(f, array)
     tmp.replace(path)
+
+
+def torch_device(device):
+    import torch
+
+    return device if isinstance(device, torch.device) else torch.device(device)
 
 
 def model_revision(path: Path) -> str:
@@ -103,10 +110,15 @@ class TeacherCache:
             raise DistillError(f"{self.path}/sentences.txt has {len(out)} lines, the manifest says {self.manifest['count']}")
         return out
 
+    def has_pca(self, k: int) -> bool:
+        """PCA-k targets of the current kind (fitted on L2-normalized vectors) are stored."""
+        pca = self.manifest.get("pca") or {}
+        return pca.get("k") == k and bool(pca.get("normalized"))
+
     def pca_targets(self, k: int | None = None) -> np.ndarray:
         pca = self.manifest.get("pca")
-        if not pca or (k is not None and pca["k"] != k):
-            have = f"PCA to {pca['k']} dims" if pca else "no PCA"
+        if not pca or (k is not None and not self.has_pca(k)):
+            have = f"PCA to {pca['k']} dims" + ("" if pca.get("normalized") else " of un-normalized vectors") if pca else "no PCA"
             raise DistillError(f"teacher cache {self.path} has {have}; HPD asks for k={k}: rebuild with `distill cache --pca {k}`")
         return np.load(self.path / pca["targets"], mmap_mode="r")
 
@@ -114,18 +126,28 @@ class TeacherCache:
         return int(self.manifest["count"])
 
 
-def fit_pca(matrix: np.ndarray, k: int, sample: int = 50_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean (D), components (k x D) and explained variance (k), fitted on a random sample of rows.
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32; a zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
-    HPD's targets are `t @ components.T`: fitted on centered data like sklearn's PCA, but projected
-    without subtracting the mean, as the HPD authors' code does (a bias-free linear layer holding
+
+def fit_pca(matrix: np.ndarray, k: int, sample: int = 50_000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean (D), components (k x D) and explained variance (k), fitted on a random sample of the
+    L2-normalized rows.
+
+    Both the HPD and the IBKD authors L2-normalize the teacher vectors before the PCA, whatever
+    the teacher: a raw SimCSE pooler vector has a norm near 32, and its PCA coordinates would fall
+    far outside the (-1, 1) range of HPD's tanh head. HPD's targets are `u @ components.T`
+    (`pca_projection`): fitted on centered data like sklearn's PCA, but projected without
+    subtracting the mean, as the HPD authors' code does (a bias-free linear layer holding
     `pca.components_`). The sample is random because a corpus is often several files in a row.
     """
     n, d = matrix.shape
     if not 0 < k <= min(d, n):
         raise DistillError(f"--pca {k}: must be between 1 and min(dim={d}, sentences={n})")
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
-    x = np.asarray(matrix[rows], dtype=np.float64)
+    x = unit_rows(matrix[rows]).astype(np.float64)
     mean = x.mean(0)
     _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
     var = (s**2) / max(len(x) - 1, 1)
@@ -145,8 +167,14 @@ def build_cache(
     device=None,
     progress: bool = True,
     encoder=None,
+    precision: str = "fp32",
 ) -> TeacherCache:
-    """Encode the corpus with the teacher exactly as its preset says; resume an interrupted build."""
+    """Encode the corpus with the teacher exactly as its preset says; resume an interrupted build.
+
+    `precision` is the GPU autocast of the teacher's forward pass: "fp32" by default, as the
+    IBKD authors compute their targets; "bf16" encodes faster on a GPU (the stored matrix is
+    float16 either way). The manifest records it.
+    """
     from .encoder import Encoder
 
     spec = load_teacher(teacher) if isinstance(teacher, str) else teacher
@@ -158,7 +186,7 @@ def build_cache(
     identity = {**teacher_identity(spec), "corpus_sha256": corpus.sha256}
     if (out / "manifest.json").is_file():
         cache = TeacherCache.open(out, expect=identity)  # refuses a mismatched one, with the field
-        if pca and (cache.manifest.get("pca") or {}).get("k") != pca:
+        if pca and not cache.has_pca(pca):
             return add_pca(cache, pca)
         print(f"[distill] teacher cache {out} is complete and matches: reused", flush=True)
         return cache
@@ -166,7 +194,15 @@ def build_cache(
     out.mkdir(parents=True, exist_ok=True)
     shards = out / "shards"
     build_file = out / "build.json"
-    params = {**identity, "count": len(corpus.sentences), "shard_size": shard_size}
+    from .encoder import PRECISIONS, best_device
+
+    if precision not in PRECISIONS:
+        raise DistillError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    run_device = torch_device(encoder.device if encoder is not None else (device or best_device()))
+    # What really runs: CPU has no reduced-precision autocast. Pinned in build.json, so a resumed
+    # build never mixes shards of two precisions.
+    params = {**identity, "count": len(corpus.sentences), "shard_size": shard_size,
+              "precision": precision if run_device.type == "cuda" else "fp32"}
     if build_file.is_file():
         previous = json.loads(build_file.read_text())
         if previous != params:
@@ -186,14 +222,14 @@ def build_cache(
     if stats["shards_reused"]:
         print(f"[distill] resuming {out}: {stats['shards_reused']} of {n_shards} shards already encoded", flush=True)
     if todo:
-        enc = encoder or Encoder.load(spec.name, device=device)
+        enc = encoder or Encoder.load(spec.name, device=device, role="teacher")
         if enc.dim != spec.dim:
             raise DistillError(f"teacher {spec.name} gives {enc.dim}-d vectors but its preset says dim {spec.dim}")
         done = n_shards - len(todo)
         bar = tqdm(total=n, initial=min(done * shard_size, n), desc=f"cache {spec.name}", unit="sent", disable=not progress)
         for i in todo:
             chunk = corpus.sentences[i * shard_size : (i + 1) * shard_size]
-            emb = enc.encode(chunk, batch_size=batch_size, progress=False)
+            emb = enc.encode(chunk, batch_size=batch_size, progress=False, precision=params["precision"])
             _save_npy_atomic(shards / f"{i:05d}.npy", emb.astype(np.float16))
             bar.update(len(chunk))
         bar.close()
@@ -211,13 +247,14 @@ def build_cache(
     manifest = {
         "format_version": FORMAT_VERSION,
         **identity,
-        "teacher_revision": model_revision(Path(encoder.source) if encoder is not None else resolve_model(spec.name)),
+        "teacher_revision": model_revision(Path(encoder.source) if encoder is not None else resolve_model(spec.name, role="teacher")),
         "corpus_sources": corpus.sources,
         "count": n,
         "read": corpus.read,
         "dropped_empty": corpus.dropped_empty,
         "dropped_duplicates": corpus.dropped_duplicates,
         "dtype": "float16",
+        "precision": params["precision"],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "pca": None,
         "complete": False,
@@ -236,13 +273,22 @@ def build_cache(
     return cache
 
 
+def pca_projection(teacher: np.ndarray, components: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """HPD targets: the L2-normalized teacher rows times components.T (uncentered), float16, in
+    chunks so a million-row cache is never copied to float32 whole."""
+    out = np.empty((teacher.shape[0], components.shape[0]), dtype=np.float16)
+    for start in range(0, teacher.shape[0], chunk):
+        out[start : start + chunk] = unit_rows(teacher[start : start + chunk]) @ components.T
+    return out
+
+
 def _write_pca(cache: TeacherCache, k: int) -> dict:
     mean, comps, var = fit_pca(cache.embeddings, k)
-    _save_npy_atomic(cache.path / f"pca_{k}.npy", (np.asarray(cache.embeddings, dtype=np.float32) @ comps.T).astype(np.float16))
+    _save_npy_atomic(cache.path / f"pca_{k}.npy", pca_projection(cache.embeddings, comps))
     with open(cache.path / ".pca.npz.tmp", "wb") as f:
         np.savez(f, mean=mean, components=comps, explained_variance=var)
     (cache.path / ".pca.npz.tmp").replace(cache.path / "pca.npz")
-    return {"k": k, "file": "pca.npz", "targets": f"pca_{k}.npy", "sample": min(50_000, len(cache))}
+    return {"k": k, "file": "pca.npz", "targets": f"pca_{k}.npy", "sample": min(50_000, len(cache)), "normalized": True}
 
 
 def add_pca(cache: TeacherCache, k: int) -> TeacherCache:

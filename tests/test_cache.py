@@ -69,9 +69,10 @@ def test_cache_matches_the_teacher_and_refuses_a_mismatch(tmp_path, tiny_bert_di
     m = cache.manifest
     assert m["complete"] and m["teacher"] == "tiny" and m["dim"] == 32 and m["teacher_revision"].startswith("sha256:")
     assert not (tmp_path / "cache" / "shards").exists() and not (tmp_path / "cache" / "build.json").exists()
-    # PCA: targets are the embeddings on the top-8 principal axes (uncentered, as HPD's authors)
+    # PCA: targets are the unit-norm embeddings on the top-8 principal axes (uncentered, as HPD's authors)
     pca = np.load(tmp_path / "cache" / "pca.npz")
     x = np.asarray(cache.embeddings, dtype=np.float64)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
     np.testing.assert_allclose(cache.pca_targets(8), x @ pca["components"].T, atol=2e-3)
     assert np.all(np.diff(pca["explained_variance"]) <= 1e-7)
     # a run whose teacher or corpus differs is refused, naming the field
@@ -87,11 +88,13 @@ def test_cache_matches_the_teacher_and_refuses_a_mismatch(tmp_path, tiny_bert_di
         cache.pca_targets(16)
 
 
-def test_fit_pca_matches_numpy_svd():
+def test_fit_pca_matches_numpy_svd_of_the_unit_rows():
     rng = np.random.default_rng(1)
-    x = rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6))
+    x = rng.normal(size=(200, 6)) @ rng.normal(size=(6, 6)) * 30.0  # norms far from 1, like SimCSE's
     mean, comps, var = fit_pca(x, 3)
-    cov = np.cov(x.T)
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    np.testing.assert_allclose(mean, u.mean(0), atol=1e-6)
+    cov = np.cov(u.T)
     evals, evecs = np.linalg.eigh(cov)
     np.testing.assert_allclose(var, evals[::-1][:3], rtol=1e-5)
     for i in range(3):
@@ -142,3 +145,28 @@ def test_offline_teacher_cache_over_part_of_the_shared_corpus(tmp_path):
     ref = SentenceTransformer(str(Encoder.load("all-minilm-l6-v2", device="cpu").source), device="cpu").encode(cache.sentences())
     np.testing.assert_allclose(cache.embeddings, ref, atol=2e-3)
     assert cache.pca_targets(32).shape == (400, 32)
+
+
+def test_hpd_targets_of_an_unnormalized_teacher_fit_the_tanh_range(tmp_path, tiny_bert_dir):
+    """A teacher preset with normalize: false (SimCSE's raw pooler vectors): the PCA is fitted on
+    the L2-normalized vectors, as the HPD and IBKD authors do, so every target lies in (-1, 1)."""
+    spec = TeacherSpec(name="raw", hub_id=str(tiny_bert_dir), offline_source=None, pooling="mean", normalize=False, dim=32, max_length=32)
+    enc = Encoder.load(str(tiny_bert_dir), pooling="mean", normalize=False, max_length=32, device="cpu")
+    corpus = _corpus_file(tmp_path, 200)
+    cache = build_cache(spec, [str(corpus)], tmp_path / "cache", pca=8, encoder=enc, progress=False)
+    raw = np.asarray(cache.embeddings, dtype=np.float64)
+    assert np.linalg.norm(raw, axis=1).min() > 2  # the cache itself keeps the raw vectors
+    targets = np.asarray(cache.pca_targets(8), dtype=np.float64)
+    assert np.linalg.norm(targets, axis=1).max() <= 1.0 + 1e-3 and np.abs(targets).max() < 1
+    comps = np.load(tmp_path / "cache" / "pca.npz")["components"].astype(np.float64)
+    np.testing.assert_allclose(targets, raw / np.linalg.norm(raw, axis=1, keepdims=True) @ comps.T, atol=2e-3)
+    # a cache whose PCA predates this (no "normalized" flag) is refitted, not used
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    manifest["pca"].pop("normalized")
+    (tmp_path / "cache" / "manifest.json").write_text(json.dumps(manifest))
+    old = TeacherCache.open(tmp_path / "cache")
+    assert not old.has_pca(8)
+    with pytest.raises(DistillError, match="un-normalized vectors"):
+        old.pca_targets(8)
+    again = build_cache(spec, [str(corpus)], tmp_path / "cache", pca=8, encoder=enc, progress=False)
+    assert again.has_pca(8)
