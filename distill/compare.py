@@ -157,8 +157,10 @@ def _baselines(recipe: Recipe, out_dir: Path, log: Callable[[str], None]) -> dic
 
     tasks = list(dict.fromkeys(resolve_tasks(recipe.eval.final_tasks) + resolve_tasks(recipe.eval.tasks)))
     path = out_dir / "baselines.json"
-    key = {"teacher": recipe.teacher, "student": recipe.student, "tasks": tasks, "max_length": recipe.data.max_length,
-           "sts_dir": recipe.eval.sts_dir}
+    # "scoring" names how scores are computed (SentEval whitespace, full length, fp32): a
+    # baselines.json from an older scoring is recomputed rather than mixed into the table.
+    key = {"teacher": recipe.teacher, "student": recipe.student, "tasks": tasks, "sts_dir": recipe.eval.sts_dir,
+           "scoring": "senteval-text/full-length/fp32"}
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
@@ -166,7 +168,7 @@ def _baselines(recipe: Recipe, out_dir: Path, log: Callable[[str], None]) -> dic
             return saved
     sts = {t: load_sts(t, recipe.eval.sts_dir) for t in tasks}
     out: dict[str, Any] = {"key": key}
-    for role, name, kwargs in (("teacher", recipe.teacher, {}), ("init", recipe.student, {"max_length": recipe.data.max_length})):
+    for role, name, kwargs in (("teacher", recipe.teacher, {"role": "teacher"}), ("init", recipe.student, {"max_length": recipe.data.max_length, "role": "student"})):
         log(f"[compare] baseline: {role} {name}")
         enc = Encoder.load(name, **kwargs)
         scores = evaluate_sts(enc, tasks=tasks, data=sts, batch_size=recipe.eval.batch_size, progress=False)

@@ -45,9 +45,12 @@ STAGE2_LOSS_DEFAULTS: dict[str, Any] = {
     "bandwidth": "fixed",
     "hsic_layer": -2,  # the authors take X from the second-to-last layer in stage 2
     "kernel_normalize": False,
-    "head": "mlp",  # mlp (SimCSE's Linear+Tanh) | linear | none
-    "head_dim": None,  # default: the student's width
+    "head": "linear",  # linear (the authors': Linear(d_s -> 128), no activation) | mlp (SimCSE's Linear+Tanh) | none
+    "head_dim": None,  # default: 128 for linear (the authors'), the student's width for mlp
 }
+
+
+STAGE2_INITS = ("final", "best")
 
 
 @dataclass
@@ -94,6 +97,9 @@ class Stage2Config:
     """IBKD stage 2: supervised fine-tuning of the stage-1 student on (anchor, positive, negative)."""
 
     triplets: list[str] = field(default_factory=list)  # CSV/TSV/JSONL files or a hub dataset; empty = no stage 2
+    # Stage 1's student that stage 2 starts from: "final" (its last step, as the authors do) or
+    # "best" (the one selected on STS-B dev).
+    init: str = "final"
     subset: str | None = None  # hub dataset configuration, e.g. "triplet" for sentence-transformers/all-nli
     columns: list[str] = field(default_factory=lambda: ["anchor", "positive", "negative"])
     max_triplets: int | None = None
@@ -260,6 +266,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         tree["loss"] = _check_loss(tree.get("loss"))
         recipe = _build(Recipe, tree, "recipe")
         recipe.stage2.loss = _check_params("stage2.loss", "ibkd_supervised", recipe.stage2.loss, STAGE2_LOSS_DEFAULTS)
+        if recipe.stage2.init not in STAGE2_INITS:
+            raise DistillError(f"stage2.init: expected one of {', '.join(STAGE2_INITS)}, got {recipe.stage2.init!r}")
         for kind, name in (("teachers", recipe.teacher), ("students", recipe.student)):
             if name not in list_presets(kind) and not Path(name).expanduser().is_dir():
                 raise DistillError(

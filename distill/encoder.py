@@ -89,12 +89,22 @@ def best_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast where the GPU supports it, fp16 on older GPUs, plain fp32 on CPU."""
-    if device.type != "cuda":
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def autocast_for(device: torch.device, precision: str = "auto"):
+    """The autocast context for a precision on a device; CPU always runs plain fp32.
+
+    "auto": bf16 where the GPU supports it, fp16 on older GPUs; "bf16" falls back to fp16 on
+    those; "fp32": no autocast (reported scores are computed this way, as the authors do).
+    """
+    if precision not in PRECISIONS:
+        raise DistillError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if device.type != "cuda" or precision == "fp32":
         return nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+    if precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cuda", dtype=torch.float16)
 
 
 class Encoder(nn.Module):
@@ -121,24 +131,26 @@ class Encoder(nn.Module):
         layers: int | Sequence[int] | None = None,
         device: str | torch.device | None = None,
         offline_source: str | None = None,
+        role: str | None = None,
     ) -> Encoder:
         """Load from a folder, preset, hub id or PyPI model; explicit arguments beat the folder's own settings.
 
-        A preset name brings its pooling, normalization, max length and layer cut.
+        A preset name brings its pooling, normalization, max length and layer cut. `role`
+        ("teacher" or "student") picks the preset folder when a name is in both (see `find_preset`).
         """
         from transformers import AutoModel, AutoTokenizer
 
         from .models import resolve_model
         from .presets import find_preset
 
-        preset = find_preset(name) if not Path(name).expanduser().is_dir() else None
+        preset = find_preset(name, role) if not Path(name).expanduser().is_dir() else None
         if preset is not None:
             pooling = pooling or preset.pooling
             normalize = preset.normalize if normalize is None else normalize
             max_length = max_length or preset.max_length
             if isinstance(preset, StudentSpec) and layers is None:
                 layers = preset.layers
-        path = resolve_model(name, offline_source=offline_source)
+        path = resolve_model(name, offline_source=offline_source, role=role)
         found = _sentence_transformers_defaults(path)
         pooling = pooling or found.get("pooling", "mean")
         normalize = found.get("normalize", False) if normalize is None else normalize
@@ -167,6 +179,25 @@ class Encoder(nn.Module):
     def dim(self) -> int:
         return int(self.transformer.config.hidden_size)
 
+    @property
+    def max_positions(self) -> int:
+        """The longest input the model itself takes, whatever length it was trained or cached at.
+
+        Evaluation encodes at this length (SentEval does not truncate): the tokenizer's
+        model_max_length when it is set, capped by the position embeddings (RoBERTa-style models
+        reserve padding_idx + 1 of them).
+        """
+        cfg = self.transformer.config
+        limits = []
+        tok_max = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:  # unset is VERY_LARGE_INTEGER
+            limits.append(tok_max)
+        positions = getattr(cfg, "max_position_embeddings", None)
+        if positions:
+            reserved = (cfg.pad_token_id or 0) + 1 if cfg.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet") else 0
+            limits.append(int(positions) - reserved)
+        return min(limits) if limits else self.max_length
+
     def tokenize(self, sentences: Sequence[str]) -> dict:
         return self.tokenizer(list(sentences), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
 
@@ -190,8 +221,13 @@ class Encoder(nn.Module):
         progress: bool = True,
         desc: str = "encode",
         to_numpy: bool = True,
+        max_length: int | None = None,
+        precision: str = "auto",
     ):
         """Embed sentences; row i of the result is sentence i, whatever order they ran in.
+
+        `max_length` truncates (default: the encoder's own `max_length`); `precision` is the GPU
+        autocast ("auto", "bf16", "fp16" or "fp32", see `autocast_for`); CPU always runs fp32.
 
         Built so the host keeps a small model's GPU busy (tokenization, not the GPU, sets the pace
         of `SentenceTransformer.encode` for a 3-layer MiniLM):
@@ -215,13 +251,14 @@ class Encoder(nn.Module):
                 raise DistillError(f"sentence {i} is a {type(s).__name__}, not a string: {s!r}")
         if batch_size < 1:
             raise DistillError(f"batch_size must be at least 1, got {batch_size}")
+        max_length = int(max_length or self.max_length)
         self.eval()
         device = self.device
         cuda = device.type == "cuda"
         out = torch.empty(len(sentences), self.dim, dtype=torch.float32)
         batches = _token_batches(
-            self.tokenizer, sentences, self.max_length, batch_size,
-            token_budget=batch_size * self.max_length if cuda else 0, pin=cuda,
+            self.tokenizer, sentences, max_length, batch_size,
+            token_budget=batch_size * max_length if cuda else 0, pin=cuda,
         )
         if len(sentences) > _FIRST_CHUNK:
             batches = _Prefetch(batches, depth=_PREFETCH_BATCHES)
@@ -230,7 +267,7 @@ class Encoder(nn.Module):
         done_emb: list[torch.Tensor] = []
         held = 0
         try:
-            with autocast_for(device):
+            with autocast_for(device, precision):
                 for idx, input_ids, attention_mask in batches:
                     input_ids = input_ids.to(device, non_blocking=True)
                     attention_mask = attention_mask.to(device, non_blocking=True)

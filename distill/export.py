@@ -2,8 +2,8 @@
 
 The folder loads with plain `SentenceTransformer(DIR)` and its transformer with `AutoModel`:
 Transformer -> Pooling [-> Dense (HPD's K-d tanh head, or with --keep-projection the loss's
-student->teacher projection)] -> Normalize (cosine is unchanged by it; dot product then equals
-cosine, as with the teachers). Written to a temp folder and renamed at the end.
+student-side head, see PROJECTIONS)] -> Normalize (cosine is unchanged by it; dot product then
+equals cosine, as with the teachers). Written to a temp folder and renamed at the end.
 """
 
 from __future__ import annotations
@@ -21,8 +21,16 @@ from .errors import DistillError
 from .sts_data import TEST_TASKS
 from .student_io import META, load_student
 
-# Where each loss keeps its student -> teacher-space projection (in its state dict).
-PROJECTIONS = {"ibkd": "decoder", "infonce": "decoder", "mse": "projection", "cosine": "projection", "crd": "student_head"}
+# The student-side head each loss trains (its state-dict prefix) and where it maps the student's
+# vector: the teacher's space for IBKD/InfoNCE's decoder and MSE/cosine's projection, a separate
+# proj_dim contrastive space for CRD (not the teacher's space: CRD also projects the teacher).
+PROJECTIONS = {
+    "ibkd": ("decoder", "the IBKD decoder into the teacher's space"),
+    "infonce": ("decoder", "the InfoNCE decoder into the teacher's space"),
+    "mse": ("projection", "the MSE projection into the teacher's space"),
+    "cosine": ("projection", "the cosine projection into the teacher's space"),
+    "crd": ("student_head", "CRD's student head into its contrastive space (not the teacher's space)"),
+}
 POOLING_MODES = {"mean": "mean", "cls_before_pooler": "cls"}
 
 
@@ -48,7 +56,13 @@ def _dense_from(state: dict, prefix: str, activation: nn.Module):
     return dense
 
 
-def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best", keep_projection: bool = False, normalize: bool = True) -> Path:
+def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best", keep_projection: bool = False, normalize: bool = True,
+                   max_seq_length: int | None = None) -> Path:
+    """Write a run's student as a sentence-transformers folder.
+
+    `max_seq_length` defaults to the model's own limit (`Encoder.max_positions`), the length the
+    run's scores were computed at, not the (often shorter) training length.
+    """
     from sentence_transformers import SentenceTransformer
 
     models = _st_modules()
@@ -62,13 +76,17 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
     if enc.pooling not in POOLING_MODES:
         raise DistillError(f"{student_dir}: pooling {enc.pooling!r} has no sentence-transformers Pooling mode")
     loss_name = meta.get("loss", {}).get("name", "")
-    modules = [models.Transformer(str(student_dir), max_seq_length=enc.max_length), models.Pooling(enc.dim, pooling_mode=POOLING_MODES[enc.pooling])]
+    if max_seq_length is not None and not 1 <= max_seq_length <= enc.max_positions:
+        raise DistillError(f"--max-seq-length {max_seq_length}: must be between 1 and the model's limit {enc.max_positions}")
+    seq_len = max_seq_length or enc.max_positions
+    modules = [models.Transformer(str(student_dir), max_seq_length=seq_len), models.Pooling(enc.dim, pooling_mode=POOLING_MODES[enc.pooling])]
     if loss_name == "hpd":  # HPD's K-d tanh output is HPD's product, and was scored as such
         modules.append(_dense_from(heads, "head.0", nn.Tanh()))
+    projection = None
     if keep_projection:
-        prefix = PROJECTIONS.get(loss_name)
-        if loss_name == "hpd" or prefix is None or f"{prefix}.weight" not in heads:
-            raise DistillError(f"--keep-projection: the {loss_name or 'unknown'} loss of this run has no student->teacher projection to keep")
+        prefix, projection = PROJECTIONS.get(loss_name, (None, None))
+        if prefix is None or f"{prefix}.weight" not in heads:
+            raise DistillError(f"--keep-projection: the {loss_name or 'unknown'} loss of this run has no student-side head to keep")
         modules.append(_dense_from(heads, prefix, nn.Identity()))
     if normalize:
         modules.append(models.Normalize())
@@ -78,7 +96,7 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:
         model.save(str(tmp), safe_serialization=True)
-        (tmp / "README.md").write_text(model_card(run_dir, meta, model, keep_projection, normalize), encoding="utf-8")
+        (tmp / "README.md").write_text(model_card(run_dir, meta, model, projection, normalize), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -88,7 +106,7 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
     return out
 
 
-def model_card(run_dir: Path, meta: dict, model, keep_projection: bool, normalize: bool) -> str:
+def model_card(run_dir: Path, meta: dict, model, projection: str | None, normalize: bool) -> str:
     results_file = run_dir / "results.json"
     results = json.loads(results_file.read_text()) if results_file.is_file() else {}
     scores = results.get("best", {})
@@ -118,7 +136,7 @@ def model_card(run_dir: Path, meta: dict, model, keep_projection: bool, normaliz
         f"- Schedule: `{json.dumps(recipe.get('train', {}))}`",
         f"- Checkpoint: step {meta.get('step')} (selected by {meta.get('selected_by', 'the last step')}"
         + (f" = {meta['score']:.2f})" if "score" in meta else ")"),
-        f"- Output: {'the student projected into the teacher space (--keep-projection)' if keep_projection else 'the student embedding'}"
+        f"- Output: {f'the student embedding through {projection} (--keep-projection)' if projection else 'the student embedding'}"
         + (", L2-normalized" if normalize else ""),
         "",
         "## STS (Spearman x100 of cosine similarity)",

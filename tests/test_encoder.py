@@ -73,3 +73,34 @@ def test_student_preset_brings_layers_and_no_normalization():
     assert len(enc.transformer.encoder.layer) == 3 and enc.normalize is False and enc.pooling == "mean"
     norms = np.linalg.norm(enc.encode(SENTENCES, progress=False), axis=1)
     assert norms.min() > 1.5  # un-normalized mean-pooled vectors, as the losses receive them
+
+
+def test_max_positions_is_the_models_own_limit(tiny_bert_dir, minilm_path):
+    """Evaluation encodes at the model's own limit: the tokenizer's, capped by the position
+    embeddings (RoBERTa-style models reserve padding_idx + 1 of them)."""
+    from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+
+    assert Encoder.load(str(minilm_path), device="cpu").max_positions == 512
+    tiny = Encoder.load(str(tiny_bert_dir), max_length=16, device="cpu")
+    assert (tiny.max_length, tiny.max_positions) == (16, 128)
+    tok = AutoTokenizer.from_pretrained(str(minilm_path))
+    tok.model_max_length = int(1e30)  # "unset", as many tokenizers ship
+    cfg = RobertaConfig(vocab_size=tok.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=66, pad_token_id=1)
+    roberta = Encoder(RobertaModel(cfg), tok, max_length=16)
+    assert roberta.max_positions == 64
+    # and the model really takes that many tokens
+    long = " ".join(["word"] * 200)
+    assert roberta.encode([long], max_length=roberta.max_positions, progress=False).shape == (1, 16)
+
+
+def test_autocast_precision_names_are_checked():
+    import torch
+
+    from distill.encoder import autocast_for
+    from distill.errors import DistillError
+
+    with pytest.raises(DistillError, match="precision must be one of auto, bf16, fp16, fp32, got 'fp8'"):
+        autocast_for(torch.device("cpu"), "fp8")
+    with autocast_for(torch.device("cpu"), "bf16"):  # CPU always runs plain fp32
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32

@@ -361,8 +361,9 @@ def test_hpd_reference_head_and_pca():
     _, comps, _ = fit_pca(t_all.numpy(), k=4)  # the cache's PCA (distill.cache)
     comps = torch.from_numpy(comps)
     assert comps.shape == (4, 12)
-    # the principal directions = top eigenvectors of the covariance (up to sign)
-    _, evecs = np.linalg.eigh(np.cov(t_all.numpy(), rowvar=False))
+    # the principal directions = top eigenvectors of the covariance of the unit rows (up to sign)
+    unit = t_all.numpy() / np.linalg.norm(t_all.numpy(), axis=1, keepdims=True)
+    _, evecs = np.linalg.eigh(np.cov(unit, rowvar=False))
     for i in range(4):
         assert abs(float(comps[i].double() @ torch.tensor(evecs[:, -1 - i]))) == pytest.approx(1.0, abs=1e-5)
     targets = (t_all[:6] @ comps.double().T).tanh() * 0.9  # the cache's PCA'd teacher (uncentered, as the authors)
@@ -486,6 +487,20 @@ def test_ibkd_supervised_reference(head):
     pair = loss(outs[0], outs[1])
     assert pair["infonce"].item() == pytest.approx(ref_ce(ref_cos_matrix(ha, hp) / 0.05, range(6)), rel=1e-10)
     assert loss.embedding_head() is None
+
+
+def test_ibkd_supervised_defaults_to_the_authors_stage2_head():
+    """The authors' stage-2 head is Linear(384 -> 128) with no activation; a recipe without a
+    stage2.loss section builds exactly that."""
+    from torch import nn
+
+    from distill.config import STAGE2_LOSS_DEFAULTS
+    from distill.losses import build_loss
+
+    for loss in (IBKDSupervisedLoss(384), build_loss({"name": "ibkd_supervised", **STAGE2_LOSS_DEFAULTS}, 384, None)):
+        assert isinstance(loss.head, nn.Linear) and (loss.head.in_features, loss.head.out_features) == (384, 128)
+        assert (loss.lam, loss.tau, loss.hsic_term.gamma, loss.hsic_term.layer) == (1.0, 0.05, 0.1, -2)
+    assert IBKDSupervisedLoss(384, head="mlp").head[0].out_features == 384  # SimCSE's MLP keeps the width
 
 
 def test_missing_inputs_are_named():

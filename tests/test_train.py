@@ -94,7 +94,7 @@ def test_every_objective_trains_from_the_cache_and_exports(tmp_path, tiny_home, 
         proj = export_student(tmp_path / "run", tmp_path / "export-proj", keep_projection=True)
         assert SentenceTransformer(str(proj), device="cpu").encode(["a test"]).shape == (1, 128 if name == "crd" else 32)
     else:  # mse / cosine add no map when student and teacher widths agree (32 = 32 here); hpd has none
-        with pytest.raises(DistillError, match="has no student->teacher projection"):
+        with pytest.raises(DistillError, match="has no student-side head to keep"):
             export_student(tmp_path / "run", tmp_path / "export-proj", keep_projection=True)
     readme = (out / "README.md").read_text()
     assert "tiny-teacher" in readme and "| STS-B | Avg |" in readme
@@ -241,3 +241,75 @@ def test_sigkilled_training_resumes_to_the_same_end(tmp_path, tiny_home, monkeyp
     assert abs(resumed["best"]["STS-B"] - straight["best"]["STS-B"]) < 0.1
     wa, wb = _weights(a / "run"), _weights(b / "run")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+
+
+def test_stage2_starts_from_stage1_final_student_as_the_authors_do(tmp_path, tiny_home, monkeypatch):
+    """stage2.init: final (default) loads stage 1's last step; at a vanishing lr stage 2 ends
+    where it started, so its weights are stage 1's final ones."""
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    _write_triplets(tmp_path / "nli.csv")
+    recipe = load_recipe(_recipe(tmp_path, steps=4, every=2), [
+        f"stage2.triplets=[{tmp_path / 'nli.csv'}]", "stage2.train.batch_size=8", "stage2.train.max_steps=1",
+        "stage2.train.lr=1e-30", "stage2.train.weight_decay=0", "eval.every_steps=1",
+    ])
+    assert recipe.stage2.init == "final"
+    train(recipe, progress=False)
+    run = tmp_path / "run"
+    meta = json.loads((run / "stage2" / "final" / "distill_student.json").read_text())
+    assert meta["init"] == "final"
+    start, end = load_file(str(run / "final" / "model.safetensors")), load_file(str(run / "stage2" / "final" / "model.safetensors"))
+    assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start)
+    with pytest.raises(DistillError, match=r"stage2\.init: expected one of final, best, got 'worst'"):
+        load_recipe(_recipe(tmp_path, steps=4, every=2), ["stage2.init=worst"])
+
+
+def test_a_student_name_resolves_to_the_student_preset_when_a_teacher_shares_it(tmp_path, tiny_home, monkeypatch):
+    """all-minilm-l6-v2 is both a normalized teacher and an un-normalized student: each role must
+    read its own folder (a teacher preset shadowing the student one made S unit-norm in the loss)."""
+    import shutil
+
+    from transformers import AutoConfig
+
+    from distill.encoder import Encoder
+
+    home = tmp_path / "home"
+    shutil.copytree(tiny_home, home)
+    teacher = (home / "teachers" / "tiny-teacher.yaml").read_text().replace("name: tiny-teacher", "name: tiny-both")
+    student = (home / "students" / "tiny-student.yaml").read_text().replace("name: tiny-student", "name: tiny-both")
+    (home / "teachers" / "tiny-both.yaml").write_text(teacher)  # 4 layers, normalize: true
+    (home / "students" / "tiny-both.yaml").write_text(student)  # first 2 layers, normalize: false
+    monkeypatch.setenv("DISTILL_HOME", str(home))
+    assert Encoder.load("tiny-both", role="student").normalize is False
+    assert Encoder.load("tiny-both", role="teacher").normalize is True
+    text = tiny_recipe_text(tmp_path, steps=2, every=2).replace("teacher: tiny-teacher", "teacher: tiny-both").replace("student: tiny-student", "student: tiny-both")
+    (tmp_path / "r.yaml").write_text(text)
+    train(load_recipe(tmp_path / "r.yaml"), progress=False)
+    meta = json.loads((tmp_path / "run" / "best" / "distill_student.json").read_text())
+    assert meta["normalize"] is False
+    assert AutoConfig.from_pretrained(tmp_path / "run" / "best").num_hidden_layers == 2
+    assert json.loads((tmp_path / "cache" / "manifest.json").read_text())["normalize"] is True
+
+
+def test_evaluation_ignores_the_training_max_length(tmp_path, tiny_home, monkeypatch):
+    """A student trained on 8-token inputs is still scored on whole STS sentences (SentEval does
+    not truncate), in training, in the final report and in the exported folder."""
+    from sentence_transformers import SentenceTransformer
+
+    from distill.export import export_student
+    from distill.sts_eval import evaluate_sts
+    from distill.student_io import StudentEmbedder, load_student
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    results = train(load_recipe(_recipe(tmp_path, steps=2, every=2), ["data.max_length=8"]), progress=False)
+    enc, meta, _ = load_student(tmp_path / "run" / "best", device="cpu")
+    assert meta["max_length"] == enc.max_length == 8 and enc.max_positions == 128  # tiny BERT: 128 positions
+    full = evaluate_sts(StudentEmbedder(enc), tasks=["STS-B"], sts_dir=STS_DIR, progress=False)
+    cut = evaluate_sts(lambda s: enc.encode(s, progress=False), tasks=["STS-B"], sts_dir=STS_DIR, progress=False)
+    assert results["best"]["STS-B"] == pytest.approx(full["STS-B"], abs=1e-6)
+    assert abs(full["STS-B"] - cut["STS-B"]) > 0.5  # 8 tokens cut most sentences: a visibly different score
+    out = export_student(tmp_path / "run", tmp_path / "export")
+    model = SentenceTransformer(str(out), device="cpu")
+    assert model.max_seq_length == 128
+    assert evaluate_sts(model, tasks=["STS-B"], sts_dir=STS_DIR, progress=False)["STS-B"] == pytest.approx(full["STS-B"], abs=0.05)
