@@ -23,7 +23,7 @@ from .presets import list_presets
 LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
     "mse": {"standardize": "student_norm"},  # none | student_norm | zscore
     "cosine": {},
-    "hpd": {"k": 128},
+    "hpd": {"k": 128, "init": "lstsq"},  # init: lstsq (head fitted on the untrained student) | random
     "crd": {"proj_dim": 128, "tau": 0.07, "queue_size": 0},
     "infonce": {"tau": 0.05},
     "ibkd": {

@@ -177,6 +177,24 @@ def _targets(recipe: Recipe, cache: TeacherCache, device: torch.device) -> torch
     return t.float()
 
 
+PREPARE_SAMPLE = 2048  # sentences whose untrained embeddings initialise a loss's heads (HPD: 5x its 385 unknowns)
+
+
+@torch.no_grad()
+def _prepare_loss(loss, student: Encoder, tokens, targets: torch.Tensor, seed: int, device: torch.device, batch: int = 256) -> None:
+    """Hand the loss the untrained student's embeddings of a seeded corpus sample (same on every rank)."""
+    n = len(tokens.lengths)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, PREPARE_SAMPLE), replace=False))
+    was_training = student.training
+    student.eval()
+    embs = []
+    for i in range(0, len(rows), batch):
+        ids, mask = tokens.collate(rows[i : i + batch])
+        embs.append(student(ids.to(device), mask.to(device))["embedding"].float().cpu())
+    student.train(was_training)
+    loss.prepare(torch.cat(embs), targets[torch.from_numpy(rows).to(targets.device)].float().cpu())
+
+
 def _optimizer(module: nn.Module, tcfg, device: torch.device) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in module.named_parameters():
@@ -222,6 +240,8 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
     tokens = tokenize_corpus(student.tokenizer, sentences, recipe.data.max_length, cache.path, progress=progress and main_process)
     if main_process and world > 1:
         dist.barrier()
+    if loss.needs_prepare and not resume:  # on --resume the checkpoint restores the heads
+        _prepare_loss(loss, student, tokens, targets, recipe.train.seed, device)
 
     def stage1_batch(rows):
         ids, mask = tokens.collate(rows)

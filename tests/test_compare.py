@@ -156,7 +156,7 @@ def test_unknown_loss_or_loss_key_is_named(tmp_path, setup, capsys):
 
     with pytest.raises(DistillError, match=r"unknown loss 'msee'"):
         parse_losses("mse,msee")
-    with pytest.raises(DistillError, match=r"--loss-set hpd.kk=3: unknown key loss.kk for loss 'hpd' \(it takes: k\)"):
+    with pytest.raises(DistillError, match=r"--loss-set hpd.kk=3: unknown key loss.kk for loss 'hpd' \(it takes: k, init\)"):
         parse_loss_overrides(["hpd.kk=3"])
     with pytest.raises(DistillError, match=r"unknown loss 'hdp'"):
         parse_loss_overrides(["hdp.k=3"])

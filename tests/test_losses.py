@@ -377,6 +377,33 @@ def test_hpd_reference_head_and_pca():
         loss(out, t_all[:6])
 
 
+def test_hpd_lstsq_head_start_matches_an_independent_least_squares_fit():
+    g = torch.Generator().manual_seed(21)
+    s = torch.randn(300, 5, generator=g, dtype=torch.float64)
+    a_true = torch.randn(5, 3, generator=g, dtype=torch.float64) * 0.3
+    t = torch.tanh(s @ a_true + 0.1 + 0.01 * torch.randn(300, 3, generator=g, dtype=torch.float64))
+    loss = HPDLoss(5, 12, k=3).double()
+    random_mse = loss({"embedding": s}, t)["loss"].item()
+    loss.prepare(s, t)
+    # reference: numpy's least squares of atanh(t clipped to 0.999) on [s, 1] (ridge: 1e-6 of the mean Gram diagonal)
+    x = np.concatenate([s.numpy(), np.ones((300, 1))], axis=1)
+    w_ref, *_ = np.linalg.lstsq(x, np.arctanh(np.clip(t.numpy(), -0.999, 0.999)), rcond=None)
+    w, b = _linear(loss.head[0])
+    np.testing.assert_allclose(w, w_ref[:-1].T, atol=1e-5)
+    np.testing.assert_allclose(b, w_ref[-1], atol=1e-5)
+    fitted_mse = loss({"embedding": s}, t)["loss"].item()
+    assert fitted_mse < 1e-3 * random_mse
+    # init: random keeps nn.Linear's start and makes prepare a no-op; bad names and shapes are named
+    rnd = HPDLoss(5, 12, k=3, init="random").double()
+    before = rnd.head[0].weight.clone()
+    rnd.prepare(s, t)
+    assert not rnd.needs_prepare and torch.equal(before, rnd.head[0].weight)
+    with pytest.raises(DistillError, match="init must be one of lstsq, random, got 'pca'"):
+        HPDLoss(5, 12, k=3, init="pca")
+    with pytest.raises(DistillError, match=r"prepare needs \(n, 5\) embeddings and \(n, 3\) targets"):
+        loss.prepare(s, t[:, :2])
+
+
 def _ref_crd(loss, s, t, extra_negatives=None):
     ws, bs = _linear(loss.student_head)
     wt, bt = _linear(loss.teacher_head)

@@ -256,6 +256,14 @@ class DistillLoss(nn.Module):
         """Hyper-parameters, for logs and sentence-transformers model cards."""
         return {}
 
+    # Losses whose heads start from data (HPD's least-squares head) set this and implement
+    # `prepare`; training calls it once, before the first step, with the untrained student's
+    # embeddings of a sample of the corpus and the matching teacher targets.
+    needs_prepare: bool = False
+
+    def prepare(self, student_embeddings: Tensor, teacher: Tensor) -> None:
+        """Initialise heads from data before training (see `needs_prepare`)."""
+
     @staticmethod
     def _teacher(teacher: Tensor, like: Tensor) -> Tensor:
         # The teacher is frozen: cut any graph a caller might have attached; compute in the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -26,6 +27,14 @@ class HPDLoss(DistillLoss):
     losses, the head is the product: the compact K-d tanh vector IS the sentence embedding, so
     `embedding_head()` returns it and it must be appended to the student for evaluation/export.
 
+    The head's start (`init`): "lstsq" (default) solves the head before training so that
+    tanh(A s + b) best fits the targets on the untrained student's embeddings of a corpus sample,
+    by ridge least squares of atanh(t) on [s, 1]; "random" is nn.Linear's default init, as in the
+    authors' code. Why: with a random head, the first steps push the backbone through a random
+    384 -> 128 map. At the CPU scale (256 steps, warmup 26; the authors warm up for 1,000 steps)
+    that cost the student more than it gained: 57.17 avg STS against 58.59 untrained
+    (BENCHMARKS.md, "HPD head start").
+
     `teacher_dim` (the raw teacher width) is accepted for a uniform constructor and not used.
     Returns {"loss", "mse" (detached)}.
     """
@@ -42,15 +51,40 @@ class HPDLoss(DistillLoss):
 }
 """
 
-    def __init__(self, student_dim: int, teacher_dim: int | None = None, *, k: int = 128):
+    INITS = ("lstsq", "random")
+
+    def __init__(self, student_dim: int, teacher_dim: int | None = None, *, k: int = 128, init: str = "lstsq"):
         super().__init__()
         if int(k) < 1:
             raise DistillError(f"hpd: k must be a positive number of dimensions, got {k!r}")
-        self.student_dim, self.teacher_dim, self.k = int(student_dim), teacher_dim, int(k)
+        if init not in self.INITS:
+            raise DistillError(f"hpd: init must be one of {', '.join(self.INITS)}, got {init!r}")
+        self.student_dim, self.teacher_dim, self.k, self.init = int(student_dim), teacher_dim, int(k), init
+        self.needs_prepare = init == "lstsq"
         self.head = nn.Sequential(nn.Linear(self.student_dim, self.k), nn.Tanh())
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"k": self.k}
+        return {"k": self.k, "init": self.init}
+
+    @torch.no_grad()
+    def prepare(self, student_embeddings: Tensor, teacher: Tensor) -> None:
+        """Set the head to the ridge least-squares fit of atanh(t) on [s, 1] (float64)."""
+        if self.init != "lstsq":
+            return
+        s = student_embeddings.detach().double().cpu()
+        t = teacher.detach().double().cpu()
+        if s.ndim != 2 or t.shape != (s.shape[0], self.k) or s.shape[1] != self.student_dim:
+            raise DistillError(f"hpd: prepare needs (n, {self.student_dim}) embeddings and (n, {self.k}) targets,"
+                               f" got {tuple(s.shape)} and {tuple(t.shape)}")
+        x = torch.cat([s, torch.ones(len(s), 1, dtype=s.dtype)], dim=1)
+        y = torch.atanh(t.clamp(-0.999, 0.999))
+        gram = x.T @ x
+        # a small ridge keeps the solve stable when n is close to d or the embeddings are degenerate
+        ridge = 1e-6 * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
+        w = torch.linalg.solve(gram + ridge, x.T @ y)  # (d + 1, k)
+        linear = self.head[0]
+        linear.weight.copy_(w[:-1].T.to(linear.weight.dtype))
+        linear.bias.copy_(w[-1].to(linear.bias.dtype))
 
     def embedding_head(self) -> nn.Module:
         return self.head
