@@ -42,7 +42,11 @@ class STDistillLoss(nn.Module):
 
     The loss's heads are submodules here, so the trainer's optimizer trains them with the model.
     For HPD, append `st_embedding_modules()` to the model after training (its Dense+Tanh head is
-    the embedding). `forward` returns the scalar loss (the trainer would sum a dict's values).
+    the embedding). HPD's default head start is a least-squares fit (`init="lstsq"`), which
+    `distill train` does itself; here, before training, call
+    `loss.loss.prepare(model.encode(sample, convert_to_tensor=True), sample_targets)`, or build
+    with `init="random"` for the paper's start. `forward` returns the scalar loss (the trainer
+    would sum a dict's values).
 
         loss = STDistillLoss.build(model, "ibkd", teacher_dim=768, bandwidth="median")
         trainer = SentenceTransformerTrainer(model=model, train_dataset=ds, loss=loss)
