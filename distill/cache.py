@@ -8,6 +8,9 @@ A cache folder holds
                        u = t / ||t|| (HPD's targets: normalized and uncentered, as its authors')
   manifest.json        teacher, pooling, normalize, dim, max length, corpus sha256, counts...;
                        written last, with "complete": true: a folder without it is not a cache
+`distill cache --out DIR` writes only into a folder that is absent, empty, or already a cache
+(complete, or an interrupted build): it never overwrites a user's own files. One build at a time
+holds DIR/.distill.lock (distill/lock.py).
 While building, shards/NNNNN.npy (one per `shard_size` rows) are written atomically next to a
 build.json that pins the build parameters, so an interrupted build resumes at the first missing
 shard; the final matrix is assembled from the shards at the end.
@@ -28,6 +31,7 @@ from tqdm.auto import tqdm
 from .corpus import Corpus, read_corpus, read_sentences_file, write_sentences
 from .errors import DistillError
 from .io import write_json_atomic
+from .lock import LOCK_NAME, folder_lock
 from .models import resolve_model
 from .presets import TeacherSpec, load_teacher
 
@@ -41,6 +45,65 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     with open(tmp, "wb") as f:
         np.save(f, array)
     tmp.replace(path)
+
+
+def _damaged(path: Path, what: Path, exc: BaseException) -> DistillError:
+    return DistillError(f"{what}: damaged ({type(exc).__name__}: {str(exc)[:200]}); delete the cache folder {path} "
+                        "and build it again with `distill cache` (or point to another folder)")
+
+
+def _read_json(path: Path, folder: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise _damaged(folder, path, exc) from None
+    if not isinstance(data, dict):
+        raise _damaged(folder, path, ValueError(f"expected a JSON object, got {type(data).__name__}"))
+    return data
+
+
+def _load_npy(path: Path, folder: Path) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:
+        raise _damaged(folder, path, exc) from None
+
+
+def check_cache_folder(out: Path) -> None:
+    """Refuse to write a cache into a folder holding anything but a cache of ours."""
+    if out.exists() and not out.is_dir():
+        raise DistillError(f"cache folder {out}: exists and is not a folder")
+    if not out.is_dir():
+        return
+    names = {p.name for p in out.iterdir()} - {LOCK_NAME}
+    if not names:
+        return
+    for marker, keys in (("manifest.json", ("format_version", "corpus_sha256")), ("build.json", ("corpus_sha256", "shard_size"))):
+        if marker in names:
+            try:
+                data = json.loads((out / marker).read_text(encoding="utf-8"))
+            except (ValueError, OSError):
+                data = None
+            if isinstance(data, dict) and all(k in data for k in keys):
+                return
+            if marker == "manifest.json" and data is None:
+                raise _damaged(out, out / marker, ValueError("not valid JSON"))
+    raise DistillError(f"cache folder {out}: holds other files ({', '.join(sorted(names)[:5])}) and is not a teacher cache; "
+                       "a cache is written only into a new or empty folder: choose another --out / data.cache_dir")
+
+
+def _corpus_detail(manifest: dict, corpus: Corpus | None) -> str:
+    """Why two corpora differ, in words, when the manifest says enough."""
+    if corpus is None:
+        return ""
+    if "max_sentences" in manifest and manifest["max_sentences"] != corpus.max_sentences:
+        return f" (max_sentences is {manifest['max_sentences']} in the cache but {corpus.max_sentences} here)"
+    if manifest.get("corpus_sources") != corpus.sources:
+        return f" (the cache was built from {', '.join(manifest.get('corpus_sources') or ['?'])})"
+    if manifest.get("count") != len(corpus.sentences):
+        return (f" (the cache holds {manifest.get('count')} sentences, this corpus {len(corpus.sentences)}: "
+                "was max_sentences changed, or the files edited?)")
+    return " (the files' contents changed)"
 
 
 def torch_device(device):
@@ -83,23 +146,30 @@ class TeacherCache:
     build_stats: dict | None = None  # set by build_cache: shards reused / encoded
 
     @classmethod
-    def open(cls, path: str | Path, expect: dict | None = None) -> TeacherCache:
-        """Open a complete cache; `expect` (e.g. teacher_identity(spec) + corpus_sha256) must agree."""
+    def open(cls, path: str | Path, expect: dict | None = None, corpus: Corpus | None = None) -> TeacherCache:
+        """Open a complete cache; `expect` (e.g. teacher_identity(spec) + corpus_sha256) must agree.
+
+        `corpus`: the corpus this run reads, to say in words why its sha256 differs.
+        """
         path = Path(path)
         manifest_file = path / "manifest.json"
         if not manifest_file.is_file():
             hint = " (a build was interrupted: run `distill cache` again to resume it)" if (path / "build.json").is_file() else ""
             raise DistillError(f"{path}: not a complete teacher cache, no manifest.json{hint}")
-        manifest = json.loads(manifest_file.read_text())
+        manifest = _read_json(manifest_file, path)
         if not manifest.get("complete"):
             raise DistillError(f"{manifest_file}: the cache is not marked complete")
+        if not all(k in manifest for k in ("count", "dim")):
+            raise _damaged(path, manifest_file, KeyError("count / dim missing"))
         for key, value in (expect or {}).items():
             if manifest.get(key) != value:
+                detail = _corpus_detail(manifest, corpus) if key == "corpus_sha256" else ""
                 raise DistillError(
                     f"teacher cache {path} does not match this run: {key} is {manifest.get(key)!r} in the cache "
-                    f"but {value!r} here; rebuild it with `distill cache` or point to another --out"
+                    f"but {value!r} here{detail}; to build a new one, point --out / data.cache_dir to a new folder, "
+                    f"or delete {path} (the tool made it) and run again"
                 )
-        emb = np.load(path / "embeddings.npy", mmap_mode="r")
+        emb = _load_npy(path / "embeddings.npy", path)
         if emb.shape != (manifest["count"], manifest["dim"]):
             raise DistillError(f"{path}/embeddings.npy has shape {emb.shape}, the manifest says {(manifest['count'], manifest['dim'])}")
         return cls(path, manifest, emb)
@@ -120,7 +190,7 @@ class TeacherCache:
         if not pca or (k is not None and not self.has_pca(k)):
             have = f"PCA to {pca['k']} dims" + ("" if pca.get("normalized") else " of un-normalized vectors") if pca else "no PCA"
             raise DistillError(f"teacher cache {self.path} has {have}; HPD asks for k={k}: rebuild with `distill cache --pca {k}`")
-        return np.load(self.path / pca["targets"], mmap_mode="r")
+        return _load_npy(self.path / pca["targets"], self.path)
 
     def __len__(self) -> int:
         return int(self.manifest["count"])
@@ -175,23 +245,33 @@ def build_cache(
     IBKD authors compute their targets; "bf16" encodes faster on a GPU (the stored matrix is
     float16 either way). The manifest records it.
     """
-    from .encoder import Encoder
-
+    for name, value in (("shard_size", shard_size), ("batch_size", batch_size), ("pca", pca), ("max_sentences", max_sentences)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise DistillError(f"--{name.replace('_', '-')} {value}: must be a whole number of at least 1")
     spec = load_teacher(teacher) if isinstance(teacher, str) else teacher
     out = Path(out)
+    check_cache_folder(out)  # before reading the corpus: a wrong --out fails at once
     if not isinstance(corpus, Corpus):
         corpus = read_corpus(list(corpus), column=column, max_sentences=max_sentences)
     if not corpus.sentences:
         raise DistillError(f"the corpus {', '.join(corpus.sources)} holds no sentence after dropping empty lines")
+    with folder_lock(out, "teacher cache"):
+        check_cache_folder(out)  # again, under the lock
+        return _build_locked(spec, corpus, out, pca, batch_size, shard_size, device, progress, encoder, precision)
+
+
+def _build_locked(spec, corpus: Corpus, out: Path, pca, batch_size: int, shard_size: int, device, progress: bool, encoder,
+                  precision: str) -> TeacherCache:
+    from .encoder import Encoder
+
     identity = {**teacher_identity(spec), "corpus_sha256": corpus.sha256}
     if (out / "manifest.json").is_file():
-        cache = TeacherCache.open(out, expect=identity)  # refuses a mismatched one, with the field
+        cache = TeacherCache.open(out, expect=identity, corpus=corpus)  # refuses a mismatched one, with the field
         if pca and not cache.has_pca(pca):
             return add_pca(cache, pca)
         print(f"[distill] teacher cache {out} is complete and matches: reused", flush=True)
         return cache
 
-    out.mkdir(parents=True, exist_ok=True)
     shards = out / "shards"
     build_file = out / "build.json"
     from .encoder import PRECISIONS, best_device
@@ -204,7 +284,7 @@ def build_cache(
     params = {**identity, "count": len(corpus.sentences), "shard_size": shard_size,
               "precision": precision if run_device.type == "cuda" else "fp32"}
     if build_file.is_file():
-        previous = json.loads(build_file.read_text())
+        previous = _read_json(build_file, out)
         if previous != params:
             diff = [k for k in params if previous.get(k) != params[k]]
             raise DistillError(f"{out} holds an interrupted build with other parameters ({', '.join(diff)} differ): use another --out or delete it")
@@ -236,7 +316,10 @@ def build_cache(
 
     matrix = np.lib.format.open_memmap(out / ".embeddings.npy.tmp", mode="w+", dtype=np.float16, shape=(n, spec.dim))
     for i in range(n_shards):
-        part = np.load(shards / f"{i:05d}.npy")
+        try:
+            part = np.load(shards / f"{i:05d}.npy")
+        except (ValueError, OSError, EOFError) as exc:
+            raise DistillError(f"{shards / f'{i:05d}.npy'}: damaged ({exc}); delete it and run again to recompute it") from None
         if part.shape != (min(shard_size, n - i * shard_size), spec.dim):
             raise DistillError(f"{shards / f'{i:05d}.npy'}: shape {part.shape} does not fit row {i * shard_size}; delete it to recompute")
         matrix[i * shard_size : i * shard_size + len(part)] = part
@@ -249,6 +332,7 @@ def build_cache(
         **identity,
         "teacher_revision": model_revision(Path(encoder.source) if encoder is not None else resolve_model(spec.name, role="teacher")),
         "corpus_sources": corpus.sources,
+        "max_sentences": corpus.max_sentences,
         "count": n,
         "read": corpus.read,
         "dropped_empty": corpus.dropped_empty,
@@ -293,7 +377,8 @@ def _write_pca(cache: TeacherCache, k: int) -> dict:
 
 def add_pca(cache: TeacherCache, k: int) -> TeacherCache:
     """Fit and store PCA-k targets in an existing complete cache (HPD asks for them)."""
-    manifest = dict(cache.manifest)
-    manifest["pca"] = _write_pca(cache, k)
-    write_json_atomic(cache.path / "manifest.json", manifest)
-    return TeacherCache.open(cache.path)
+    with folder_lock(cache.path, "teacher cache"):
+        manifest = dict(cache.manifest)
+        manifest["pca"] = _write_pca(cache, k)
+        write_json_atomic(cache.path / "manifest.json", manifest)
+        return TeacherCache.open(cache.path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import yaml
 
 from .errors import DistillError
 from .presets import list_presets
+from .recipe_checks import check_values
 
 # Hyper-parameters each loss accepts, with their defaults. The loss modules document them.
 LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -59,6 +61,7 @@ class DataConfig:
     cache_dir: str | None = None  # teacher cache (built by `distill cache` or on demand)
     max_sentences: int | None = None  # take only the first N distinct sentences
     max_length: int = 128
+    column: str | None = None  # text column of JSONL/CSV/hub corpora (default: text, sentence, ...)
 
 
 @dataclass
@@ -151,6 +154,8 @@ def _check_value(where: str, value: Any, annotation) -> Any:
     if annotation is float and isinstance(value, str):
         value = _yaml11_float(value)  # PyYAML reads "3e-5" (no dot) as a string
     if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise DistillError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is int and isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -222,6 +227,8 @@ def _check_params(where: str, name: str, given: dict, defaults: dict) -> dict:
             not isinstance(default, bool) and isinstance(default, (int, float)) and not isinstance(value, (int, float))
         ) or (isinstance(default, str) and not isinstance(value, str)):
             raise DistillError(f"{where}.{key}: expected a value like {default!r}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DistillError(f"{where}.{key}: expected a finite number, got {value!r}")
         params[key] = float(value) if isinstance(default, float) else value
     return params
 
@@ -247,15 +254,52 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (plain
+    PyYAML keeps the last one silently: `lr` written twice would train at the second value)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                except TypeError:  # an unhashable key: PyYAML reports it itself
+                    continue
+                if first != key_node.start_mark.line + 1:
+                    raise DistillError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (first given on line {first})")
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(path: Path):
+    """A YAML file's data: UTF-8, no duplicate keys; errors name the file and line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DistillError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except DistillError as exc:
+        raise DistillError(f"{path}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise DistillError(f"{path}: not valid YAML: {exc}") from None
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
-    """Read a recipe, apply `key=value` overrides, validate every key, return a Recipe."""
+    """Read a recipe, apply `key=value` overrides, validate every key and value, return a Recipe."""
     path = Path(path)
     if not path.is_file():
         raise DistillError(f"recipe not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise DistillError(f"{path}: not valid YAML: {exc}") from None
+    raw = read_yaml(path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise DistillError(f"{path}: a recipe is a mapping of keys (teacher, student, loss, ...), this file holds a {type(raw).__name__}")
     tree = copy.deepcopy(raw)
     for text in overrides or []:
         key, value = parse_override(text)
@@ -273,6 +317,27 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
                 raise DistillError(
                     f"{kind[:-1]} {name!r} is neither a preset ({', '.join(list_presets(kind))}) nor a model folder"
                 )
+        check_values(recipe)
     except DistillError as exc:
         raise DistillError(f"{path}: {exc}") from None
     return recipe
+
+
+def saved_recipe_with_defaults(saved: dict) -> dict:
+    """A recipe dict saved by an older version (a checkpoint's), with the keys added since then
+    filled with their defaults, so `--resume` compares like with like."""
+    out = copy.deepcopy(saved)
+    sections = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "output": OutputConfig, "stage2": Stage2Config}
+    for name, cls in sections.items():
+        if isinstance(out.get(name), dict):
+            out[name] = {**dataclasses.asdict(cls()), **out[name]}
+    stage2 = out.get("stage2")
+    if isinstance(stage2, dict):
+        if isinstance(stage2.get("train"), dict):
+            stage2["train"] = {**dataclasses.asdict(Stage2Config().train), **stage2["train"]}
+        if isinstance(stage2.get("loss"), dict):
+            stage2["loss"] = {**STAGE2_LOSS_DEFAULTS, **stage2["loss"]}
+    loss = out.get("loss")
+    if isinstance(loss, dict) and loss.get("name") in LOSS_DEFAULTS:
+        out["loss"] = {"name": loss["name"], **LOSS_DEFAULTS[loss["name"]], **{k: v for k, v in loss.items() if k != "name"}}
+    return out

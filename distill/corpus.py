@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .corpus_io import iter_jsonl, iter_lines, open_binary
+from .corpus_io import check_text, iter_jsonl, iter_lines, open_binary
 from .errors import DistillError
 
 DEFAULT_COLUMNS = ("text", "sentence", "sentence1", "anchor")
@@ -31,6 +31,7 @@ class Corpus:
     dropped_empty: int = 0
     dropped_duplicates: int = 0
     per_source: dict[str, int] = field(default_factory=dict)
+    max_sentences: int | None = None  # the cut asked for (recorded in a cache's manifest)
 
     @property
     def sha256(self) -> str:
@@ -60,7 +61,7 @@ def _pick_column(names, column: str | None, where: str) -> str:
     for c in DEFAULT_COLUMNS:
         if c in names:
             return c
-    raise DistillError(f"{where}: none of the columns {', '.join(DEFAULT_COLUMNS)}; name one with --column (columns: {', '.join(map(str, names))})")
+    raise DistillError(f"{where}: none of the columns {', '.join(DEFAULT_COLUMNS)}; name one with --column (distill cache) or data.column (a recipe) (columns: {', '.join(map(str, names))})")
 
 
 def _iter_csv(path: Path, column: str | None) -> Iterator[tuple[int, str]]:
@@ -105,10 +106,12 @@ def iter_source(source: str, column: str | None = None) -> Iterator[tuple[int, s
     """(line or row number, raw text) of one source."""
     path = Path(source).expanduser()
     if not path.exists():
-        if "/" in source and not source.startswith((".", "/", "~")) and source.count("/") == 1:
+        file_like = path.name.lower().removesuffix(".gz").endswith((".txt", ".jsonl", ".ndjson", ".csv", ".tsv")) or source.endswith(".gz")
+        if "/" in source and not source.startswith((".", "/", "~")) and source.count("/") == 1 and not file_like:
             yield from _iter_hub(source, column)
             return
-        raise DistillError(f"corpus file not found: {path}")
+        tried = "" if path.is_absolute() else f" (looked for {path.absolute()}: relative paths are taken from the working directory {Path.cwd()})"
+        raise DistillError(f"corpus file not found: {path}{tried}")
     name = path.name.lower().removesuffix(".gz")
     if name.endswith((".jsonl", ".ndjson")):
         yield from _iter_jsonl(path, column)
@@ -123,11 +126,14 @@ def read_corpus(sources: list[str], column: str | None = None, max_sentences: in
     if not sources:
         raise DistillError("no corpus given: name at least one file or hub dataset")
     seen: set[str] = set()
-    corpus = Corpus(sentences=[], sources=list(sources))
+    if max_sentences is not None and max_sentences < 1:
+        raise DistillError(f"max_sentences {max_sentences}: must be at least 1")
+    corpus = Corpus(sentences=[], sources=list(sources), max_sentences=max_sentences)
     for source in sources:
         kept = 0
-        for _, raw in iter_source(source, column):
+        for lineno, raw in iter_source(source, column):
             corpus.read += 1
+            check_text(raw, f"{source}:{lineno}")
             text = " ".join(raw.split("\n")).strip() if "\n" in raw else raw.strip()
             if not text:
                 corpus.dropped_empty += 1

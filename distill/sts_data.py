@@ -91,9 +91,18 @@ def _read_lines(path: Path) -> list[str]:
 
 def _parse_score(text: str, path: Path, lineno: int) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise DistillError(f"{path}:{lineno}: gold score {text!r} is not a number") from None
+    if not np.isfinite(value):  # float() reads "nan" and "inf": a Spearman over them is NaN
+        raise DistillError(f"{path}:{lineno}: gold score {text!r} is not a finite number")
+    return value
+
+
+def _nonempty(pairs: STSPairs, where: str) -> STSPairs:
+    if not len(pairs):
+        raise DistillError(f"{where}: no scored sentence pair in it (empty, or every gold score blank)")
+    return pairs
 
 
 def _load_senteval_year(folder: Path, task: str) -> STSPairs:
@@ -104,6 +113,8 @@ def _load_senteval_year(folder: Path, task: str) -> STSPairs:
         pairs, scores = _read_lines(inp), _read_lines(gs)
         if len(pairs) != len(scores):
             raise DistillError(f"{inp} has {len(pairs)} lines but {gs} has {len(scores)}: they must pair up line by line")
+        if not any(score.strip() for score in scores):
+            raise DistillError(f"{gs}: no gold score on any of its {len(scores)} lines (empty or all blank)")
         for lineno, (pair, score) in enumerate(zip(pairs, scores), start=1):
             if not score.strip():
                 continue  # no gold score for this pair (STS16 and others): skipped, as SentEval does
@@ -113,7 +124,7 @@ def _load_senteval_year(folder: Path, task: str) -> STSPairs:
             s1.append(cols[0])
             s2.append(cols[1])  # STS16 lines carry two extra source columns: ignored
             gold.append(_parse_score(score.strip(), gs, lineno))
-    return _pairs(task, s1, s2, gold)
+    return _nonempty(_pairs(task, s1, s2, gold), f"{folder} ({task})")
 
 
 def _load_stsb(path: Path, task: str) -> STSPairs:
@@ -125,7 +136,7 @@ def _load_stsb(path: Path, task: str) -> STSPairs:
         gold.append(_parse_score(cols[4], path, lineno))
         s1.append(cols[5])
         s2.append(cols[6])  # some lines carry extra trailing columns: ignored
-    return _pairs(task, s1, s2, gold)
+    return _nonempty(_pairs(task, s1, s2, gold), str(path))
 
 
 def _load_sick(path: Path) -> STSPairs:
@@ -139,7 +150,7 @@ def _load_sick(path: Path) -> STSPairs:
         s1.append(cols[1])
         s2.append(cols[2])
         gold.append(_parse_score(cols[3], path, lineno))
-    return _pairs("SICK-R", s1, s2, gold)
+    return _nonempty(_pairs("SICK-R", s1, s2, gold), str(path))
 
 
 def load_local(task: str, sts_dir: str | Path) -> STSPairs:

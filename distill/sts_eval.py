@@ -90,7 +90,11 @@ def evaluate_sts(
         p = pairs[t]
         a = emb[[row[s] for s in p.sentences1]]
         b = emb[[row[s] for s in p.sentences2]]
-        results[t] = spearman_x100(cosine_rows(a, b), p.scores)
+        sims = cosine_rows(a, b)
+        if np.ptp(p.scores) == 0 or np.ptp(sims) == 0:  # Spearman is undefined (NaN) when one side is constant
+            what = "every gold score is the same" if np.ptp(p.scores) == 0 else "the model gives every pair the same similarity"
+            raise DistillError(f"STS task {t}: no score can be computed, {what} ({len(p)} pairs)")
+        results[t] = spearman_x100(sims, p.scores)
     tests = [results[t] for t in names if t != DEV_TASK]
     if tests:
         results["Avg"] = float(np.mean(tests))

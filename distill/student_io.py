@@ -21,6 +21,7 @@ from torch import nn
 
 from .encoder import Encoder
 from .errors import DistillError
+from .io import apply_umask
 
 META = "distill_student.json"
 
@@ -47,6 +48,7 @@ def save_student(path: str | Path, encoder: Encoder, loss: nn.Module | None, met
             if state:
                 save_file(state, str(tmp / "heads.safetensors"))
         (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
+        apply_umask(tmp)  # mkdtemp made it 0700, safetensors 0600: give best/ and final/ the usual modes
         old = path.with_name(f".{path.name}.old")
         if path.exists():
             os.replace(path, old)

@@ -29,12 +29,13 @@ from torch import nn
 
 from .cache import TeacherCache, add_pca, build_cache, teacher_identity
 from .callbacks import Callback, JsonlLog, ProgressBar, WandbCallback
-from .config import Recipe
+from .config import Recipe, saved_recipe_with_defaults
 from .corpus import read_corpus
 from .data import epoch_batches, tokenize_corpus
 from .encoder import Encoder
 from .errors import DistillError
 from .io import write_json_atomic, write_text_atomic
+from .lock import folder_lock
 from .losses import build_loss
 from .presets import load_teacher
 from .sts_data import DEV_TASK, load_sts
@@ -51,6 +52,7 @@ class TrainState:
     steps_per_epoch: int = 0
     best_score: float = -math.inf
     best_step: int = -1
+    init_score: float | None = None  # the untrained student's selection score (collapse warning)
     sentences_seen: int = 0
     train_seconds: float = 0.0
     evals: list = field(default_factory=list)
@@ -152,9 +154,9 @@ def open_or_build_cache(recipe: Recipe, progress: bool = True) -> TeacherCache:
     if not recipe.data.corpus:
         # no corpus named: trust the cache's own, but still check the teacher
         return TeacherCache.open(cache_dir, expect=teacher_identity(spec))
-    corpus = read_corpus(recipe.data.corpus, max_sentences=recipe.data.max_sentences)
+    corpus = read_corpus(recipe.data.corpus, column=recipe.data.column, max_sentences=recipe.data.max_sentences)
     if (cache_dir / "manifest.json").is_file():
-        return TeacherCache.open(cache_dir, expect={**teacher_identity(spec), "corpus_sha256": corpus.sha256})
+        return TeacherCache.open(cache_dir, expect={**teacher_identity(spec), "corpus_sha256": corpus.sha256}, corpus=corpus)
     pca = recipe.loss.get("k") if recipe.loss["name"] == "hpd" else None
     return build_cache(spec, corpus, cache_dir, pca=pca, progress=progress)
 
@@ -195,6 +197,31 @@ def _prepare_loss(loss, student: Encoder, tokens, targets: torch.Tensor, seed: i
     loss.prepare(torch.cat(embs), targets[torch.from_numpy(rows).to(targets.device)].float().cpu())
 
 
+def _damaged_checkpoint(path: Path, exc: BaseException) -> DistillError:
+    return DistillError(f"{path}: damaged or not this run's checkpoint ({type(exc).__name__}: {str(exc)[:200]}); "
+                        f"--resume cannot continue from it: restore it from a copy, or move it away and train again without --resume")
+
+
+def _load_checkpoint(path: Path) -> dict:
+    import pickle
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, AttributeError, ImportError) as exc:
+        raise _damaged_checkpoint(path, exc) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("recipe"), dict):
+        raise _damaged_checkpoint(path, ValueError("no recipe in it"))
+    return ckpt
+
+
+def _collapse_warnings(state: TrainState, tcfg) -> list[str]:
+    """A run whose best selection score is below the untrained student's made the student worse."""
+    if state.init_score is None or not state.best_score < state.init_score:
+        return []
+    return [f"the best selection score {state.best_score:.2f} (step {state.best_step}) is below the untrained student's "
+            f"{state.init_score:.2f}: training made the student worse (a collapse; is train.lr={tcfg.lr:g} too high?)"]
+
+
 def _optimizer(module: nn.Module, tcfg, device: torch.device) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in module.named_parameters():
@@ -214,7 +241,19 @@ def _autocast(tcfg, device: torch.device):
 
 
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callbacks: list[Callback] | None = None) -> dict:
-    """Run a recipe (stage 1, then stage 2 when it names triplets); returns OUTPUT_DIR/results.json's dict."""
+    """Run a recipe (stage 1, then stage 2 when it names triplets); returns OUTPUT_DIR/results.json's dict.
+
+    The run folder is locked (distill/lock.py) by the main process for the whole run: a second
+    run into the same output.dir is refused at once instead of mixing its files with this one's.
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    if rank != 0:
+        return _train(recipe, resume=resume, progress=progress, callbacks=callbacks)
+    with folder_lock(recipe.output.dir, "run folder"):
+        return _train(recipe, resume=resume, progress=progress, callbacks=callbacks)
+
+
+def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks: list[Callback] | None) -> dict:
     rank, world, device = _distributed()
     main_process = rank == 0
     run_dir = Path(recipe.output.dir)
@@ -288,6 +327,7 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
     results2 = _run_stage(stage2, recipe, rank, world, device, resume2, progress, callbacks, baselines=False)
     if main_process:
         results2["stage1"] = {k: results[k] for k in ("best", "best_step", "best_dev", "steps", "train_sentences_per_s")}
+        results2["warnings"] = [f"stage 1: {w}" for w in results.get("warnings", [])] + [f"stage 2: {w}" for w in results2.get("warnings", [])]
         if "baselines" in results:
             results2["baselines"] = results["baselines"]
         write_json_atomic(s2_dir / "results.json", results2)
@@ -312,16 +352,20 @@ def _run_stage(stage: Stage, recipe: Recipe, rank: int, world: int, device: torc
     scaler = torch.amp.GradScaler("cuda") if device.type == "cuda" and tcfg.precision == "fp16" else None
     state = TrainState(total_steps=total, steps_per_epoch=steps_per_epoch, run_dir=str(run_dir))
     if resume:
-        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=False)
-        if ckpt["recipe"] != recipe.to_dict():
-            diff = [k for k in recipe.to_dict() if ckpt["recipe"].get(k) != recipe.to_dict()[k]]
+        ckpt = _load_checkpoint(ckpt_file)
+        saved = saved_recipe_with_defaults(ckpt["recipe"])  # a key added since the run started takes its default
+        if saved != recipe.to_dict():
+            diff = [k for k in recipe.to_dict() if saved.get(k) != recipe.to_dict()[k]]
             raise DistillError(f"--resume: the recipe differs from the checkpoint's in {', '.join(diff)}")
-        module.student.transformer.load_state_dict(ckpt["student"])
-        module.loss.load_state_dict(ckpt["loss"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state = TrainState(**{**ckpt["state"], "run_dir": str(run_dir)})
-        _set_rng_state(ckpt["rng"])
+        try:
+            module.student.transformer.load_state_dict(ckpt["student"])
+            module.loss.load_state_dict(ckpt["loss"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            state = TrainState(**{**ckpt["state"], "run_dir": str(run_dir)})
+            _set_rng_state(ckpt["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise _damaged_checkpoint(ckpt_file, exc) from None
 
     dev_tasks = resolve_tasks(recipe.eval.tasks)
     final_tasks = resolve_tasks(recipe.eval.final_tasks)
@@ -379,10 +423,17 @@ def _run_stage(stage: Stage, recipe: Recipe, rank: int, world: int, device: torc
     def check_finite(bad: torch.Tensor, since: int):
         # One host sync per check, not per step: the flag accumulates on the device.
         if bool(bad):
+            best = run_dir / "best"
             raise DistillError(
-                f"{stage.name}: the loss became nan or inf between steps {since + 1} and {state.step}: stopped; the last good "
-                f"checkpoint is {ckpt_file if ckpt_file.is_file() else 'none yet'} and the best student is in {run_dir / 'best'}"
+                f"{stage.name}: the loss became nan or inf between steps {since + 1} and {state.step}: stopped; "
+                + (f"the last good checkpoint is {ckpt_file}" if ckpt_file.is_file() else "no checkpoint was written yet")
+                + (f" and the best student is in {best}" if (best / "distill_student.json").is_file() else ", no best student yet")
+                + "; try a lower train.lr"
             )
+
+    if main_process and state.step == 0 and state.init_score is None:
+        init = evaluate(dev_tasks, head=False)  # the untrained student, to notice a run that makes it worse
+        state.init_score = init[DEV_TASK if DEV_TASK in init else next(iter(init))]
 
     module.train()
     amp = _autocast(tcfg, device)
@@ -463,8 +514,11 @@ def _run_stage(stage: Stage, recipe: Recipe, rank: int, world: int, device: torc
         }
         if baselines_file.is_file():
             results["baselines"] = json.loads(baselines_file.read_text())
+        results["init_dev"] = state.init_score
+        results["warnings"] = _collapse_warnings(state, tcfg)
         write_json_atomic(run_dir / "results.json", results)
-        write_text_atomic(run_dir / "results.md", format_table(best_scores, title=f"{recipe.student} ({stage.meta['loss']['name']})") + "\n")
+        write_text_atomic(run_dir / "results.md", format_table(best_scores, title=f"{recipe.student} ({stage.meta['loss']['name']})") + "\n"
+                          + "".join(f"\n**Warning:** {w}\n" for w in results["warnings"]))
         for cb in cbs:
             cb.on_train_end(state, results)
     if world > 1:

@@ -16,7 +16,43 @@ def output_format(path: str | Path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         raise DistillError(f"--out {path}: unknown format {suffix or '(no extension)'!r}; use a .npy or .safetensors file")
+    if Path(path).is_dir():
+        raise DistillError(f"--out {path}: an existing folder; name a .npy or .safetensors file")
     return suffix
+
+
+def check_device(device: str | None) -> None:
+    """A device the machine has, checked before the model loads."""
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise DistillError(f"--device {device!r}: not a device name (cpu, cuda, cuda:1, mps ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DistillError(f"--device {device}: this machine has no CUDA GPU that torch can use (torch {torch.__version__}); use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise DistillError(f"--device {device}: there are {torch.cuda.device_count()} GPUs (cuda:0..cuda:{torch.cuda.device_count() - 1})")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DistillError(f"--device {device}: MPS is not available here; use --device cpu")
+
+
+def _stdin_sentences() -> list[str]:
+    """Lines of stdin, decoded as UTF-8 line by line (a bad byte names its line)."""
+    from ..corpus_io import check_text
+
+    out = []
+    stream = getattr(sys.stdin, "buffer", sys.stdin)  # a text stream stands in for stdin in tests
+    for lineno, raw in enumerate(stream, 1):
+        try:
+            line = raw.decode("utf-8") if isinstance(raw, bytes) else raw
+        except UnicodeDecodeError as exc:
+            raise DistillError(f"stdin:{lineno}: not UTF-8 text ({exc.reason} at byte {exc.start} of the line)") from None
+        out.append(check_text(line.rstrip("\n").removesuffix("\r"), f"stdin:{lineno}"))
+    return out
 
 
 def save_embeddings(path: str | Path, emb, metadata: dict[str, str] | None = None) -> None:
@@ -47,8 +83,9 @@ def _cmd_encode(args) -> int:
     from ..encoder import Encoder
 
     output_format(args.out)  # fail before the model loads
+    check_device(args.device)
     if args.input == "-":
-        sentences = [line.rstrip("\n").removesuffix("\r") for line in sys.stdin]
+        sentences = _stdin_sentences()
         source = "stdin"
     else:
         sentences = read_sentences(args.input, column=args.column)

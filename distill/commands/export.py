@@ -7,7 +7,7 @@ def _cmd_export(args) -> int:
     from ..export import export_student
 
     out = export_student(args.run_dir, args.out, which=args.which, keep_projection=args.keep_projection, normalize=not args.no_normalize,
-                         max_seq_length=args.max_seq_length)
+                         max_seq_length=args.max_seq_length, overwrite=args.overwrite)
     print(out)
     return 0
 
@@ -22,4 +22,5 @@ def register(sub) -> None:
                         "or CRD's head into its proj_dim contrastive space")
     p.add_argument("--max-seq-length", type=int, help="truncation length of the exported model (default: the model's own limit, which the run was scored at)")
     p.add_argument("--no-normalize", action="store_true", help="do not append a Normalize module")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous export in --out (only a folder this tool exported)")
     p.set_defaults(func=_cmd_export)

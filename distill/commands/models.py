@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from ..errors import DistillError
 
 
@@ -21,6 +23,15 @@ def _cmd_models(args) -> int:
     if not args.name:
         raise DistillError(f"distill models {args.action}: give a model name")
     preset = find_preset(args.name)
+    if args.action == "path":  # a question, never a download
+        from ..models import local_model
+
+        path = local_model(args.name, offline_source=preset.offline_source if preset else None)
+        if path is None:
+            print(f"distill: {args.name} is not on this machine; `distill models pull {args.name}` fetches it", file=sys.stderr)
+            return 1
+        print(path)
+        return 0
     path = resolve_model(args.name, offline_source=preset.offline_source if preset else None)
     print(path)
     return 0

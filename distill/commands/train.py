@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 
 def _cmd_train(args) -> int:
     from ..config import load_recipe
@@ -17,6 +19,9 @@ def _cmd_train(args) -> int:
         print("\n".join(tables[0][:2] + [t[2] for t in tables]))
         print(f"best STS-B dev {results['best_dev']:.2f} at step {results['best_step']} of {results['steps']}; "
               f"{results['train_sentences_per_s']:.0f} sentences/s on {results['device']}; run folder {recipe.output.dir}")
+        for warning in results.get("warnings", []):
+            print(f"WARNING: {warning}")
+            print(f"distill: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,86 @@
+"""Value checks of a recipe, run when it is read (`load_recipe`): whatever `distill config`
+accepts, `distill train` accepts, and a bad value fails before a model loads, naming the key.
+
+Types are checked by config.py; here are the ranges and the names a value must be one of.
+Loss parameters are checked by name, whichever loss takes them (a parameter without a rule is
+only type-checked).
+"""
+
+from __future__ import annotations
+
+from .errors import DistillError
+
+PRECISIONS = ("bf16", "fp16", "fp32")
+# Losses whose negatives are the other rows of the batch: one row per device leaves none
+# (the loss is exactly 0 and nothing trains). CRD with a queue has negatives of its own.
+CONTRASTIVE = ("infonce", "ibkd", "crd")
+
+# parameter -> (test, what it must be)
+LOSS_RULES = {
+    "tau": (lambda v: v > 0, "a number > 0"),
+    "lam": (lambda v: v >= 0, "a number >= 0"),
+    "gamma": (lambda v: v > 0, "a number > 0"),
+    "bandwidth": (lambda v: v in ("fixed", "median"), "one of fixed, median"),
+    "standardize": (lambda v: v in ("none", "student_norm", "zscore"), "one of none, student_norm, zscore"),
+    "k": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
+    "proj_dim": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
+    "queue_size": (lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0"),
+    "head": (lambda v: v in ("linear", "mlp", "none"), "one of linear, mlp, none"),
+    "init": (lambda v: v in ("lstsq", "random"), "one of lstsq, random"),  # HPD's head start
+    "head_dim": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1), "unset or a whole number >= 1"),
+}
+
+
+def _need(ok: bool, key: str, value, what: str) -> None:
+    if not ok:
+        raise DistillError(f"{key}: must be {what}, got {value!r}")
+
+
+def _check_train(prefix: str, t) -> None:
+    _need(t.epochs > 0, f"{prefix}.epochs", t.epochs, "> 0")
+    _need(t.max_steps is None or t.max_steps >= 1, f"{prefix}.max_steps", t.max_steps, "unset or >= 1")
+    _need(t.batch_size >= 1, f"{prefix}.batch_size", t.batch_size, ">= 1")
+    _need(t.lr > 0, f"{prefix}.lr", t.lr, "> 0")
+    _need(0 <= t.warmup_ratio < 1, f"{prefix}.warmup_ratio", t.warmup_ratio, "between 0 and 1 (1 excluded)")
+    _need(t.weight_decay >= 0, f"{prefix}.weight_decay", t.weight_decay, ">= 0")
+    _need(t.grad_clip >= 0, f"{prefix}.grad_clip", t.grad_clip, ">= 0 (0 = no clipping)")
+    _need(t.grad_accum >= 1, f"{prefix}.grad_accum", t.grad_accum, ">= 1")
+    _need(t.precision in PRECISIONS, f"{prefix}.precision", t.precision, f"one of {', '.join(PRECISIONS)}")
+
+
+def _check_loss(prefix: str, params: dict) -> None:
+    for key, value in params.items():
+        rule = LOSS_RULES.get(key)
+        if rule is not None and key != "name":
+            _need(rule[0](value), f"{prefix}.{key}", value, rule[1])
+
+
+def check_values(recipe) -> None:
+    from .sts_eval import resolve_tasks
+
+    d = recipe.data
+    _need(d.max_sentences is None or d.max_sentences >= 1, "data.max_sentences", d.max_sentences, "unset or >= 1")
+    # 2 tokens are the tokenizer's [CLS] and [SEP]; below 2 a tokenizer silently ignores the limit
+    _need(d.max_length >= 3, "data.max_length", d.max_length, ">= 3 (two special tokens and one word piece)")
+    _need(d.column is None or bool(d.column), "data.column", d.column, "unset or a column name")
+    _check_train("train", recipe.train)
+    e = recipe.eval
+    _need(e.every_steps >= 1, "eval.every_steps", e.every_steps, ">= 1")
+    _need(e.batch_size >= 1, "eval.batch_size", e.batch_size, ">= 1")
+    for key in ("tasks", "final_tasks"):
+        tasks = getattr(e, key)
+        _need(bool(tasks), f"eval.{key}", tasks, "a list of STS task names")
+        try:
+            resolve_tasks(tasks)
+        except DistillError as exc:
+            raise DistillError(f"eval.{key}: {exc}") from None
+    _check_loss("loss", recipe.loss)
+    name = recipe.loss["name"]
+    if name in CONTRASTIVE and recipe.train.batch_size < 2 and not (name == "crd" and recipe.loss.get("queue_size", 0) > 0):
+        raise DistillError(f"train.batch_size {recipe.train.batch_size}: loss {name} is contrastive, its negatives are the other "
+                           "sentences of the batch; it needs at least 2 per device (one gives a loss of exactly 0)")
+    s2 = recipe.stage2
+    _check_train("stage2.train", s2.train)
+    _check_loss("stage2.loss", s2.loss)
+    _need(s2.max_triplets is None or s2.max_triplets >= 1, "stage2.max_triplets", s2.max_triplets, "unset or >= 1")
+    _need(len(s2.columns) == 3, "stage2.columns", s2.columns, "three names (anchor, positive, negative)")
