@@ -33,10 +33,12 @@ import yaml
 from .config import LOSS_DEFAULTS, Recipe, _check_loss, parse_override
 from .errors import DistillError
 from .io import write_bytes_atomic, write_json_atomic, write_text_atomic
-from .sts_data import DEV_TASK, TEST_TASKS
+from .sts_data import DEV_TASK, DEV_TASKS, TEST_TASKS, ZH_TEST_TASK
 
 ALL_LOSSES = tuple(LOSS_DEFAULTS)  # mse, cosine, hpd, crd, infonce, ibkd
-CSV_COLUMNS = ["loss", "student", "teacher", "seed", *TEST_TASKS, "Avg", "params", "dim", "train_sentences_per_s", "best_dev", "steps", "best_step", "sentences", "device", "run_dir", "reused"]
+# Test sets a compare table can show: the English seven (averaged) and Chinese STS-B (never averaged).
+REPORT_TASKS = (*TEST_TASKS, ZH_TEST_TASK)
+CSV_COLUMNS = ["loss", "student", "teacher", "seed", *TEST_TASKS, "Avg", ZH_TEST_TASK, "dev_task", "params", "dim", "train_sentences_per_s", "best_dev", "steps", "best_step", "sentences", "device", "run_dir", "reused"]
 
 
 # ----------------------------------------------------------------------------- loss parameters
@@ -196,13 +198,20 @@ def _device_name(device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+def _dev_task(recipe: Recipe) -> str:
+    from .sts_eval import resolve_tasks, selection_task
+
+    return selection_task(resolve_tasks(recipe.eval.tasks))
+
+
 def _baseline_row(role: str, base: dict, recipe: Recipe) -> dict:
     scores = base["scores"]
+    dev = _dev_task(recipe)
     return {
         "loss": role, "student": recipe.student if role == "init" else None, "teacher": recipe.teacher, "seed": None,
-        "tasks": {t: scores[t] for t in TEST_TASKS if t in scores}, "avg": scores.get("Avg"),
+        "tasks": {t: scores[t] for t in REPORT_TASKS if t in scores}, "avg": scores.get("Avg"),
         "train_sentences_per_s": None, "params": base["params"], "dim": base["dim"],
-        "best_dev": scores.get(DEV_TASK), "device": base.get("device"), "model": base["name"],
+        "best_dev": scores.get(dev), "dev_task": dev, "device": base.get("device"), "model": base["name"],
     }
 
 
@@ -210,9 +219,10 @@ def _run_row(run: Run, results: dict, reused: bool) -> dict:
     best = results["best"]
     return {
         "loss": run.loss, "student": run.recipe.student, "teacher": run.recipe.teacher, "seed": run.seed,
-        "tasks": {t: best[t] for t in TEST_TASKS if t in best}, "avg": best.get("Avg"),
+        "tasks": {t: best[t] for t in REPORT_TASKS if t in best}, "avg": best.get("Avg"),
         "train_sentences_per_s": results.get("train_sentences_per_s"), "params": results.get("params"),
-        "dim": results.get("embedding_dim"), "best_dev": results.get("best_dev"), "device": results.get("device"),
+        "dim": results.get("embedding_dim"), "best_dev": results.get("best_dev"), "dev_task": results.get("dev_task", _dev_task(run.recipe)),
+        "device": results.get("device"),
         "steps": results.get("steps"), "best_step": results.get("best_step"), "sentences": results.get("sentences"),
         "run_dir": str(run.dir), "reused": reused,
     }
@@ -267,7 +277,8 @@ def compare(
         row = _run_row(run, results, reused)
         rows.append(row)
         curves.append((run, results.get("evals", [])))
-        log(f"[compare] {tag}: Avg {_fmt(row['avg'])}, best dev {_fmt(row['best_dev'])}")
+        shown = f"Avg {_fmt(row['avg'])}" if row["avg"] is not None else ", ".join(f"{t} {_fmt(v)}" for t, v in row["tasks"].items())
+        log(f"[compare] {tag}: {shown}, best dev {_fmt(row['best_dev'])}")
 
     write_outputs(rows, out_dir, curves=curves, title=f"{recipe.student} distilled from {recipe.teacher}")
     return rows
@@ -308,6 +319,9 @@ def format_compare_table(rows: Sequence[dict]) -> str:
     in one row: mean ± sample s.d., plus each seed's Avg). Rows of several students are labelled
     with the student's name."""
     tasks = [t for t in TEST_TASKS if any(t in r["tasks"] for r in rows)]
+    zh = [ZH_TEST_TASK] if any(ZH_TEST_TASK in r["tasks"] for r in rows) else []
+    has_avg = any(r["avg"] is not None for r in rows)  # no English test set, no (English) average
+    dev = next((r["dev_task"] for r in rows if r.get("dev_task")), DEV_TASK)
     students = list(dict.fromkeys(r["student"] for r in rows if r["loss"] != "teacher"))
     several = len(students) > 1
     groups: dict[tuple, list[dict]] = {}
@@ -315,7 +329,10 @@ def format_compare_table(rows: Sequence[dict]) -> str:
         key = ("teacher", r.get("model") or r["teacher"]) if r["loss"] == "teacher" else (r["student"], r["loss"])
         groups.setdefault(key, []).append(r)
     multi_seed = any(len(g) > 1 for k, g in groups.items() if k[0] != "teacher")
-    head = ["model", *tasks, "Avg", "params", "dim", "train sentences/s", "best STS-B dev"] + (["Avg per seed"] if multi_seed else [])
+    from .sts_eval import DEV_LABELS
+
+    head = (["model", *tasks] + (["Avg"] if has_avg else []) + zh
+            + ["params", "dim", "train sentences/s", f"best {DEV_LABELS.get(dev, dev)}"] + (["Avg per seed"] if multi_seed else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for (who, loss), group in groups.items():
         if who == "teacher":
@@ -325,11 +342,13 @@ def format_compare_table(rows: Sequence[dict]) -> str:
         else:
             label = (f"{who} + {loss}" if several else loss) + (f" ({len(group)} seeds)" if len(group) > 1 else "")
         speeds = [r["train_sentences_per_s"] for r in group if r["train_sentences_per_s"] is not None]
-        cells = [label, *[_cell([r["tasks"].get(t) for r in group]) for t in tasks], _cell([r["avg"] for r in group]),
+        cells = [label, *[_cell([r["tasks"].get(t) for r in group]) for t in tasks],
+                 *([_cell([r["avg"] for r in group])] if has_avg else []), *[_cell([r["tasks"].get(t) for r in group]) for t in zh],
                  _fmt_params(group[0]["params"]), str(group[0]["dim"] if group[0]["dim"] is not None else "–"),
                  f"{sum(speeds) / len(speeds):,.0f}" if speeds else "–", _cell([r["best_dev"] for r in group])]
         if multi_seed:
-            cells.append(", ".join(f"{r['seed']}: {_fmt(r['avg'])}" for r in group) if len(group) > 1 else "")
+            per_seed = (lambda r: r["avg"]) if has_avg else (lambda r: r["tasks"].get(ZH_TEST_TASK))
+            cells.append(", ".join(f"{r['seed']}: {_fmt(per_seed(r))}" for r in group) if len(group) > 1 else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -354,11 +373,12 @@ def plot_dev_curves(curves: Sequence[tuple[Run, list]], path: str | Path, baseli
     fig = Figure(figsize=(8, 5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
+    dev = next((d for _, evals in curves for d in DEV_TASKS if any(d in e for e in evals)), DEV_TASK)
     seeds_of: dict[str, int] = {}
     for run, _ in curves:
         seeds_of[run.loss] = seeds_of.get(run.loss, 0) + 1
     for run, evals in curves:
-        key = DEV_TASK if any(DEV_TASK in e for e in evals) else next((k for e in evals for k in e if k not in ("step", "epoch")), None)
+        key = dev if any(dev in e for e in evals) else next((k for e in evals for k in e if k not in ("step", "epoch")), None)
         pts = [(e["step"], e[key]) for e in evals if key in e]
         if not pts:
             continue
@@ -370,8 +390,8 @@ def plot_dev_curves(curves: Sequence[tuple[Run, list]], path: str | Path, baseli
                        label=f"{b['loss']} ({b.get('model')})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(f"{DEV_TASK} Spearman x100")
-    ax.set_title(title or f"{DEV_TASK} during training")
+    ax.set_ylabel(f"{dev} Spearman x100")
+    ax.set_title(title or f"{dev} during training")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -387,7 +407,9 @@ def write_outputs(rows: Sequence[dict], out_dir: str | Path, curves: Sequence[tu
     seeds_note = ""
     if any(sum(1 for r in rows if (r["student"], r["loss"]) == (x["student"], x["loss"])) > 1 for x in rows if x["loss"] not in ("teacher", "init")):
         seeds_note = "Rows over several seeds: mean ± sample standard deviation; \"Avg per seed\" lists each seed's Avg.\n"
-    md = (f"# {title or 'compare'}\n\nSpearman x100 of the student selected on {DEV_TASK}; Avg over the test sets shown. "
+    dev = next((r["dev_task"] for r in rows if r.get("dev_task")), DEV_TASK)
+    avg_note = "Avg over the English test sets shown" if any(r["avg"] is not None for r in rows) else "Chinese STS-B is never averaged"
+    md = (f"# {title or 'compare'}\n\nSpearman x100 of the student selected on {dev}; {avg_note}. "
           f"Runs in {out_dir}.\n{seeds_note}\n{table}\n")
     write_text_atomic(out_dir / "compare.md", md)
     write_csv(rows, out_dir / "compare.csv")

@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import DistillError
 from .io import apply_umask
-from .sts_data import TEST_TASKS
+from .sts_data import TEST_TASKS, ZH_TEST_TASK
 from .student_io import META, load_student
 
 # The student-side head each loss trains (its state-dict prefix) and where it maps the student's
@@ -204,7 +204,7 @@ def model_card(run_dir: Path, meta: dict, model, projection: str | None, normali
         "",
     ]
     if scores:
-        cols = [c for c in (*TEST_TASKS, "Avg") if c in scores]
+        cols = [c for c in (*TEST_TASKS, "Avg", ZH_TEST_TASK) if c in scores]
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), "| " + " | ".join(f"{scores[c]:.2f}" for c in cols) + " |"]
     else:
         lines.append("(no results.json in the run folder)")

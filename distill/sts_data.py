@@ -6,6 +6,12 @@ Folder layout (as SentEval ships them, see ../shared/data/sts):
   stsb/sts-{dev,test}.csv      genre, file, year, id, score, sentence1, sentence2 (tab separated)
   sick/SICK_test_annotated.txt pair_ID, sentence_A, sentence_B, relatedness_score, entailment
 
+Chinese STS-B (`STS-B-zh` test, `STS-B-zh-dev` valid; never part of the English average):
+  STS-B.{test,valid}.data      sentence1, sentence2, integer score 0-5 (tab separated, no header),
+                               read from the folder itself (point eval.sts_dir / --sts-dir at
+                               ../shared/data/sts-zh) or from its sts-zh/ subfolder (one folder
+                               holding both languages). Hub: C-MTEB/STSB.
+
 Every sentence is whitespace-normalized as SentEval does (it splits each sentence on white space
 and joins the tokens back with single spaces before encoding): 672 of the 26,845 distinct
 sentences change, most of them in STS14 (double spaces, tabs, trailing blanks). The scores then
@@ -29,9 +35,15 @@ STS_SUBSETS = {
     "STS15": ("answers-forums", "answers-students", "belief", "headlines", "images"),
     "STS16": ("answer-answer", "headlines", "plagiarism", "postediting", "question-question"),
 }
-TEST_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R")
+TEST_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R")  # the English average
 DEV_TASK = "STS-B-dev"
-ALL_TASKS = TEST_TASKS + (DEV_TASK,)
+# Chinese STS-B: a test set and a selection set of their own, outside the English seven.
+ZH_TEST_TASK = "STS-B-zh"
+ZH_DEV_TASK = "STS-B-zh-dev"
+ZH_TASKS = (ZH_TEST_TASK, ZH_DEV_TASK)
+DEV_TASKS = (DEV_TASK, ZH_DEV_TASK)  # selection sets: never in an average, never reported as a test
+ALL_TASKS = TEST_TASKS + (DEV_TASK,) + ZH_TASKS
+ZH_FILES = {ZH_TEST_TASK: "STS-B.test.data", ZH_DEV_TASK: "STS-B.valid.data"}
 
 # Hub copies, for users without a local folder.
 HUB_DATASETS = {
@@ -43,6 +55,8 @@ HUB_DATASETS = {
     "STS-B": ("mteb/stsbenchmark-sts", "test"),
     "STS-B-dev": ("mteb/stsbenchmark-sts", "validation"),
     "SICK-R": ("mteb/sickr-sts", "test"),
+    ZH_TEST_TASK: ("C-MTEB/STSB", "test"),
+    ZH_DEV_TASK: ("C-MTEB/STSB", "validation"),
 }
 SICK_TEST_PAIRS = 4927
 
@@ -73,7 +87,8 @@ def normalize_task(name: str) -> str:
     """Accept 'sts12', 'STS-B', 'stsb', 'sickr', 'stsb-dev'... and return the canonical name."""
     key = name.lower().replace("_", "").replace("-", "")
     aliases = {t.lower().replace("-", ""): t for t in ALL_TASKS}
-    aliases.update({"stsbenchmark": "STS-B", "sick": "SICK-R", "sickrelatedness": "SICK-R", "stsbdev": DEV_TASK, "dev": DEV_TASK})
+    aliases.update({"stsbenchmark": "STS-B", "sick": "SICK-R", "sickrelatedness": "SICK-R", "stsbdev": DEV_TASK, "dev": DEV_TASK,
+                    "stsbzhtest": ZH_TEST_TASK, "stsbzhvalid": ZH_DEV_TASK, "stsbzhvalidation": ZH_DEV_TASK})
     if key not in aliases:
         raise DistillError(f"unknown STS task {name!r} (known: {', '.join(ALL_TASKS)})")
     return aliases[key]
@@ -153,11 +168,36 @@ def _load_sick(path: Path) -> STSPairs:
     return _nonempty(_pairs("SICK-R", s1, s2, gold), str(path))
 
 
+def _load_zh(root: Path, task: str) -> STSPairs:
+    """Chinese STS-B: sentence1 TAB sentence2 TAB integer score 0-5, no header."""
+    name = ZH_FILES[task]
+    path = root / name if (root / name).is_file() or not (root / "sts-zh" / name).is_file() else root / "sts-zh" / name
+    if not path.is_file():
+        raise DistillError(f"missing STS file for {task}: {root / name} (nor {root / 'sts-zh' / name}); "
+                           f"point --sts-dir / eval.sts_dir at a folder like ../shared/data/sts-zh")
+    s1, s2, gold = [], [], []
+    for lineno, line in enumerate(_read_lines(path), start=1):
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if len(cols) != 3:
+            raise DistillError(f"{path}:{lineno}: expected sentence1, sentence2, score (3 tab-separated columns), found {len(cols)}")
+        score = _parse_score(cols[2].strip(), path, lineno)
+        if not 0.0 <= score <= 5.0:
+            raise DistillError(f"{path}:{lineno}: gold score {cols[2].strip()!r} is outside 0-5")
+        s1.append(cols[0])
+        s2.append(cols[1])
+        gold.append(score)
+    return _pairs(task, s1, s2, gold)
+
+
 def load_local(task: str, sts_dir: str | Path) -> STSPairs:
     root = Path(sts_dir)
     if not root.is_dir():
         raise DistillError(f"STS folder not found: {root}")
     task = normalize_task(task)
+    if task in ZH_TASKS:
+        return _load_zh(root, task)
     if task in STS_SUBSETS:
         return _load_senteval_year(root / task.lower(), task)
     if task == "STS-B":

@@ -17,7 +17,18 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from .errors import DistillError
-from .sts_data import DEV_TASK, TEST_TASKS, STSPairs, load_sts, normalize_task
+from .sts_data import DEV_TASK, DEV_TASKS, TEST_TASKS, ZH_DEV_TASK, ZH_TEST_TASK, STSPairs, load_sts, normalize_task
+
+# Column order of every table: the English seven, their average, Chinese STS-B, the selection sets.
+TABLE_COLUMNS = (*TEST_TASKS, "Avg", ZH_TEST_TASK, DEV_TASK, ZH_DEV_TASK)
+DEV_LABELS = {DEV_TASK: "STS-B dev", ZH_DEV_TASK: "STS-B-zh dev"}
+
+
+def selection_task(tasks) -> str:
+    """The task a run selects its best student on: the first selection set among `tasks`
+    (STS-B-dev or STS-B-zh-dev), else the first task."""
+    tasks = list(tasks)
+    return next((t for t in tasks if t in DEV_TASKS), tasks[0])
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -68,7 +79,9 @@ def evaluate_sts(
     progress: bool = True,
     data: dict[str, STSPairs] | None = None,
 ) -> dict[str, float]:
-    """Spearman x100 per task, plus "Avg" over the test sets evaluated (STS-B dev never enters it).
+    """Spearman x100 per task, plus "Avg" over the English test sets evaluated (STS12-16, STS-B,
+    SICK-R; the selection sets and Chinese STS-B never enter it, and without an English test set
+    there is no "Avg").
 
     `model`: a model name / folder / preset, an `Encoder`, a `SentenceTransformer`, or a callable
     mapping a list of sentences to an (n, d) array. `tasks`: default the seven test sets; add
@@ -95,7 +108,7 @@ def evaluate_sts(
             what = "every gold score is the same" if np.ptp(p.scores) == 0 else "the model gives every pair the same similarity"
             raise DistillError(f"STS task {t}: no score can be computed, {what} ({len(p)} pairs)")
         results[t] = spearman_x100(sims, p.scores)
-    tests = [results[t] for t in names if t != DEV_TASK]
+    tests = [results[t] for t in names if t in TEST_TASKS]
     if tests:
         results["Avg"] = float(np.mean(tests))
     return results
@@ -103,7 +116,7 @@ def evaluate_sts(
 
 def format_table(results: dict[str, float], title: str | None = None) -> str:
     """A markdown table, columns in the paper's order."""
-    cols = [c for c in (*TEST_TASKS, "Avg", DEV_TASK) if c in results]
+    cols = [c for c in TABLE_COLUMNS if c in results]
     head = "| " + " | ".join(([""] if title is not None else []) + cols) + " |"
     sep = "|" + "|".join(["---"] * (len(cols) + (1 if title is not None else 0))) + "|"
     row = "| " + " | ".join(([title] if title is not None else []) + [f"{results[c]:.2f}" for c in cols]) + " |"

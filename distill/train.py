@@ -38,8 +38,8 @@ from .io import write_json_atomic, write_text_atomic
 from .lock import folder_lock
 from .losses import build_loss
 from .presets import load_teacher
-from .sts_data import DEV_TASK, load_sts
-from .sts_eval import evaluate_sts, format_table, resolve_tasks
+from .sts_data import load_sts
+from .sts_eval import evaluate_sts, format_table, resolve_tasks, selection_task
 from .student_io import StudentEmbedder, save_student
 
 
@@ -393,7 +393,7 @@ def _run_stage(stage: Stage, recipe: Recipe, rank: int, world: int, device: torc
         if not main_process:
             return
         scores = evaluate(dev_tasks)
-        key = DEV_TASK if DEV_TASK in scores else next(iter(scores))
+        key = selection_task(scores)  # STS-B-dev, or STS-B-zh-dev for a Chinese recipe
         state.evals.append({"step": state.step, "epoch": state.epoch, **scores})
         if scores[key] > state.best_score:
             state.best_score, state.best_step = scores[key], state.step
@@ -506,6 +506,7 @@ def _run_stage(stage: Stage, recipe: Recipe, rank: int, world: int, device: torc
         best_scores = evaluate_sts(lambda s: StudentEmbedder(best_enc, head)(s, batch_size=recipe.eval.batch_size), tasks=final_tasks, data=sts, progress=False)
         results = {
             "best": best_scores, "best_step": state.best_step, "best_dev": state.best_score, "steps": state.step,
+            "dev_task": selection_task(dev_tasks),
             "train_sentences_per_s": state.sentences_seen / max(state.train_seconds, 1e-9),
             "sentences": len(stage.lengths) * stage.sentences_per_row, "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "evals": state.evals, "embedding_dim": best_meta["embedding_dim"],

@@ -23,8 +23,8 @@ def _cmd_eval(args) -> int:
 def register(sub) -> None:
     ev = sub.add_parser("eval", help="STS evaluation: STS12-16, STS-B, SICK-R and their average")
     ev.add_argument("--model", required=True, help="model folder, preset name, hub id or PyPI model key")
-    ev.add_argument("--sts-dir", help="folder laid out like ../shared/data/sts (default: the hub)")
-    ev.add_argument("--tasks", nargs="+", help="subset of STS12 STS13 STS14 STS15 STS16 STS-B SICK-R STS-B-dev (default: the seven test sets)")
+    ev.add_argument("--sts-dir", help="folder laid out like ../shared/data/sts, or ../shared/data/sts-zh for the Chinese tasks (default: the hub)")
+    ev.add_argument("--tasks", nargs="+", help="subset of STS12 STS13 STS14 STS15 STS16 STS-B SICK-R STS-B-dev, or Chinese STS-B-zh STS-B-zh-dev (default: the seven English test sets)")
     ev.add_argument("--json", help="also write the scores to this JSON file")
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -7,7 +7,7 @@ import sys
 
 def _cmd_train(args) -> int:
     from ..config import load_recipe
-    from ..sts_eval import format_table
+    from ..sts_eval import DEV_LABELS, format_table
     from ..train import train
 
     recipe = load_recipe(args.config, args.set)
@@ -17,7 +17,8 @@ def _cmd_train(args) -> int:
         rows.append((f"{recipe.student} after ({recipe.loss['name']})", results["best"]))
         tables = [format_table(scores, title=name).splitlines() for name, scores in rows]
         print("\n".join(tables[0][:2] + [t[2] for t in tables]))
-        print(f"best STS-B dev {results['best_dev']:.2f} at step {results['best_step']} of {results['steps']}; "
+        dev = results.get("dev_task", "STS-B-dev")
+        print(f"best {DEV_LABELS.get(dev, dev)} {results['best_dev']:.2f} at step {results['best_step']} of {results['steps']}; "
               f"{results['train_sentences_per_s']:.0f} sentences/s on {results['device']}; run folder {recipe.output.dir}")
         for warning in results.get("warnings", []):
             print(f"WARNING: {warning}")
