@@ -252,3 +252,24 @@ def test_bad_inputs_are_clear_errors(tiny_mean, tiny_bert_dir, tmp_path, capsys,
         OnnxEncoder.load(tiny_mean)
     assert main(["export-onnx", str(plain)]) == 2
     assert "pip install" in capsys.readouterr().err
+
+
+def test_export_run_with_onnx_flag(tmp_path, tiny_home, monkeypatch, capsys, sts_dir):
+    """`distill export RUN --out DIR --onnx --quantize int8` on a trained (tiny) run: the HPD head (Dense+tanh) is in the graph."""
+    from conftest import tiny_recipe_text
+
+    from distill.config import load_recipe
+    from distill.onnx_runtime import OnnxEncoder
+    from distill.train import train
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(tiny_recipe_text(tmp_path, loss="name: hpd, k: 8", steps=2, every=2))
+    train(load_recipe(recipe), progress=False)
+    out = tmp_path / "export"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--onnx", "--quantize", "int8"]) == 0
+    assert "max abs difference to PyTorch" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "onnx").iterdir()) == ["distill_onnx.json", "model.onnx", "model_qint8.onnx"]
+    onnx = OnnxEncoder.load(out)
+    assert onnx.dim == 8 and json.loads((out / "onnx" / "distill_onnx.json").read_text())["dense"] == ["Tanh"]
+    np.testing.assert_allclose(onnx.encode(SENTENCES, batch_size=len(SENTENCES)), _st_encode(out, SENTENCES), atol=1e-4, rtol=0)
