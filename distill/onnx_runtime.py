@@ -100,9 +100,7 @@ class OnnxEncoder:
         unknown = [i.name for i in session.get_inputs() if i.name not in INPUTS]
         if unknown:
             raise DistillError(f"{file}: inputs {unknown} are not ones distill feeds ({', '.join(INPUTS)})")
-        max_length = int(max_length or meta["max_seq_length"])
-        if max_length < 1:
-            raise DistillError(f"max_length must be at least 1, got {max_length}")
+        max_length = _check_length(max_length or meta["max_seq_length"], meta)
         return cls(folder, file, session, Tokenizer.from_file(str(tok_file)), meta, max_length)
 
     def _rust(self, max_length: int):
@@ -128,7 +126,7 @@ class OnnxEncoder:
         out = np.empty((len(sentences), self.dim), dtype=np.float32)
         if not sentences:
             return out
-        tok = self._rust(int(max_length or self.max_length))
+        tok = self._rust(_check_length(max_length or self.max_length, self.meta))
         order = np.argsort(-np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences)), kind="stable")
         bar = _bar(len(sentences), desc, progress)
         for start in range(0, len(order), _CHUNK):
@@ -156,6 +154,13 @@ class OnnxEncoder:
 
     def __repr__(self) -> str:
         return f"OnnxEncoder({str(self.file)!r}, dim={self.dim}, max_length={self.max_length})"
+
+
+def _check_length(max_length, meta: dict) -> int:
+    limit = int(meta.get("max_positions", meta["max_seq_length"]))
+    if not 1 <= int(max_length) <= limit:
+        raise DistillError(f"max_length {max_length}: must be between 1 and the model's limit {limit}")
+    return int(max_length)
 
 
 def _pick_file(folder: Path, quantized: bool, onnx_file) -> Path:

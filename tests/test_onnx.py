@@ -244,6 +244,8 @@ def test_bad_inputs_are_clear_errors(tiny_mean, tiny_bert_dir, tmp_path, capsys,
     # sentences must be strings; the GPU is not the onnx backend's
     with pytest.raises(DistillError, match="sentence 1 is a int"):
         OnnxEncoder.load(tiny_mean).encode(["fine", 3])
+    with pytest.raises(DistillError, match="between 1 and the model's limit"):
+        OnnxEncoder.load(tiny_mean).encode(["fine"], max_length=100_000)
     assert main(["encode", "--model", str(tiny_mean), "--input", str(src), "--out", str(tmp_path / "x.npy"), "--backend", "onnx", "--device", "cuda"]) == 2
     assert "runs on the CPU" in capsys.readouterr().err
     # onnxruntime missing: what to install
