@@ -44,7 +44,7 @@ INTRO = (
     "all cores; STS = seven-set average, Spearman x100. Ratios are against the rows of the same run."
 )
 COLUMNS = ["date", "device", "load avg before -> after", "command", "commit", "model", "backend", "sentences/s",
-           "x student PyTorch", "x mpnet", "STS avg", "notes"]
+           "x student PyTorch", "x mpnet", "STS avg", "STS eval s", "notes"]
 
 
 def sts_sentences(sts_dir, n: int, seed: int):
@@ -57,14 +57,22 @@ def sts_sentences(sts_dir, n: int, seed: int):
     return random.Random(seed).sample(distinct, n), data
 
 
-def load_row(kind: str, name: str, quantized: bool = False):
+def format_row(scores: dict) -> str:
+    return " ".join(f"{k}={v:.2f}" for k, v in scores.items() if k != "Avg")
+
+
+def load_row(kind: str, name: str, quantized: bool = False, threads: int | None = None):
     if kind == "torch":
+        import torch
+
         from distill.encoder import Encoder
 
+        if threads:
+            torch.set_num_threads(threads)
         return Encoder.load(name, device="cpu")
     from distill.onnx_runtime import OnnxEncoder
 
-    return OnnxEncoder.load(name, quantized=quantized)
+    return OnnxEncoder.load(name, quantized=quantized, threads=threads)
 
 
 def speed(model, sentences: list[str], batch_size: int, repeats: int) -> float:
@@ -87,7 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--threads", type=int, help="threads for torch and onnxruntime alike (default: each one's own default, all cores)")
     ap.add_argument("--no-sts", action="store_true", help="speed only (no STS column)")
+    ap.add_argument("--sts-students-only", action="store_true",
+                    help="measure STS for the student rows only (a teacher's STS does not depend on the backend; give it with --recorded-sts)")
+    ap.add_argument("--recorded-sts", action="append", default=[], metavar="NAME=AVG=SOURCE",
+                    help="a teacher's seven-set average measured elsewhere, shown as such (e.g. all-minilm-l6-v2=78.87=BENCHMARKS.md demo row)")
     ap.add_argument("--label", default="", help="a note for every row (e.g. 'shared machine, 4 other jobs')")
     ap.add_argument("--json", default="runs/cpu_serving.json", help="results, written after each row")
     ap.add_argument("--bench-md", default=str(REPO / "BENCHMARKS.md"), help="append the rows here ('' to skip)")
@@ -104,19 +117,27 @@ def main(argv: list[str] | None = None) -> int:
     rows += [("student", "torch", args.student, False), ("student", "onnx", args.student, False), ("student", "onnx int8", args.student, True)]
     results = []
     for label, kind, name, quantized in rows:  # speed first, all rows close together in time
-        model = load_row("torch" if kind == "torch" else "onnx", name, quantized)
+        model = load_row("torch" if kind == "torch" else "onnx", name, quantized, args.threads)
         sps = speed(model, sentences, args.batch_size, args.repeats)
         results.append({"model": label if label != "student" else f"student {name}", "name": name, "backend": kind, "sentences_per_s": sps})
         print(f"{label:32s} {kind:10s} {sps:8.1f} sentences/s", flush=True)
         write_json_atomic(args.json, {"rows": results})
         del model
+    recorded = {}
+    for spec in args.recorded_sts:
+        name, avg, source = (spec.split("=", 2) + ["", ""])[:3]
+        recorded[name] = (float(avg), source)
     if not args.no_sts:
-        for r, (_, kind, name, quantized) in zip(results, rows):
-            model = load_row("torch" if kind == "torch" else "onnx", name, quantized)
+        for r, (label, kind, name, quantized) in zip(results, rows):
+            if label != "student" and args.sts_students_only:
+                if name in recorded:
+                    r["sts_recorded"] = {"Avg": recorded[name][0], "source": recorded[name][1]}
+                continue
+            model = load_row("torch" if kind == "torch" else "onnx", name, quantized, args.threads)
             start = time.perf_counter()
             r["sts"] = evaluate_sts(model, sts_dir=args.sts_dir, data=data, batch_size=args.batch_size, progress=False)
             r["sts_seconds"] = time.perf_counter() - start
-            print(f"{r['model']:32s} {kind:10s} STS avg {r['sts']['Avg']:.2f} ({r['sts_seconds']:.0f} s)", flush=True)
+            print(f"{r['model']:32s} {kind:10s} STS {format_row(r['sts'])} avg {r['sts']['Avg']:.2f} ({r['sts_seconds']:.0f} s)", flush=True)
             write_json_atomic(args.json, {"rows": results})
             del model
     load_after = os.getloadavg()
@@ -138,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.bench_md:
         device = device_name(__import__("torch").device("cpu")).split(", load avg")[0]
-        command = "python " + " ".join(shlex.quote(a) for a in [str(Path(sys.argv[0]).relative_to(REPO)) if Path(sys.argv[0]).resolve().is_relative_to(REPO) else sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+        command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
         commit = git_commit()
         for r in results:
             add_row(Path(args.bench_md), SECTION, INTRO, COLUMNS, {
@@ -152,7 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                 "sentences/s": f"{r['sentences_per_s']:.0f}",
                 "x student PyTorch": f"{r['sentences_per_s'] / student_torch['sentences_per_s']:.2f}x",
                 "x mpnet": f"{r['sentences_per_s'] / mpnet['sentences_per_s']:.1f}x" if mpnet else "",
-                "STS avg": f"{r['sts']['Avg']:.2f}" if "sts" in r else "",
+                "STS avg": f"{r['sts']['Avg']:.2f}" if "sts" in r else (
+                    f"{r['sts_recorded']['Avg']:.2f} (recorded: {r['sts_recorded']['source']}; not re-measured)" if "sts_recorded" in r else ""),
+                "STS eval s": f"{r['sts_seconds']:.0f}" if "sts_seconds" in r else "",
                 "notes": args.label,
             })
         print(f"rows appended to {args.bench_md}", file=sys.stderr)
