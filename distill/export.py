@@ -15,6 +15,7 @@ refused.
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Callable
 import json
 import os
 import shutil
@@ -91,7 +92,7 @@ def _dense_from(state: dict, prefix: str, activation: nn.Module):
 
 
 def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best", keep_projection: bool = False, normalize: bool = True,
-                   max_seq_length: int | None = None, overwrite: bool = False) -> Path:
+                   max_seq_length: int | None = None, overwrite: bool = False, finish: Callable[[Path], None] | None = None) -> Path:
     """Write a run's student as a sentence-transformers folder.
 
     `max_seq_length` defaults to the model's own limit (`Encoder.max_positions`), the length the
@@ -136,6 +137,8 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
         model.save(str(tmp), safe_serialization=True)
         (tmp / "README.md").write_text(model_card(run_dir, meta, model, projection, normalize), encoding="utf-8")
         (tmp / EXPORT_MARKER).write_text(json.dumps(_marker(run_dir, which, student_dir), indent=2) + "\n")
+        if finish is not None:  # e.g. the ONNX files: written before the rename, so the export appears complete or not at all
+            finish(tmp)
         apply_umask(tmp)
         _publish(tmp, out, run_dir, overwrite)
     except BaseException:

@@ -79,13 +79,25 @@ def similarity(query: np.ndarray, candidates: np.ndarray, metric: str = "cosine"
     return dots / np.maximum(np.linalg.norm(c, axis=1) * np.linalg.norm(q), 1e-12)
 
 
-def embedder(model, batch_size: int = 128, progress: bool = False, device=None) -> Callable[[list[str]], np.ndarray]:
+def embedder(model, batch_size: int = 128, progress: bool = False, device=None, *, backend: str = "torch",
+             onnx_file=None, quantized: bool = False) -> Callable[[list[str]], np.ndarray]:
     """A function list[str] -> (n, d) float32 array, rows in input order, for any model we accept.
 
-    `model`: a model folder / preset / hub id / PyPI model key (loaded with `Encoder.load`), an
-    `Encoder`, a `SentenceTransformer` (or anything with a SentenceTransformer-like `.encode`), or a
-    callable mapping a list of sentences to an (n, d) array.
+    `model`: a model folder / preset / hub id / PyPI model key (loaded with `Encoder.load`, or with
+    backend="onnx" as an `OnnxEncoder` from its onnx/ folder: `onnx_file`, `quantized`), an
+    `Encoder`, an `OnnxEncoder`, a `SentenceTransformer` (or anything with a SentenceTransformer-like
+    `.encode`), or a callable mapping a list of sentences to an (n, d) array.
     """
+    from .onnx_runtime import OnnxEncoder, check_backend
+
+    if check_backend(backend, onnx_file, quantized) == "onnx":
+        if isinstance(model, (str, Path)):
+            model = OnnxEncoder.load(model, quantized=quantized, onnx_file=onnx_file)
+        elif not isinstance(model, OnnxEncoder):
+            raise DistillError(f"backend 'onnx' needs a model folder with onnx/ files, not a {type(model).__name__}")
+    if isinstance(model, OnnxEncoder):
+        onnx_enc = model
+        return lambda s: onnx_enc.encode(s, batch_size=batch_size, progress=progress)
     if isinstance(model, (str, Path)):
         from .encoder import Encoder
 
@@ -152,10 +164,12 @@ def parse_inputs(inputs) -> tuple[list[str], list[str] | None]:
 class SimilarityPipeline:
     """Callable returned by `pipeline()`; see the module docstring for the input and output."""
 
-    def __init__(self, model, metric: str = "cosine", batch_size: int = 128, progress: bool = False, device=None):
+    def __init__(self, model, metric: str = "cosine", batch_size: int = 128, progress: bool = False, device=None, *,
+                 backend: str = "torch", onnx_file=None, quantized: bool = False):
         self.metric = normalize_metric(metric)
         self.model = model
-        self._embed = embedder(model, batch_size=batch_size, progress=progress, device=device)
+        self._embed = embedder(model, batch_size=batch_size, progress=progress, device=device,
+                               backend=backend, onnx_file=onnx_file, quantized=quantized)
 
     def __call__(self, input: Mapping, metric: str | None = None) -> dict:
         """`{"source_sentence": [...], "sentences_to_compare": [...]}` -> text_embedding and scores.
@@ -198,8 +212,12 @@ class SimilarityPipeline:
         return f"SimilarityPipeline(model={getattr(self.model, 'source', self.model)!r}, metric={self.metric!r})"
 
 
-def pipeline(model, metric: str = "cosine", *, batch_size: int = 128, progress: bool = False, device=None) -> SimilarityPipeline:
+def pipeline(model, metric: str = "cosine", *, batch_size: int = 128, progress: bool = False, device=None,
+             backend: str = "torch", onnx_file=None, quantized: bool = False) -> SimilarityPipeline:
     """A sentence-similarity pipeline over `model` (name / folder / preset, Encoder, SentenceTransformer).
+
+    `backend="onnx"`: onnxruntime on CPU over the folder's onnx/model.onnx (`quantized=True`:
+    onnx/model_qint8.onnx; `onnx_file`: another file), written by `distill export-onnx`; no torch.
 
     `metric`: "cosine" (default), "dot" (inner product of the model's own embeddings: equal to
     cosine for models that normalize) or "l2" (Euclidean distance: smaller is closer; the result

@@ -583,6 +583,9 @@ def evaluate_retrieval(
     progress: bool = False,
     device=None,
     return_run: bool = False,
+    backend: str = "torch",
+    onnx_file=None,
+    quantized: bool = False,
 ) -> dict:
     """Embed, search exactly, and score: {"MRR@10", "nDCG@10", "Recall@<k>"..., counts, warnings}.
 
@@ -594,7 +597,8 @@ def evaluate_retrieval(
     `return_run=True` adds "run": query id -> ranked doc ids (top max(k)). Metric definitions,
     tie-breaking and the unknown-id policy: see the module docstring. Values are fractions in
     [0, 1]. Usable as a training callback: load the data once (`load_retrieval_data`), call this
-    with the model being trained.
+    with the model being trained. `backend="onnx"` (`quantized`, `onnx_file`): embed with the
+    folder's onnx/ graph through onnxruntime.
     """
     from tqdm.auto import tqdm
 
@@ -610,7 +614,7 @@ def evaluate_retrieval(
     encoder_mod = sys.modules.get("distill.encoder")
     if device is None and encoder_mod is not None and isinstance(model, encoder_mod.Encoder):
         device = model.device
-    embed = embedder(model, batch_size=batch_size, progress=progress, device=device)
+    embed = embedder(model, batch_size=batch_size, progress=progress, device=device, backend=backend, onnx_file=onnx_file, quantized=quantized)
     q_emb = embed([queries[q] for q in qids])
     kmax = max(max(ks), MRR_CUTOFF, NDCG_CUTOFF)
     top = TopK(q_emb, kmax, metric=metric, chunk_size=chunk_size, device=device)

@@ -12,6 +12,7 @@ a student was trained at.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -43,11 +44,20 @@ def spearman_x100(pred: np.ndarray, gold: np.ndarray) -> float:
     return float(spearmanr(pred, gold).statistic * 100.0)
 
 
-def _encoder_fn(model, batch_size: int, progress: bool) -> Callable[[list[str]], np.ndarray]:
+def _encoder_fn(model, batch_size: int, progress: bool, backend: str = "torch", onnx_file=None,
+                quantized: bool = False) -> Callable[[list[str]], np.ndarray]:
+    from .onnx_runtime import OnnxEncoder, check_backend
+
+    if check_backend(backend, onnx_file, quantized) == "onnx" and isinstance(model, (str, Path)):
+        model = OnnxEncoder.load(model, quantized=quantized, onnx_file=onnx_file)
+    if isinstance(model, OnnxEncoder):  # scored like an Encoder: at the model's own length limit
+        return lambda s: model.encode(s, batch_size=batch_size, progress=progress, desc="STS encode", max_length=model.max_positions)
+    if backend == "onnx":
+        raise DistillError(f"backend 'onnx' needs a model folder with onnx/ files, not a {type(model).__name__}")
     from .encoder import Encoder
 
-    if isinstance(model, str):
-        model = Encoder.load(model)
+    if isinstance(model, (str, Path)):
+        model = Encoder.load(str(model))
     if isinstance(model, Encoder):
         return lambda s: model.encode(s, batch_size=batch_size, progress=progress, desc="STS encode",
                                       max_length=model.max_positions, precision="fp32")
@@ -78,6 +88,10 @@ def evaluate_sts(
     batch_size: int = 128,
     progress: bool = True,
     data: dict[str, STSPairs] | None = None,
+    *,
+    backend: str = "torch",
+    onnx_file=None,
+    quantized: bool = False,
 ) -> dict[str, float]:
     """Spearman x100 per task, plus "Avg" over the English test sets evaluated (STS12-16, STS-B,
     SICK-R; the selection sets and Chinese STS-B never enter it, and without an English test set
@@ -86,7 +100,8 @@ def evaluate_sts(
     `model`: a model name / folder / preset, an `Encoder`, a `SentenceTransformer`, or a callable
     mapping a list of sentences to an (n, d) array. `tasks`: default the seven test sets; add
     "STS-B-dev" for the selection metric. `data`: already loaded pairs (the training callback
-    loads them once).
+    loads them once). `backend="onnx"` (`quantized`, `onnx_file`): a folder's onnx/ graph through
+    onnxruntime, see `distill.onnx_runtime.OnnxEncoder`.
     """
     names = resolve_tasks(tasks)
     pairs = data if data is not None else {t: load_sts(t, sts_dir) for t in names}
@@ -94,7 +109,7 @@ def evaluate_sts(
     if missing:
         raise DistillError(f"no data for STS tasks {missing}")
     sentences = sorted({s for t in names for s in (*pairs[t].sentences1, *pairs[t].sentences2)})
-    emb = _encoder_fn(model, batch_size, progress)(sentences)
+    emb = _encoder_fn(model, batch_size, progress, backend, onnx_file, quantized)(sentences)
     if emb.shape[0] != len(sentences):
         raise DistillError(f"the model returned {emb.shape[0]} embeddings for {len(sentences)} sentences")
     row = {s: i for i, s in enumerate(sentences)}

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from ..errors import DistillError
+from ..onnx_runtime import add_backend_args, backend_kwargs
 
 FORMATS = (".npy", ".safetensors")
 TENSOR_NAME = "embeddings"
@@ -80,7 +81,6 @@ def _cmd_encode(args) -> int:
     import numpy as np
 
     from ..corpus_io import read_sentences
-    from ..encoder import Encoder
 
     output_format(args.out)  # fail before the model loads
     check_device(args.device)
@@ -95,7 +95,16 @@ def _cmd_encode(args) -> int:
     empty = sum(1 for s in sentences if not s.strip())
     if empty:
         print(f"distill: warning: {empty} empty sentence(s) in {source}; encoded as they are, so row i stays line i", file=sys.stderr)
-    enc = Encoder.load(args.model, max_length=args.max_length, device=args.device)
+    if backend_kwargs(args)["backend"] == "onnx":  # onnxruntime on CPU, no torch (distill/onnx_runtime.py)
+        if args.device not in (None, "cpu"):
+            raise DistillError(f"--device {args.device}: the onnx backend runs on the CPU")
+        from ..onnx_runtime import OnnxEncoder
+
+        enc = OnnxEncoder.load(args.model, quantized=args.quantized, onnx_file=args.onnx_file, max_length=args.max_length)
+    else:
+        from ..encoder import Encoder
+
+        enc = Encoder.load(args.model, max_length=args.max_length, device=args.device)
     start = time.perf_counter()
     emb = enc.encode(sentences, batch_size=args.batch_size, progress=not args.quiet, desc="encode")
     seconds = time.perf_counter() - start
@@ -134,4 +143,5 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored dtype (default float32)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the GPU when there is one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_backend_args(p)
     p.set_defaults(func=_cmd_encode)

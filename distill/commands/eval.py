@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import sys
 
+from ..onnx_runtime import add_backend_args
+
 
 def _cmd_eval(args) -> int:
     from ..io import write_json_atomic
+    from ..onnx_runtime import backend_kwargs
     from ..sts_eval import evaluate_sts, format_table
 
     results = evaluate_sts(
-        args.model, tasks=args.tasks, sts_dir=args.sts_dir, batch_size=args.batch_size, progress=not args.quiet
+        args.model, tasks=args.tasks, sts_dir=args.sts_dir, batch_size=args.batch_size, progress=not args.quiet,
+        **backend_kwargs(args),
     )
     print(format_table(results, title=args.model))
     if args.json:
@@ -28,4 +32,5 @@ def register(sub) -> None:
     ev.add_argument("--json", help="also write the scores to this JSON file")
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_backend_args(ev)
     ev.set_defaults(func=_cmd_eval)

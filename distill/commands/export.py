@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import sys
+
+
+def _onnx_step(args):
+    """With --onnx: write onnx/ into the export's temp folder, so it is published with the rest, atomically."""
+    if not (args.onnx or args.quantize):
+        return None
+    from ..onnx_export import export_onnx
+
+    return lambda folder: export_onnx(folder, quantize=args.quantize, log=lambda m: print(m, file=sys.stderr))
+
 
 def _cmd_export(args) -> int:
     from ..export import export_student
 
+    if args.onnx or args.quantize:  # ONNX hook (issue 13): fail before the export when onnxruntime is missing
+        from ..onnx_export import require_onnx
+
+        require_onnx()
     out = export_student(args.run_dir, args.out, which=args.which, keep_projection=args.keep_projection, normalize=not args.no_normalize,
-                         max_seq_length=args.max_seq_length, overwrite=args.overwrite)
+                         max_seq_length=args.max_seq_length, overwrite=args.overwrite, finish=_onnx_step(args))
     print(out)
     return 0
 
@@ -23,4 +38,6 @@ def register(sub) -> None:
     p.add_argument("--max-seq-length", type=int, help="truncation length of the exported model (default: the model's own limit, which the run was scored at)")
     p.add_argument("--no-normalize", action="store_true", help="do not append a Normalize module")
     p.add_argument("--overwrite", action="store_true", help="replace a previous export in --out (only a folder this tool exported)")
+    p.add_argument("--onnx", action="store_true", help="also write onnx/model.onnx for CPU serving (`--backend onnx`); needs distill[onnx]")
+    p.add_argument("--quantize", choices=["int8"], help="with --onnx: also write onnx/model_qint8.onnx (dynamic int8)")
     p.set_defaults(func=_cmd_export)

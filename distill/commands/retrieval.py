@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from ..errors import DistillError
+from ..onnx_runtime import add_backend_args, backend_kwargs
 
 
 def _cmd_eval_retrieval(args) -> int:
@@ -17,13 +18,14 @@ def _cmd_eval_retrieval(args) -> int:
         parse_k,
     )
 
+    backend_kwargs(args)  # flags checked before the data loads
     ks = parse_k(args.k) if args.k else list(DEFAULT_K)
     if args.batch_size < 1 or args.chunk_size < 1:
         raise DistillError("--batch-size and --chunk-size must be at least 1")
     data = load_retrieval_data(args.queries, args.corpus, args.qrels, beir=args.beir, hub=args.hub, split=args.split)
     results = evaluate_retrieval(
         args.model, data.queries, data.corpus, data.qrels, k=ks, batch_size=args.batch_size,
-        chunk_size=args.chunk_size, metric=args.metric, progress=not args.quiet,
+        chunk_size=args.chunk_size, metric=args.metric, progress=not args.quiet, **backend_kwargs(args),
     )
     for w in data.warnings + results["warnings"]:
         print(f"distill: warning: {w}", file=sys.stderr)
@@ -63,4 +65,5 @@ def register(sub) -> None:
     p.add_argument("--chunk-size", type=int, default=50_000, help="passages scored per matrix product (memory only)")
     p.add_argument("--json", metavar="FILE", help="also write the results to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_backend_args(p)
     p.set_defaults(func=_cmd_eval_retrieval)

@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 from ..errors import DistillError
+from ..onnx_runtime import add_backend_args, backend_kwargs
 
 
 def _read_input(spec: str) -> dict:
@@ -68,7 +69,7 @@ def _cmd_similarity(args) -> int:
     source, compare = parse_inputs(inputs)  # checked before the model loads
     with warnings.catch_warnings():  # the note is printed below, once
         warnings.filterwarnings("ignore", message=r".*further source sentence", category=UserWarning)
-        result = pipeline(args.model, metric=metric, batch_size=args.batch_size)(inputs)
+        result = pipeline(args.model, metric=metric, batch_size=args.batch_size, **backend_kwargs(args))(inputs)
     candidates = compare if compare is not None else source[1:]
     order = rank(result["scores"], metric)
     rows = [
@@ -119,4 +120,5 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--embeddings", action="store_true", help="with --json: include the text_embedding rows")
     p.add_argument("--batch-size", type=int, default=128)
+    add_backend_args(p)
     p.set_defaults(func=_cmd_similarity)

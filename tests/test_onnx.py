@@ -1,0 +1,277 @@
+"""ONNX export and the onnxruntime backend: agreement with PyTorch on padded batches, int8 quality,
+STS tables, the CLI flags, and the errors. Real models only: a tiny random BERT and the packaged
+all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip install -e '.[onnx]'; the test extra has it)")
+
+from distill.cli import main  # noqa: E402
+from distill.errors import DistillError  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Mixed lengths in ONE batch (so most rows are padded), and one far longer than any max length.
+SENTENCES = [
+    "Hi.",
+    "A man is playing a guitar.",
+    "The Berlin Wall fell on 9 November 1989, and crowds crossed the border all night long.",
+    "ok",
+    "Pandas eat bamboo in the mountains of Sichuan, mostly alone and mostly at dawn.",
+    "word " * 600,
+    "Ünïcödé façade, naïve café.",
+    "",
+]
+
+
+def _st_folder(path, base, pooling="mean", dense=False, normalize=True, max_seq_length=16):
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        from sentence_transformers.sentence_transformer import modules as m
+    except ImportError:
+        from sentence_transformers import models as m
+    torch.manual_seed(1)
+    mods = [m.Transformer(str(base), max_seq_length=max_seq_length)]
+    dim = mods[0].auto_model.config.hidden_size
+    mods.append(m.Pooling(dim, pooling_mode=pooling))
+    if dense:
+        mods.append(m.Dense(dim, 8, activation_function=torch.nn.Tanh()))
+    if normalize:
+        mods.append(m.Normalize())
+    SentenceTransformer(modules=mods, device="cpu").save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_mean(tmp_path_factory, tiny_bert_dir):
+    from distill.onnx_export import export_onnx
+
+    folder = _st_folder(tmp_path_factory.mktemp("onnx") / "tiny-mean", tiny_bert_dir)
+    export_onnx(folder, quantize="int8", log=lambda m: None)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_cls_dense(tmp_path_factory, tiny_bert_dir):
+    from distill.onnx_export import export_onnx
+
+    folder = _st_folder(tmp_path_factory.mktemp("onnx") / "tiny-cls", tiny_bert_dir, pooling="cls", dense=True, normalize=False)
+    export_onnx(folder, log=lambda m: None)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def minilm_onnx(tmp_path_factory, minilm_path):
+    """A copy of the packaged all-MiniLM-L6-v2 with onnx/ written by the CLI."""
+    folder = tmp_path_factory.mktemp("onnx") / "minilm"
+    shutil.copytree(minilm_path, folder)
+    assert main(["export-onnx", str(folder), "--quantize", "int8"]) == 0
+    return folder
+
+
+def _st_encode(folder, sentences):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(folder), device="cpu").encode(sentences, batch_size=len(sentences), convert_to_numpy=True)
+
+
+@pytest.mark.parametrize("which", ["tiny_mean", "tiny_cls_dense"])
+def test_fp32_matches_pytorch_on_padded_batches(which, request):
+    from distill.onnx_runtime import OnnxEncoder
+
+    folder = request.getfixturevalue(which)
+    onnx = OnnxEncoder.load(folder)
+    ref = _st_encode(folder, SENTENCES)
+    for batch_size in (len(SENTENCES), 3, 1):  # one padded batch, a few, none padded
+        got = onnx.encode(SENTENCES, batch_size=batch_size)
+        assert got.shape == ref.shape and got.dtype == np.float32
+        assert np.abs(got - ref).max() <= 1e-4, batch_size
+    meta = json.loads((folder / "onnx" / "distill_onnx.json").read_text())
+    assert meta["files"]["model.onnx"]["max_abs_diff_vs_torch"] <= 1e-4
+    assert sorted(p.name for p in (folder / "onnx").iterdir() if p.name.startswith(".")) == []  # no temp files left
+
+
+@pytest.mark.integration
+def test_minilm_fp32_matches_pytorch_and_encoder_at_both_lengths(minilm_onnx):
+    from distill.encoder import Encoder
+    from distill.onnx_runtime import OnnxEncoder
+
+    onnx = OnnxEncoder.load(minilm_onnx)
+    assert onnx.max_length == 256 and onnx.max_positions == 512
+    np.testing.assert_allclose(onnx.encode(SENTENCES, batch_size=len(SENTENCES)), _st_encode(minilm_onnx, SENTENCES), atol=1e-4, rtol=0)
+    enc = Encoder.load(str(minilm_onnx), device="cpu")
+    for length in (enc.max_length, enc.max_positions):  # serving length, and the STS evaluation length
+        ref = enc.encode(SENTENCES, batch_size=len(SENTENCES), progress=False, max_length=length, precision="fp32")
+        got = onnx.encode(SENTENCES, batch_size=len(SENTENCES), max_length=length)
+        assert np.abs(got - ref).max() <= 1e-4, length
+
+
+@pytest.mark.integration
+def test_int8_keeps_cosine_on_real_sentences(minilm_onnx, sts_dir):
+    from distill.onnx_runtime import OnnxEncoder
+    from distill.sts_data import load_sts
+
+    pairs = load_sts("STS-B", sts_dir)
+    sentences = sorted(set(pairs.sentences1))[:400]
+    fp32 = OnnxEncoder.load(minilm_onnx).encode(sentences)
+    int8 = OnnxEncoder.load(minilm_onnx, quantized=True).encode(sentences)
+    cos = (fp32 * int8).sum(1) / (np.linalg.norm(fp32, axis=1) * np.linalg.norm(int8, axis=1))
+    # Measured on 1,500 STS-B sentences: mean 0.993, 1st percentile 0.980, min 0.959 (very short ones).
+    assert cos.mean() >= 0.98 and np.percentile(cos, 5) >= 0.98 and cos.min() >= 0.9, (cos.mean(), cos.min())
+    assert (minilm_onnx / "onnx" / "model_qint8.onnx").stat().st_size < 0.7 * (minilm_onnx / "onnx" / "model.onnx").stat().st_size
+
+
+def test_sts_table_of_onnx_equals_pytorch(tiny_mean, sts_dir):
+    from distill.sts_eval import evaluate_sts
+
+    tasks = ["STS-B", "SICK-R"]
+    torch_scores = evaluate_sts(str(tiny_mean), tasks=tasks, sts_dir=sts_dir, progress=False)
+    onnx_scores = evaluate_sts(str(tiny_mean), tasks=tasks, sts_dir=sts_dir, progress=False, backend="onnx")
+    assert set(onnx_scores) == set(torch_scores)
+    for key in torch_scores:
+        assert round(onnx_scores[key], 2) == round(torch_scores[key], 2), key
+
+
+@pytest.mark.integration
+def test_minilm_sts_subset_cli_onnx_equals_torch(minilm_onnx, sts_dir, tmp_path, capsys):
+    from distill.sts_data import STSPairs, load_sts
+    from distill.sts_eval import evaluate_sts
+
+    full = load_sts("STS-B", sts_dir)
+    sub = {"STS-B": STSPairs("STS-B", full.sentences1[:300], full.sentences2[:300], full.scores[:300])}
+    t = evaluate_sts(str(minilm_onnx), tasks=["STS-B"], data=sub, progress=False)
+    o = evaluate_sts(str(minilm_onnx), tasks=["STS-B"], data=sub, progress=False, backend="onnx")
+    assert abs(t["STS-B"] - o["STS-B"]) < 0.005
+    # the CLI on the full STS-B with the onnx backend agrees with the same call in Python
+    out = tmp_path / "s.json"
+    assert main(["eval", "--model", str(minilm_onnx), "--sts-dir", str(sts_dir), "--tasks", "STS-B", "--backend", "onnx", "--quiet", "--json", str(out)]) == 0
+    cli = json.loads(out.read_text())["scores"]["STS-B"]
+    assert cli == pytest.approx(evaluate_sts(str(minilm_onnx), tasks=["STS-B"], sts_dir=sts_dir, progress=False, backend="onnx")["STS-B"])
+    assert "STS-B" in capsys.readouterr().out
+
+
+def test_cli_encode_similarity_pipeline_retrieval_with_onnx(tiny_mean, tmp_path, capsys):
+    from distill import pipeline
+
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(s for s in SENTENCES if s) + "\n", encoding="utf-8")
+    ref = _st_encode(tiny_mean, [s for s in SENTENCES if s])
+    for extra, tol in (([], 1e-4), (["--quantized"], 0.2)):
+        out = tmp_path / f"emb{len(extra)}.npy"
+        assert main(["encode", "--model", str(tiny_mean), "--input", str(src), "--out", str(out), "--quiet", "--backend", "onnx", *extra]) == 0
+        assert np.abs(np.load(out) - ref).max() <= tol
+    source, cands = "A man is playing a guitar.", ["Someone plays music.", "A cat sleeps."]
+    assert main(["similarity", "--model", str(tiny_mean), "--source", source, "--compare", *cands, "--json", "--backend", "onnx"]) == 0
+    cli_scores = [r["score"] for r in sorted(json.loads(capsys.readouterr().out)["results"], key=lambda r: r["index"])]
+    torch_scores = pipeline(str(tiny_mean))({"source_sentence": [source], "sentences_to_compare": cands})["scores"]
+    onnx_scores = pipeline(str(tiny_mean), backend="onnx")({"source_sentence": [source], "sentences_to_compare": cands})["scores"]
+    np.testing.assert_allclose(onnx_scores, torch_scores, atol=1e-4)
+    np.testing.assert_allclose(cli_scores, torch_scores, atol=1e-4)
+    (tmp_path / "q.tsv").write_text("q1\tA man is playing a guitar.\nq2\tPandas eat bamboo.\n", encoding="utf-8")
+    (tmp_path / "c.tsv").write_text("d1\tSomeone plays music.\nd2\tBears eat bamboo shoots.\nd3\tA cat sleeps.\n", encoding="utf-8")
+    (tmp_path / "r.tsv").write_text("q1\td1\t1\nq2\td2\t1\n", encoding="utf-8")
+    files = ["--queries", str(tmp_path / "q.tsv"), "--corpus", str(tmp_path / "c.tsv"), "--qrels", str(tmp_path / "r.tsv"), "--k", "1,3", "--quiet"]
+    outs = {}
+    for backend in ("torch", "onnx"):
+        assert main(["eval-retrieval", "--model", str(tiny_mean), *files, "--backend", backend, "--json", str(tmp_path / f"{backend}.json")]) == 0
+        outs[backend] = json.loads((tmp_path / f"{backend}.json").read_text())
+    assert outs["onnx"]["MRR@10"] == pytest.approx(outs["torch"]["MRR@10"]) and outs["onnx"]["Recall@3"] == 1.0
+
+
+def test_inference_path_imports_no_torch(tiny_mean):
+    code = (
+        "import sys; from distill.onnx_runtime import OnnxEncoder; "
+        f"e = OnnxEncoder.load({str(tiny_mean)!r}, quantized=True); x = e.encode(['a b c', 'hello there']); "
+        "assert x.shape == (2, 32); assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
+    )
+    env = {**os.environ, "PYTHONPATH": REPO}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_bad_inputs_are_clear_errors(tiny_mean, tiny_bert_dir, tmp_path, capsys, monkeypatch):
+    from distill.onnx_export import export_onnx
+    from distill.onnx_runtime import OnnxEncoder
+
+    plain = _st_folder(tmp_path / "no-onnx", tiny_bert_dir)
+    src = tmp_path / "in.txt"
+    src.write_text("one\ntwo\n", encoding="utf-8")
+    # a folder without onnx/: names the command that writes it
+    assert main(["encode", "--model", str(plain), "--input", str(src), "--out", str(tmp_path / "x.npy"), "--backend", "onnx"]) == 2
+    assert "distill export-onnx" in capsys.readouterr().err
+    # only fp32 exported, int8 asked for
+    fp32_only = tmp_path / "fp32-only"
+    shutil.copytree(tiny_mean, fp32_only)
+    (fp32_only / "onnx" / "model_qint8.onnx").unlink()
+    with pytest.raises(DistillError, match="--quantize int8"):
+        OnnxEncoder.load(fp32_only, quantized=True)
+    # ONNX flags without the onnx backend, and both file choices at once
+    assert main(["eval", "--model", str(tiny_mean), "--quantized"]) == 2
+    assert "need --backend onnx" in capsys.readouterr().err
+    with pytest.raises(DistillError, match="not both"):
+        OnnxEncoder.load(tiny_mean, quantized=True, onnx_file="model.onnx")
+    # not a sentence-transformers folder; an unknown quantization
+    assert main(["export-onnx", str(tiny_bert_dir)]) == 2
+    assert "not a sentence-transformers folder" in capsys.readouterr().err
+    with pytest.raises(DistillError, match="only int8"):
+        export_onnx(plain, quantize="int4")
+    # an ONNX file another tool wrote is not replaced without --overwrite
+    foreign = tmp_path / "foreign"
+    shutil.copytree(plain, foreign)
+    (foreign / "onnx").mkdir()
+    (foreign / "onnx" / "model.onnx").write_bytes(b"not onnx")
+    assert main(["export-onnx", str(foreign)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and (foreign / "onnx" / "model.onnx").read_bytes() == b"not onnx"
+    # ... nor read as ours; a corrupt file is named
+    with pytest.raises(DistillError, match="not written by distill"):
+        OnnxEncoder.load(foreign)
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_mean, broken)
+    (broken / "onnx" / "model.onnx").write_bytes(b"garbage")
+    with pytest.raises(DistillError, match="onnxruntime cannot load it"):
+        OnnxEncoder.load(broken)
+    # sentences must be strings; the GPU is not the onnx backend's
+    with pytest.raises(DistillError, match="sentence 1 is a int"):
+        OnnxEncoder.load(tiny_mean).encode(["fine", 3])
+    with pytest.raises(DistillError, match="between 1 and the model's limit"):
+        OnnxEncoder.load(tiny_mean).encode(["fine"], max_length=100_000)
+    assert main(["encode", "--model", str(tiny_mean), "--input", str(src), "--out", str(tmp_path / "x.npy"), "--backend", "onnx", "--device", "cuda"]) == 2
+    assert "runs on the CPU" in capsys.readouterr().err
+    # onnxruntime missing: what to install
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(DistillError, match="pip install"):
+        OnnxEncoder.load(tiny_mean)
+    assert main(["export-onnx", str(plain)]) == 2
+    assert "pip install" in capsys.readouterr().err
+
+
+def test_export_run_with_onnx_flag(tmp_path, tiny_home, monkeypatch, capsys, sts_dir):
+    """`distill export RUN --out DIR --onnx --quantize int8` on a trained (tiny) run: the HPD head (Dense+tanh) is in the graph."""
+    from conftest import tiny_recipe_text
+
+    from distill.config import load_recipe
+    from distill.onnx_runtime import OnnxEncoder
+    from distill.train import train
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(tiny_recipe_text(tmp_path, loss="name: hpd, k: 8", steps=2, every=2))
+    train(load_recipe(recipe), progress=False)
+    out = tmp_path / "export"
+    assert main(["export", str(tmp_path / "run"), "--out", str(out), "--onnx", "--quantize", "int8"]) == 0
+    assert "max abs difference to PyTorch" in capsys.readouterr().err
+    assert sorted(p.name for p in (out / "onnx").iterdir()) == ["distill_onnx.json", "model.onnx", "model_qint8.onnx"]
+    onnx = OnnxEncoder.load(out)
+    assert onnx.dim == 8 and json.loads((out / "onnx" / "distill_onnx.json").read_text())["dense"] == ["Tanh"]
+    np.testing.assert_allclose(onnx.encode(SENTENCES, batch_size=len(SENTENCES)), _st_encode(out, SENTENCES), atol=1e-4, rtol=0)
