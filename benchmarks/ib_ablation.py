@@ -123,7 +123,7 @@ def _mean_sd(values: list[float]) -> str:
 def summarize(name: str, overrides: list[str], seeds: list[int], results: dict[int, dict]) -> dict:
     """One table row; seeds asked but not finished are named (an incomplete row says so)."""
     done = sorted(results)
-    avgs = [results[s]["best"]["Avg"] for s in done]
+    avgs = [results[s]["best"]["Avg"] for s in done if "Avg" in results[s]["best"]]  # a screen may score STS-B dev only
     devs = [results[s]["best_dev"] for s in done]
     shares = [results[s].get("ib", {}).get("ib_share", 0.0) for s in done]
     nh = [results[s]["ib"]["nhsic"] for s in done if "nhsic" in results[s].get("ib", {})]
@@ -148,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-bench-md", action="store_true")
     p.add_argument("--device-label", default=None, help="device column (default: '2-core CPU machine' style from the host)")
     p.add_argument("--list", action="store_true", help="print the known settings and exit")
+    p.add_argument("--report-only", action="store_true", help="train nothing: tabulate the finished runs (unfinished seeds are named)")
     args = p.parse_args(argv)
 
     from distill.errors import DistillError
@@ -176,7 +177,11 @@ def main(argv: list[str] | None = None) -> int:
         overrides = [*settings[name], *args.set]
         results = {}
         for seed in seeds:
-            r = run_one(args.recipe, overrides, out / f"{name}-s{seed}", seed)
+            run_dir = out / f"{name}-s{seed}"
+            if args.report_only:
+                r = json.loads((run_dir / "results.json").read_text()) if (run_dir / "results.json").is_file() else None
+            else:
+                r = run_one(args.recipe, overrides, run_dir, seed)
             if r is not None:
                 results[seed] = r
         rows.append(summarize(name, overrides, seeds, results))

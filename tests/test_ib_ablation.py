@@ -47,6 +47,11 @@ def test_ablation_runs_reports_and_resumes(tmp_path, tiny_home, monkeypatch, sts
     assert len(commands) == 2 and "--resume" not in commands[0] and commands[1].endswith("--resume")
     assert text == md.read_text()  # --no-bench-md wrote nothing
 
+    # --report-only trains nothing: an unfinished seed is named in the row
+    assert ib_ablation.main(["--recipe", str(recipe), "--out", str(out), "--bench-md", str(md), "--report-only", "--runs", "infonce=1,5"]) == 0
+    assert not (out / "infonce-s5").exists()
+    assert "| 1 (not finished: 5) |" in md.read_text()
+
 
 def test_unknown_setting_is_an_error_naming_it(capsys):
     assert ib_ablation.main(["--runs", "nope=1", "--no-bench-md"]) == 2

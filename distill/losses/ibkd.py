@@ -119,9 +119,11 @@ class IBKDLoss(DistillLoss):
     Bandwidth matters: with the authors' gamma = 1.0 and raw mean-pooled MiniLM vectors (norms near
     5, pairwise squared distances of several units), exp(-gamma d^2) is ~0 off the diagonal, the
     kernel is nearly the identity, HSIC is the constant tr(H)/(n-1)^2 = 1/(n-1) with almost no
-    gradient, and the lam term does nothing. Use bandwidth="median" (scale-free) or kernel_normalize=True
-    (unit vectors: squared distances in [0, 4]) to make the penalty act. The "hsic_gamma" logs show
-    the width actually used.
+    gradient, and the lam term does nothing (measured: ib_share ~1e-4 with the authors' tau 1.0,
+    nHSIC ~1.0). bandwidth="median" or kernel_normalize=True make HSIC vary, but its gradient stays
+    small next to InfoNCE's at lam 0.2; the scale-free nHSIC with median bandwidth reaches a share
+    of ~7% at lam 1 and ~66% at lam 10 (tau 0.05, batch 64, MiniLM-L3); lam_mode="relative" sets
+    the share directly. The "hsic_gamma" logs show the width actually used, "ib_share" the effect.
 
     W is training-only: the student's own s is what evaluation scores and export ships. The same
     holds for the authors: their test numbers come from `AutoModel` with average pooling (384-d,
