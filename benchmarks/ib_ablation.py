@@ -171,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
+    commit = git_commit()  # the code that runs: read before training, not after
     out = Path(args.out)
     rows = []
     for name, seeds in plan:
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = args.device_label or (f"{os.cpu_count()}-core CPU machine" if not _cuda() else _cuda())
     command = "python benchmarks/ib_ablation.py " + shlex.join(sys.argv[1:] if argv is None else argv)
-    stamp = {"date": dt.date.today().isoformat(), "device": device, "command": f"`{command}`", "commit": git_commit()}
+    stamp = {"date": dt.date.today().isoformat(), "device": device, "command": f"`{command}`", "commit": commit}
     print("\n| " + " | ".join(COLUMNS[:7]) + " |")
     for row in rows:
         row.update(stamp)
