@@ -41,7 +41,8 @@ class ProgressBar(Callback):
     def on_step_end(self, state, metrics: dict) -> None:
         self.bar.update(1)
         if (state.step % 10 == 0 or state.step == state.total_steps) and "loss" in metrics:
-            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", lr=f"{metrics['lr']:.2e}", sent_s=f"{metrics['sentences_per_s']:.0f}", refresh=False)
+            extra = {"ib": f"{metrics['ib_share']:.2%}"} if "ib_share" in metrics else {}  # the IB term's share of the gradient on s
+            self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", **extra, lr=f"{metrics['lr']:.2e}", sent_s=f"{metrics['sentences_per_s']:.0f}", refresh=False)
 
     def on_evaluate(self, state, scores: dict) -> None:
         self.bar.write(f"step {state.step}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()) + f" (best {state.best_score:.2f} at step {state.best_step})")
@@ -67,6 +68,32 @@ class JsonlLog(Callback):
 
     def on_evaluate(self, state, scores: dict) -> None:
         self._write({"step": state.step, "epoch": state.epoch, "eval": scores})
+
+
+IB_KEYS = ("ib_share", "grad_ib", "grad_infonce", "ib_weight", "hsic", "nhsic")
+
+
+def ib_summary(log_file: Path) -> dict | None:
+    """Means over the logged intervals of a run's log.jsonl of what says whether IBKD's HSIC term
+    acts: its share of the gradient on the student vector, both gradient norms, the weight, HSIC and
+    nHSIC; plus the last interval's share. None when the loss logged no gradient share (no HSIC term).
+    Rows are keyed by step (last wins), so a resumed run counts each interval once."""
+    path = Path(log_file)
+    if not path.is_file():
+        return None
+    rows: dict[int, dict] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if isinstance(row, dict) and "ib_share" in row:
+            rows[row["step"]] = row
+    if not rows:
+        return None
+    ordered = [rows[k] for k in sorted(rows)]
+    out = {k: sum(r[k] for r in ordered if k in r) / max(1, sum(k in r for r in ordered)) for k in IB_KEYS if any(k in r for r in ordered)}
+    return {**out, "ib_share_last": ordered[-1]["ib_share"], "intervals": len(ordered)}
 
 
 class WandbCallback(Callback):

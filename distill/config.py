@@ -35,8 +35,13 @@ LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
         "bandwidth": "fixed",  # fixed (exp(-gamma d^2)) | median (gamma = 1 / median d^2)
         "hsic_layer": 0,  # hidden state standing in for the input X: 0 = embedding output
         "kernel_normalize": False,  # L2-normalize X and S before the kernels
+        "hsic_estimator": "biased",  # biased (HSIC(X,S)) | normalized (HSIC(X,S)/sqrt(HSIC(X,X) HSIC(S,S)))
+        "lam_mode": "absolute",  # absolute (lam * penalty) | relative (lam = target share of InfoNCE's gradient on s)
     },
 }
+
+# String parameters with a fixed set of values, checked when the recipe is read (not at step 0).
+BATCHINGS = ("length", "random")
 
 
 # IBKD stage 2 (supervised triplets) takes its own loss parameters: the authors' recipe.
@@ -62,6 +67,9 @@ class DataConfig:
     max_sentences: int | None = None  # take only the first N distinct sentences
     max_length: int = 128
     column: str | None = None  # text column of JSONL/CSV/hub corpora (default: text, sentence, ...)
+    # length: batches of similar length (little padding; the default); random: plain shuffled
+    # batches (the authors'), so in-batch negatives and HSIC batches mix lengths.
+    batching: str = "length"
 
 
 @dataclass
@@ -310,6 +318,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         tree["loss"] = _check_loss(tree.get("loss"))
         recipe = _build(Recipe, tree, "recipe")
         recipe.stage2.loss = _check_params("stage2.loss", "ibkd_supervised", recipe.stage2.loss, STAGE2_LOSS_DEFAULTS)
+        if recipe.data.batching not in BATCHINGS:
+            raise DistillError(f"data.batching: expected one of {', '.join(BATCHINGS)}, got {recipe.data.batching!r}")
         if recipe.stage2.init not in STAGE2_INITS:
             raise DistillError(f"stage2.init: expected one of {', '.join(STAGE2_INITS)}, got {recipe.stage2.init!r}")
         for kind, name in (("teachers", recipe.teacher), ("students", recipe.student)):

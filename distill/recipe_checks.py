@@ -21,6 +21,8 @@ LOSS_RULES = {
     "lam": (lambda v: v >= 0, "a number >= 0"),
     "gamma": (lambda v: v > 0, "a number > 0"),
     "bandwidth": (lambda v: v in ("fixed", "median"), "one of fixed, median"),
+    "hsic_estimator": (lambda v: v in ("biased", "normalized"), "one of biased, normalized"),
+    "lam_mode": (lambda v: v in ("absolute", "relative"), "one of absolute, relative"),
     "standardize": (lambda v: v in ("none", "student_norm", "zscore"), "one of none, student_norm, zscore"),
     "k": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
     "proj_dim": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),

@@ -28,7 +28,7 @@ import yaml
 from torch import nn
 
 from .cache import TeacherCache, add_pca, build_cache, teacher_identity
-from .callbacks import Callback, JsonlLog, ProgressBar, WandbCallback
+from .callbacks import Callback, JsonlLog, ProgressBar, WandbCallback, ib_summary
 from .config import Recipe, saved_recipe_with_defaults
 from .corpus import read_corpus
 from .data import epoch_batches, tokenize_corpus
@@ -343,7 +343,7 @@ def _run_stage(stage: Stage, recipe: Recipe, rank: int, world: int, device: torc
     ckpt_file = run_dir / "checkpoint.pt"
     model = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else module
     bs, accum = tcfg.batch_size, tcfg.grad_accum
-    steps_per_epoch = len(epoch_batches(stage.lengths, bs, tcfg.seed, 0)) // world // accum
+    steps_per_epoch = len(epoch_batches(stage.lengths, bs, tcfg.seed, 0, batching=recipe.data.batching)) // world // accum
     if steps_per_epoch < 1:
         raise DistillError(f"{stage.name}: {len(stage.lengths)} rows give no full step of {bs} x {accum} x {world} ranks")
     total = tcfg.max_steps or math.ceil(tcfg.epochs * steps_per_epoch)
@@ -444,7 +444,7 @@ def _run_stage(stage: Stage, recipe: Recipe, rank: int, world: int, device: torc
     summed = 0
     metrics: dict[str, float] = {}
     while state.step < total:
-        batches = epoch_batches(stage.lengths, bs, tcfg.seed, state.epoch)[rank::world][: steps_per_epoch * accum]
+        batches = epoch_batches(stage.lengths, bs, tcfg.seed, state.epoch, batching=recipe.data.batching)[rank::world][: steps_per_epoch * accum]
         while state.step_in_epoch < steps_per_epoch and state.step < total:
             t0 = time.perf_counter()
             for micro in range(accum):
@@ -517,6 +517,9 @@ def _run_stage(stage: Stage, recipe: Recipe, rank: int, world: int, device: torc
             results["baselines"] = json.loads(baselines_file.read_text())
         results["init_dev"] = state.init_score
         results["warnings"] = _collapse_warnings(state, tcfg)
+        ib = ib_summary(run_dir / "log.jsonl")  # does the IB term act? (losses with an HSIC term)
+        if ib:
+            results["ib"] = ib
         write_json_atomic(run_dir / "results.json", results)
         write_text_atomic(run_dir / "results.md", format_table(best_scores, title=f"{recipe.student} ({stage.meta['loss']['name']})") + "\n"
                           + "".join(f"\n**Warning:** {w}\n" for w in results["warnings"]))

@@ -24,6 +24,7 @@ __all__ = [
     "gather_candidates",
     "hidden_state_mean",
     "hsic",
+    "hsic_parts",
     "info_nce",
     "masked_mean",
     "median_gamma",
@@ -150,9 +151,45 @@ def hsic(
         x, y = _precise(x, y)
         kx = rbf_kernel(x, _resolve_gamma(x, gx))
         ky = rbf_kernel(y, _resolve_gamma(y, gy))
-        # tr(K_X H K_Y H) = sum((H K_X H) * K_Y): O(n^2) instead of two n^3 matrix products.
-        kx_c = kx - kx.mean(dim=0, keepdim=True) - kx.mean(dim=1, keepdim=True) + kx.mean()
-        return (kx_c * ky).sum() / (n - 1) ** 2
+        return (_center(kx) * ky).sum() / (n - 1) ** 2
+
+
+def _center(k: Tensor) -> Tensor:
+    """H K H for a symmetric K, so that tr(K H L H) = sum((H K H) * L): O(n^2) instead of two n^3
+    matrix products."""
+    return k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
+
+
+def hsic_parts(x: Tensor, y: Tensor, gx: float | Tensor, gy: float | Tensor, normalized_grad: bool = False) -> tuple[Tensor, Tensor]:
+    """(HSIC(X, Y), nHSIC(X, Y)) from one pair of Gaussian kernels.
+
+    nHSIC = HSIC(X, Y) / sqrt(HSIC(X, X) * HSIC(Y, Y)) (Cristianini et al. 2002's kernel
+    alignment of the centered kernels; "CKA", Kornblith et al. 2019): in [0, 1] by Cauchy-Schwarz,
+    blind to the overall scale of the kernels, so unlike the biased HSIC it does not sink to 0 when
+    one side merely shrinks, and it says how much of the dependence that is possible is there.
+    Both biased estimators share the 1/(n-1)^2 factor, which cancels. With a near-identity kernel
+    on both sides (a fixed gamma far too large for the distances) all three HSICs are 1/(n-1) and
+    nHSIC is 1 with no gradient: a sign that the bandwidth, not the estimator, is wrong.
+    `normalized_grad=False` computes nHSIC without a graph (for logging only).
+    """
+    n = x.shape[0]
+    if n < 2 or y.shape[0] != n:
+        raise DistillError(f"hsic: needs at least 2 rows on both sides with the same count, got {n} and {y.shape[0]}")
+    with _no_autocast(x.device):
+        x, y = _precise(x, y)
+        kx, ky = rbf_kernel(x, gx), rbf_kernel(y, gy)
+        kx_c = _center(kx)
+        xy = (kx_c * ky).sum() / (n - 1) ** 2
+        with torch.set_grad_enabled(normalized_grad and torch.is_grad_enabled()):
+            xx = (kx_c * kx).sum() / (n - 1) ** 2
+            yy = (_center(ky) * ky).sum() / (n - 1) ** 2
+            # A constant kernel (a collapsed side) has HSIC = 0 up to rounding (kernel entries <= 1, so
+            # the centered ones carry ~eps of error and the self-HSICs ~eps^2): below that floor report
+            # no dependence (0), not a ratio of rounding errors.
+            floor = (64 * torch.finfo(xy.dtype).eps) ** 2
+            ok = (xx > floor) & (yy > floor)
+            nhsic = torch.where(ok, xy / torch.where(ok, xx * yy, torch.ones_like(xx)).sqrt(), torch.zeros_like(xy))
+        return xy, nhsic
 
 
 # --------------------------------------------------------------------------------------------

@@ -107,10 +107,11 @@ class IBKDSupervisedLoss(DistillLoss):
         out = {"loss": nce, "infonce": nce.detach()}
         if self.lam > 0:
             parts = self.hsic_term(outs)
-            out["loss"] = nce + self.lam * parts["hsic"]
+            out["loss"] = nce + self.lam * parts.pop("penalty")
         elif all(o.get("hidden_states") is not None and o.get("attention_mask") is not None for o in outs):
             with torch.no_grad():
                 parts = self.hsic_term(outs)
+                parts.pop("penalty")
         else:
             return out
         out.update({k: v.detach() for k, v in parts.items()})
