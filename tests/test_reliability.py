@@ -417,12 +417,12 @@ def test_damaged_cache_files_say_which_and_what_to_do(tmp_path, tiny_home, tiny_
 
     from distill.data import tokenize_corpus
 
-    tok = AutoTokenizer.from_pretrained(str(tiny_bert_dir))
     sentences = TeacherCache.open(cache).sentences()
-    first = tokenize_corpus(tok, sentences, 32, cache, progress=False)
+    # a fresh tokenizer each time, as each run has (a used one carries its truncation setting)
+    first = tokenize_corpus(AutoTokenizer.from_pretrained(str(tiny_bert_dir)), sentences, 32, cache, progress=False)
     (npz,) = (cache / "tokens").glob("*.npz")
     npz.write_bytes(b"PK\x03\x04 damaged")
-    again = tokenize_corpus(tok, sentences, 32, cache, progress=False)
+    again = tokenize_corpus(AutoTokenizer.from_pretrained(str(tiny_bert_dir)), sentences, 32, cache, progress=False)
     assert np.array_equal(first.ids, again.ids) and np.array_equal(np.load(npz)["offsets"], first.offsets)
 
 
