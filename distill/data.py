@@ -9,6 +9,7 @@ Batches group sentences of similar length (little padding) but stay shuffled acr
 from __future__ import annotations
 
 import hashlib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +59,12 @@ def tokenize_corpus(tokenizer, sentences: list[str], max_length: int, cache_dir:
     if cache_dir is not None:
         path = Path(cache_dir) / "tokens" / f"{tokenizer_fingerprint(tokenizer, max_length)}.npz"
         if path.is_file():
-            data = np.load(path)
-            if len(data["offsets"]) - 1 == len(sentences):
-                return TokenizedCorpus(data["ids"], data["offsets"], int(data["pad_id"]))
+            try:
+                data = np.load(path)
+                if len(data["offsets"]) - 1 == len(sentences):
+                    return TokenizedCorpus(data["ids"], data["offsets"], int(data["pad_id"]))
+            except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile):
+                pass  # a damaged copy of what we can recompute: tokenized again and replaced below
     pieces, lengths = [], []
     chunk = 8192
     for start in tqdm(range(0, len(sentences), chunk), desc="tokenize", unit="chunk", disable=not progress, leave=False):

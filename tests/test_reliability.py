@@ -372,6 +372,10 @@ def test_encode_out_folder_and_missing_device(tmp_path, capsys):
     assert message in capsys.readouterr().err
     assert main(["encode", "--model", "all-minilm-l6-v2", "--input", str(src), "--out", str(tmp_path / "e.npy"), "--device", "gpu0", "--quiet"]) == 2
     assert "not a device name" in capsys.readouterr().err
+    for flag in ("--max-length", "--batch-size"):
+        assert main(["encode", "--model", "all-minilm-l6-v2", "--input", str(src), "--out", str(tmp_path / "e.npy"), flag, "0", "--quiet"]) == 2
+        assert f"{flag} 0: must be at least" in capsys.readouterr().err
+    assert not (tmp_path / "e.npy").exists()
 
 
 def test_lone_surrogates_are_named_by_line(tmp_path, monkeypatch, capsys):
@@ -390,7 +394,7 @@ def test_lone_surrogates_are_named_by_line(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "e.npy").exists()
 
 
-def test_damaged_cache_files_say_which_and_what_to_do(tmp_path, tiny_home, monkeypatch):
+def test_damaged_cache_files_say_which_and_what_to_do(tmp_path, tiny_home, tiny_bert_dir, monkeypatch):
     from distill.cache import TeacherCache
     from distill.train import open_or_build_cache
 
@@ -408,6 +412,18 @@ def test_damaged_cache_files_say_which_and_what_to_do(tmp_path, tiny_home, monke
         TeacherCache.open(cache)
     (cache / "embeddings.npy").write_bytes(emb)
     assert len(TeacherCache.open(cache)) == 64
+    # the student's token ids stored next to the cache are recomputed when damaged
+    from transformers import AutoTokenizer
+
+    from distill.data import tokenize_corpus
+
+    sentences = TeacherCache.open(cache).sentences()
+    # a fresh tokenizer each time, as each run has (a used one carries its truncation setting)
+    first = tokenize_corpus(AutoTokenizer.from_pretrained(str(tiny_bert_dir)), sentences, 32, cache, progress=False)
+    (npz,) = (cache / "tokens").glob("*.npz")
+    npz.write_bytes(b"PK\x03\x04 damaged")
+    again = tokenize_corpus(AutoTokenizer.from_pretrained(str(tiny_bert_dir)), sentences, 32, cache, progress=False)
+    assert np.array_equal(first.ids, again.ids) and np.array_equal(np.load(npz)["offsets"], first.offsets)
 
 
 def test_damaged_checkpoint_says_which_file_and_what_to_do(tmp_path, tiny_home, monkeypatch):

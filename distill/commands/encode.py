@@ -84,6 +84,10 @@ def _cmd_encode(args) -> int:
 
     output_format(args.out)  # fail before the model loads
     check_device(args.device)
+    if args.batch_size < 1:
+        raise DistillError(f"--batch-size {args.batch_size}: must be at least 1")
+    if args.max_length is not None and args.max_length < 3:
+        raise DistillError(f"--max-length {args.max_length}: must be at least 3 (two special tokens and one word piece)")
     if args.input == "-":
         sentences = _stdin_sentences()
         source = "stdin"
