@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         name, avg, source = (spec.split("=", 2) + ["", ""])[:3]
         recorded[name] = (float(avg), source)
     if not args.no_sts:
-        for r, (label, kind, name, quantized) in zip(results, rows):
+        # ONNX rows first: they are quick, and on a loaded machine the PyTorch row may take long
+        for r, (label, kind, name, quantized) in sorted(zip(results, rows), key=lambda rr: rr[1][1] == "torch"):
             if label != "student" and args.sts_students_only:
                 if name in recorded:
                     r["sts_recorded"] = {"Avg": recorded[name][0], "source": recorded[name][1]}
