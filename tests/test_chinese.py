@@ -125,6 +125,10 @@ def test_chinese_sts_b_files(sts_zh_dir, tmp_path):
     assert set(np.unique(test.scores)) <= {0.0, 1.0, 2.0, 3.0, 4.0, 5.0}
     assert test.sentences1[0] == "一个女孩在给她的头发做发型。" and test.scores[0] == 2.0
     assert normalize_task("sts-b-zh-valid") == "STS-B-zh-dev"
+    from distill.sts_data import HUB_DATASETS
+
+    # without a folder: C-MTEB's copy of the same sets (sentence1, sentence2, score; 1,361 / 1,458)
+    assert HUB_DATASETS["STS-B-zh"] == ("C-MTEB/STSB", "test") and HUB_DATASETS["STS-B-zh-dev"] == ("C-MTEB/STSB", "validation")
     # a folder holding both languages: the Chinese files in its sts-zh/ subfolder
     (tmp_path / "sts-zh").mkdir()
     (tmp_path / "sts-zh" / "STS-B.test.data").write_text("一\t二\t3\n", encoding="utf-8")
