@@ -258,3 +258,24 @@ def test_compare_table_of_a_chinese_recipe_has_no_english_average():
     assert lines[0] == "| model | STS-B-zh | params | dim | train sentences/s | best STS-B-zh dev |"
     assert lines[-1].startswith("| ibkd | 68.00 | 24.0M | 512 | 100 | 75.00 |")
     assert "Avg" not in lines[0]
+
+
+def test_chinese_sts_b_never_enters_the_english_average(sts_zh_dir):
+    from conftest import STS_DIR
+
+    if not STS_DIR.is_dir():
+        pytest.skip(f"needs the shared STS data at {STS_DIR}")
+    from distill.sts_data import load_local
+    from distill.sts_eval import evaluate_sts, format_table
+
+    rng = np.random.default_rng(0)
+    table = {}
+
+    def random_model(sentences):  # a "model" without any knowledge: one fixed random vector per text
+        return np.stack([table.setdefault(s, rng.normal(size=8)) for s in sentences])
+
+    data = {"STS-B": load_local("STS-B", STS_DIR), "STS-B-zh": load_local("STS-B-zh", sts_zh_dir),
+            "STS-B-zh-dev": load_local("STS-B-zh-dev", sts_zh_dir)}
+    res = evaluate_sts(random_model, tasks=["STS-B", "STS-B-zh", "STS-B-zh-dev"], data=data, progress=False)
+    assert set(res) == {"STS-B", "STS-B-zh", "STS-B-zh-dev", "Avg"} and res["Avg"] == res["STS-B"]
+    assert format_table(res).splitlines()[0] == "| STS-B | Avg | STS-B-zh | STS-B-zh-dev |"
