@@ -433,7 +433,7 @@ def _run_stage(stage: Stage, recipe: Recipe, rank: int, world: int, device: torc
 
     if main_process and state.step == 0 and state.init_score is None:
         init = evaluate(dev_tasks, head=False)  # the untrained student, to notice a run that makes it worse
-        state.init_score = init[DEV_TASK if DEV_TASK in init else next(iter(init))]
+        state.init_score = init[selection_task(init)]
 
     module.train()
     amp = _autocast(tcfg, device)

@@ -83,7 +83,11 @@ def _cmd_encode(args) -> int:
     from ..corpus_io import read_sentences
 
     output_format(args.out)  # fail before the model loads
-    check_device(args.device)
+    if backend_kwargs(args)["backend"] == "onnx":  # onnxruntime on CPU, no torch: checked first, torch stays unimported
+        if args.device not in (None, "cpu"):
+            raise DistillError(f"--device {args.device}: the onnx backend runs on the CPU")
+    else:
+        check_device(args.device)
     if args.batch_size < 1:
         raise DistillError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.max_length is not None and args.max_length < 3:
@@ -100,8 +104,6 @@ def _cmd_encode(args) -> int:
     if empty:
         print(f"distill: warning: {empty} empty sentence(s) in {source}; encoded as they are, so row i stays line i", file=sys.stderr)
     if backend_kwargs(args)["backend"] == "onnx":  # onnxruntime on CPU, no torch (distill/onnx_runtime.py)
-        if args.device not in (None, "cpu"):
-            raise DistillError(f"--device {args.device}: the onnx backend runs on the CPU")
         from ..onnx_runtime import OnnxEncoder
 
         enc = OnnxEncoder.load(args.model, quantized=args.quantized, onnx_file=args.onnx_file, max_length=args.max_length)
