@@ -120,6 +120,11 @@ def _mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.2f} ± {sd:.2f}" if len(values) > 1 else f"{values[0]:.2f} (1 seed)"
 
 
+def _share(x: float) -> str:
+    # the authors' setting sits near 1e-4: a percentage with two decimals would print it as 0.00%
+    return f"{x:.2%}" if x == 0 or x >= 1e-3 else f"{x:.1e}"
+
+
 def summarize(name: str, overrides: list[str], seeds: list[int], results: dict[int, dict]) -> dict:
     """One table row; seeds asked but not finished are named (an incomplete row says so)."""
     done = sorted(results)
@@ -132,7 +137,7 @@ def summarize(name: str, overrides: list[str], seeds: list[int], results: dict[i
         "setting": name, "overrides": " ".join(overrides) or "(recipe)",
         "seeds": ",".join(map(str, done)) + (f" (not finished: {','.join(map(str, missing))})" if missing else ""),
         "avg (mean ± sd)": _mean_sd(avgs), "STS-B dev (mean ± sd)": _mean_sd(devs),
-        "IB share": f"{statistics.mean(shares):.2%}" if done else "-", "nHSIC": f"{statistics.mean(nh):.3f}" if nh else "-",
+        "IB share": _share(statistics.mean(shares)) if done else "-", "nHSIC": f"{statistics.mean(nh):.3f}" if nh else "-",
         "_avgs": avgs, "_devs": devs,
     }
 
