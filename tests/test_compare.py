@@ -120,7 +120,7 @@ def test_compare_six_losses_writes_the_tables_and_reuses_runs(tmp_path, setup, c
 
     ibkd7 = yaml.safe_load((out / "ibkd-seed7" / "recipe.yaml").read_text())
     assert ibkd7["loss"]["bandwidth"] == "median" and ibkd7["train"]["seed"] == 7
-    assert yaml.safe_load((out / "hpd" / "recipe.yaml").read_text())["loss"] == {"name": "hpd", "k": 8}
+    assert yaml.safe_load((out / "hpd" / "recipe.yaml").read_text())["loss"] == {"name": "hpd", "k": 8, "init": "lstsq"}
     with open(out / "compare.csv", newline="") as f:
         csv_rows = list(csv.DictReader(f))
     assert [r["loss"] for r in csv_rows] == ["teacher", "init", *LOSSES, "ibkd"]
