@@ -177,7 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     commit = git_commit()  # the code that runs: read before training, not after
-    out = Path(args.out)
+    # absolute: the runs execute with the repository root as working directory (the recipe's
+    # relative paths, ../shared, are relative to it), while --out is relative to the caller's
+    out = Path(args.out).resolve()
     rows = []
     for name, seeds in plan:
         overrides = [*settings[name], *args.set]
