@@ -231,7 +231,11 @@ def test_two_real_trainings_into_one_folder(tmp_path, tiny_home):
     path.write_text(tiny_recipe_text(tmp_path, steps=100_000, every=20))
     env = {**os.environ, "DISTILL_HOME": str(tiny_home), "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "distill.cli", "train", str(path), "--quiet"]
-    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIG_DFL for SIGINT in the child: a shell runs background jobs (`cmd &`, as CI scripts may) with
+    # SIGINT ignored, the child inherits that, Python then installs no KeyboardInterrupt handler and
+    # the Ctrl-C below would be lost (this test hung so in a clean-clone CI run started with `&`).
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lock = tmp_path / "run" / ".distill.lock"
     deadline = time.time() + 120
     while not (lock.is_file() and lock.read_text()) and first.poll() is None and time.time() < deadline:
@@ -242,7 +246,7 @@ def test_two_real_trainings_into_one_folder(tmp_path, tiny_home):
     while not ckpt.is_file() and first.poll() is None and time.time() < deadline + 120:
         time.sleep(0.05)
     first.send_signal(signal.SIGINT)
-    _, err = first.communicate(timeout=600)  # generous: CI machines may be shared and slow
+    _, err = first.communicate(timeout=300)  # generous: CI machines may be shared and slow
     assert first.returncode == 130, err[-2000:]
     assert second.returncode == 2 and f"in use by pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
     assert "seed: 7" in (tmp_path / "run" / "recipe.yaml").read_text()  # the first run's recipe, not the second's
