@@ -6,23 +6,22 @@ import sys
 
 
 def _onnx_step(args):
-    """With --onnx: write onnx/ into the export's temp folder, so it is published with the rest, atomically."""
+    """With --onnx: write onnx/ into the export's temp folder, so it is published with the rest, atomically.
+    A missing onnxruntime is refused here, before the export starts."""
     if not (args.onnx or args.quantize):
         return None
-    from ..onnx_export import export_onnx
+    from ..onnx_export import export_onnx, require_onnx
 
+    require_onnx()
     return lambda folder: export_onnx(folder, quantize=args.quantize, log=lambda m: print(m, file=sys.stderr))
 
 
 def _cmd_export(args) -> int:
     from ..export import export_student
 
-    if args.onnx or args.quantize:  # ONNX hook (issue 13): fail before the export when onnxruntime is missing
-        from ..onnx_export import require_onnx
-
-        require_onnx()
+    onnx_step = _onnx_step(args)  # before the export: a missing onnxruntime fails first
     out = export_student(args.run_dir, args.out, which=args.which, keep_projection=args.keep_projection, normalize=not args.no_normalize,
-                         max_seq_length=args.max_seq_length, overwrite=args.overwrite, finish=_onnx_step(args))
+                         max_seq_length=args.max_seq_length, overwrite=args.overwrite, finish=onnx_step)
     print(out)
     return 0
 
