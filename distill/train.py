@@ -247,10 +247,19 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
     run into the same output.dir is refused at once instead of mixing its files with this one's.
     """
     rank = int(os.environ.get("RANK", "0"))
+    owns_group = not dist.is_initialized()
     if rank != 0:
-        return _train(recipe, resume=resume, progress=progress, callbacks=callbacks)
-    with folder_lock(recipe.output.dir, "run folder"):
-        return _train(recipe, resume=resume, progress=progress, callbacks=callbacks)
+        results = _train(recipe, resume=resume, progress=progress, callbacks=callbacks)
+    else:
+        with folder_lock(recipe.output.dir, "run folder"):
+            results = _train(recipe, resume=resume, progress=progress, callbacks=callbacks)
+    if owns_group and dist.is_initialized():
+        # Leave together, then tear down: a rank that closes its gloo connections while a peer
+        # still reads from them aborts that peer ("terminate called", SIGABRT), and a process
+        # that exits with the group alive can abort in interpreter shutdown.
+        dist.barrier()
+        dist.destroy_process_group()
+    return results
 
 
 def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks: list[Callback] | None) -> dict:
