@@ -39,9 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from distill.cache import build_cache
+    from distill.data.cache import build_cache
     from distill.encoder import Encoder, best_device
-    from distill.models import resolve_model
+    from distill.resolve import resolve_model
     from distill.presets import load_teacher
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

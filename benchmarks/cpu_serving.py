@@ -48,7 +48,7 @@ COLUMNS = ["date", "device", "load avg before -> after", "command", "commit", "m
 
 
 def sts_sentences(sts_dir, n: int, seed: int):
-    from distill.sts_data import TEST_TASKS, load_sts
+    from distill.eval.sts_data import TEST_TASKS, load_sts
 
     data = {t: load_sts(t, sts_dir) for t in TEST_TASKS}
     distinct = sorted({s for p in data.values() for s in (*p.sentences1, *p.sentences2)})
@@ -70,7 +70,7 @@ def load_row(kind: str, name: str, quantized: bool = False, threads: int | None 
         if threads:
             torch.set_num_threads(threads)
         return Encoder.load(name, device="cpu")
-    from distill.onnx_runtime import OnnxEncoder
+    from distill.onnx.runtime import OnnxEncoder
 
     return OnnxEncoder.load(name, quantized=quantized, threads=threads)
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
     from distill.io import write_json_atomic
-    from distill.sts_eval import evaluate_sts
+    from distill.eval.sts import evaluate_sts
 
     load_before = os.getloadavg()
     sentences, data = sts_sentences(args.sts_dir, args.n, args.seed)

@@ -113,7 +113,7 @@ def build_pair(name: str, device, st_dtype: str):
     from sentence_transformers import SentenceTransformer
 
     from distill.encoder import Encoder, keep_layers
-    from distill.models import resolve_model
+    from distill.resolve import resolve_model
     from distill.presets import StudentSpec, find_preset
 
     enc = Encoder.load(name, device=device)

@@ -13,12 +13,12 @@ import argparse
 import numpy as np
 import torch
 
-from distill.cache import TeacherCache
+from distill.data.cache import TeacherCache
 from distill.encoder import Encoder
 from distill.losses import HPDLoss
-from distill.sts_data import load_local
-from distill.sts_eval import cosine_rows, spearman_x100
-from distill.train import PREPARE_SAMPLE
+from distill.eval.sts_data import load_local
+from distill.eval.sts import cosine_rows, spearman_x100
+from distill.training.trainer import PREPARE_SAMPLE
 
 
 def main(argv=None) -> None:
@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     if not cache.has_pca(args.k):
         raise SystemExit(f"{args.cache}: no PCA to {args.k} dims; run an HPD recipe on it first")
     sentences = cache.sentences()
-    # the same seeded sample as distill.train._prepare_loss
+    # the same seeded sample as distill.training.trainer._prepare_loss
     rows = np.sort(np.random.default_rng(args.seed).choice(len(sentences), size=min(len(sentences), PREPARE_SAMPLE), replace=False))
     student = Encoder.load(args.student, role="student", max_length=args.max_length)
     s = torch.as_tensor(np.asarray(student.encode([sentences[i] for i in rows], max_length=args.max_length), dtype=np.float32))

@@ -77,7 +77,7 @@ def _model_folders(root: Path, max_depth: int = 5) -> list[tuple[str, Path]]:
 
 
 def _candidates(model_id: str, offline_source: str | None, name: str) -> list[str]:
-    from distill.models import PYPI_MODELS
+    from distill.resolve import PYPI_MODELS
 
     names = [model_id, model_id.rstrip("/").split("/")[-1]]
     if offline_source:

@@ -8,7 +8,7 @@ import importlib
 import os
 import sys
 
-from .errors import DistillError
+from distill.errors import DistillError
 
 # Order = order in --help. Add a module here to add a subcommand.
 COMMANDS = ("eval", "models", "config", "cache", "train", "export", "export_onnx", "similarity", "encode", "retrieval", "compare")

@@ -30,10 +30,10 @@ from typing import Any
 
 import yaml
 
-from .config import LOSS_DEFAULTS, Recipe, _check_loss, parse_override
-from .errors import DistillError
-from .io import write_bytes_atomic, write_json_atomic, write_text_atomic
-from .sts_data import DEV_TASK, DEV_TASKS, TEST_TASKS, ZH_TEST_TASK
+from distill.config import LOSS_DEFAULTS, Recipe, _check_loss, parse_override
+from distill.errors import DistillError
+from distill.io import write_bytes_atomic, write_json_atomic, write_text_atomic
+from distill.eval.sts_data import DEV_TASK, DEV_TASKS, TEST_TASKS, ZH_TEST_TASK
 
 ALL_LOSSES = tuple(LOSS_DEFAULTS)  # mse, cosine, hpd, crd, infonce, ibkd
 # Test sets a compare table can show: the English seven (averaged) and Chinese STS-B (never averaged).
@@ -153,9 +153,9 @@ def _check_same_recipe(run: Run) -> None:
 
 def _baselines(recipe: Recipe, out_dir: Path, log: Callable[[str], None]) -> dict:
     """Teacher and untrained student on the final (and dev) tasks; OUT/baselines.json, reused."""
-    from .encoder import Encoder
-    from .sts_data import load_sts
-    from .sts_eval import evaluate_sts, resolve_tasks
+    from distill.encoder import Encoder
+    from distill.eval.sts_data import load_sts
+    from distill.eval.sts import evaluate_sts, resolve_tasks
 
     tasks = list(dict.fromkeys(resolve_tasks(recipe.eval.final_tasks) + resolve_tasks(recipe.eval.tasks)))
     path = out_dir / "baselines.json"
@@ -199,7 +199,7 @@ def _device_name(device) -> str:
 
 
 def _dev_task(recipe: Recipe) -> str:
-    from .sts_eval import resolve_tasks, selection_task
+    from distill.eval.sts import resolve_tasks, selection_task
 
     return selection_task(resolve_tasks(recipe.eval.tasks))
 
@@ -246,7 +246,7 @@ def compare(
     "params", "dim", "best_dev", "device", ...}. `loss_overrides`: ["hpd.k=64", ...] or
     {"hpd": {"k": 64}}. `seeds`: run the losses of `seed_losses` (default all) once per seed.
     """
-    from .train import train
+    from distill.training.trainer import train
 
     log = log or (lambda _msg: None)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -329,7 +329,7 @@ def format_compare_table(rows: Sequence[dict]) -> str:
         key = ("teacher", r.get("model") or r["teacher"]) if r["loss"] == "teacher" else (r["student"], r["loss"])
         groups.setdefault(key, []).append(r)
     multi_seed = any(len(g) > 1 for k, g in groups.items() if k[0] != "teacher")
-    from .sts_eval import DEV_LABELS
+    from distill.eval.sts import DEV_LABELS
 
     head = (["model", *tasks] + (["Avg"] if has_avg else []) + zh
             + ["params", "dim", "train sentences/s", f"best {DEV_LABELS.get(dev, dev)}"] + (["Avg per seed"] if multi_seed else []))

@@ -17,9 +17,9 @@ from typing import Any
 
 import yaml
 
-from .errors import DistillError
-from .presets import list_presets
-from .recipe_checks import check_values
+from distill.errors import DistillError
+from distill.presets import list_presets
+from distill.recipe_checks import check_values
 
 # Hyper-parameters each loss accepts, with their defaults. The loss modules document them.
 LOSS_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .errors import DistillError
-from .presets import POOLINGS, StudentSpec
+from distill.errors import DistillError
+from distill.presets import POOLINGS, StudentSpec
 
 
 def pool(pooling: str, last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooler_output=None) -> torch.Tensor:
@@ -140,8 +140,8 @@ class Encoder(nn.Module):
         """
         from transformers import AutoModel, AutoTokenizer
 
-        from .models import resolve_model
-        from .presets import find_preset
+        from distill.resolve import resolve_model
+        from distill.presets import find_preset
 
         preset = find_preset(name, role) if not Path(name).expanduser().is_dir() else None
         if preset is not None:

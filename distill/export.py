@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import DistillError
-from .io import apply_umask
-from .sts_data import TEST_TASKS, ZH_TEST_TASK
-from .student_io import META, load_student
+from distill.errors import DistillError
+from distill.io import apply_umask
+from distill.eval.sts_data import TEST_TASKS, ZH_TEST_TASK
+from distill.training.student_folder import META, load_student
 
 # The student-side head each loss trains (its state-dict prefix) and where it maps the student's
 # vector: the teacher's space for IBKD/InfoNCE's decoder and MSE/cosine's projection, a separate
@@ -148,7 +148,7 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
 
 
 def _marker(run_dir: Path, which: str, student_dir: Path) -> dict:
-    from . import __version__
+    from distill import __version__
 
     return {"tool": "distill", "version": __version__, "source_run": str(run_dir.resolve()), "which": which,
             "student": str(student_dir.resolve()), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}

@@ -47,7 +47,7 @@ def write_json_atomic(path: str | Path, obj) -> None:
     try:
         text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
     except ValueError:
-        from .errors import DistillError
+        from distill.errors import DistillError
 
         raise DistillError(f"{path}: not written, it would hold non-finite numbers at {', '.join(_non_finite(obj)[:5])}") from None
     write_text_atomic(path, text + "\n")

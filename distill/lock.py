@@ -18,7 +18,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import DistillError
+from distill.errors import DistillError
 
 LOCK_NAME = ".distill.lock"
 _held: dict[str, int] = {}  # resolved folder -> open fd; a process re-entering its own lock is fine

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import DistillError
+from distill.errors import DistillError
 
 POOLINGS = ("mean", "cls", "cls_before_pooler")
 

@@ -8,7 +8,7 @@ only type-checked).
 
 from __future__ import annotations
 
-from .errors import DistillError
+from distill.errors import DistillError
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 # Losses whose negatives are the other rows of the batch: one row per device leaves none
@@ -58,7 +58,7 @@ def _check_loss(prefix: str, params: dict) -> None:
 
 
 def check_values(recipe) -> None:
-    from .sts_eval import resolve_tasks
+    from distill.eval.sts import resolve_tasks
 
     d = recipe.data
     _need(d.max_sentences is None or d.max_sentences >= 1, "data.max_sentences", d.max_sentences, "unset or >= 1")

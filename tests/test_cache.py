@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import CORPUS_DIR, REPO
 
-from distill.cache import TeacherCache, build_cache, fit_pca, teacher_identity
-from distill.corpus import read_corpus
+from distill.data.cache import TeacherCache, build_cache, fit_pca, teacher_identity
+from distill.data.corpus import read_corpus
 from distill.encoder import Encoder
 from distill.errors import DistillError
 from distill.presets import TeacherSpec

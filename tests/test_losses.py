@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from sentences import CONTRADICTIONS, PARAPHRASES, SENTENCES
 
-from distill.cache import fit_pca
+from distill.data.cache import fit_pca
 from distill.config import LOSS_DEFAULTS
 from distill.encoder import Encoder, keep_layers
 from distill.errors import DistillError
@@ -358,7 +358,7 @@ def test_hpd_reference_head_and_pca():
     t_all = torch.randn(40, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(15)) @ torch.diag(
         torch.linspace(3, 0.1, 12, dtype=torch.float64)
     )
-    _, comps, _ = fit_pca(t_all.numpy(), k=4)  # the cache's PCA (distill.cache)
+    _, comps, _ = fit_pca(t_all.numpy(), k=4)  # the cache's PCA (distill.data.cache)
     comps = torch.from_numpy(comps)
     assert comps.shape == (4, 12)
     # the principal directions = top eigenvectors of the covariance of the unit rows (up to sign)

@@ -55,7 +55,7 @@ def _st_folder(path, base, pooling="mean", dense=False, normalize=True, max_seq_
 
 @pytest.fixture(scope="module")
 def tiny_mean(tmp_path_factory, tiny_bert_dir):
-    from distill.onnx_export import export_onnx
+    from distill.onnx.export import export_onnx
 
     folder = _st_folder(tmp_path_factory.mktemp("onnx") / "tiny-mean", tiny_bert_dir)
     export_onnx(folder, quantize="int8", log=lambda m: None)
@@ -64,7 +64,7 @@ def tiny_mean(tmp_path_factory, tiny_bert_dir):
 
 @pytest.fixture(scope="module")
 def tiny_cls_dense(tmp_path_factory, tiny_bert_dir):
-    from distill.onnx_export import export_onnx
+    from distill.onnx.export import export_onnx
 
     folder = _st_folder(tmp_path_factory.mktemp("onnx") / "tiny-cls", tiny_bert_dir, pooling="cls", dense=True, normalize=False)
     export_onnx(folder, log=lambda m: None)
@@ -88,7 +88,7 @@ def _st_encode(folder, sentences):
 
 @pytest.mark.parametrize("which", ["tiny_mean", "tiny_cls_dense"])
 def test_fp32_matches_pytorch_on_padded_batches(which, request):
-    from distill.onnx_runtime import OnnxEncoder
+    from distill.onnx.runtime import OnnxEncoder
 
     folder = request.getfixturevalue(which)
     onnx = OnnxEncoder.load(folder)
@@ -105,7 +105,7 @@ def test_fp32_matches_pytorch_on_padded_batches(which, request):
 @pytest.mark.integration
 def test_minilm_fp32_matches_pytorch_and_encoder_at_both_lengths(minilm_onnx):
     from distill.encoder import Encoder
-    from distill.onnx_runtime import OnnxEncoder
+    from distill.onnx.runtime import OnnxEncoder
 
     onnx = OnnxEncoder.load(minilm_onnx)
     assert onnx.max_length == 256 and onnx.max_positions == 512
@@ -119,8 +119,8 @@ def test_minilm_fp32_matches_pytorch_and_encoder_at_both_lengths(minilm_onnx):
 
 @pytest.mark.integration
 def test_int8_keeps_cosine_on_real_sentences(minilm_onnx, sts_dir):
-    from distill.onnx_runtime import OnnxEncoder
-    from distill.sts_data import load_sts
+    from distill.onnx.runtime import OnnxEncoder
+    from distill.eval.sts_data import load_sts
 
     pairs = load_sts("STS-B", sts_dir)
     sentences = sorted(set(pairs.sentences1))[:400]
@@ -133,7 +133,7 @@ def test_int8_keeps_cosine_on_real_sentences(minilm_onnx, sts_dir):
 
 
 def test_sts_table_of_onnx_equals_pytorch(tiny_mean, sts_dir):
-    from distill.sts_eval import evaluate_sts
+    from distill.eval.sts import evaluate_sts
 
     tasks = ["STS-B", "SICK-R"]
     torch_scores = evaluate_sts(str(tiny_mean), tasks=tasks, sts_dir=sts_dir, progress=False)
@@ -145,8 +145,8 @@ def test_sts_table_of_onnx_equals_pytorch(tiny_mean, sts_dir):
 
 @pytest.mark.integration
 def test_minilm_sts_subset_cli_onnx_equals_torch(minilm_onnx, sts_dir, tmp_path, capsys):
-    from distill.sts_data import STSPairs, load_sts
-    from distill.sts_eval import evaluate_sts
+    from distill.eval.sts_data import STSPairs, load_sts
+    from distill.eval.sts import evaluate_sts
 
     full = load_sts("STS-B", sts_dir)
     sub = {"STS-B": STSPairs("STS-B", full.sentences1[:300], full.sentences2[:300], full.scores[:300])}
@@ -191,7 +191,7 @@ def test_cli_encode_similarity_pipeline_retrieval_with_onnx(tiny_mean, tmp_path,
 
 def test_inference_path_imports_no_torch(tiny_mean):
     code = (
-        "import sys; from distill.onnx_runtime import OnnxEncoder; "
+        "import sys; from distill.onnx.runtime import OnnxEncoder; "
         f"e = OnnxEncoder.load({str(tiny_mean)!r}, quantized=True); x = e.encode(['a b c', 'hello there']); "
         "assert x.shape == (2, 32); assert 'torch' not in sys.modules, 'torch imported'; print('ok')"
     )
@@ -201,8 +201,8 @@ def test_inference_path_imports_no_torch(tiny_mean):
 
 
 def test_bad_inputs_are_clear_errors(tiny_mean, tiny_bert_dir, tmp_path, capsys, monkeypatch):
-    from distill.onnx_export import export_onnx
-    from distill.onnx_runtime import OnnxEncoder
+    from distill.onnx.export import export_onnx
+    from distill.onnx.runtime import OnnxEncoder
 
     plain = _st_folder(tmp_path / "no-onnx", tiny_bert_dir)
     src = tmp_path / "in.txt"
@@ -261,8 +261,8 @@ def test_export_run_with_onnx_flag(tmp_path, tiny_home, monkeypatch, capsys, sts
     from conftest import tiny_recipe_text
 
     from distill.config import load_recipe
-    from distill.onnx_runtime import OnnxEncoder
-    from distill.train import train
+    from distill.onnx.runtime import OnnxEncoder
+    from distill.training.trainer import train
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     recipe = tmp_path / "recipe.yaml"

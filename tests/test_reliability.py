@@ -27,7 +27,7 @@ from conftest import CORPUS_DIR, REPO, STS_DIR, tiny_recipe_text
 from distill.cli import main
 from distill.config import load_recipe
 from distill.errors import DistillError
-from distill.train import train
+from distill.training.trainer import train
 
 UMASK = os.umask(0)
 os.umask(UMASK)
@@ -139,7 +139,7 @@ def test_cache_refuses_a_folder_with_user_files(tmp_path, tiny_home, monkeypatch
 
 
 def test_corpus_mismatch_says_how_to_rebuild_and_names_max_sentences(tmp_path, tiny_home, monkeypatch, capsys):
-    from distill.train import open_or_build_cache
+    from distill.training.trainer import open_or_build_cache
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     open_or_build_cache(_recipe(tmp_path, ["data.max_sentences=64"]), progress=False)
@@ -153,7 +153,7 @@ def test_corpus_mismatch_says_how_to_rebuild_and_names_max_sentences(tmp_path, t
 
 
 def test_relative_corpus_path_shows_the_absolute_path_tried(tmp_path, monkeypatch):
-    from distill.corpus import read_corpus
+    from distill.data.corpus import read_corpus
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DistillError, match=rf"corpus file not found: data/c\.txt \(looked for {tmp_path}/data/c\.txt"):
@@ -323,7 +323,7 @@ def test_recipe_files_that_are_not_a_clean_mapping(tmp_path):
 
 
 def test_jsonl_corpus_column_is_a_recipe_key(tmp_path, tiny_home, monkeypatch):
-    from distill.train import open_or_build_cache
+    from distill.training.trainer import open_or_build_cache
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     with gzip.open(CORPUS_DIR / "sts-family-train.txt.gz", "rt", encoding="utf-8") as f:
@@ -383,7 +383,7 @@ def test_encode_out_folder_and_missing_device(tmp_path, capsys):
 
 
 def test_lone_surrogates_are_named_by_line(tmp_path, monkeypatch, capsys):
-    from distill.corpus import read_corpus
+    from distill.data.corpus import read_corpus
 
     src = tmp_path / "in.jsonl"
     src.write_text('{"text": "fine"}\n{"text": "bad \\ud800 here"}\n')
@@ -399,8 +399,8 @@ def test_lone_surrogates_are_named_by_line(tmp_path, monkeypatch, capsys):
 
 
 def test_damaged_cache_files_say_which_and_what_to_do(tmp_path, tiny_home, tiny_bert_dir, monkeypatch):
-    from distill.cache import TeacherCache
-    from distill.train import open_or_build_cache
+    from distill.data.cache import TeacherCache
+    from distill.training.trainer import open_or_build_cache
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     recipe = _recipe(tmp_path, ["data.max_sentences=64"])
@@ -419,7 +419,7 @@ def test_damaged_cache_files_say_which_and_what_to_do(tmp_path, tiny_home, tiny_
     # the student's token ids stored next to the cache are recomputed when damaged
     from transformers import AutoTokenizer
 
-    from distill.data import tokenize_corpus
+    from distill.data.tokens import tokenize_corpus
 
     sentences = TeacherCache.open(cache).sentences()
     # a fresh tokenizer each time, as each run has (a used one carries its truncation setting)
@@ -447,7 +447,7 @@ def _sts_copy(tmp_path: Path) -> Path:
 
 
 def test_sts_gold_nan_empty_and_blank_are_errors_not_nan_scores(tmp_path, capsys):
-    from distill.sts_data import load_sts
+    from distill.eval.sts_data import load_sts
 
     sts = _sts_copy(tmp_path)
     test_csv = sts / "stsb" / "sts-test.csv"
@@ -471,7 +471,7 @@ def test_sts_gold_nan_empty_and_blank_are_errors_not_nan_scores(tmp_path, capsys
 
 def test_constant_scores_and_non_finite_json_are_refused(tmp_path):
     from distill.io import write_json_atomic
-    from distill.sts_eval import evaluate_sts
+    from distill.eval.sts import evaluate_sts
 
     with pytest.raises(DistillError, match="STS task STS-B: no score can be computed, the model gives every pair the same similarity"):
         evaluate_sts(lambda s: np.ones((len(s), 4)), tasks=["STS-B"], sts_dir=STS_DIR, progress=False)

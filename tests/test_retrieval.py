@@ -11,7 +11,7 @@ import pytest
 
 from distill.cli import main
 from distill.errors import DistillError
-from distill.retrieval import (
+from distill.eval.retrieval import (
     compute_metrics,
     evaluate_retrieval,
     exact_search,

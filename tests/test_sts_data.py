@@ -3,7 +3,7 @@ import shutil
 import pytest
 
 from distill.errors import DistillError
-from distill.sts_data import load_local, normalize_task
+from distill.eval.sts_data import load_local, normalize_task
 
 # Pair counts of the standard sets (SentEval / SimCSE), gold-less pairs skipped.
 EXPECTED = {"STS12": 3108, "STS13": 1500, "STS14": 3750, "STS15": 3000, "STS16": 1186, "STS-B": 1379, "SICK-R": 4927, "STS-B-dev": 1500}

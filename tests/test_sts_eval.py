@@ -5,8 +5,8 @@ import pytest
 
 from distill.cli import main
 from distill.encoder import Encoder
-from distill.sts_data import TEST_TASKS
-from distill.sts_eval import cosine_rows, evaluate_sts, format_table, spearman_x100
+from distill.eval.sts_data import TEST_TASKS
+from distill.eval.sts import cosine_rows, evaluate_sts, format_table, spearman_x100
 
 
 def test_spearman_and_cosine_by_hand():

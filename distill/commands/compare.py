@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 def _seeds(text: str | None) -> list[int] | None:
-    from ..errors import DistillError
+    from distill.errors import DistillError
 
     if not text:
         return None
@@ -15,14 +15,14 @@ def _seeds(text: str | None) -> list[int] | None:
 
 
 def _cmd_compare(args) -> int:
-    from ..compare import (
+    from distill.compare import (
         compare,
         format_compare_table,
         parse_loss_overrides,
         parse_losses,
     )
-    from ..config import load_recipe
-    from ..errors import DistillError
+    from distill.config import load_recipe
+    from distill.errors import DistillError
 
     if args.seed_losses and not args.seeds:
         raise DistillError("--seed-losses needs --seeds (the seeds those losses run over)")

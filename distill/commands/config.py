@@ -6,7 +6,7 @@ from __future__ import annotations
 def _cmd_config(args) -> int:
     import yaml
 
-    from ..config import load_recipe
+    from distill.config import load_recipe
 
     recipe = load_recipe(args.config, args.set)
     print(yaml.safe_dump(recipe.to_dict(), sort_keys=False), end="")

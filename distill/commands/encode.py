@@ -6,8 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from ..errors import DistillError
-from ..onnx_runtime import add_backend_args, backend_kwargs
+from distill.errors import DistillError
+from distill.onnx.runtime import add_backend_args, backend_kwargs
 
 FORMATS = (".npy", ".safetensors")
 TENSOR_NAME = "embeddings"
@@ -43,7 +43,7 @@ def check_device(device: str | None) -> None:
 
 def _stdin_sentences() -> list[str]:
     """Lines of stdin, decoded as UTF-8 line by line (a bad byte names its line)."""
-    from ..corpus_io import check_text
+    from distill.data.readers import check_text
 
     out = []
     stream = getattr(sys.stdin, "buffer", sys.stdin)  # a text stream stands in for stdin in tests
@@ -62,7 +62,7 @@ def save_embeddings(path: str | Path, emb, metadata: dict[str, str] | None = Non
 
     import numpy as np
 
-    from ..io import write_bytes_atomic
+    from distill.io import write_bytes_atomic
 
     fmt = output_format(path)
     emb = np.ascontiguousarray(emb)
@@ -80,7 +80,7 @@ def save_embeddings(path: str | Path, emb, metadata: dict[str, str] | None = Non
 def _cmd_encode(args) -> int:
     import numpy as np
 
-    from ..corpus_io import read_sentences
+    from distill.data.readers import read_sentences
 
     output_format(args.out)  # fail before the model loads
     if backend_kwargs(args)["backend"] == "onnx":  # onnxruntime on CPU, no torch: checked first, torch stays unimported
@@ -104,11 +104,11 @@ def _cmd_encode(args) -> int:
     if empty:
         print(f"distill: warning: {empty} empty sentence(s) in {source}; encoded as they are, so row i stays line i", file=sys.stderr)
     if backend_kwargs(args)["backend"] == "onnx":  # onnxruntime on CPU, no torch (distill/onnx_runtime.py)
-        from ..onnx_runtime import OnnxEncoder
+        from distill.onnx.runtime import OnnxEncoder
 
         enc = OnnxEncoder.load(args.model, quantized=args.quantized, onnx_file=args.onnx_file, max_length=args.max_length)
     else:
-        from ..encoder import Encoder
+        from distill.encoder import Encoder
 
         enc = Encoder.load(args.model, max_length=args.max_length, device=args.device)
     start = time.perf_counter()

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from ..onnx_runtime import add_backend_args
+from distill.onnx.runtime import add_backend_args
 
 
 def _cmd_eval(args) -> int:
-    from ..io import write_json_atomic
-    from ..onnx_runtime import backend_kwargs
-    from ..sts_eval import evaluate_sts, format_table
+    from distill.io import write_json_atomic
+    from distill.onnx.runtime import backend_kwargs
+    from distill.eval.sts import evaluate_sts, format_table
 
     results = evaluate_sts(
         args.model, tasks=args.tasks, sts_dir=args.sts_dir, batch_size=args.batch_size, progress=not args.quiet,

@@ -10,14 +10,14 @@ def _onnx_step(args):
     A missing onnxruntime is refused here, before the export starts."""
     if not (args.onnx or args.quantize):
         return None
-    from ..onnx_export import export_onnx, require_onnx
+    from distill.onnx.export import export_onnx, require_onnx
 
     require_onnx()
     return lambda folder: export_onnx(folder, quantize=args.quantize, log=lambda m: print(m, file=sys.stderr))
 
 
 def _cmd_export(args) -> int:
-    from ..export import export_student
+    from distill.export import export_student
 
     onnx_step = _onnx_step(args)  # before the export: a missing onnxruntime fails first
     out = export_student(args.run_dir, args.out, which=args.which, keep_projection=args.keep_projection, normalize=not args.no_normalize,

@@ -6,7 +6,7 @@ import sys
 
 
 def _cmd_export_onnx(args) -> int:
-    from ..onnx_export import export_onnx
+    from distill.onnx.export import export_onnx
 
     meta = export_onnx(args.folder, quantize=args.quantize, overwrite=args.overwrite, log=lambda m: print(m, file=sys.stderr))
     print(f"{args.folder}/onnx: {', '.join(meta['files'])} (serve with --backend onnx{' --quantized' if args.quantize else ''})")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import DistillError
+from distill.errors import DistillError
 
 
 def _cmd_models(args) -> int:
-    from ..models import COMPLETE_MARKER, PYPI_MODELS, cache_root, resolve_model
-    from ..presets import find_preset, list_presets
+    from distill.resolve import COMPLETE_MARKER, PYPI_MODELS, cache_root, resolve_model
+    from distill.presets import find_preset, list_presets
 
     if args.action == "list":
         print("teachers: " + ", ".join(list_presets("teachers")))
@@ -24,7 +24,7 @@ def _cmd_models(args) -> int:
         raise DistillError(f"distill models {args.action}: give a model name")
     preset = find_preset(args.name)
     if args.action == "path":  # a question, never a download
-        from ..models import local_model
+        from distill.resolve import local_model
 
         path = local_model(args.name, offline_source=preset.offline_source if preset else None)
         if path is None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import DistillError
-from ..onnx_runtime import add_backend_args, backend_kwargs
+from distill.errors import DistillError
+from distill.onnx.runtime import add_backend_args, backend_kwargs
 
 
 def _cmd_eval_retrieval(args) -> int:
-    from ..io import write_json_atomic
-    from ..retrieval import (
+    from distill.io import write_json_atomic
+    from distill.eval.retrieval import (
         DEFAULT_K,
         evaluate_retrieval,
         format_table,

@@ -7,8 +7,8 @@ import sys
 import warnings
 from pathlib import Path
 
-from ..errors import DistillError
-from ..onnx_runtime import add_backend_args, backend_kwargs
+from distill.errors import DistillError
+from distill.onnx.runtime import add_backend_args, backend_kwargs
 
 
 def _read_input(spec: str) -> dict:
@@ -46,7 +46,7 @@ def _table(rows: list[dict], metric: str, closer: bool) -> str:
 
 
 def _cmd_similarity(args) -> int:
-    from ..pipeline import (
+    from distill.eval.pipeline import (
         COMPARE_KEY,
         SOURCE_KEY,
         normalize_metric,

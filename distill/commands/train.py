@@ -6,9 +6,9 @@ import sys
 
 
 def _cmd_train(args) -> int:
-    from ..config import load_recipe
-    from ..sts_eval import DEV_LABELS, format_table
-    from ..train import train
+    from distill.config import load_recipe
+    from distill.eval.sts import DEV_LABELS, format_table
+    from distill.training.trainer import train
 
     recipe = load_recipe(args.config, args.set)
     results = train(recipe, resume=args.resume, progress=not args.quiet)

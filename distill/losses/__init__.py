@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import DistillError
-from .cosine import CosineLoss
-from .crd import CRDLoss
-from .functional import (
+from distill.errors import DistillError
+from distill.losses.cosine import CosineLoss
+from distill.losses.crd import CRDLoss
+from distill.losses.functional import (
     DistillLoss,
     gather_candidates,
     hidden_state_mean,
@@ -30,11 +30,11 @@ from .functional import (
     median_gamma,
     rbf_kernel,
 )
-from .hpd import HPDLoss
-from .ibkd import IBKDLoss
-from .ibkd_supervised import IBKDSupervisedLoss
-from .infonce import InfoNCELoss
-from .mse import MSELoss
+from distill.losses.hpd import HPDLoss
+from distill.losses.ibkd import IBKDLoss
+from distill.losses.ibkd_supervised import IBKDSupervisedLoss
+from distill.losses.infonce import InfoNCELoss
+from distill.losses.mse import MSELoss
 
 # Name (as in recipes, config.LOSS_DEFAULTS) -> class. ibkd_supervised is stage 2 of IBKD: it takes
 # (anchor, positive, negative) student outputs instead of (student, teacher).
@@ -68,7 +68,7 @@ def build_loss(spec: str | dict[str, Any], student_dim: int, teacher_dim: int | 
 
 def __getattr__(name: str):  # sentence-transformers is only imported by those who want the adapter
     if name in ("STDistillLoss",):
-        from .st_adapter import STDistillLoss
+        from distill.losses.st_adapter import STDistillLoss
 
         return STDistillLoss
     raise AttributeError(name)

@@ -7,9 +7,9 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import DistillError
-from .functional import DistillLoss, precise
-from .mse import _projection
+from distill.errors import DistillError
+from distill.losses.functional import DistillLoss, precise
+from distill.losses.mse import _projection
 
 
 class CosineLoss(DistillLoss):

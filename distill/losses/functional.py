@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import DistillError
+from distill.errors import DistillError
 
 __all__ = [
     "DistillLoss",

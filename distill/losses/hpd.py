@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import DistillError
-from .functional import DistillLoss, precise
+from distill.errors import DistillError
+from distill.losses.functional import DistillLoss, precise
 
 
 class HPDLoss(DistillLoss):

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import DistillError
-from .functional import DistillLoss, gather_candidates, info_nce
-from .ibkd import IBKD_CITATION, HSICPenalty
+from distill.errors import DistillError
+from distill.losses.functional import DistillLoss, gather_candidates, info_nce
+from distill.losses.ibkd import IBKD_CITATION, HSICPenalty
 
 HEADS = ("linear", "mlp", "none")
 AUTHORS_HEAD_DIM = 128  # the IBKD authors' stage-2 head: Linear(384 -> 128), no activation

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .ibkd import IBKD_CITATION, IBKDLoss
+from distill.losses.ibkd import IBKD_CITATION, IBKDLoss
 
 
 class InfoNCELoss(IBKDLoss):

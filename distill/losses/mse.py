@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import DistillError
-from .functional import DistillLoss, _world, precise
+from distill.errors import DistillError
+from distill.losses.functional import DistillLoss, _world, precise
 
 STANDARDIZE_MODES = ("none", "student_norm", "zscore")
 

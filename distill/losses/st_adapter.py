@@ -9,9 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import DistillError
-from .functional import DistillLoss
-from .ibkd_supervised import IBKDSupervisedLoss
+from distill.errors import DistillError
+from distill.losses.functional import DistillLoss
+from distill.losses.ibkd_supervised import IBKDSupervisedLoss
 
 
 def _hf_config(model: nn.Module):
@@ -62,7 +62,7 @@ class STDistillLoss(nn.Module):
     @classmethod
     def build(cls, model: nn.Module, name: str, teacher_dim: int | None = None, **params: Any) -> STDistillLoss:
         """Build the named distill loss (see distill.losses.LOSSES) for this model's output width."""
-        from . import build_loss
+        from distill.losses import build_loss
 
         # get_embedding_dimension in sentence-transformers >= 6; the older name before.
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DistillError
-from .onnx_export import FILES, INPUTS, INSTALL_HINT, ONNX_DIR, read_meta
+from distill.errors import DistillError
+from distill.onnx.export import FILES, INPUTS, INSTALL_HINT, ONNX_DIR, read_meta
 
 BACKENDS = ("torch", "onnx")
 _CHUNK = 8192  # sentences per Rust tokenizer call
@@ -68,7 +68,7 @@ class OnnxEncoder:
             raise DistillError(f"the onnx backend needs onnxruntime and tokenizers ({exc.name} is missing): {INSTALL_HINT}") from None
         folder = Path(name).expanduser()
         if not folder.is_dir():
-            from .models import resolve_model
+            from distill.resolve import resolve_model
 
             folder = resolve_model(str(name))
         file = _pick_file(folder, quantized, onnx_file)

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DistillError
+from distill.errors import DistillError
 
 SOURCE_KEY = "source_sentence"
 COMPARE_KEY = "sentences_to_compare"
@@ -88,7 +88,7 @@ def embedder(model, batch_size: int = 128, progress: bool = False, device=None, 
     `Encoder`, an `OnnxEncoder`, a `SentenceTransformer` (or anything with a SentenceTransformer-like
     `.encode`), or a callable mapping a list of sentences to an (n, d) array.
     """
-    from .onnx_runtime import OnnxEncoder, check_backend
+    from distill.onnx.runtime import OnnxEncoder, check_backend
 
     if check_backend(backend, onnx_file, quantized) == "onnx":
         if isinstance(model, (str, Path)):
@@ -99,7 +99,7 @@ def embedder(model, batch_size: int = 128, progress: bool = False, device=None, 
         onnx_enc = model
         return lambda s: onnx_enc.encode(s, batch_size=batch_size, progress=progress)
     if isinstance(model, (str, Path)):
-        from .encoder import Encoder
+        from distill.encoder import Encoder
 
         model = Encoder.load(str(model), device=device)
     encoder_mod = sys.modules.get("distill.encoder")
@@ -233,9 +233,9 @@ def rank(scores: Sequence[float], metric: str = "cosine") -> list[int]:
 
 
 class _CallableModule(types.ModuleType):
-    """Lets `distill.pipeline(...)` work even after this module was imported.
+    """Lets `distill.eval.pipeline(...)` work even after this module was imported.
 
-    Importing `distill.pipeline` (the module) makes it the package's `pipeline` attribute, which
+    Importing `distill.eval.pipeline` (the module) makes it the package's `pipeline` attribute, which
     would shadow the lazily exported function; calling the module calls the function instead.
     """
 

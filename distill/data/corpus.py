@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .corpus_io import check_text, iter_jsonl, iter_lines, open_binary
-from .errors import DistillError
+from distill.data.readers import check_text, iter_jsonl, iter_lines, open_binary
+from distill.errors import DistillError
 
 DEFAULT_COLUMNS = ("text", "sentence", "sentence1", "anchor")
 
@@ -152,7 +152,7 @@ def read_corpus(sources: list[str], column: str | None = None, max_sentences: in
 
 
 def write_sentences(path: Path, sentences: list[str]) -> None:
-    from .io import write_bytes_atomic
+    from distill.io import write_bytes_atomic
 
     buf = io.StringIO()
     for s in sentences:

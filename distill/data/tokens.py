@@ -1,9 +1,8 @@
-"""Training data on the host: the cache's sentences tokenized once, and length-grouped batches.
+"""The cache's sentences tokenized once, stored next to the cache.
 
 Tokenizing on the fly is what holds the generic sentence-transformers trainer to ~2,000
 sentences/s on an H100, so the student's tokenizer runs once over the corpus (fast tokenizer,
 batched) and the ids are stored next to the teacher cache as a flat int32 array + offsets.
-Batches group sentences of similar length (little padding) but stay shuffled across the corpus.
 """
 
 from __future__ import annotations
@@ -17,7 +16,6 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import DistillError
 
 
 @dataclass
@@ -84,33 +82,3 @@ def tokenize_corpus(tokenizer, sentences: list[str], max_length: int, cache_dir:
             np.savez(f, ids=ids, offsets=offsets, pad_id=np.int64(pad_id))
         tmp.replace(path)
     return out
-
-
-def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group: int = 64, batching: str = "length") -> list[np.ndarray]:
-    """The batches of one epoch, deterministic in (seed, epoch).
-
-    batching="length": shuffle all rows, cut into mega-batches of `group` batches, sort each
-    mega-batch by length and cut it into batches, then shuffle the batch order. batching="random":
-    consecutive slices of one shuffle (every batch mixes lengths, as a plain DataLoader with
-    shuffle=True does: IBKD's X from layer 0 depends strongly on length, and a batch of one length
-    hides that dependence). The last incomplete batch is dropped (a contrastive loss needs its
-    in-batch negatives).
-    """
-    n = len(lengths)
-    if n < batch_size:
-        raise DistillError(f"the corpus has {n} sentences, fewer than one batch of {batch_size}")
-    if batching not in ("length", "random"):
-        raise DistillError(f"data.batching: expected length or random, got {batching!r}")
-    rng = np.random.default_rng([seed, epoch])
-    perm = rng.permutation(n)
-    if batching == "random":
-        return [perm[b : b + batch_size] for b in range(0, n - batch_size + 1, batch_size)]
-    batches = []
-    span = batch_size * group
-    for start in range(0, n, span):
-        block = perm[start : start + span]
-        block = block[np.argsort(-lengths[block], kind="stable")]
-        for b in range(0, len(block) - batch_size + 1, batch_size):
-            batches.append(block[b : b + batch_size])
-    order = rng.permutation(len(batches))
-    return [batches[i] for i in order]

@@ -27,20 +27,21 @@ import torch.distributed as dist
 import yaml
 from torch import nn
 
-from .cache import TeacherCache, add_pca, build_cache, teacher_identity
-from .callbacks import Callback, JsonlLog, ProgressBar, WandbCallback, ib_summary
-from .config import Recipe, saved_recipe_with_defaults
-from .corpus import read_corpus
-from .data import epoch_batches, tokenize_corpus
-from .encoder import Encoder
-from .errors import DistillError
-from .io import write_json_atomic, write_text_atomic
-from .lock import folder_lock
-from .losses import build_loss
-from .presets import load_teacher
-from .sts_data import load_sts
-from .sts_eval import evaluate_sts, format_table, resolve_tasks, selection_task
-from .student_io import StudentEmbedder, save_student
+from distill.data.cache import TeacherCache, add_pca, build_cache, teacher_identity
+from distill.training.callbacks import Callback, JsonlLog, ProgressBar, WandbCallback, ib_summary
+from distill.config import Recipe, saved_recipe_with_defaults
+from distill.data.corpus import read_corpus
+from distill.data.tokens import tokenize_corpus
+from distill.data.batches import epoch_batches
+from distill.encoder import Encoder
+from distill.errors import DistillError
+from distill.io import write_json_atomic, write_text_atomic
+from distill.lock import folder_lock
+from distill.losses import build_loss
+from distill.presets import load_teacher
+from distill.eval.sts_data import load_sts
+from distill.eval.sts import evaluate_sts, format_table, resolve_tasks, selection_task
+from distill.training.student_folder import StudentEmbedder, save_student
 
 
 @dataclass
@@ -306,9 +307,9 @@ def _train(recipe: Recipe, *, resume: bool, progress: bool, callbacks: list[Call
 
     # Stage 2 starts from stage 1's final student (the authors' choice; stage2.init: best takes the
     # one selected on STS-B dev instead), with its own loss, schedule and run folder.
-    from .losses import IBKDSupervisedLoss
-    from .student_io import load_student as _load
-    from .triplets import read_triplets
+    from distill.losses import IBKDSupervisedLoss
+    from distill.training.student_folder import load_student as _load
+    from distill.data.triplets import read_triplets
 
     s2 = recipe.stage2
     s2_dir = run_dir / "stage2"
@@ -506,7 +507,7 @@ def _run_stage(stage: Stage, recipe: Recipe, rank: int, world: int, device: torc
     results = {}
     if main_process:
         save_student(run_dir / "final", module.student, module.loss, {**stage.meta, "step": state.step})
-        from .student_io import load_student as _load
+        from distill.training.student_folder import load_student as _load
 
         best_enc, best_meta, heads = _load(run_dir / "best", device=device)
         head = module.loss.embedding_head()

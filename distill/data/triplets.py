@@ -10,8 +10,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .corpus_io import iter_jsonl, iter_lines
-from .errors import DistillError
+from distill.data.readers import iter_jsonl, iter_lines
+from distill.errors import DistillError
 
 SIMCSE_COLUMNS = ("sent0", "sent1", "hard_neg")
 

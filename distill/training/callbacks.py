@@ -103,7 +103,7 @@ class WandbCallback(Callback):
         try:
             import wandb
         except ImportError:
-            from .errors import DistillError
+            from distill.errors import DistillError
 
             raise DistillError("output.wandb is on but wandb is not installed (pip install 'distill[wandb]')") from None
         self.wandb = wandb

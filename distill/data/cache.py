@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from .corpus import Corpus, read_corpus, read_sentences_file, write_sentences
-from .errors import DistillError
-from .io import write_json_atomic
-from .lock import LOCK_NAME, folder_lock
-from .models import resolve_model
-from .presets import TeacherSpec, load_teacher
+from distill.data.corpus import Corpus, read_corpus, read_sentences_file, write_sentences
+from distill.errors import DistillError
+from distill.io import write_json_atomic
+from distill.lock import LOCK_NAME, folder_lock
+from distill.resolve import resolve_model
+from distill.presets import TeacherSpec, load_teacher
 
 FORMAT_VERSION = 1
 # Fields that must agree between a cache and the run that uses it.
@@ -262,7 +262,7 @@ def build_cache(
 
 def _build_locked(spec, corpus: Corpus, out: Path, pca, batch_size: int, shard_size: int, device, progress: bool, encoder,
                   precision: str) -> TeacherCache:
-    from .encoder import Encoder
+    from distill.encoder import Encoder
 
     identity = {**teacher_identity(spec), "corpus_sha256": corpus.sha256}
     if (out / "manifest.json").is_file():
@@ -274,7 +274,7 @@ def _build_locked(spec, corpus: Corpus, out: Path, pca, batch_size: int, shard_s
 
     shards = out / "shards"
     build_file = out / "build.json"
-    from .encoder import PRECISIONS, best_device
+    from distill.encoder import PRECISIONS, best_device
 
     if precision not in PRECISIONS:
         raise DistillError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from .errors import DistillError
-from .sts_data import DEV_TASK, DEV_TASKS, TEST_TASKS, ZH_DEV_TASK, ZH_TEST_TASK, STSPairs, load_sts, normalize_task
+from distill.errors import DistillError
+from distill.eval.sts_data import DEV_TASK, DEV_TASKS, TEST_TASKS, ZH_DEV_TASK, ZH_TEST_TASK, STSPairs, load_sts, normalize_task
 
 # Column order of every table: the English seven, their average, Chinese STS-B, the selection sets.
 TABLE_COLUMNS = (*TEST_TASKS, "Avg", ZH_TEST_TASK, DEV_TASK, ZH_DEV_TASK)
@@ -46,7 +46,7 @@ def spearman_x100(pred: np.ndarray, gold: np.ndarray) -> float:
 
 def _encoder_fn(model, batch_size: int, progress: bool, backend: str = "torch", onnx_file=None,
                 quantized: bool = False) -> Callable[[list[str]], np.ndarray]:
-    from .onnx_runtime import OnnxEncoder, check_backend
+    from distill.onnx.runtime import OnnxEncoder, check_backend
 
     if check_backend(backend, onnx_file, quantized) == "onnx" and isinstance(model, (str, Path)):
         model = OnnxEncoder.load(model, quantized=quantized, onnx_file=onnx_file)
@@ -54,7 +54,7 @@ def _encoder_fn(model, batch_size: int, progress: bool, backend: str = "torch", 
         return lambda s: model.encode(s, batch_size=batch_size, progress=progress, desc="STS encode", max_length=model.max_positions)
     if backend == "onnx":
         raise DistillError(f"backend 'onnx' needs a model folder with onnx/ files, not a {type(model).__name__}")
-    from .encoder import Encoder
+    from distill.encoder import Encoder
 
     if isinstance(model, (str, Path)):
         model = Encoder.load(str(model))
@@ -101,7 +101,7 @@ def evaluate_sts(
     mapping a list of sentences to an (n, d) array. `tasks`: default the seven test sets; add
     "STS-B-dev" for the selection metric. `data`: already loaded pairs (the training callback
     loads them once). `backend="onnx"` (`quantized`, `onnx_file`): a folder's onnx/ graph through
-    onnxruntime, see `distill.onnx_runtime.OnnxEncoder`.
+    onnxruntime, see `distill.onnx.runtime.OnnxEncoder`.
     """
     names = resolve_tasks(tasks)
     pairs = data if data is not None else {t: load_sts(t, sts_dir) for t in names}

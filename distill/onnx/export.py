@@ -29,7 +29,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from .errors import DistillError
+from distill.errors import DistillError
 
 ONNX_DIR = "onnx"
 FILES = {"fp32": "model.onnx", "int8": "model_qint8.onnx"}
@@ -261,7 +261,7 @@ def export_onnx(folder: str | Path, *, quantize: str | None = None, overwrite: b
         "files": files,
         "exported_with": {"torch": torch.__version__, "transformers": _version("transformers"), "onnxruntime": _version("onnxruntime")},
     }
-    from .io import write_json_atomic
+    from distill.io import write_json_atomic
 
     write_json_atomic(onnx_dir / META, meta)
     return meta

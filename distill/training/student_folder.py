@@ -19,9 +19,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .encoder import Encoder
-from .errors import DistillError
-from .io import apply_umask
+from distill.encoder import Encoder
+from distill.errors import DistillError
+from distill.io import apply_umask
 
 META = "distill_student.json"
 

