@@ -18,7 +18,7 @@ from distill.encoder import Encoder
 from distill.losses import HPDLoss
 from distill.eval.sts_data import load_local
 from distill.eval.sts import cosine_rows, spearman_x100
-from distill.training.trainer import PREPARE_SAMPLE
+from distill.training.stages import PREPARE_SAMPLE
 
 
 def main(argv=None) -> None:
@@ -35,7 +35,7 @@ def main(argv=None) -> None:
     if not cache.has_pca(args.k):
         raise SystemExit(f"{args.cache}: no PCA to {args.k} dims; run an HPD recipe on it first")
     sentences = cache.sentences()
-    # the same seeded sample as distill.training.trainer._prepare_loss
+    # the same seeded sample as distill.training.stages.prepare_loss
     rows = np.sort(np.random.default_rng(args.seed).choice(len(sentences), size=min(len(sentences), PREPARE_SAMPLE), replace=False))
     student = Encoder.load(args.student, role="student", max_length=args.max_length)
     s = torch.as_tensor(np.asarray(student.encode([sentences[i] for i in rows], max_length=args.max_length), dtype=np.float32))

@@ -139,7 +139,7 @@ def test_cache_refuses_a_folder_with_user_files(tmp_path, tiny_home, monkeypatch
 
 
 def test_corpus_mismatch_says_how_to_rebuild_and_names_max_sentences(tmp_path, tiny_home, monkeypatch, capsys):
-    from distill.training.trainer import open_or_build_cache
+    from distill.training.stages import open_or_build_cache
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     open_or_build_cache(_recipe(tmp_path, ["data.max_sentences=64"]), progress=False)
@@ -323,7 +323,7 @@ def test_recipe_files_that_are_not_a_clean_mapping(tmp_path):
 
 
 def test_jsonl_corpus_column_is_a_recipe_key(tmp_path, tiny_home, monkeypatch):
-    from distill.training.trainer import open_or_build_cache
+    from distill.training.stages import open_or_build_cache
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     with gzip.open(CORPUS_DIR / "sts-family-train.txt.gz", "rt", encoding="utf-8") as f:
@@ -400,7 +400,7 @@ def test_lone_surrogates_are_named_by_line(tmp_path, monkeypatch, capsys):
 
 def test_damaged_cache_files_say_which_and_what_to_do(tmp_path, tiny_home, tiny_bert_dir, monkeypatch):
     from distill.data.cache import TeacherCache
-    from distill.training.trainer import open_or_build_cache
+    from distill.training.stages import open_or_build_cache
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     recipe = _recipe(tmp_path, ["data.max_sentences=64"])

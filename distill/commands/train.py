@@ -1,4 +1,4 @@
-"""`distill train`: run a recipe (cache -> train with the STS callback -> best student)."""
+"""`distill train`: run a recipe (cache -> train, scored by the STS evaluator callback -> best student)."""
 
 from __future__ import annotations
 

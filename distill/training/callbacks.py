@@ -1,13 +1,15 @@
-"""Training callbacks: a small interface and the built-in ones (progress bar, STS, wandb).
+"""Training callbacks: a small interface and the built-in ones (progress bar, log.jsonl, wandb).
 
 A callback implements any of
     on_train_begin(state)            once, before the first step (also after a resume)
     on_step_end(state, metrics)      after every optimizer step; metrics: loss parts (averaged and
                                      refreshed every 10 steps: reading them forces a device sync),
                                      lr, sentences/s
-    on_evaluate(state, scores)       after every STS-B dev evaluation
-    on_train_end(state, results)     once, with the final seven-set results of the best student
-`state` is the trainer's TrainState (step, epoch, total_steps, best score, run dir...).
+    evaluate(state) -> scores        at every evaluation point (evaluators: training/evaluators.py)
+    on_evaluate(state, scores)       after every evaluation, with all evaluators' scores
+    on_train_end(state, results)     once, with the best student in place; may add to results
+`state` is the trainer's TrainState: step, epoch, total_steps, best score, run dir, and the student
+being trained (`state.student`, `state.head`; `state.embedder()` embeds sentences with it).
 """
 
 from __future__ import annotations

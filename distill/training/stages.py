@@ -1,0 +1,188 @@
+"""What the two training stages feed the loop: a module (student + loss), row lengths and a batch maker.
+
+    stage 1: teacher cache (built if missing) -> targets (teacher vectors, or their PCA-k when the
+             loss asks for it) -> the student's tokens of the cache's sentences (tokenized once)
+    stage 2: IBKD's supervised triplets (anchor, positive, negative), tokenized once, from stage
+             1's final (or best) student
+
+The loop (trainer.py) is the same for both: only `Stage` differs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from distill.config import Recipe
+from distill.data.cache import TeacherCache, add_pca, build_cache, teacher_identity
+from distill.data.corpus import read_corpus
+from distill.data.tokens import tokenize_corpus
+from distill.encoder import Encoder
+from distill.errors import DistillError
+from distill.losses import build_loss, loss_class
+from distill.presets import load_teacher
+from distill.training.distributed import barrier
+
+PREPARE_SAMPLE = 2048  # sentences whose untrained embeddings initialise a loss's heads (HPD: 5x its 385 unknowns)
+
+
+@dataclass
+class Stage:
+    """What differs between stage 1 (teacher cache) and stage 2 (triplets); the loop is shared."""
+
+    name: str
+    run_dir: Path
+    module: nn.Module  # DistillModule or TripletModule
+    lengths: np.ndarray  # one per training row (a triplet's longest sentence in stage 2)
+    make_batch: object  # rows -> (args for module.forward)
+    sentences_per_row: int  # sentences per row: 1, or 3 for a triplet
+    train: object  # TrainConfig
+    meta: dict
+
+
+class DistillModule(nn.Module):
+    """Stage 1: student + loss in one module, so DDP synchronizes the loss heads' gradients too."""
+
+    def __init__(self, student: Encoder, loss: nn.Module):
+        super().__init__()
+        self.student, self.loss = student, loss
+
+    def forward(self, input_ids, attention_mask, targets):
+        out = self.student(input_ids, attention_mask, output_hidden_states=self.loss.needs_hidden_states)
+        out["attention_mask"] = attention_mask
+        return self.loss(out, targets)
+
+
+class TripletModule(nn.Module):
+    """Stage 2: one student forward over anchors, positives and negatives stacked (3n rows)."""
+
+    def __init__(self, student: Encoder, loss: nn.Module):
+        super().__init__()
+        self.student, self.loss = student, loss
+
+    def forward(self, input_ids, attention_mask, n: int):
+        out = self.student(input_ids, attention_mask, output_hidden_states=self.loss.needs_hidden_states)
+
+        def part(i):
+            rows = slice(i * n, (i + 1) * n)
+            d = {"embedding": out["embedding"][rows], "attention_mask": attention_mask[rows]}
+            if "hidden_states" in out:
+                d["hidden_states"] = tuple(h[rows] for h in out["hidden_states"])
+            return d
+
+        return self.loss(part(0), part(1), part(2))
+
+
+def open_or_build_cache(recipe: Recipe, progress: bool = True) -> TeacherCache:
+    """The recipe's teacher cache; built when missing (needs data.corpus), refused when it disagrees."""
+    spec = load_teacher(recipe.teacher)
+    if not recipe.data.cache_dir:
+        raise DistillError("data.cache_dir is not set: name the folder of the teacher cache")
+    cache_dir = Path(recipe.data.cache_dir)
+    if not recipe.data.corpus:
+        # no corpus named: trust the cache's own, but still check the teacher
+        return TeacherCache.open(cache_dir, expect=teacher_identity(spec))
+    corpus = read_corpus(recipe.data.corpus, column=recipe.data.column, max_sentences=recipe.data.max_sentences)
+    if (cache_dir / "manifest.json").is_file():
+        return TeacherCache.open(cache_dir, expect={**teacher_identity(spec), "corpus_sha256": corpus.sha256}, corpus=corpus)
+    return build_cache(spec, corpus, cache_dir, pca=_pca_dim(recipe), progress=progress)
+
+
+def _pca_dim(recipe: Recipe) -> int | None:
+    wanted = loss_class(recipe.loss["name"]).targets(recipe.loss)
+    return int(wanted[1]) if wanted != "teacher" else None
+
+
+def load_targets(recipe: Recipe, cache: TeacherCache, device: torch.device) -> torch.Tensor:
+    """What the loss regresses on (teacher vectors or their PCA-k), as one tensor: on the GPU when
+    it fits in a quarter of the free memory, else pinned for fast copies."""
+    k = _pca_dim(recipe)
+    if k is not None:
+        if not cache.has_pca(k):  # missing, another k, or fitted on un-normalized vectors (before 2026-11-25)
+            cache = add_pca(cache, k)
+        matrix = cache.pca_targets(k)
+    else:
+        matrix = cache.embeddings
+    t = torch.from_numpy(np.array(matrix))  # a private copy: the cache stays read-only
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return t.to(device) if t.numel() * t.element_size() < free // 4 else t.pin_memory()
+    return t.float()
+
+
+@torch.no_grad()
+def prepare_loss(loss, student: Encoder, tokens, targets: torch.Tensor, seed: int, device: torch.device, batch: int = 256) -> None:
+    """Hand the loss the untrained student's embeddings of a seeded corpus sample (same on every rank)."""
+    n = len(tokens.lengths)
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, PREPARE_SAMPLE), replace=False))
+    was_training = student.training
+    student.eval()
+    embs = []
+    for i in range(0, len(rows), batch):
+        ids, mask = tokens.collate(rows[i : i + batch])
+        embs.append(student(ids.to(device), mask.to(device))["embedding"].float().cpu())
+    student.train(was_training)
+    loss.prepare(torch.cat(embs), targets[torch.from_numpy(rows).to(targets.device)].float().cpu())
+
+
+def stage1(recipe: Recipe, run_dir: Path, rank: int, world: int, device: torch.device, resume: bool, progress: bool) -> Stage:
+    """Student, loss and batches of stage 1. Rank 0 builds the shared files; the others wait."""
+    main_process = rank == 0
+    if not main_process:
+        barrier(world)
+    cache = open_or_build_cache(recipe, progress=progress and main_process)
+    student = Encoder.load(recipe.student, max_length=recipe.data.max_length, device=device, role="student")
+    targets = load_targets(recipe, cache, device)
+    loss = build_loss(recipe.loss, student_dim=student.dim, teacher_dim=int(targets.shape[1])).to(device)
+    if hasattr(loss, "fit_targets") and recipe.loss.get("standardize") == "zscore":
+        loss.fit_targets(targets.float())
+    tokens = tokenize_corpus(student.tokenizer, cache.sentences(), recipe.data.max_length, cache.path, progress=progress and main_process)
+    if main_process:
+        barrier(world)
+    if loss.needs_prepare and not resume:  # on --resume the checkpoint restores the heads
+        prepare_loss(loss, student, tokens, targets, recipe.train.seed, device)
+
+    def make_batch(rows):
+        ids, mask = tokens.collate(rows)
+        tgt = targets[torch.from_numpy(rows).to(targets.device)].to(device, non_blocking=True).float()
+        return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), tgt
+
+    meta = {"teacher": recipe.teacher, "student": recipe.student, "loss": recipe.loss, "cache": str(cache.path),
+            "cache_count": len(cache), "recipe": recipe.to_dict()}
+    return Stage("stage1", run_dir, DistillModule(student, loss).to(device), tokens.lengths, make_batch, 1, recipe.train, meta)
+
+
+def stage2(recipe: Recipe, run_dir: Path, meta1: dict, rank: int, world: int, device: torch.device, progress: bool) -> Stage:
+    """IBKD's supervised stage, from stage 1's final student (the authors' choice; stage2.init: best
+    takes the one selected on the dev task instead), with its own loss, schedule and run folder."""
+    from distill.data.triplets import read_triplets
+    from distill.losses import IBKDSupervisedLoss
+    from distill.training.student_folder import load_student
+
+    main_process = rank == 0
+    s2 = recipe.stage2
+    s2_dir = run_dir / "stage2"
+    if not main_process:
+        barrier(world)
+    student, _, _ = load_student(run_dir / s2.init, device=device)
+    student.max_length = recipe.data.max_length
+    triplets = read_triplets(s2.triplets, s2.columns, s2.subset, s2.max_triplets)
+    flat = [t[0] for t in triplets] + [t[1] for t in triplets] + [t[2] for t in triplets]
+    s2_dir.mkdir(parents=True, exist_ok=True)
+    tokens = tokenize_corpus(student.tokenizer, flat, recipe.data.max_length, s2_dir, progress=progress and main_process)
+    if main_process:
+        barrier(world)
+    n = len(triplets)
+    lengths = np.maximum.reduce([tokens.lengths[:n], tokens.lengths[n : 2 * n], tokens.lengths[2 * n :]])
+
+    def make_batch(rows):
+        ids, mask = tokens.collate(np.concatenate([rows, rows + n, rows + 2 * n]))
+        return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), len(rows)
+
+    loss = IBKDSupervisedLoss(student.dim, None, **s2.loss).to(device)
+    meta = {**meta1, "loss": {"name": "ibkd_supervised", **s2.loss}, "stage": 2, "init": s2.init, "triplets": s2.triplets, "triplet_count": n}
+    return Stage("stage2", s2_dir, TripletModule(student, loss).to(device), lengths, make_batch, 3, s2.train, meta)
