@@ -37,7 +37,7 @@ from distill.encoder import Encoder
 from distill.errors import DistillError
 from distill.io import write_json_atomic, write_text_atomic
 from distill.lock import folder_lock
-from distill.losses import build_loss
+from distill.losses import build_loss, loss_class
 from distill.presets import load_teacher
 from distill.eval.sts_data import load_sts
 from distill.eval.sts import evaluate_sts, format_table, resolve_tasks, selection_task
@@ -158,14 +158,16 @@ def open_or_build_cache(recipe: Recipe, progress: bool = True) -> TeacherCache:
     corpus = read_corpus(recipe.data.corpus, column=recipe.data.column, max_sentences=recipe.data.max_sentences)
     if (cache_dir / "manifest.json").is_file():
         return TeacherCache.open(cache_dir, expect={**teacher_identity(spec), "corpus_sha256": corpus.sha256}, corpus=corpus)
-    pca = recipe.loss.get("k") if recipe.loss["name"] == "hpd" else None
+    targets = loss_class(recipe.loss["name"]).targets(recipe.loss)
+    pca = targets[1] if targets != "teacher" else None
     return build_cache(spec, corpus, cache_dir, pca=pca, progress=progress)
 
 
 def _targets(recipe: Recipe, cache: TeacherCache, device: torch.device) -> torch.Tensor:
     """Teacher vectors as one tensor, on the GPU when they fit in a quarter of its free memory."""
-    if recipe.loss["name"] == "hpd":
-        k = int(recipe.loss["k"])
+    targets = loss_class(recipe.loss["name"]).targets(recipe.loss)
+    if targets != "teacher":  # ("pca", k)
+        k = int(targets[1])
         if not cache.has_pca(k):  # missing, another k, or fitted on un-normalized vectors (before 2026-11-25)
             cache = add_pca(cache, k)
         matrix = cache.pca_targets(k)
