@@ -220,7 +220,8 @@ def _check_params(where: str, name: str, given: dict, defaults: dict) -> dict:
         default = params[key]
         if isinstance(default, float) and isinstance(value, str):
             value = _yaml11_float(value)
-        if isinstance(default, bool) != isinstance(value, bool) or (
+        # a None default (e.g. projection: unset = decided by the widths) takes any type; its rule checks it
+        if (default is not None and isinstance(default, bool) != isinstance(value, bool)) or (
             not isinstance(default, bool) and isinstance(default, (int, float)) and not isinstance(value, (int, float))
         ) or (isinstance(default, str) and not isinstance(value, str)):
             raise DistillError(f"{where}.{key}: expected a value like {default!r}, got {value!r}")
