@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from distill.config import Recipe, _check_loss, loss_defaults, parse_override
+from distill.config import Recipe, _check_loss, loss_defaults, parse_override, saved_recipe_with_defaults
 from distill.errors import DistillError
 from distill.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from distill.eval.sts_data import DEV_TASK, DEV_TASKS, TEST_TASKS, ZH_TEST_TASK
@@ -147,7 +147,8 @@ def _check_same_recipe(run: Run) -> None:
     saved_file = run.dir / "recipe.yaml"
     if not saved_file.is_file():
         return
-    saved = _comparable(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {})
+    # keys added since the folder was written (a loss parameter, a section key) count as their defaults
+    saved = _comparable(saved_recipe_with_defaults(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}))
     want = _comparable(run.recipe.to_dict())
     if saved != want:
         diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))

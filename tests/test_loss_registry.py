@@ -56,6 +56,24 @@ def test_saved_recipe_gets_the_new_defaults():
     assert out["stage2"]["loss"] == {**loss_class("ibkd_supervised").defaults(), "lam": 0.5}
 
 
+def test_compare_reuses_a_folder_written_before_a_parameter_existed(tmp_path):
+    import yaml
+
+    from distill.compare import _check_same_recipe, plan_runs
+
+    recipe = load_recipe(_write(tmp_path, "{name: ibkd}"))
+    (run,) = plan_runs(recipe, ["mse"], tmp_path / "cmp")
+    saved = run.recipe.to_dict()
+    del saved["loss"]["projection"]  # written before MSE's projection was a recipe parameter
+    run.dir.mkdir(parents=True)
+    (run.dir / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    _check_same_recipe(run)  # same recipe: no error
+    saved["loss"]["standardize"] = "zscore"
+    (run.dir / "recipe.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(DistillError, match=r"holds a run of another recipe \(loss differ\)"):
+        _check_same_recipe(run)
+
+
 def test_targets_and_heads_come_from_the_class():
     assert loss_class("hpd").targets({"k": 16, "init": "random"}) == ("pca", 16)
     assert all(loss_class(n).targets(loss_class(n).defaults()) == "teacher" for n in comparable_losses() if n != "hpd")
