@@ -6,7 +6,7 @@ sentences); 2 epochs at batch 256 for every objective; the student kept is the b
 (the only selection signal); losses mse, cosine, crd, hpd, infonce, ibkd, with three seeds for
 infonce and ibkd. Everything but the student comes from the recipe
 (configs/mpnet-to-minilm-l3-ibkd.yaml), whose ibkd parameters IBKD keeps; the other losses run
-with their defaults (config.LOSS_DEFAULTS) unless --loss-set says otherwise.
+with their defaults (each loss class's `defaults()`) unless --loss-set says otherwise.
 
     python benchmarks/offline_sts.py                                  # the full benchmark (GPU)
     python benchmarks/offline_sts.py --set train.max_steps=50 --out runs/offline-sts-quick

@@ -30,12 +30,11 @@ from typing import Any
 
 import yaml
 
-from distill.config import LOSS_DEFAULTS, Recipe, _check_loss, parse_override
+from distill.config import Recipe, _check_loss, loss_defaults, parse_override, saved_recipe_with_defaults
 from distill.errors import DistillError
 from distill.io import write_bytes_atomic, write_json_atomic, write_text_atomic
 from distill.eval.sts_data import DEV_TASK, DEV_TASKS, TEST_TASKS, ZH_TEST_TASK
 
-ALL_LOSSES = tuple(LOSS_DEFAULTS)  # mse, cosine, hpd, crd, infonce, ibkd
 # Test sets a compare table can show: the English seven (averaged) and Chinese STS-B (never averaged).
 REPORT_TASKS = (*TEST_TASKS, ZH_TEST_TASK)
 CSV_COLUMNS = ["loss", "student", "teacher", "seed", *TEST_TASKS, "Avg", ZH_TEST_TASK, "dev_task", "params", "dim", "train_sentences_per_s", "best_dev", "steps", "best_step", "sentences", "device", "run_dir", "reused"]
@@ -44,15 +43,22 @@ CSV_COLUMNS = ["loss", "student", "teacher", "seed", *TEST_TASKS, "Avg", ZH_TEST
 # ----------------------------------------------------------------------------- loss parameters
 
 
+def default_losses() -> tuple[str, ...]:
+    """The losses compared when none are named: every stage-1 loss of the registry, in its order."""
+    from distill.losses import comparable_losses
+
+    return comparable_losses()
+
+
 def parse_losses(text: str | Iterable[str]) -> list[str]:
     """'mse,cosine' (or a list) -> ['mse', 'cosine']; an unknown loss is an error naming it."""
     names = [p.strip() for p in (text.split(",") if isinstance(text, str) else text) for p in str(p).split(",")]
     names = list(dict.fromkeys(n for n in names if n))
     if not names:
-        raise DistillError("--losses: name at least one loss (" + ", ".join(ALL_LOSSES) + ")")
+        raise DistillError("--losses: name at least one loss (" + ", ".join(default_losses()) + ")")
     for n in names:
-        if n not in LOSS_DEFAULTS:
-            raise DistillError(f"--losses: unknown loss {n!r} (known: {', '.join(ALL_LOSSES)})")
+        if n not in default_losses():
+            raise DistillError(f"--losses: unknown loss {n!r} (known: {', '.join(default_losses())})")
     return names
 
 
@@ -72,8 +78,8 @@ def parse_loss_overrides(items: Sequence[str] | Mapping[str, Mapping[str, Any]] 
             pairs.append((text, loss, key, value))
     out: dict[str, dict[str, Any]] = {}
     for text, loss, key, value in pairs:
-        if loss not in LOSS_DEFAULTS:
-            raise DistillError(f"--loss-set {text}: unknown loss {loss!r} (known: {', '.join(ALL_LOSSES)})")
+        if loss not in default_losses():
+            raise DistillError(f"--loss-set {text}: unknown loss {loss!r} (known: {', '.join(default_losses())})")
         if key == "name":
             raise DistillError(f"--loss-set {text}: the loss name is not a parameter")
         try:
@@ -85,12 +91,12 @@ def parse_loss_overrides(items: Sequence[str] | Mapping[str, Mapping[str, Any]] 
 
 
 def loss_specs(recipe: Recipe, losses: Sequence[str], overrides: Mapping[str, Mapping[str, Any]] | None = None) -> dict[str, dict]:
-    """Each loss's full parameter mapping: the recipe's own for its loss, LOSS_DEFAULTS for the
-    others, then the --loss-set overrides; validated like a recipe's loss section."""
+    """Each loss's full parameter mapping: the recipe's own for its loss, the loss class's defaults
+    for the others, then the --loss-set overrides; validated like a recipe's loss section."""
     overrides = overrides or {}
     specs = {}
     for name in losses:
-        base = {k: v for k, v in recipe.loss.items() if k != "name"} if recipe.loss["name"] == name else dict(LOSS_DEFAULTS[name])
+        base = {k: v for k, v in recipe.loss.items() if k != "name"} if recipe.loss["name"] == name else loss_defaults(name)
         try:
             specs[name] = _check_loss({"name": name, **base, **dict(overrides.get(name, {}))})
         except DistillError as exc:
@@ -141,7 +147,8 @@ def _check_same_recipe(run: Run) -> None:
     saved_file = run.dir / "recipe.yaml"
     if not saved_file.is_file():
         return
-    saved = _comparable(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {})
+    # keys added since the folder was written (a loss parameter, a section key) count as their defaults
+    saved = _comparable(saved_recipe_with_defaults(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}))
     want = _comparable(run.recipe.to_dict())
     if saved != want:
         diff = sorted(k for k in set(saved) | set(want) if saved.get(k) != want.get(k))
@@ -230,7 +237,7 @@ def _run_row(run: Run, results: dict, reused: bool) -> dict:
 
 def compare(
     recipe: Recipe,
-    losses: Sequence[str] | str = ALL_LOSSES,
+    losses: Sequence[str] | str | None = None,
     out_dir: str | Path = "runs/compare",
     loss_overrides: Sequence[str] | Mapping[str, Mapping[str, Any]] | None = None,
     seeds: Sequence[int] | None = None,
@@ -245,6 +252,7 @@ def compare(
     {"loss", "student", "teacher", "seed", "tasks": {STS12..SICK-R}, "avg", "train_sentences_per_s",
     "params", "dim", "best_dev", "device", ...}. `loss_overrides`: ["hpd.k=64", ...] or
     {"hpd": {"k": 64}}. `seeds`: run the losses of `seed_losses` (default all) once per seed.
+    `losses` None: `default_losses()`.
     """
     from distill.training.trainer import train
 
@@ -252,7 +260,7 @@ def compare(
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise DistillError("compare runs its trainings one after another in one process: run it without torchrun")
     out_dir = Path(out_dir)
-    runs = plan_runs(recipe, losses, out_dir, loss_overrides, seeds, seed_losses)
+    runs = plan_runs(recipe, default_losses() if losses is None else losses, out_dir, loss_overrides, seeds, seed_losses)
     for run in runs:  # refuse a mismatched folder before spending any time
         if (run.dir / "results.json").is_file():
             _check_same_recipe(run)

@@ -21,40 +21,8 @@ from distill.errors import DistillError
 from distill.presets import list_presets
 from distill.recipe_checks import check_values
 
-# Hyper-parameters each loss accepts, with their defaults. The loss modules document them.
-LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mse": {"standardize": "student_norm"},  # none | student_norm | zscore
-    "cosine": {},
-    "hpd": {"k": 128, "init": "lstsq"},  # init: lstsq (head fitted on the untrained student) | random
-    "crd": {"proj_dim": 128, "tau": 0.07, "queue_size": 0},
-    "infonce": {"tau": 0.05},
-    "ibkd": {
-        "tau": 0.05,
-        "lam": 0.2,
-        "gamma": 1.0,
-        "bandwidth": "fixed",  # fixed (exp(-gamma d^2)) | median (gamma = 1 / median d^2)
-        "hsic_layer": 0,  # hidden state standing in for the input X: 0 = embedding output
-        "kernel_normalize": False,  # L2-normalize X and S before the kernels
-        "hsic_estimator": "biased",  # biased (HSIC(X,S)) | normalized (HSIC(X,S)/sqrt(HSIC(X,X) HSIC(S,S)))
-        "lam_mode": "absolute",  # absolute (lam * penalty) | relative (lam = target share of InfoNCE's gradient on s)
-    },
-}
-
 # String parameters with a fixed set of values, checked when the recipe is read (not at step 0).
 BATCHINGS = ("length", "random")
-
-
-# IBKD stage 2 (supervised triplets) takes its own loss parameters: the authors' recipe.
-STAGE2_LOSS_DEFAULTS: dict[str, Any] = {
-    "tau": 0.05,
-    "lam": 1.0,
-    "gamma": 0.1,
-    "bandwidth": "fixed",
-    "hsic_layer": -2,  # the authors take X from the second-to-last layer in stage 2
-    "kernel_normalize": False,
-    "head": "linear",  # linear (the authors': Linear(d_s -> 128), no activation) | mlp (SimCSE's Linear+Tanh) | none
-    "head_dim": None,  # default: 128 for linear (the authors'), the student's width for mlp
-}
 
 
 STAGE2_INITS = ("final", "best")
@@ -114,7 +82,7 @@ class Stage2Config:
     subset: str | None = None  # hub dataset configuration, e.g. "triplet" for sentence-transformers/all-nli
     columns: list[str] = field(default_factory=lambda: ["anchor", "positive", "negative"])
     max_triplets: int | None = None
-    loss: dict[str, Any] = field(default_factory=dict)  # keys of STAGE2_LOSS_DEFAULTS
+    loss: dict[str, Any] = field(default_factory=dict)  # IBKDSupervisedLoss's parameters (defaults: the authors' recipe)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, batch_size=128, lr=1e-6, warmup_ratio=0.0))
 
 
@@ -212,13 +180,34 @@ def _build(cls, data: dict, where: str):
     return cls(**kwargs)
 
 
+def loss_defaults(name: str) -> dict[str, Any]:
+    """The recipe parameters of loss `name` and their defaults (its constructor's keywords).
+    Imports the losses (and torch): `distill --help` does not come here, reading a recipe does."""
+    from distill.losses import loss_class
+
+    return loss_class(name).defaults()
+
+
+def stage2_loss_defaults() -> dict[str, Any]:
+    """IBKD stage 2's loss parameters and their defaults: the authors' recipe."""
+    from distill.losses import stage2_loss_class
+
+    return stage2_loss_class().defaults()
+
+
+def _stage1_names() -> list[str]:
+    from distill.losses import LOSSES
+
+    return [name for name, cls in LOSSES.items() if cls.stage == 1]
+
+
 def _check_loss(loss: dict) -> dict:
     if not isinstance(loss, dict) or "name" not in loss:
-        raise DistillError("loss: expected a mapping with a 'name' key (one of " + ", ".join(LOSS_DEFAULTS) + ")")
+        raise DistillError("loss: expected a mapping with a 'name' key (one of " + ", ".join(_stage1_names()) + ")")
     name = loss["name"]
-    if name not in LOSS_DEFAULTS:
-        raise DistillError(f"loss.name {name!r} is not one of {', '.join(LOSS_DEFAULTS)}")
-    return {"name": name, **_check_params("loss", name, {k: v for k, v in loss.items() if k != "name"}, LOSS_DEFAULTS[name])}
+    if not isinstance(name, str) or name not in _stage1_names():
+        raise DistillError(f"loss.name {name!r} is not one of {', '.join(_stage1_names())}")
+    return {"name": name, **_check_params("loss", name, {k: v for k, v in loss.items() if k != "name"}, loss_defaults(name))}
 
 
 def _check_params(where: str, name: str, given: dict, defaults: dict) -> dict:
@@ -231,7 +220,8 @@ def _check_params(where: str, name: str, given: dict, defaults: dict) -> dict:
         default = params[key]
         if isinstance(default, float) and isinstance(value, str):
             value = _yaml11_float(value)
-        if isinstance(default, bool) != isinstance(value, bool) or (
+        # a None default (e.g. projection: unset = decided by the widths) takes any type; its rule checks it
+        if (default is not None and isinstance(default, bool) != isinstance(value, bool)) or (
             not isinstance(default, bool) and isinstance(default, (int, float)) and not isinstance(value, (int, float))
         ) or (isinstance(default, str) and not isinstance(value, str)):
             raise DistillError(f"{where}.{key}: expected a value like {default!r}, got {value!r}")
@@ -317,7 +307,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     try:
         tree["loss"] = _check_loss(tree.get("loss"))
         recipe = _build(Recipe, tree, "recipe")
-        recipe.stage2.loss = _check_params("stage2.loss", "ibkd_supervised", recipe.stage2.loss, STAGE2_LOSS_DEFAULTS)
+        from distill.losses import stage2_loss_class
+
+        stage2 = stage2_loss_class()
+        recipe.stage2.loss = _check_params("stage2.loss", stage2.name, recipe.stage2.loss, stage2.defaults())
         if recipe.data.batching not in BATCHINGS:
             raise DistillError(f"data.batching: expected one of {', '.join(BATCHINGS)}, got {recipe.data.batching!r}")
         if recipe.stage2.init not in STAGE2_INITS:
@@ -346,8 +339,8 @@ def saved_recipe_with_defaults(saved: dict) -> dict:
         if isinstance(stage2.get("train"), dict):
             stage2["train"] = {**dataclasses.asdict(Stage2Config().train), **stage2["train"]}
         if isinstance(stage2.get("loss"), dict):
-            stage2["loss"] = {**STAGE2_LOSS_DEFAULTS, **stage2["loss"]}
+            stage2["loss"] = {**stage2_loss_defaults(), **stage2["loss"]}
     loss = out.get("loss")
-    if isinstance(loss, dict) and loss.get("name") in LOSS_DEFAULTS:
-        out["loss"] = {"name": loss["name"], **LOSS_DEFAULTS[loss["name"]], **{k: v for k, v in loss.items() if k != "name"}}
+    if isinstance(loss, dict) and loss.get("name") in _stage1_names():
+        out["loss"] = {"name": loss["name"], **loss_defaults(loss["name"]), **{k: v for k, v in loss.items() if k != "name"}}
     return out

@@ -1,8 +1,9 @@
 """`distill export`: a trained student -> a sentence-transformers folder with a model card.
 
 The folder loads with plain `SentenceTransformer(DIR)` and its transformer with `AutoModel`:
-Transformer -> Pooling [-> Dense (HPD's K-d tanh head, or with --keep-projection the loss's
-student-side head, see PROJECTIONS)] -> Normalize (cosine is unchanged by it; dot product then
+Transformer -> Pooling [-> Dense (the loss's embedding head, e.g. HPD's K-d tanh head, which is
+part of the embedding)] [-> Dense (with --keep-projection, the loss's training-only student-side
+head, its `export_head()`)] -> Normalize (cosine is unchanged by it; dot product then
 equals cosine, as with the teachers). Written to a temp folder and renamed at the end.
 
 An export never deletes what this tool did not create: every export folder carries a marker
@@ -31,16 +32,6 @@ from distill.io import apply_umask
 from distill.eval.sts_data import TEST_TASKS, ZH_TEST_TASK
 from distill.training.student_folder import META, load_student
 
-# The student-side head each loss trains (its state-dict prefix) and where it maps the student's
-# vector: the teacher's space for IBKD/InfoNCE's decoder and MSE/cosine's projection, a separate
-# proj_dim contrastive space for CRD (not the teacher's space: CRD also projects the teacher).
-PROJECTIONS = {
-    "ibkd": ("decoder", "the IBKD decoder into the teacher's space"),
-    "infonce": ("decoder", "the InfoNCE decoder into the teacher's space"),
-    "mse": ("projection", "the MSE projection into the teacher's space"),
-    "cosine": ("projection", "the cosine projection into the teacher's space"),
-    "crd": ("student_head", "CRD's student head into its contrastive space (not the teacher's space)"),
-}
 POOLING_MODES = {"mean": "mean", "cls_before_pooler": "cls"}
 EXPORT_MARKER = ".distill-export.json"
 
@@ -78,17 +69,33 @@ def _st_modules():
     return modules
 
 
-def _dense_from(state: dict, prefix: str, activation: nn.Module):
+def _dense_from(module: nn.Module, what: str):
+    """A sentence-transformers Dense copying a loss head: nn.Linear, or nn.Sequential(nn.Linear, activation)."""
     models = _st_modules()
 
-    w = state[f"{prefix}.weight"]
-    b = state.get(f"{prefix}.bias")
-    dense = models.Dense(w.shape[1], w.shape[0], bias=b is not None, activation_function=activation)
+    parts = list(module) if isinstance(module, nn.Sequential) else [module]
+    linear, activation = parts[0], (parts[1] if len(parts) == 2 else nn.Identity())
+    if not isinstance(linear, nn.Linear) or len(parts) > 2 or isinstance(activation, nn.Linear):
+        raise DistillError(f"{what}: a {type(module).__name__} head has no sentence-transformers Dense equivalent")
+    dense = models.Dense(linear.in_features, linear.out_features, bias=linear.bias is not None, activation_function=activation)
     with torch.no_grad():
-        dense.linear.weight.copy_(w)
-        if b is not None:
-            dense.linear.bias.copy_(b)
+        dense.linear.weight.copy_(linear.weight)
+        if linear.bias is not None:
+            dense.linear.bias.copy_(linear.bias)
     return dense
+
+
+def _saved_loss(meta: dict, dim: int, heads: dict, student_dir: Path):
+    """The run's loss with its trained heads, or None when the saved student names no known loss."""
+    from distill.losses import LOSSES, load_loss
+
+    spec = meta.get("loss") or {}
+    if spec.get("name") not in LOSSES:
+        return None
+    try:
+        return load_loss(spec, dim, heads)
+    except DistillError as exc:
+        raise DistillError(f"{student_dir}: {exc}") from None
 
 
 def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best", keep_projection: bool = False, normalize: bool = True,
@@ -119,14 +126,17 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
         raise DistillError(f"--max-seq-length {max_seq_length}: must be between 1 and the model's limit {enc.max_positions}")
     seq_len = max_seq_length or enc.max_positions
     modules = [models.Transformer(str(student_dir), max_seq_length=seq_len), models.Pooling(enc.dim, pooling_mode=POOLING_MODES[enc.pooling])]
-    if loss_name == "hpd":  # HPD's K-d tanh output is HPD's product, and was scored as such
-        modules.append(_dense_from(heads, "head.0", nn.Tanh()))
+    loss = _saved_loss(meta, enc.dim, heads, student_dir)
+    head = loss.embedding_head() if loss is not None else None
+    if head is not None:  # part of the embedding (HPD's K-d tanh output), and scored as such
+        modules.append(_dense_from(head, f"{loss_name} embedding head"))
     projection = None
     if keep_projection:
-        prefix, projection = PROJECTIONS.get(loss_name, (None, None))
-        if prefix is None or f"{prefix}.weight" not in heads:
+        kept = loss.export_head() if loss is not None else None
+        if kept is None:
             raise DistillError(f"--keep-projection: the {loss_name or 'unknown'} loss of this run has no student-side head to keep")
-        modules.append(_dense_from(heads, prefix, nn.Identity()))
+        _prefix, module, projection = kept
+        modules.append(_dense_from(module, f"--keep-projection: {loss_name}"))
     if normalize:
         modules.append(models.Normalize())
     model = SentenceTransformer(modules=modules, device="cpu")

@@ -2,8 +2,8 @@
 accepts, `distill train` accepts, and a bad value fails before a model loads, naming the key.
 
 Types are checked by config.py; here are the ranges and the names a value must be one of.
-Loss parameters are checked by name, whichever loss takes them (a parameter without a rule is
-only type-checked).
+Loss parameters are checked by the loss class's own `rules` (a parameter without a rule is only
+type-checked); whether a loss needs in-batch negatives is the class's `needs_batch_negatives`.
 """
 
 from __future__ import annotations
@@ -11,26 +11,6 @@ from __future__ import annotations
 from distill.errors import DistillError
 
 PRECISIONS = ("bf16", "fp16", "fp32")
-# Losses whose negatives are the other rows of the batch: one row per device leaves none
-# (the loss is exactly 0 and nothing trains). CRD with a queue has negatives of its own.
-CONTRASTIVE = ("infonce", "ibkd", "crd")
-
-# parameter -> (test, what it must be)
-LOSS_RULES = {
-    "tau": (lambda v: v > 0, "a number > 0"),
-    "lam": (lambda v: v >= 0, "a number >= 0"),
-    "gamma": (lambda v: v > 0, "a number > 0"),
-    "bandwidth": (lambda v: v in ("fixed", "median"), "one of fixed, median"),
-    "hsic_estimator": (lambda v: v in ("biased", "normalized"), "one of biased, normalized"),
-    "lam_mode": (lambda v: v in ("absolute", "relative"), "one of absolute, relative"),
-    "standardize": (lambda v: v in ("none", "student_norm", "zscore"), "one of none, student_norm, zscore"),
-    "k": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
-    "proj_dim": (lambda v: isinstance(v, int) and v >= 1, "a whole number >= 1"),
-    "queue_size": (lambda v: isinstance(v, int) and v >= 0, "a whole number >= 0"),
-    "head": (lambda v: v in ("linear", "mlp", "none"), "one of linear, mlp, none"),
-    "init": (lambda v: v in ("lstsq", "random"), "one of lstsq, random"),  # HPD's head start
-    "head_dim": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1), "unset or a whole number >= 1"),
-}
 
 
 def _need(ok: bool, key: str, value, what: str) -> None:
@@ -50,15 +30,9 @@ def _check_train(prefix: str, t) -> None:
     _need(t.precision in PRECISIONS, f"{prefix}.precision", t.precision, f"one of {', '.join(PRECISIONS)}")
 
 
-def _check_loss(prefix: str, params: dict) -> None:
-    for key, value in params.items():
-        rule = LOSS_RULES.get(key)
-        if rule is not None and key != "name":
-            _need(rule[0](value), f"{prefix}.{key}", value, rule[1])
-
-
 def check_values(recipe) -> None:
     from distill.eval.sts import resolve_tasks
+    from distill.losses import loss_class, stage2_loss_class
 
     d = recipe.data
     _need(d.max_sentences is None or d.max_sentences >= 1, "data.max_sentences", d.max_sentences, "unset or >= 1")
@@ -76,13 +50,14 @@ def check_values(recipe) -> None:
             resolve_tasks(tasks)
         except DistillError as exc:
             raise DistillError(f"eval.{key}: {exc}") from None
-    _check_loss("loss", recipe.loss)
     name = recipe.loss["name"]
-    if name in CONTRASTIVE and recipe.train.batch_size < 2 and not (name == "crd" and recipe.loss.get("queue_size", 0) > 0):
+    loss = loss_class(name)
+    loss.check(recipe.loss, "loss")
+    if recipe.train.batch_size < 2 and loss.needs_batch_negatives(recipe.loss):
         raise DistillError(f"train.batch_size {recipe.train.batch_size}: loss {name} is contrastive, its negatives are the other "
                            "sentences of the batch; it needs at least 2 per device (one gives a loss of exactly 0)")
     s2 = recipe.stage2
     _check_train("stage2.train", s2.train)
-    _check_loss("stage2.loss", s2.loss)
+    stage2_loss_class().check(s2.loss, "stage2.loss")
     _need(s2.max_triplets is None or s2.max_triplets >= 1, "stage2.max_triplets", s2.max_triplets, "unset or >= 1")
     _need(len(s2.columns) == 3, "stage2.columns", s2.columns, "three names (anchor, positive, negative)")

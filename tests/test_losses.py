@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from sentences import CONTRADICTIONS, PARAPHRASES, SENTENCES
 
 from distill.data.cache import fit_pca
-from distill.config import LOSS_DEFAULTS
 from distill.encoder import Encoder, keep_layers
 from distill.errors import DistillError
 from distill.losses import (
@@ -242,15 +241,19 @@ def test_info_nce_float32_under_autocast():
 
 
 # ----------------------------------------------------------------------------------------------
-# constructors follow config.LOSS_DEFAULTS
+# the registry: a recipe's parameters are each class's constructor keywords
 
 
 def test_constructor_defaults_match_loss_defaults():
-    for name, defaults in LOSS_DEFAULTS.items():
-        params = inspect.signature(LOSSES[name].__init__).parameters
-        for key, value in defaults.items():
-            assert key in params, f"{name}: no parameter {key}"
-            assert params[key].default == value and type(params[key].default) is type(value), (name, key)
+    assert list(LOSSES) == ["mse", "cosine", "crd", "hpd", "infonce", "ibkd", "ibkd_supervised"]
+    for name, cls in LOSSES.items():
+        assert cls.name == name
+        params = inspect.signature(cls.__init__).parameters
+        keywords = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in cls.internal}
+        assert list(params)[1:3] == ["student_dim", "teacher_dim"]
+        defaults = cls.defaults()
+        assert defaults == keywords and all(type(defaults[k]) is type(v) for k, v in keywords.items()), name
+        assert set(cls.rules) <= set(defaults), f"{name}: rules for parameters it does not take"
         loss = build_loss({"name": name, **defaults}, 16, 24)
         assert loss.name == name
     with pytest.raises(DistillError, match="unknown loss"):
@@ -521,10 +524,12 @@ def test_ibkd_supervised_defaults_to_the_authors_stage2_head():
     stage2.loss section builds exactly that."""
     from torch import nn
 
-    from distill.config import STAGE2_LOSS_DEFAULTS
+    from distill.config import stage2_loss_defaults
     from distill.losses import build_loss
 
-    for loss in (IBKDSupervisedLoss(384), build_loss({"name": "ibkd_supervised", **STAGE2_LOSS_DEFAULTS}, 384, None)):
+    assert stage2_loss_defaults() == {"tau": 0.05, "lam": 1.0, "gamma": 0.1, "bandwidth": "fixed", "hsic_layer": -2,
+                                      "kernel_normalize": False, "head": "linear", "head_dim": None}  # the authors' recipe
+    for loss in (IBKDSupervisedLoss(384), build_loss({"name": "ibkd_supervised", **stage2_loss_defaults()}, 384, None)):
         assert isinstance(loss.head, nn.Linear) and (loss.head.in_features, loss.head.out_features) == (384, 128)
         assert (loss.lam, loss.tau, loss.hsic_term.gamma, loss.hsic_term.layer) == (1.0, 0.05, 0.1, -2)
     assert IBKDSupervisedLoss(384, head="mlp").head[0].out_features == 384  # SimCSE's MLP keeps the width

@@ -17,6 +17,7 @@ def _seeds(text: str | None) -> list[int] | None:
 def _cmd_compare(args) -> int:
     from distill.compare import (
         compare,
+        default_losses,
         format_compare_table,
         parse_loss_overrides,
         parse_losses,
@@ -26,7 +27,7 @@ def _cmd_compare(args) -> int:
 
     if args.seed_losses and not args.seeds:
         raise DistillError("--seed-losses needs --seeds (the seeds those losses run over)")
-    losses = parse_losses(args.losses)  # checked before any model is loaded
+    losses = parse_losses(default_losses() if args.losses is None else args.losses)  # checked before any model is loaded
     overrides = parse_loss_overrides(args.loss_set)
     recipe = load_recipe(args.config, args.set)
     out = args.out or f"{recipe.output.dir}-compare"
@@ -40,7 +41,9 @@ def _cmd_compare(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("compare", help="run one recipe under several losses and tabulate them (STS, speed, dev curves)")
     p.add_argument("config", help="recipe YAML (teacher, student, data, schedule; its loss params are kept for that loss)")
-    p.add_argument("--losses", default="mse,cosine,crd,hpd,infonce,ibkd", help="comma-separated losses (default: all six)")
+    # the default comes from the loss registry when the command runs: `--help` must not import torch
+    p.add_argument("--losses", help="comma-separated losses, e.g. mse,ibkd (default: every distillation loss of distill.losses.LOSSES, "
+                                    "in its order; not IBKD's stage 2)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. train.max_steps=200")
     p.add_argument("--loss-set", action="append", default=[], metavar="LOSS.KEY=VALUE",
                    help="override one loss's parameter, e.g. hpd.k=64 (others keep the recipe's or the defaults)")

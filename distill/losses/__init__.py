@@ -11,6 +11,23 @@
 `loss.embedding_head()` is the module to append to the student for evaluation/export (HPD's
 K-d tanh projection; None for the others). `STDistillLoss` (lazy import) wraps any of them as a
 sentence-transformers loss.
+
+Adding a loss: one file and one line.
+
+1. distill/losses/<name>.py: a `DistillLoss` subclass (base.py) with a docstring giving the
+   formula and the paper, and the class attributes the toolkit reads instead of the loss's name:
+   `name` (the recipe name), its recipe parameters as keyword-only constructor arguments with
+   defaults (`defaults()` reads them; exclude an internal keyword in `internal` with a reason),
+   `rules` (value checks run when a recipe is read), `contrastive` (in-batch negatives only:
+   a batch needs at least 2 sentences per device), `targets(params)` (override for anything
+   but the teacher's cached vectors, as HPD does for its PCA targets), `embedding_head()` (a
+   head that is part of the sentence embedding) and `export_head()` (a training-only head that
+   `distill export --keep-projection` may append).
+2. one line in `LOSSES` below. Its order is the order of `distill compare`'s default losses
+   (every loss with `stage = 1`).
+
+Recipes (config.py), recipe checks, `distill compare`, the trainer and `distill export` then
+know it; none of them names a loss.
 """
 
 from __future__ import annotations
@@ -18,10 +35,10 @@ from __future__ import annotations
 from typing import Any
 
 from distill.errors import DistillError
+from distill.losses.base import DistillLoss
 from distill.losses.cosine import CosineLoss
 from distill.losses.crd import CRDLoss
 from distill.losses.functional import (
-    DistillLoss,
     gather_candidates,
     hidden_state_mean,
     hsic,
@@ -36,17 +53,39 @@ from distill.losses.ibkd_supervised import IBKDSupervisedLoss
 from distill.losses.infonce import InfoNCELoss
 from distill.losses.mse import MSELoss
 
-# Name (as in recipes, config.LOSS_DEFAULTS) -> class. ibkd_supervised is stage 2 of IBKD: it takes
-# (anchor, positive, negative) student outputs instead of (student, teacher).
-LOSSES: dict[str, type[DistillLoss]] = {
-    "mse": MSELoss,
-    "cosine": CosineLoss,
-    "hpd": HPDLoss,
-    "crd": CRDLoss,
-    "infonce": InfoNCELoss,
-    "ibkd": IBKDLoss,
-    "ibkd_supervised": IBKDSupervisedLoss,
-}
+# Recipe name -> class, one line per loss; the order is `distill compare`'s default order.
+# ibkd_supervised is stage 2 of IBKD: it takes (anchor, positive, negative) student outputs
+# instead of (student, teacher), and is not compared.
+LOSSES: dict[str, type[DistillLoss]] = {cls.name: cls for cls in (
+    MSELoss,
+    CosineLoss,
+    CRDLoss,
+    HPDLoss,
+    InfoNCELoss,
+    IBKDLoss,
+    IBKDSupervisedLoss,
+)}
+
+
+def loss_class(name: str) -> type[DistillLoss]:
+    """The class registered under `name`; an unknown name is a DistillError listing the known ones."""
+    cls = LOSSES.get(str(name))
+    if cls is None:
+        raise DistillError(f"unknown loss {name!r} (known: {', '.join(LOSSES)})")
+    return cls
+
+
+def comparable_losses() -> tuple[str, ...]:
+    """The losses `distill compare` runs by default: every stage-1 loss, in registry order."""
+    return tuple(name for name, cls in LOSSES.items() if cls.stage == 1)
+
+
+def stage2_loss_class() -> type[DistillLoss]:
+    """The (single) registered loss of the supervised stage 2."""
+    found = [cls for cls in LOSSES.values() if cls.stage == 2]
+    if len(found) != 1:
+        raise DistillError(f"expected one stage-2 loss in the registry, found {len(found)}")
+    return found[0]
 
 
 def build_loss(spec: str | dict[str, Any], student_dim: int, teacher_dim: int | None, **params: Any) -> DistillLoss:
@@ -57,13 +96,31 @@ def build_loss(spec: str | dict[str, Any], student_dim: int, teacher_dim: int | 
     if isinstance(spec, dict):
         params = {**{k: v for k, v in spec.items() if k != "name"}, **params}
         spec = spec.get("name", "")
-    cls = LOSSES.get(str(spec))
-    if cls is None:
-        raise DistillError(f"unknown loss {spec!r} (known: {', '.join(LOSSES)})")
+    cls = loss_class(str(spec))
     try:
         return cls(student_dim, teacher_dim, **params)
     except TypeError as exc:
         raise DistillError(f"loss {spec!r}: {exc}") from None
+
+
+def load_loss(spec: dict[str, Any], student_dim: int, state: dict[str, Any]) -> DistillLoss:
+    """A saved student's loss (its recipe mapping) with its trained heads (`state`, the saved
+    state_dict). The teacher width is not saved with it: it is the width, among the sizes of the
+    saved tensors, with which the loss's state_dict has exactly the saved keys and shapes.
+    Parameters this version no longer knows are ignored (only the heads are wanted)."""
+    cls = loss_class(spec.get("name", ""))
+    known = cls.defaults()
+    params = {k: v for k, v in spec.items() if k in known}
+    widths = sorted({int(d) for t in state.values() for d in t.shape} | {int(student_dim)})
+    for teacher_dim in widths:
+        try:
+            loss = cls(student_dim, teacher_dim, **params)
+            loss.load_state_dict(state, strict=True)
+        except (RuntimeError, DistillError):  # heads of another width, or a width the loss refuses
+            continue
+        return loss
+    raise DistillError(f"the saved heads of loss {cls.name!r} fit none of the widths {widths}: "
+                       f"saved by another version? (keys: {', '.join(sorted(state)) or 'none'})")
 
 
 def __getattr__(name: str):  # sentence-transformers is only imported by those who want the adapter
@@ -86,6 +143,10 @@ __all__ = [
     "MSELoss",
     "STDistillLoss",
     "build_loss",
+    "comparable_losses",
+    "load_loss",
+    "loss_class",
+    "stage2_loss_class",
     "gather_candidates",
     "hidden_state_mean",
     "hsic",

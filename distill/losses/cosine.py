@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.errors import DistillError
-from distill.losses.functional import DistillLoss, precise
+from distill.losses.base import OPTIONAL_BOOL, DistillLoss
+from distill.losses.functional import precise
 from distill.losses.mse import _projection
 
 
@@ -25,6 +26,7 @@ class CosineLoss(DistillLoss):
     """
 
     name = "cosine"
+    rules = {"projection": OPTIONAL_BOOL}
     citation = """
 @article{kim2023embeddistill,
     title = {EmbedDistill: A Geometric Knowledge Distillation for Information Retrieval},
@@ -41,6 +43,9 @@ class CosineLoss(DistillLoss):
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"projection": self.projection is not None}
+
+    def export_head(self):
+        return None if self.projection is None else ("projection", self.projection, "the cosine projection into the teacher's space")
 
     def forward(self, student_out: dict, teacher: Tensor) -> dict:
         s = student_out["embedding"]

@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.errors import DistillError
-from distill.losses.functional import DistillLoss, gather_candidates, info_nce, precise
+from distill.losses.base import POSITIVE, DistillLoss, whole_number
+from distill.losses.functional import gather_candidates, info_nce, precise
 
 
 class CRDLoss(DistillLoss):
@@ -36,6 +37,12 @@ class CRDLoss(DistillLoss):
     """
 
     name = "crd"
+    contrastive = True
+    rules = {"proj_dim": whole_number(1), "tau": POSITIVE, "queue_size": whole_number(0)}
+
+    @classmethod
+    def needs_batch_negatives(cls, params: dict[str, Any]) -> bool:
+        return int(params.get("queue_size", 0)) == 0  # a queue brings negatives of its own
     citation = """
 @inproceedings{tian2020contrastive,
     title = {Contrastive Representation Distillation},
@@ -71,6 +78,9 @@ class CRDLoss(DistillLoss):
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"proj_dim": self.proj_dim, "tau": self.tau, "queue_size": self.queue_size}
+
+    def export_head(self):
+        return ("student_head", self.student_head, "CRD's student head into its contrastive space (not the teacher's space)")
 
     @torch.no_grad()
     def _enqueue(self, t: Tensor) -> None:

@@ -5,22 +5,20 @@ disabled: a bf16 kernel matrix exp(-gamma * d^2) or a bf16 logit cos/tau (up to 
 keeps only ~3 significant digits, which is enough to swamp an HSIC of order 1e-3 or to move a
 softmax noticeably. The matrices are n x n (or n x N), so the cost of float32 is negligible.
 
-Also home of `DistillLoss`, the small base class every loss module derives from.
+The base class every loss derives from, `DistillLoss`, is in base.py.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from distill.errors import DistillError
 
 __all__ = [
-    "DistillLoss",
     "gather_candidates",
     "hidden_state_mean",
     "hsic",
@@ -263,46 +261,3 @@ def gather_candidates(x: Tensor, with_grad: bool = True) -> tuple[Tensor, int]:
         dist.all_gather(parts, padded)
     gathered = torch.cat([p[:size] for p, size in zip(parts, sizes)], dim=0)
     return gathered, sum(sizes[:rank])
-
-
-# --------------------------------------------------------------------------------------------
-# base class
-
-
-class DistillLoss(nn.Module):
-    """A distillation objective that owns its trainable heads.
-
-    Call: `loss(student_out, teacher) -> dict`, `student_out` being the student's forward dict
-    ("embedding"; plus "hidden_states" and "attention_mask" when `needs_hidden_states`) and
-    `teacher` the cached teacher vectors of the same sentences (never trained: detached here).
-    The dict holds "loss" (the scalar to backpropagate) and detached 0-dim float tensors for
-    logging (`float(v)` turns them into numbers). Give the optimizer the student's parameters and
-    this module's.
-    """
-
-    name: ClassVar[str] = ""
-    citation: ClassVar[str] = ""
-    needs_hidden_states: bool = False
-
-    def embedding_head(self) -> nn.Module | None:
-        """Module to append to the student at evaluation/export time (None: the student's own
-        pooled vector is the sentence embedding and the heads are training-only)."""
-        return None
-
-    def get_config_dict(self) -> dict[str, Any]:
-        """Hyper-parameters, for logs and sentence-transformers model cards."""
-        return {}
-
-    # Losses whose heads start from data (HPD's least-squares head) set this and implement
-    # `prepare`; training calls it once, before the first step, with the untrained student's
-    # embeddings of a sample of the corpus and the matching teacher targets.
-    needs_prepare: bool = False
-
-    def prepare(self, student_embeddings: Tensor, teacher: Tensor) -> None:
-        """Initialise heads from data before training (see `needs_prepare`)."""
-
-    @staticmethod
-    def _teacher(teacher: Tensor, like: Tensor) -> Tensor:
-        # The teacher is frozen: cut any graph a caller might have attached; compute in the
-        # (float32 or float64) precision of the student side.
-        return teacher.detach().to(device=like.device, dtype=precise(like).dtype)

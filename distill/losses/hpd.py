@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.errors import DistillError
-from distill.losses.functional import DistillLoss, precise
+from distill.losses.base import DistillLoss, one_of, whole_number
+from distill.losses.functional import precise
 
 
 class HPDLoss(DistillLoss):
@@ -52,6 +53,12 @@ class HPDLoss(DistillLoss):
 """
 
     INITS = ("lstsq", "random")
+    rules = {"k": whole_number(1), "init": one_of(*INITS)}
+
+    @classmethod
+    def targets(cls, params: dict[str, Any]):
+        """The teacher's vectors reduced to k dimensions by PCA (the cache fits and stores it)."""
+        return ("pca", int(params["k"]))
 
     def __init__(self, student_dim: int, teacher_dim: int | None = None, *, k: int = 128, init: str = "lstsq"):
         super().__init__()

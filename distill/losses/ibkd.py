@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.errors import DistillError
+from distill.losses.base import NON_NEGATIVE, POSITIVE, DistillLoss, one_of
 from distill.losses.functional import (
-    DistillLoss,
     gather_candidates,
     hidden_state_mean,
     hsic_parts,
@@ -135,6 +135,15 @@ class IBKDLoss(DistillLoss):
 
     name = "ibkd"
     citation = IBKD_CITATION
+    contrastive = True
+    rules = {
+        "tau": POSITIVE,
+        "lam": NON_NEGATIVE,
+        "gamma": POSITIVE,
+        "bandwidth": one_of(*BANDWIDTHS),
+        "hsic_estimator": one_of(*ESTIMATORS),
+        "lam_mode": one_of(*LAM_MODES),
+    }
 
     def __init__(
         self,
@@ -173,6 +182,9 @@ class IBKDLoss(DistillLoss):
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"tau": self.tau, "lam": self.lam, **self.hsic_term.config(), "hsic_estimator": self.hsic_term.estimator, "lam_mode": self.lam_mode}
+
+    def export_head(self):
+        return ("decoder", self.decoder, "the IBKD decoder into the teacher's space")
 
     def forward(self, student_out: dict, teacher: Tensor) -> dict:
         s = student_out["embedding"]

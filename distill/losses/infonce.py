@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from distill.losses.base import POSITIVE
 from distill.losses.ibkd import IBKD_CITATION, IBKDLoss
 
 
@@ -21,9 +22,13 @@ class InfoNCELoss(IBKDLoss):
 
     name = "infonce"
     citation = IBKD_CITATION
+    rules = {"tau": POSITIVE}  # IBKD's HSIC parameters are not taken
 
     def __init__(self, student_dim: int, teacher_dim: int, *, tau: float = 0.05):
         super().__init__(student_dim, teacher_dim, tau=tau, lam=0.0)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"tau": self.tau}
+
+    def export_head(self):
+        return ("decoder", self.decoder, "the InfoNCE decoder into the teacher's space")

@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.errors import DistillError
-from distill.losses.functional import DistillLoss, _world, precise
+from distill.losses.base import OPTIONAL_BOOL, DistillLoss, one_of
+from distill.losses.functional import _world, precise
 
 STANDARDIZE_MODES = ("none", "student_norm", "zscore")
 
@@ -60,6 +61,7 @@ class MSELoss(DistillLoss):
     """
 
     name = "mse"
+    rules = {"standardize": one_of(*STANDARDIZE_MODES), "projection": OPTIONAL_BOOL}
     citation = """
 @inproceedings{reimers-2020-multilingual-sentence-bert,
     title = "Making Monolingual Sentence Embeddings Multilingual using Knowledge Distillation",
@@ -94,6 +96,9 @@ class MSELoss(DistillLoss):
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"standardize": self.standardize, "projection": self.projection is not None}
+
+    def export_head(self):
+        return None if self.projection is None else ("projection", self.projection, "the MSE projection into the teacher's space")
 
     @torch.no_grad()
     def fit_targets(self, teacher_all: Tensor | np.ndarray, chunk: int = 65536) -> None:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from distill.errors import DistillError
-from distill.losses.functional import DistillLoss
+from distill.losses.base import DistillLoss
 from distill.losses.ibkd_supervised import IBKDSupervisedLoss
 
 
