@@ -20,7 +20,7 @@ from distill.training.trainer import train
 def _recipe(tmp_path, **kw):
     path = tmp_path / "recipe.yaml"
     path.write_text(tiny_recipe_text(tmp_path, **kw))
-    return load_recipe(path)
+    return load_recipe(path, ["eval.baselines=true"])
 
 
 def _retrieval_set(n=40):

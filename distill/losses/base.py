@@ -123,6 +123,12 @@ class DistillLoss(nn.Module):
     # embeddings of a sample of the corpus and the matching teacher targets.
     needs_prepare: bool = False
 
+    @property
+    def wants_all_targets(self) -> bool:
+        """True when the loss needs statistics of every training target before step 1 (then the
+        trainer calls `fit_targets(all_targets)` once)."""
+        return False
+
     def prepare(self, student_embeddings: Tensor, teacher: Tensor) -> None:
         """Initialise heads from data before training (see `needs_prepare`)."""
 

@@ -100,6 +100,10 @@ class MSELoss(DistillLoss):
     def export_head(self):
         return None if self.projection is None else ("projection", self.projection, "the MSE projection into the teacher's space")
 
+    @property
+    def wants_all_targets(self) -> bool:
+        return self.standardize == "zscore"
+
     @torch.no_grad()
     def fit_targets(self, teacher_all: Tensor | np.ndarray, chunk: int = 65536) -> None:
         """Fix the z-score statistics from the whole teacher cache (rows = sentences)."""

@@ -77,7 +77,7 @@ class RetrievalEvaluator(Evaluator):
 
 
 class FunctionEvaluator(Evaluator):
-    """A plain `fn(embed) -> dict`: its numeric results, never the selection metric."""
+    """A plain `fn(embed) -> dict`: its float results (scores; not counts), never the selection metric."""
 
     def __init__(self, fn: Callable):
         self.fn = fn
@@ -85,7 +85,7 @@ class FunctionEvaluator(Evaluator):
     def evaluate(self, state, head: bool = True) -> dict[str, float]:
         embed = state.embedder(head)
         out = self.fn(lambda s: embed(s))
-        return {k: float(v) for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        return {k: float(v) for k, v in out.items() if isinstance(v, float)}  # scores; counts (int) left out
 
 
 def as_callback(cb) -> Callback:

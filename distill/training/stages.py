@@ -138,7 +138,7 @@ def stage1(recipe: Recipe, run_dir: Path, rank: int, world: int, device: torch.d
     student = Encoder.load(recipe.student, max_length=recipe.data.max_length, device=device, role="student")
     targets = load_targets(recipe, cache, device)
     loss = build_loss(recipe.loss, student_dim=student.dim, teacher_dim=int(targets.shape[1])).to(device)
-    if hasattr(loss, "fit_targets") and recipe.loss.get("standardize") == "zscore":
+    if loss.wants_all_targets:  # e.g. MSE's z-score statistics over the whole cache
         loss.fit_targets(targets.float())
     tokens = tokenize_corpus(student.tokenizer, cache.sentences(), recipe.data.max_length, cache.path, progress=progress and main_process)
     if main_process:
@@ -160,7 +160,7 @@ def stage2(recipe: Recipe, run_dir: Path, meta1: dict, rank: int, world: int, de
     """IBKD's supervised stage, from stage 1's final student (the authors' choice; stage2.init: best
     takes the one selected on the dev task instead), with its own loss, schedule and run folder."""
     from distill.data.triplets import read_triplets
-    from distill.losses import IBKDSupervisedLoss
+    from distill.losses import stage2_loss_class
     from distill.training.student_folder import load_student
 
     main_process = rank == 0
@@ -183,6 +183,7 @@ def stage2(recipe: Recipe, run_dir: Path, meta1: dict, rank: int, world: int, de
         ids, mask = tokens.collate(np.concatenate([rows, rows + n, rows + 2 * n]))
         return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), len(rows)
 
-    loss = IBKDSupervisedLoss(student.dim, None, **s2.loss).to(device)
-    meta = {**meta1, "loss": {"name": "ibkd_supervised", **s2.loss}, "stage": 2, "init": s2.init, "triplets": s2.triplets, "triplet_count": n}
+    cls = stage2_loss_class()
+    loss = cls(student.dim, None, **s2.loss).to(device)
+    meta = {**meta1, "loss": {"name": cls.name, **s2.loss}, "stage": 2, "init": s2.init, "triplets": s2.triplets, "triplet_count": n}
     return Stage("stage2", s2_dir, TripletModule(student, loss).to(device), lengths, make_batch, 3, s2.train, meta)
