@@ -159,31 +159,26 @@ def _check_same_recipe(run: Run) -> None:
 
 
 def _baselines(recipe: Recipe, out_dir: Path, log: Callable[[str], None]) -> dict:
-    """Teacher and untrained student on the final (and dev) tasks; OUT/baselines.json, reused."""
-    from distill.encoder import Encoder
+    """Teacher and untrained student on the final (and dev) tasks; OUT/baselines.json, reused.
+    The same computation (and JSON shape) as a training run's baselines.json."""
+    from distill.eval.sts import resolve_tasks
     from distill.eval.sts_data import load_sts
-    from distill.eval.sts import evaluate_sts, resolve_tasks
+    from distill.training.evaluators import SCORING, baseline_scores
 
     tasks = list(dict.fromkeys(resolve_tasks(recipe.eval.final_tasks) + resolve_tasks(recipe.eval.tasks)))
     path = out_dir / "baselines.json"
-    # "scoring" names how scores are computed (SentEval whitespace, full length, fp32): a
-    # baselines.json from an older scoring is recomputed rather than mixed into the table.
-    key = {"teacher": recipe.teacher, "student": recipe.student, "tasks": tasks, "sts_dir": recipe.eval.sts_dir,
-           "scoring": "senteval-text/full-length/fp32"}
+    # a baselines.json from another teacher, student, task list, folder or scoring is recomputed
+    # rather than mixed into the table
+    key = {"teacher": recipe.teacher, "tasks": tasks, "scoring": SCORING, "student": recipe.student, "sts_dir": recipe.eval.sts_dir}
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
             log(f"[compare] baselines: reused {path}")
             return saved
+    log(f"[compare] baselines: teacher {recipe.teacher}, untrained {recipe.student}")
     sts = {t: load_sts(t, recipe.eval.sts_dir) for t in tasks}
-    out: dict[str, Any] = {"key": key}
-    for role, name, kwargs in (("teacher", recipe.teacher, {"role": "teacher"}), ("init", recipe.student, {"max_length": recipe.data.max_length, "role": "student"})):
-        log(f"[compare] baseline: {role} {name}")
-        enc = Encoder.load(name, **kwargs)
-        scores = evaluate_sts(enc, tasks=tasks, data=sts, batch_size=recipe.eval.batch_size, progress=False)
-        out[role] = {"name": name, "scores": scores, "params": sum(p.numel() for p in enc.transformer.parameters()),
-                     "dim": enc.dim, "device": _device_name(enc.device)}
-        del enc
+    out = baseline_scores(recipe.teacher, recipe.student, tasks, sts, recipe.eval.batch_size, max_length=recipe.data.max_length)
+    out["key"] = key
     write_json_atomic(path, out)
     return out
 
@@ -197,12 +192,6 @@ def _free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _device_name(device) -> str:
-    import torch
-
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
 def _dev_task(recipe: Recipe) -> str:

@@ -92,7 +92,7 @@ def as_callback(cb) -> Callback:
     return cb if isinstance(cb, Callback) else FunctionEvaluator(cb)
 
 
-def baseline_scores(teacher: str, student, tasks: Sequence[str], data: dict, batch_size: int) -> dict:
+def baseline_scores(teacher: str, student, tasks: Sequence[str], data: dict, batch_size: int, max_length: int | None = None) -> dict:
     """{"key", "teacher": {...}, "init": {...}}, each with name, scores, params, dim, device: the
     teacher and the untrained student on `tasks`. `student`: a name to load, or (name, encoder,
     embed) for the student a run already holds. Shared by training (Baselines) and `distill compare`."""
@@ -103,7 +103,7 @@ def baseline_scores(teacher: str, student, tasks: Sequence[str], data: dict, bat
     out["teacher"] = _describe(teacher, t_enc, evaluate_sts(t_enc, tasks=tasks, data=data, batch_size=batch_size, progress=False))
     del t_enc
     if isinstance(student, str):
-        name, enc = student, Encoder.load(student, role="student")
+        name, enc = student, Encoder.load(student, max_length=max_length, role="student")
         scores = evaluate_sts(enc, tasks=tasks, data=data, batch_size=batch_size, progress=False)
     else:
         name, enc, embed = student
