@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from distill.data.corpus import Corpus, read_corpus, read_sentences_file, write_sentences
 from distill.errors import DistillError
-from distill.io import write_json_atomic
+from distill.io import atomic_path, write_json_atomic
 from distill.lock import LOCK_NAME, folder_lock
 from distill.resolve import resolve_model
 from distill.presets import TeacherSpec, load_teacher
@@ -41,10 +41,8 @@ IDENTITY_FIELDS = ("teacher", "teacher_model", "pooling", "normalize", "dim", "m
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path, fixed=True) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    tmp.replace(path)
 
 
 def _damaged(path: Path, what: Path, exc: BaseException) -> DistillError:
@@ -314,18 +312,18 @@ def _build_locked(spec, corpus: Corpus, out: Path, pca, batch_size: int, shard_s
             bar.update(len(chunk))
         bar.close()
 
-    matrix = np.lib.format.open_memmap(out / ".embeddings.npy.tmp", mode="w+", dtype=np.float16, shape=(n, spec.dim))
-    for i in range(n_shards):
-        try:
-            part = np.load(shards / f"{i:05d}.npy")
-        except (ValueError, OSError, EOFError) as exc:
-            raise DistillError(f"{shards / f'{i:05d}.npy'}: damaged ({exc}); delete it and run again to recompute it") from None
-        if part.shape != (min(shard_size, n - i * shard_size), spec.dim):
-            raise DistillError(f"{shards / f'{i:05d}.npy'}: shape {part.shape} does not fit row {i * shard_size}; delete it to recompute")
-        matrix[i * shard_size : i * shard_size + len(part)] = part
-    matrix.flush()
-    del matrix
-    (out / ".embeddings.npy.tmp").replace(out / "embeddings.npy")
+    with atomic_path(out / "embeddings.npy", fixed=True) as tmp:
+        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, spec.dim))
+        for i in range(n_shards):
+            try:
+                part = np.load(shards / f"{i:05d}.npy")
+            except (ValueError, OSError, EOFError) as exc:
+                raise DistillError(f"{shards / f'{i:05d}.npy'}: damaged ({exc}); delete it and run again to recompute it") from None
+            if part.shape != (min(shard_size, n - i * shard_size), spec.dim):
+                raise DistillError(f"{shards / f'{i:05d}.npy'}: shape {part.shape} does not fit row {i * shard_size}; delete it to recompute")
+            matrix[i * shard_size : i * shard_size + len(part)] = part
+        matrix.flush()
+        del matrix
 
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -369,9 +367,8 @@ def pca_projection(teacher: np.ndarray, components: np.ndarray, chunk: int = 655
 def _write_pca(cache: TeacherCache, k: int) -> dict:
     mean, comps, var = fit_pca(cache.embeddings, k)
     _save_npy_atomic(cache.path / f"pca_{k}.npy", pca_projection(cache.embeddings, comps))
-    with open(cache.path / ".pca.npz.tmp", "wb") as f:
+    with atomic_path(cache.path / "pca.npz", fixed=True) as tmp, open(tmp, "wb") as f:
         np.savez(f, mean=mean, components=comps, explained_variance=var)
-    (cache.path / ".pca.npz.tmp").replace(cache.path / "pca.npz")
     return {"k": k, "file": "pca.npz", "targets": f"pca_{k}.npy", "sample": min(50_000, len(cache)), "normalized": True}
 
 

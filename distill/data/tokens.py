@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from distill.io import atomic_path
 
 
 @dataclass
@@ -76,9 +77,6 @@ def tokenize_corpus(tokenizer, sentences: list[str], max_length: int, cache_dir:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = TokenizedCorpus(ids, offsets, int(pad_id))
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, ids=ids, offsets=offsets, pad_id=np.int64(pad_id))
-        tmp.replace(path)
     return out

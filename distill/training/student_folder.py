@@ -10,9 +10,6 @@ Written to a temp folder and renamed, so a reader never sees half a student.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -21,16 +18,13 @@ from torch import nn
 
 from distill.encoder import Encoder
 from distill.errors import DistillError
-from distill.io import apply_umask
+from distill.io import atomic_dir
 
 META = "distill_student.json"
 
 
 def save_student(path: str | Path, encoder: Encoder, loss: nn.Module | None, meta: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    with atomic_dir(path) as tmp:  # best/ and final/ get the umask's modes, not mkdtemp's 0700
         encoder.transformer.save_pretrained(tmp, safe_serialization=True)
         encoder.tokenizer.save_pretrained(tmp)
         head = loss.embedding_head() if loss is not None else None
@@ -48,15 +42,6 @@ def save_student(path: str | Path, encoder: Encoder, loss: nn.Module | None, met
             if state:
                 save_file(state, str(tmp / "heads.safetensors"))
         (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
-        apply_umask(tmp)  # mkdtemp made it 0700, safetensors 0600: give best/ and final/ the usual modes
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _head_out_dim(head: nn.Module) -> int:
