@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from distill.embedding import Embedder
 from distill.encoder import Encoder
 from distill.errors import DistillError
 from distill.io import atomic_dir
@@ -61,24 +61,13 @@ def load_student(path: str | Path, device=None) -> tuple[Encoder, dict, dict]:
     return enc, meta, heads
 
 
-class StudentEmbedder:
+class StudentEmbedder(Embedder):
     """What evaluation scores: the pooled vector, or for HPD the pooled vector through its head.
 
-    Scored as SentEval does: fp32, and at the model's own length limit, not the (often shorter)
-    length the student was trained at.
+    Scored as SentEval does (`full_length`): fp32, and at the model's own length limit, not the
+    (often shorter) length the student was trained at. `StudentEmbedder(enc, head)(sentences,
+    batch_size=...)`; the one adapter is `distill.embedding.Embedder`.
     """
 
     def __init__(self, encoder: Encoder, head: nn.Module | None = None):
-        self.encoder, self.head = encoder, head
-
-    @torch.inference_mode()
-    def __call__(self, sentences: list[str], batch_size: int = 256, progress: bool = False):
-        emb = self.encoder.encode(sentences, batch_size=batch_size, progress=progress, to_numpy=False,
-                                  max_length=self.encoder.max_positions, precision="fp32")
-        if self.head is not None:
-            was = self.head.training
-            self.head.eval()
-            p = next(self.head.parameters())
-            emb = self.head(emb.to(p.device, p.dtype)).float().cpu()
-            self.head.train(was)
-        return emb.numpy()
+        super().__init__(encoder, head=head, batch_size=256, full_length=True)
