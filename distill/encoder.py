@@ -92,15 +92,18 @@ def best_device() -> torch.device:
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
-def autocast_for(device: torch.device, precision: str = "auto"):
+def autocast_for(device: torch.device | str, precision: str = "auto"):
     """The autocast context for a precision on a device; CPU always runs plain fp32.
 
+    The one autocast helper of the package: `Encoder.encode`, the teacher cache and the trainer
+    (`autocast_for(device, tcfg.precision)`, precision from the recipe) all use it.
     "auto": bf16 where the GPU supports it, fp16 on older GPUs; "bf16" falls back to fp16 on
-    those; "fp32": no autocast (reported scores are computed this way, as the authors do).
+    those; "fp16": fp16; "fp32": no autocast (reported scores are computed this way, as the
+    authors do). `device`: a torch.device or its name ("cuda", "cuda:1", "cpu").
     """
     if precision not in PRECISIONS:
         raise DistillError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if device.type != "cuda" or precision == "fp32":
+    if torch.device(device).type != "cuda" or precision == "fp32":
         return nullcontext()
     if precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)

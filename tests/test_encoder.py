@@ -104,3 +104,29 @@ def test_autocast_precision_names_are_checked():
         autocast_for(torch.device("cpu"), "fp8")
     with autocast_for(torch.device("cpu"), "bf16"):  # CPU always runs plain fp32
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("bf16_ok", [True, False])
+def test_autocast_for_serves_the_trainer(monkeypatch, bf16_ok):
+    """`autocast_for(device, tcfg.precision)` is what the trainer's own `_autocast(tcfg, device)` does,
+    so the trainer can drop its copy: same context kind and dtype for every recipe precision."""
+    import types
+    import warnings
+
+    import torch
+
+    from distill.encoder import autocast_for
+    from distill.training.trainer import _autocast
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
+    expected = {"fp32": None, "bf16": torch.bfloat16 if bf16_ok else torch.float16, "fp16": torch.float16}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available": the context is only built, never entered
+        for precision, dtype in expected.items():
+            for device in (torch.device("cpu"), torch.device("cuda"), "cuda:0"):
+                ours = autocast_for(device, precision)
+                theirs = _autocast(types.SimpleNamespace(precision=precision), torch.device(device))
+                assert type(ours) is type(theirs)
+                want = dtype if torch.device(device).type == "cuda" else None
+                assert getattr(ours, "fast_dtype", None) == want == getattr(theirs, "fast_dtype", None)
+
