@@ -170,3 +170,26 @@ def test_hpd_targets_of_an_unnormalized_teacher_fit_the_tanh_range(tmp_path, tin
         old.pca_targets(8)
     again = build_cache(spec, [str(corpus)], tmp_path / "cache", pca=8, encoder=enc, progress=False)
     assert again.has_pca(8)
+
+
+def test_build_cache_resolves_the_teacher_once(tmp_path, tiny_bert_dir, monkeypatch):
+    """The preset is read once and the model folder resolved once (they were three times: the
+    preset, then Encoder.load by name, then resolve_model by name again for the manifest)."""
+    import distill.data.cache as cache_mod
+    import distill.presets
+    import distill.resolve
+
+    home, _ = _tiny_teacher_home(tmp_path, tiny_bert_dir)
+    monkeypatch.setenv("DISTILL_HOME", str(home))
+    calls = []
+
+    def counting(name, fn):
+        return lambda *a, **k: (calls.append((name, a[0] if a else None)), fn(*a, **k))[1]
+
+    monkeypatch.setattr(cache_mod, "load_teacher", counting("load_teacher", cache_mod.load_teacher))
+    monkeypatch.setattr(cache_mod, "resolve_model", counting("resolve_model", cache_mod.resolve_model))
+    monkeypatch.setattr(distill.presets, "find_preset", counting("find_preset", distill.presets.find_preset))
+    monkeypatch.setattr(distill.resolve, "find_preset", counting("find_preset", distill.resolve.find_preset))
+    cache = build_cache("tiny", [str(_corpus_file(tmp_path, 40))], tmp_path / "cache", device="cpu", progress=False)
+    assert [c[0] for c in calls] == ["load_teacher", "resolve_model"], calls
+    assert cache.manifest["teacher"] == "tiny" and cache.manifest["teacher_revision"].startswith("sha256:")

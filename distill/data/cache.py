@@ -239,6 +239,9 @@ def build_cache(
 ) -> TeacherCache:
     """Encode the corpus with the teacher exactly as its preset says; resume an interrupted build.
 
+    `teacher`: a preset name (read once here) or its `TeacherSpec`; the model folder is resolved
+    once from the spec, or taken from `encoder` (an already loaded teacher: its `.source`).
+
     `precision` is the GPU autocast of the teacher's forward pass: "fp32" by default, as the
     IBKD authors compute their targets; "bf16" encodes faster on a GPU (the stored matrix is
     float16 either way). The manifest records it.
@@ -246,7 +249,7 @@ def build_cache(
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size), ("pca", pca), ("max_sentences", max_sentences)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise DistillError(f"--{name.replace('_', '-')} {value}: must be a whole number of at least 1")
-    spec = load_teacher(teacher) if isinstance(teacher, str) else teacher
+    spec = load_teacher(teacher) if isinstance(teacher, str) else teacher  # the preset, read once: the build uses `spec` only
     out = Path(out)
     check_cache_folder(out)  # before reading the corpus: a wrong --out fails at once
     if not isinstance(corpus, Corpus):
@@ -299,8 +302,12 @@ def _build_locked(spec, corpus: Corpus, out: Path, pca, batch_size: int, shard_s
     stats = {"shards": n_shards, "shards_reused": n_shards - len(todo), "shards_encoded": len(todo)}
     if stats["shards_reused"]:
         print(f"[distill] resuming {out}: {stats['shards_reused']} of {n_shards} shards already encoded", flush=True)
+    # The teacher's folder, resolved once from the spec (not again from its name, for the encoder
+    # and then for the manifest's revision: each lookup re-read the preset and could ask the hub).
+    model_path = Path(encoder.source) if encoder is not None else resolve_model(spec.hub_id, offline_source=spec.offline_source)
     if todo:
-        enc = encoder or Encoder.load(spec.name, device=device, role="teacher")
+        enc = encoder or Encoder.load(str(model_path), pooling=spec.pooling, normalize=spec.normalize,
+                                      max_length=spec.max_length, device=device)
         if enc.dim != spec.dim:
             raise DistillError(f"teacher {spec.name} gives {enc.dim}-d vectors but its preset says dim {spec.dim}")
         done = n_shards - len(todo)
@@ -328,7 +335,7 @@ def _build_locked(spec, corpus: Corpus, out: Path, pca, batch_size: int, shard_s
     manifest = {
         "format_version": FORMAT_VERSION,
         **identity,
-        "teacher_revision": model_revision(Path(encoder.source) if encoder is not None else resolve_model(spec.name, role="teacher")),
+        "teacher_revision": model_revision(model_path),
         "corpus_sources": corpus.sources,
         "max_sentences": corpus.max_sentences,
         "count": n,
