@@ -211,7 +211,7 @@ class Encoder(nn.Module):
         emb = pool(self.pooling, out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None))
         if self.normalize:
             emb = nn.functional.normalize(emb, dim=-1)
-        result = {"embedding": emb, "token_embeddings": out.last_hidden_state}
+        result = {"embedding": emb}
         if output_hidden_states:
             result["hidden_states"] = out.hidden_states
         return result

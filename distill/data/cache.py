@@ -36,8 +36,6 @@ from distill.resolve import resolve_model
 from distill.presets import TeacherSpec, load_teacher
 
 FORMAT_VERSION = 1
-# Fields that must agree between a cache and the run that uses it.
-IDENTITY_FIELDS = ("teacher", "teacher_model", "pooling", "normalize", "dim", "max_length", "corpus_sha256")
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
