@@ -1,4 +1,4 @@
-"""`distill train`: run a recipe (cache -> train with the STS callback -> best student)."""
+"""`distill train`: run a recipe (cache -> train, scoring STS-B dev every eval.every_steps -> best student)."""
 
 from __future__ import annotations
 
