@@ -172,6 +172,31 @@ def test_hpd_targets_of_an_unnormalized_teacher_fit_the_tanh_range(tmp_path, tin
     assert again.has_pca(8)
 
 
+def test_tokenizer_fingerprint_ignores_the_tokenizers_call_state(tmp_path, minilm_path):
+    """The transformers wrapper leaves the truncation / padding of its last call on the Rust backend:
+    the fingerprint of the stored token ids must not change with it (it did: three names for one
+    tokenizer, and the ids were tokenized again under each)."""
+    from transformers import AutoTokenizer
+
+    from distill.data.tokens import tokenize_corpus, tokenizer_fingerprint
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_path))
+    first = tokenizer_fingerprint(tok, 32)
+    tok(["hello world"], truncation=True, max_length=16)
+    assert tokenizer_fingerprint(tok, 32) == first
+    tok(["hello world", "a"], padding=True)
+    assert tokenizer_fingerprint(tok, 32) == first
+    assert tokenizer_fingerprint(AutoTokenizer.from_pretrained(str(minilm_path)), 32) == first  # a fresh load
+    assert tokenizer_fingerprint(tok, 16) != first  # max_length does change the ids
+    sentences = ["One sentence.", "Another, longer sentence than the first one."]
+    made = tokenize_corpus(tok, sentences, 32, cache_dir=tmp_path, progress=False)
+    assert [p.name for p in (tmp_path / "tokens").iterdir()] == [f"{first}.npz"]
+    tok(["x"], truncation=True, max_length=8, padding="max_length")
+    again = tokenize_corpus(tok, sentences, 32, cache_dir=tmp_path, progress=False)
+    assert [p.name for p in (tmp_path / "tokens").iterdir()] == [f"{first}.npz"]  # reused, no second file
+    np.testing.assert_array_equal(again.ids, made.ids)
+
+
 def test_build_cache_resolves_the_teacher_once(tmp_path, tiny_bert_dir, monkeypatch):
     """The preset is read once and the model folder resolved once (they were three times: the
     preset, then Encoder.load by name, then resolve_model by name again for the manifest)."""
