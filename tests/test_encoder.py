@@ -130,3 +130,32 @@ def test_autocast_for_serves_the_trainer(monkeypatch, bf16_ok):
                 want = dtype if torch.device(device).type == "cuda" else None
                 assert getattr(ours, "fast_dtype", None) == want == getattr(theirs, "fast_dtype", None)
 
+
+def test_load_honours_the_length_and_pooling_sentence_transformers_6_saves(tmp_path, tiny_bert_dir):
+    """sentence-transformers 6 keeps max_seq_length in tokenizer_config.json (model_max_length), not in
+    sentence_bert_config.json, and names the pooling "pooling_mode": "cls"; Encoder.load read neither
+    (it encoded at 128 tokens with mean pooling)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import __version__ as st_version
+
+    from distill.export import _st_modules
+
+    models = _st_modules()
+    folder = tmp_path / "st"
+    st = SentenceTransformer(modules=[models.Transformer(str(tiny_bert_dir), max_seq_length=40),
+                                      models.Pooling(32, pooling_mode="cls")], device="cpu")
+    st.save(str(folder))
+    enc = Encoder.load(str(folder), device="cpu")
+    assert (enc.max_length, enc.pooling) == (40, "cls_before_pooler"), st_version
+    np.testing.assert_allclose(enc.encode(SENTENCES, progress=False), st.encode(SENTENCES), atol=1e-5)
+    assert Encoder.load(str(folder), max_length=16, device="cpu").max_length == 16  # an explicit length still wins
+
+    # sentence_bert_config.json's max_seq_length (sentence-transformers up to 5) comes first
+    sbert = folder / "sentence_bert_config.json"
+    sbert.write_text(json.dumps({**json.loads(sbert.read_text()), "max_seq_length": 24}))
+    assert Encoder.load(str(folder), device="cpu").max_length == 24
+    # and a tokenizer_config "unset" placeholder (VERY_LARGE_INTEGER) is not a length
+    sbert.write_text(json.dumps({"do_lower_case": False}))
+    tok_cfg = folder / "tokenizer_config.json"
+    tok_cfg.write_text(json.dumps({**json.loads(tok_cfg.read_text()), "model_max_length": int(1e30)}))
+    assert Encoder.load(str(folder), device="cpu").max_length == 128
