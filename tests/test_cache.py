@@ -170,3 +170,51 @@ def test_hpd_targets_of_an_unnormalized_teacher_fit_the_tanh_range(tmp_path, tin
         old.pca_targets(8)
     again = build_cache(spec, [str(corpus)], tmp_path / "cache", pca=8, encoder=enc, progress=False)
     assert again.has_pca(8)
+
+
+def test_tokenizer_fingerprint_ignores_the_tokenizers_call_state(tmp_path, minilm_path):
+    """The transformers wrapper leaves the truncation / padding of its last call on the Rust backend:
+    the fingerprint of the stored token ids must not change with it (it did: three names for one
+    tokenizer, and the ids were tokenized again under each)."""
+    from transformers import AutoTokenizer
+
+    from distill.data.tokens import tokenize_corpus, tokenizer_fingerprint
+
+    tok = AutoTokenizer.from_pretrained(str(minilm_path))
+    first = tokenizer_fingerprint(tok, 32)
+    tok(["hello world"], truncation=True, max_length=16)
+    assert tokenizer_fingerprint(tok, 32) == first
+    tok(["hello world", "a"], padding=True)
+    assert tokenizer_fingerprint(tok, 32) == first
+    assert tokenizer_fingerprint(AutoTokenizer.from_pretrained(str(minilm_path)), 32) == first  # a fresh load
+    assert tokenizer_fingerprint(tok, 16) != first  # max_length does change the ids
+    sentences = ["One sentence.", "Another, longer sentence than the first one."]
+    made = tokenize_corpus(tok, sentences, 32, cache_dir=tmp_path, progress=False)
+    assert [p.name for p in (tmp_path / "tokens").iterdir()] == [f"{first}.npz"]
+    tok(["x"], truncation=True, max_length=8, padding="max_length")
+    again = tokenize_corpus(tok, sentences, 32, cache_dir=tmp_path, progress=False)
+    assert [p.name for p in (tmp_path / "tokens").iterdir()] == [f"{first}.npz"]  # reused, no second file
+    np.testing.assert_array_equal(again.ids, made.ids)
+
+
+def test_build_cache_resolves_the_teacher_once(tmp_path, tiny_bert_dir, monkeypatch):
+    """The preset is read once and the model folder resolved once (they were three times: the
+    preset, then Encoder.load by name, then resolve_model by name again for the manifest)."""
+    import distill.data.cache as cache_mod
+    import distill.presets
+    import distill.resolve
+
+    home, _ = _tiny_teacher_home(tmp_path, tiny_bert_dir)
+    monkeypatch.setenv("DISTILL_HOME", str(home))
+    calls = []
+
+    def counting(name, fn):
+        return lambda *a, **k: (calls.append((name, a[0] if a else None)), fn(*a, **k))[1]
+
+    monkeypatch.setattr(cache_mod, "load_teacher", counting("load_teacher", cache_mod.load_teacher))
+    monkeypatch.setattr(cache_mod, "resolve_model", counting("resolve_model", cache_mod.resolve_model))
+    monkeypatch.setattr(distill.presets, "find_preset", counting("find_preset", distill.presets.find_preset))
+    monkeypatch.setattr(distill.resolve, "find_preset", counting("find_preset", distill.resolve.find_preset))
+    cache = build_cache("tiny", [str(_corpus_file(tmp_path, 40))], tmp_path / "cache", device="cpu", progress=False)
+    assert [c[0] for c in calls] == ["load_teacher", "resolve_model"], calls
+    assert cache.manifest["teacher"] == "tiny" and cache.manifest["teacher_revision"].startswith("sha256:")

@@ -104,3 +104,58 @@ def test_autocast_precision_names_are_checked():
         autocast_for(torch.device("cpu"), "fp8")
     with autocast_for(torch.device("cpu"), "bf16"):  # CPU always runs plain fp32
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+
+
+@pytest.mark.parametrize("bf16_ok", [True, False])
+def test_autocast_for_serves_the_trainer(monkeypatch, bf16_ok):
+    """`autocast_for(device, tcfg.precision)` is what the trainer's own `_autocast(tcfg, device)` does,
+    so the trainer can drop its copy: same context kind and dtype for every recipe precision."""
+    import types
+    import warnings
+
+    import torch
+
+    from distill.encoder import autocast_for
+    from distill.training.trainer import _autocast
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
+    expected = {"fp32": None, "bf16": torch.bfloat16 if bf16_ok else torch.float16, "fp16": torch.float16}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "CUDA is not available": the context is only built, never entered
+        for precision, dtype in expected.items():
+            for device in (torch.device("cpu"), torch.device("cuda"), "cuda:0"):
+                ours = autocast_for(device, precision)
+                theirs = _autocast(types.SimpleNamespace(precision=precision), torch.device(device))
+                assert type(ours) is type(theirs)
+                want = dtype if torch.device(device).type == "cuda" else None
+                assert getattr(ours, "fast_dtype", None) == want == getattr(theirs, "fast_dtype", None)
+
+
+def test_load_honours_the_length_and_pooling_sentence_transformers_6_saves(tmp_path, tiny_bert_dir):
+    """sentence-transformers 6 keeps max_seq_length in tokenizer_config.json (model_max_length), not in
+    sentence_bert_config.json, and names the pooling "pooling_mode": "cls"; Encoder.load read neither
+    (it encoded at 128 tokens with mean pooling)."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import __version__ as st_version
+
+    from distill.export import _st_modules
+
+    models = _st_modules()
+    folder = tmp_path / "st"
+    st = SentenceTransformer(modules=[models.Transformer(str(tiny_bert_dir), max_seq_length=40),
+                                      models.Pooling(32, pooling_mode="cls")], device="cpu")
+    st.save(str(folder))
+    enc = Encoder.load(str(folder), device="cpu")
+    assert (enc.max_length, enc.pooling) == (40, "cls_before_pooler"), st_version
+    np.testing.assert_allclose(enc.encode(SENTENCES, progress=False), st.encode(SENTENCES), atol=1e-5)
+    assert Encoder.load(str(folder), max_length=16, device="cpu").max_length == 16  # an explicit length still wins
+
+    # sentence_bert_config.json's max_seq_length (sentence-transformers up to 5) comes first
+    sbert = folder / "sentence_bert_config.json"
+    sbert.write_text(json.dumps({**json.loads(sbert.read_text()), "max_seq_length": 24}))
+    assert Encoder.load(str(folder), device="cpu").max_length == 24
+    # and a tokenizer_config "unset" placeholder (VERY_LARGE_INTEGER) is not a length
+    sbert.write_text(json.dumps({"do_lower_case": False}))
+    tok_cfg = folder / "tokenizer_config.json"
+    tok_cfg.write_text(json.dumps({**json.loads(tok_cfg.read_text()), "model_max_length": int(1e30)}))
+    assert Encoder.load(str(folder), device="cpu").max_length == 128

@@ -103,7 +103,7 @@ def _cmd_encode(args) -> int:
     empty = sum(1 for s in sentences if not s.strip())
     if empty:
         print(f"distill: warning: {empty} empty sentence(s) in {source}; encoded as they are, so row i stays line i", file=sys.stderr)
-    if backend_kwargs(args)["backend"] == "onnx":  # onnxruntime on CPU, no torch (distill/onnx_runtime.py)
+    if backend_kwargs(args)["backend"] == "onnx":  # onnxruntime on CPU, no torch (distill/onnx/runtime.py)
         from distill.onnx.runtime import OnnxEncoder
 
         enc = OnnxEncoder.load(args.model, quantized=args.quantized, onnx_file=args.onnx_file, max_length=args.max_length)

@@ -30,21 +30,17 @@ from tqdm.auto import tqdm
 
 from distill.data.corpus import Corpus, read_corpus, read_sentences_file, write_sentences
 from distill.errors import DistillError
-from distill.io import write_json_atomic
+from distill.io import atomic_path, write_json_atomic
 from distill.lock import LOCK_NAME, folder_lock
 from distill.resolve import resolve_model
 from distill.presets import TeacherSpec, load_teacher
 
 FORMAT_VERSION = 1
-# Fields that must agree between a cache and the run that uses it.
-IDENTITY_FIELDS = ("teacher", "teacher_model", "pooling", "normalize", "dim", "max_length", "corpus_sha256")
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_path(path, fixed=True) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    tmp.replace(path)
 
 
 def _damaged(path: Path, what: Path, exc: BaseException) -> DistillError:
@@ -241,6 +237,9 @@ def build_cache(
 ) -> TeacherCache:
     """Encode the corpus with the teacher exactly as its preset says; resume an interrupted build.
 
+    `teacher`: a preset name (read once here) or its `TeacherSpec`; the model folder is resolved
+    once from the spec, or taken from `encoder` (an already loaded teacher: its `.source`).
+
     `precision` is the GPU autocast of the teacher's forward pass: "fp32" by default, as the
     IBKD authors compute their targets; "bf16" encodes faster on a GPU (the stored matrix is
     float16 either way). The manifest records it.
@@ -248,7 +247,7 @@ def build_cache(
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size), ("pca", pca), ("max_sentences", max_sentences)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise DistillError(f"--{name.replace('_', '-')} {value}: must be a whole number of at least 1")
-    spec = load_teacher(teacher) if isinstance(teacher, str) else teacher
+    spec = load_teacher(teacher) if isinstance(teacher, str) else teacher  # the preset, read once: the build uses `spec` only
     out = Path(out)
     check_cache_folder(out)  # before reading the corpus: a wrong --out fails at once
     if not isinstance(corpus, Corpus):
@@ -301,8 +300,12 @@ def _build_locked(spec, corpus: Corpus, out: Path, pca, batch_size: int, shard_s
     stats = {"shards": n_shards, "shards_reused": n_shards - len(todo), "shards_encoded": len(todo)}
     if stats["shards_reused"]:
         print(f"[distill] resuming {out}: {stats['shards_reused']} of {n_shards} shards already encoded", flush=True)
+    # The teacher's folder, resolved once from the spec (not again from its name, for the encoder
+    # and then for the manifest's revision: each lookup re-read the preset and could ask the hub).
+    model_path = Path(encoder.source) if encoder is not None else resolve_model(spec.hub_id, offline_source=spec.offline_source)
     if todo:
-        enc = encoder or Encoder.load(spec.name, device=device, role="teacher")
+        enc = encoder or Encoder.load(str(model_path), pooling=spec.pooling, normalize=spec.normalize,
+                                      max_length=spec.max_length, device=device)
         if enc.dim != spec.dim:
             raise DistillError(f"teacher {spec.name} gives {enc.dim}-d vectors but its preset says dim {spec.dim}")
         done = n_shards - len(todo)
@@ -314,23 +317,23 @@ def _build_locked(spec, corpus: Corpus, out: Path, pca, batch_size: int, shard_s
             bar.update(len(chunk))
         bar.close()
 
-    matrix = np.lib.format.open_memmap(out / ".embeddings.npy.tmp", mode="w+", dtype=np.float16, shape=(n, spec.dim))
-    for i in range(n_shards):
-        try:
-            part = np.load(shards / f"{i:05d}.npy")
-        except (ValueError, OSError, EOFError) as exc:
-            raise DistillError(f"{shards / f'{i:05d}.npy'}: damaged ({exc}); delete it and run again to recompute it") from None
-        if part.shape != (min(shard_size, n - i * shard_size), spec.dim):
-            raise DistillError(f"{shards / f'{i:05d}.npy'}: shape {part.shape} does not fit row {i * shard_size}; delete it to recompute")
-        matrix[i * shard_size : i * shard_size + len(part)] = part
-    matrix.flush()
-    del matrix
-    (out / ".embeddings.npy.tmp").replace(out / "embeddings.npy")
+    with atomic_path(out / "embeddings.npy", fixed=True) as tmp:
+        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, spec.dim))
+        for i in range(n_shards):
+            try:
+                part = np.load(shards / f"{i:05d}.npy")
+            except (ValueError, OSError, EOFError) as exc:
+                raise DistillError(f"{shards / f'{i:05d}.npy'}: damaged ({exc}); delete it and run again to recompute it") from None
+            if part.shape != (min(shard_size, n - i * shard_size), spec.dim):
+                raise DistillError(f"{shards / f'{i:05d}.npy'}: shape {part.shape} does not fit row {i * shard_size}; delete it to recompute")
+            matrix[i * shard_size : i * shard_size + len(part)] = part
+        matrix.flush()
+        del matrix
 
     manifest = {
         "format_version": FORMAT_VERSION,
         **identity,
-        "teacher_revision": model_revision(Path(encoder.source) if encoder is not None else resolve_model(spec.name, role="teacher")),
+        "teacher_revision": model_revision(model_path),
         "corpus_sources": corpus.sources,
         "max_sentences": corpus.max_sentences,
         "count": n,
@@ -369,9 +372,8 @@ def pca_projection(teacher: np.ndarray, components: np.ndarray, chunk: int = 655
 def _write_pca(cache: TeacherCache, k: int) -> dict:
     mean, comps, var = fit_pca(cache.embeddings, k)
     _save_npy_atomic(cache.path / f"pca_{k}.npy", pca_projection(cache.embeddings, comps))
-    with open(cache.path / ".pca.npz.tmp", "wb") as f:
+    with atomic_path(cache.path / "pca.npz", fixed=True) as tmp, open(tmp, "wb") as f:
         np.savez(f, mean=mean, components=comps, explained_variance=var)
-    (cache.path / ".pca.npz.tmp").replace(cache.path / "pca.npz")
     return {"k": k, "file": "pca.npz", "targets": f"pca_{k}.npy", "sample": min(50_000, len(cache)), "normalized": True}
 
 

@@ -14,7 +14,7 @@ import csv
 import hashlib
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from distill.data.readers import check_text, iter_jsonl, iter_lines, open_binary
@@ -30,7 +30,6 @@ class Corpus:
     read: int = 0  # lines / rows read
     dropped_empty: int = 0
     dropped_duplicates: int = 0
-    per_source: dict[str, int] = field(default_factory=dict)
     max_sentences: int | None = None  # the cut asked for (recorded in a cache's manifest)
 
     @property
@@ -130,7 +129,6 @@ def read_corpus(sources: list[str], column: str | None = None, max_sentences: in
         raise DistillError(f"max_sentences {max_sentences}: must be at least 1")
     corpus = Corpus(sentences=[], sources=list(sources), max_sentences=max_sentences)
     for source in sources:
-        kept = 0
         for lineno, raw in iter_source(source, column):
             corpus.read += 1
             check_text(raw, f"{source}:{lineno}")
@@ -143,11 +141,8 @@ def read_corpus(sources: list[str], column: str | None = None, max_sentences: in
                 continue
             seen.add(text)
             corpus.sentences.append(text)
-            kept += 1
             if max_sentences is not None and len(corpus.sentences) >= max_sentences:
-                corpus.per_source[source] = kept
                 return corpus
-        corpus.per_source[source] = kept
     return corpus
 
 

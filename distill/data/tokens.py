@@ -8,6 +8,7 @@ batched) and the ids are stored next to the teacher cache as a flat int32 array 
 from __future__ import annotations
 
 import hashlib
+import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from distill.io import atomic_path
 
 
 @dataclass
@@ -44,10 +46,26 @@ class TokenizedCorpus:
 
 
 def tokenizer_fingerprint(tokenizer, max_length: int) -> str:
+    """A name for the token ids `tokenize_corpus` makes: the same for every tokenizer that makes
+    the same ids, whatever state it is in.
+
+    Hashed: the fast tokenizer's definition (tokenizer.json: normalizer, pre-tokenizer, model and
+    vocabulary, post-processor, added tokens) or a slow one's vocabulary; `max_length`; the
+    truncation side; the pad id stored with the ids. Not hashed: the backend's current
+    truncation and padding settings, which the transformers wrapper rewrites at every call
+    (`tokenize_corpus` passes its own), so they named one tokenizer differently before and after
+    any call that truncates or pads.
+    """
     h = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    h.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
-    h.update(f"|{max_length}".encode())
+    if backend is not None:
+        definition = json.loads(backend.to_str())
+        definition.pop("truncation", None)
+        definition.pop("padding", None)
+        h.update(json.dumps(definition, sort_keys=True).encode())
+    else:
+        h.update(repr(sorted(tokenizer.get_vocab().items())).encode())
+    h.update(f"|{max_length}|{getattr(tokenizer, 'truncation_side', 'right')}|{tokenizer.pad_token_id}".encode())
     return h.hexdigest()[:16]
 
 
@@ -76,9 +94,6 @@ def tokenize_corpus(tokenizer, sentences: list[str], max_length: int, cache_dir:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     out = TokenizedCorpus(ids, offsets, int(pad_id))
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.savez(f, ids=ids, offsets=offsets, pad_id=np.int64(pad_id))
-        tmp.replace(path)
     return out

@@ -31,12 +31,14 @@ from __future__ import annotations
 import sys
 import types
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from distill.embedding import embedder
 from distill.errors import DistillError
+
+__all__ = ["SimilarityPipeline", "embedder", "pipeline", "similarity", "rank", "normalize_metric", "higher_is_closer", "parse_inputs"]
 
 SOURCE_KEY = "source_sentence"
 COMPARE_KEY = "sentences_to_compare"
@@ -77,51 +79,6 @@ def similarity(query: np.ndarray, candidates: np.ndarray, metric: str = "cosine"
     if metric == "dot":
         return dots
     return dots / np.maximum(np.linalg.norm(c, axis=1) * np.linalg.norm(q), 1e-12)
-
-
-def embedder(model, batch_size: int = 128, progress: bool = False, device=None, *, backend: str = "torch",
-             onnx_file=None, quantized: bool = False) -> Callable[[list[str]], np.ndarray]:
-    """A function list[str] -> (n, d) float32 array, rows in input order, for any model we accept.
-
-    `model`: a model folder / preset / hub id / PyPI model key (loaded with `Encoder.load`, or with
-    backend="onnx" as an `OnnxEncoder` from its onnx/ folder: `onnx_file`, `quantized`), an
-    `Encoder`, an `OnnxEncoder`, a `SentenceTransformer` (or anything with a SentenceTransformer-like
-    `.encode`), or a callable mapping a list of sentences to an (n, d) array.
-    """
-    from distill.onnx.runtime import OnnxEncoder, check_backend
-
-    if check_backend(backend, onnx_file, quantized) == "onnx":
-        if isinstance(model, (str, Path)):
-            model = OnnxEncoder.load(model, quantized=quantized, onnx_file=onnx_file)
-        elif not isinstance(model, OnnxEncoder):
-            raise DistillError(f"backend 'onnx' needs a model folder with onnx/ files, not a {type(model).__name__}")
-    if isinstance(model, OnnxEncoder):
-        onnx_enc = model
-        return lambda s: onnx_enc.encode(s, batch_size=batch_size, progress=progress)
-    if isinstance(model, (str, Path)):
-        from distill.encoder import Encoder
-
-        model = Encoder.load(str(model), device=device)
-    encoder_mod = sys.modules.get("distill.encoder")
-    if encoder_mod is not None and isinstance(model, encoder_mod.Encoder):
-        enc = model
-        return lambda s: enc.encode(s, batch_size=batch_size, progress=progress)
-    st_mod = sys.modules.get("sentence_transformers")
-    if st_mod is not None and isinstance(model, st_mod.SentenceTransformer):
-        st = model
-        return lambda s: np.asarray(
-            st.encode(s, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True), dtype=np.float32
-        )
-    if callable(getattr(model, "encode", None)):
-        other = model
-        return lambda s: np.asarray(other.encode(s), dtype=np.float32)
-    if callable(model):
-        fn = model
-        return lambda s: np.asarray(fn(s), dtype=np.float32)
-    raise DistillError(
-        f"cannot embed with a {type(model).__name__}: give a model name or folder, an Encoder, "
-        "a SentenceTransformer, or a callable from a list of sentences to an (n, d) array"
-    )
 
 
 def _sentence_list(inputs: Mapping, key: str) -> list[str]:
@@ -223,7 +180,8 @@ def pipeline(model, metric: str = "cosine", *, batch_size: int = 128, progress: 
     cosine for models that normalize) or "l2" (Euclidean distance: smaller is closer; the result
     says so with "higher_is_closer": False). It can also be given per call.
     """
-    return SimilarityPipeline(model, metric=metric, batch_size=batch_size, progress=progress, device=device)
+    return SimilarityPipeline(model, metric=metric, batch_size=batch_size, progress=progress, device=device,
+                              backend=backend, onnx_file=onnx_file, quantized=quantized)
 
 
 def rank(scores: Sequence[float], metric: str = "cosine") -> list[int]:

@@ -1,8 +1,9 @@
 """STS evaluation the SimCSE / SentEval way: Spearman x100 between cosine similarity and gold.
 
 Every distinct sentence of the requested sets is encoded once (26,173 for the seven sets), then
-each set is scored from the shared embedding table. Used by `distill eval` and, during
-training, for STS-B dev selection and the final seven-set report.
+each set is scored from the shared embedding table. Used by `distill eval` and by the trainer
+itself (not a callback): STS-B dev at every evaluation step to select the best student, and the
+final seven-set report.
 
 Models we load are scored as SentEval scores them: in fp32 (no bf16 autocast, also on a GPU)
 and without truncation below the model's own limit (`Encoder.max_positions`), whatever length
@@ -11,12 +12,12 @@ a student was trained at.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
 
+from distill.embedding import embedder
 from distill.errors import DistillError
 from distill.eval.sts_data import DEV_TASK, DEV_TASKS, TEST_TASKS, ZH_DEV_TASK, ZH_TEST_TASK, STSPairs, load_sts, normalize_task
 
@@ -42,30 +43,6 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def spearman_x100(pred: np.ndarray, gold: np.ndarray) -> float:
     return float(spearmanr(pred, gold).statistic * 100.0)
-
-
-def _encoder_fn(model, batch_size: int, progress: bool, backend: str = "torch", onnx_file=None,
-                quantized: bool = False) -> Callable[[list[str]], np.ndarray]:
-    from distill.onnx.runtime import OnnxEncoder, check_backend
-
-    if check_backend(backend, onnx_file, quantized) == "onnx" and isinstance(model, (str, Path)):
-        model = OnnxEncoder.load(model, quantized=quantized, onnx_file=onnx_file)
-    if isinstance(model, OnnxEncoder):  # scored like an Encoder: at the model's own length limit
-        return lambda s: model.encode(s, batch_size=batch_size, progress=progress, desc="STS encode", max_length=model.max_positions)
-    if backend == "onnx":
-        raise DistillError(f"backend 'onnx' needs a model folder with onnx/ files, not a {type(model).__name__}")
-    from distill.encoder import Encoder
-
-    if isinstance(model, (str, Path)):
-        model = Encoder.load(str(model))
-    if isinstance(model, Encoder):
-        return lambda s: model.encode(s, batch_size=batch_size, progress=progress, desc="STS encode",
-                                      max_length=model.max_positions, precision="fp32")
-    if hasattr(model, "encode"):  # a SentenceTransformer, or anything shaped like it
-        return lambda s: np.asarray(model.encode(s, batch_size=batch_size, show_progress_bar=progress))
-    if callable(model):
-        return lambda s: np.asarray(model(s))
-    raise DistillError(f"cannot evaluate a {type(model).__name__}: give a model name, an Encoder, or an object with .encode")
 
 
 def resolve_tasks(tasks: Sequence[str] | None) -> list[str]:
@@ -97,10 +74,12 @@ def evaluate_sts(
     SICK-R; the selection sets and Chinese STS-B never enter it, and without an English test set
     there is no "Avg").
 
-    `model`: a model name / folder / preset, an `Encoder`, a `SentenceTransformer`, or a callable
-    mapping a list of sentences to an (n, d) array. `tasks`: default the seven test sets; add
-    "STS-B-dev" for the selection metric. `data`: already loaded pairs (the training callback
-    loads them once). `backend="onnx"` (`quantized`, `onnx_file`): a folder's onnx/ graph through
+    `model`: anything `distill.embedding.Embedder` takes (a model name / folder / preset, an
+    `Encoder`, an `OnnxEncoder`, a `SentenceTransformer`, or a callable mapping a list of
+    sentences to an (n, d) array), scored with `full_length` (fp32, the model's own length limit). `tasks`: default the seven test sets; add
+    "STS-B-dev" for the selection metric. `data`: already loaded pairs (the trainer loads them
+    once per run and scores the student with them at every evaluation step: there is no STS
+    callback class, see `distill.training.trainer`). `backend="onnx"` (`quantized`, `onnx_file`): a folder's onnx/ graph through
     onnxruntime, see `distill.onnx.runtime.OnnxEncoder`.
     """
     names = resolve_tasks(tasks)
@@ -109,7 +88,9 @@ def evaluate_sts(
     if missing:
         raise DistillError(f"no data for STS tasks {missing}")
     sentences = sorted({s for t in names for s in (*pairs[t].sentences1, *pairs[t].sentences2)})
-    emb = _encoder_fn(model, batch_size, progress, backend, onnx_file, quantized)(sentences)
+    embed = embedder(model, batch_size=batch_size, progress=progress, backend=backend, onnx_file=onnx_file, quantized=quantized,
+                     full_length=True, desc="STS encode")
+    emb = embed(sentences)
     if emb.shape[0] != len(sentences):
         raise DistillError(f"the model returned {emb.shape[0]} embeddings for {len(sentences)} sentences")
     row = {s: i for i, s in enumerate(sentences)}

@@ -3,7 +3,7 @@
 The graph takes `input_ids` and `attention_mask` (int64, batch x length, both axes dynamic) and
 returns `last_hidden_state` (the token vectors, as sentence-transformers' own ONNX files do) and
 `sentence_embedding`: the folder's whole pipeline (Pooling, Dense layers, Normalize) inside the
-graph, so the runtime (`distill/onnx_runtime.py`) applies nothing itself. `onnx/distill_onnx.json`
+graph, so the runtime (`distill/onnx/runtime.py`) applies nothing itself. `onnx/distill_onnx.json`
 records what the runtime needs (truncation length, pad id, dim) and what export measured.
 
 Why a wrapper with eager attention and a hand-made mask: under transformers 5 the model builds its
@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import warnings
+from contextlib import ExitStack
 from pathlib import Path
 
 from distill.errors import DistillError
+from distill.io import atomic_path, write_json_atomic
 
 ONNX_DIR = "onnx"
 FILES = {"fp32": "model.onnx", "int8": "model_qint8.onnx"}
@@ -214,9 +214,11 @@ def export_onnx(folder: str | Path, *, quantize: str | None = None, overwrite: b
 
     onnx_dir.mkdir(parents=True, exist_ok=True)
     files = dict(old.get("files", {}))
-    fp32_tmp = _temp(onnx_dir, FILES["fp32"])
-    int8_tmp = None
-    try:
+    # Both files are written to temp names, checked, and renamed only when every check passed
+    # (int8 then fp32, as the stack unwinds); on any error both temp files are removed.
+    with ExitStack() as stack:
+        fp32_tmp = stack.enter_context(atomic_path(onnx_dir / FILES["fp32"]))
+        int8_tmp = None
         example = tokenizer(probe[:3], padding=True, return_tensors="pt")
         axes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
                 "last_hidden_state": {0: "batch", 1: "length"}, "sentence_embedding": {0: "batch"}}
@@ -233,7 +235,7 @@ def export_onnx(folder: str | Path, *, quantize: str | None = None, overwrite: b
         files[FILES["fp32"]] = {"precision": "fp32", "max_abs_diff_vs_torch": diff}
         log(f"{onnx_dir / FILES['fp32']}: max abs difference to PyTorch {diff:.2e} on {len(probe)} padded sentences")
         if quantize:
-            int8_tmp = _temp(onnx_dir, FILES["int8"])
+            int8_tmp = stack.enter_context(atomic_path(onnx_dir / FILES["int8"]))
             quantize_int8(fp32_tmp, int8_tmp)
             q = _run_padded(_session(int8_tmp), tokenizer, probe, max_length)
             cos = _cosines(q, got)
@@ -242,11 +244,6 @@ def export_onnx(folder: str | Path, *, quantize: str | None = None, overwrite: b
         for key, tmp in (("fp32", fp32_tmp), ("int8", int8_tmp)):
             if tmp is not None:
                 files[FILES[key]]["sha256"] = _sha256(tmp)
-                os.replace(tmp, onnx_dir / FILES[key])
-    finally:
-        for tmp in (fp32_tmp, int8_tmp):
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
     meta = {
         "format": 1,
         "inputs": list(INPUTS),
@@ -261,8 +258,6 @@ def export_onnx(folder: str | Path, *, quantize: str | None = None, overwrite: b
         "files": files,
         "exported_with": {"torch": torch.__version__, "transformers": _version("transformers"), "onnxruntime": _version("onnxruntime")},
     }
-    from distill.io import write_json_atomic
-
     write_json_atomic(onnx_dir / META, meta)
     return meta
 
@@ -301,15 +296,6 @@ def _max_positions(cfg, tokenizer, fallback: int) -> int:
         reserved = (cfg.pad_token_id or 0) + 1 if cfg.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet") else 0
         limits.append(int(positions) - reserved)
     return min(limits) if limits else fallback
-
-
-def _temp(directory: Path, name: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
-    return Path(tmp)
 
 
 def _version(package: str) -> str | None:

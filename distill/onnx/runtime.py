@@ -1,7 +1,7 @@
 """CPU serving without torch: onnxruntime + the fast (Rust) tokenizer over an exported folder's `onnx/`.
 
 `OnnxEncoder.load(folder)` reads `onnx/model.onnx` (or `model_qint8.onnx` with quantized=True)
-and `onnx/distill_onnx.json` written by `distill export-onnx` (distill/onnx_export.py); the graph
+and `onnx/distill_onnx.json` written by `distill export-onnx` (distill/onnx/export.py); the graph
 returns the finished sentence embedding (pooling, Dense, Normalize inside), so this module only
 tokenizes, pads and batches. Same batching idea as `Encoder.encode`: sentences sorted by token
 length so a batch carries almost no padding, rows returned in input order. onnxruntime uses every

@@ -10,27 +10,21 @@ Written to a temp folder and renamed, so a reader never sees half a student.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from distill.embedding import Embedder
 from distill.encoder import Encoder
 from distill.errors import DistillError
-from distill.io import apply_umask
+from distill.io import atomic_dir
 
 META = "distill_student.json"
 
 
 def save_student(path: str | Path, encoder: Encoder, loss: nn.Module | None, meta: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-    try:
+    with atomic_dir(path) as tmp:  # best/ and final/ get the umask's modes, not mkdtemp's 0700
         encoder.transformer.save_pretrained(tmp, safe_serialization=True)
         encoder.tokenizer.save_pretrained(tmp)
         head = loss.embedding_head() if loss is not None else None
@@ -48,15 +42,6 @@ def save_student(path: str | Path, encoder: Encoder, loss: nn.Module | None, met
             if state:
                 save_file(state, str(tmp / "heads.safetensors"))
         (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
-        apply_umask(tmp)  # mkdtemp made it 0700, safetensors 0600: give best/ and final/ the usual modes
-        old = path.with_name(f".{path.name}.old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _head_out_dim(head: nn.Module) -> int:
@@ -76,24 +61,13 @@ def load_student(path: str | Path, device=None) -> tuple[Encoder, dict, dict]:
     return enc, meta, heads
 
 
-class StudentEmbedder:
+class StudentEmbedder(Embedder):
     """What evaluation scores: the pooled vector, or for HPD the pooled vector through its head.
 
-    Scored as SentEval does: fp32, and at the model's own length limit, not the (often shorter)
-    length the student was trained at.
+    Scored as SentEval does (`full_length`): fp32, and at the model's own length limit, not the
+    (often shorter) length the student was trained at. `StudentEmbedder(enc, head)(sentences,
+    batch_size=...)`; the one adapter is `distill.embedding.Embedder`.
     """
 
     def __init__(self, encoder: Encoder, head: nn.Module | None = None):
-        self.encoder, self.head = encoder, head
-
-    @torch.inference_mode()
-    def __call__(self, sentences: list[str], batch_size: int = 256, progress: bool = False):
-        emb = self.encoder.encode(sentences, batch_size=batch_size, progress=progress, to_numpy=False,
-                                  max_length=self.encoder.max_positions, precision="fp32")
-        if self.head is not None:
-            was = self.head.training
-            self.head.eval()
-            p = next(self.head.parameters())
-            emb = self.head(emb.to(p.device, p.dtype)).float().cpu()
-            self.head.train(was)
-        return emb.numpy()
+        super().__init__(encoder, head=head, batch_size=256, full_length=True)

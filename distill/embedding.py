@@ -1,0 +1,140 @@
+"""The one adapter from a model, however it is given, to `list[str] -> (n, d) float32 array`.
+
+Used by the similarity pipeline, retrieval, STS evaluation and, during training, to score the
+student (`distill.training.student_folder.StudentEmbedder` is this class with a head).
+
+A model is any of
+  - a model folder / preset / hub id / PyPI model key: loaded with `Encoder.load`, or with
+    backend="onnx" as an `OnnxEncoder` from the folder's onnx/ files (`onnx_file`, `quantized`);
+  - an `Encoder`, optionally with a `head` module applied to its vector (HPD's Dense+tanh...);
+  - an `OnnxEncoder`;
+  - a `SentenceTransformer`, or anything with a SentenceTransformer-like `.encode`;
+  - a callable mapping a list of sentences to an (n, d) array.
+
+`full_length=True` scores as SentEval does (STS evaluation, the training callback): an Encoder
+runs in fp32 (no bf16 autocast, also on a GPU) and an Encoder or OnnxEncoder encodes at the
+model's own length limit (`max_positions`), not at the (often shorter) length it was trained at.
+Otherwise an Encoder encodes at its own `max_length` with its default precision ("auto").
+
+Imports neither torch nor sentence-transformers itself: an Encoder or a SentenceTransformer is
+recognized only when its module is already loaded, so `--backend onnx` stays torch-free.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from distill.errors import DistillError
+
+
+class Embedder:
+    """`Embedder(model, ...)(sentences)` -> (n, d) float32 array, row i for sentence i.
+
+    `batch_size` and `progress` given to a call override the ones given here.
+    """
+
+    def __init__(self, model, *, head=None, batch_size: int = 128, progress: bool = False, device=None,
+                 backend: str = "torch", onnx_file=None, quantized: bool = False, full_length: bool = False,
+                 desc: str = "encode"):
+        from distill.onnx.runtime import OnnxEncoder, check_backend
+
+        self.batch_size, self.progress, self.full_length, self.desc, self.head = batch_size, progress, full_length, desc, head
+        if check_backend(backend, onnx_file, quantized) == "onnx":
+            if isinstance(model, (str, Path)):
+                model = OnnxEncoder.load(model, quantized=quantized, onnx_file=onnx_file)
+            elif not isinstance(model, OnnxEncoder):
+                raise DistillError(f"backend 'onnx' needs a model folder with onnx/ files, not a {type(model).__name__}")
+        if isinstance(model, (str, Path)):
+            from distill.encoder import Encoder
+
+            model = Encoder.load(str(model), device=device)
+        self.model = model
+        self.kind = _kind(model)
+        if self.kind is None:
+            raise DistillError(
+                f"cannot embed with a {type(model).__name__}: give a model name or folder, an Encoder, "
+                "a SentenceTransformer, or a callable from a list of sentences to an (n, d) array"
+            )
+        if head is not None and self.kind != "encoder":
+            raise DistillError(f"a head module is applied to an Encoder's vectors, not to a {type(model).__name__}'s")
+
+    @property
+    def source(self):
+        return getattr(self.model, "source", self.model)
+
+    def __call__(self, sentences: Sequence[str], batch_size: int | None = None, progress: bool | None = None) -> np.ndarray:
+        batch_size = self.batch_size if batch_size is None else batch_size
+        progress = self.progress if progress is None else progress
+        sentences = list(sentences)
+        model = self.model
+        if self.kind == "encoder":
+            return self._encoder(sentences, batch_size, progress)
+        if self.kind == "onnx":
+            length = {"max_length": model.max_positions} if self.full_length else {}
+            out = model.encode(sentences, batch_size=batch_size, progress=progress, desc=self.desc, **length)
+        elif self.kind == "sentence-transformers":
+            out = model.encode(sentences, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
+        elif self.kind == "encode":
+            out = model.encode(sentences, **_accepted(model.encode, batch_size=batch_size, show_progress_bar=progress))
+        else:
+            out = model(sentences)
+        return np.asarray(out, dtype=np.float32)
+
+    def _encoder(self, sentences: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        import torch
+
+        enc = self.model
+        kwargs = {"max_length": enc.max_positions, "precision": "fp32"} if self.full_length else {}
+        with torch.inference_mode():
+            emb = enc.encode(sentences, batch_size=batch_size, progress=progress, desc=self.desc, to_numpy=False, **kwargs)
+            if self.head is not None:
+                was = self.head.training
+                self.head.eval()
+                p = next(self.head.parameters())
+                emb = self.head(emb.to(p.device, p.dtype)).float().cpu()
+                self.head.train(was)
+        return emb.numpy()
+
+    def __repr__(self) -> str:
+        return f"Embedder({self.source!r}, kind={self.kind!r}{', head' if self.head is not None else ''})"
+
+
+def _kind(model) -> str | None:
+    from distill.onnx.runtime import OnnxEncoder
+
+    if isinstance(model, OnnxEncoder):
+        return "onnx"
+    encoder_mod = sys.modules.get("distill.encoder")
+    if encoder_mod is not None and isinstance(model, encoder_mod.Encoder):
+        return "encoder"
+    st_mod = sys.modules.get("sentence_transformers")
+    if st_mod is not None and isinstance(model, st_mod.SentenceTransformer):
+        return "sentence-transformers"
+    if callable(getattr(model, "encode", None)):
+        return "encode"
+    if callable(model):
+        return "callable"
+    return None
+
+
+def _accepted(fn, **kwargs) -> dict:
+    """The keyword arguments `fn` names in its signature (a SentenceTransformer-like .encode may take
+    batch_size / show_progress_bar, or only the sentences)."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+def embedder(model, batch_size: int = 128, progress: bool = False, device=None, *, backend: str = "torch",
+             onnx_file=None, quantized: bool = False, head=None, full_length: bool = False,
+             desc: str = "encode") -> Callable[[list[str]], np.ndarray]:
+    """A function list[str] -> (n, d) float32 array, rows in input order: an `Embedder`."""
+    return Embedder(model, head=head, batch_size=batch_size, progress=progress, device=device, backend=backend,
+                    onnx_file=onnx_file, quantized=quantized, full_length=full_length, desc=desc)

@@ -1,0 +1,59 @@
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from distill.io import atomic_dir, atomic_path
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_path_serves_torch_save_and_np_save_and_cleans_up(tmp_path):
+    import torch
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    with atomic_path(ckpt) as tmp:  # what the trainer's checkpoint write needs
+        assert tmp.parent == ckpt.parent and tmp.name.startswith(".checkpoint.pt.")
+        torch.save({"step": 3}, tmp)
+    assert torch.load(ckpt)["step"] == 3 and _mode(ckpt) == 0o666 & ~umask
+    with atomic_path(tmp_path / "a.npy") as tmp:  # the suffix is kept: np.save appends none
+        np.save(tmp, np.arange(3))
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.arange(3))
+    with pytest.raises(RuntimeError), atomic_path(ckpt) as tmp:
+        torch.save({"step": 4}, tmp)
+        raise RuntimeError("killed mid-write")
+    assert torch.load(ckpt)["step"] == 3  # the old file is intact
+    with atomic_path(tmp_path / "b.npy", fixed=True) as tmp:
+        assert tmp.name == ".b.npy.tmp"
+        with open(tmp, "wb") as f:
+            np.save(f, np.zeros(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "b.npy", "run"]
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["checkpoint.pt"]
+
+
+def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    target = tmp_path / "best"
+    with atomic_dir(target) as tmp:
+        (tmp / "x.txt").write_text("one")
+    assert (target / "x.txt").read_text() == "one"
+    assert _mode(target) == 0o777 & ~umask  # not mkdtemp's 0700
+    with atomic_dir(target) as tmp:
+        (tmp / "y.txt").write_text("two")
+    assert sorted(p.name for p in target.iterdir()) == ["y.txt"]
+    with pytest.raises(OSError), atomic_dir(target) as tmp:
+        (tmp / "z.txt").write_text("three")
+        raise OSError("disk full")
+    assert sorted(p.name for p in target.iterdir()) == ["y.txt"]
+    (tmp_path / ".best.old").mkdir()  # a stale folder of an older scheme does not block a save
+    (tmp_path / ".best.old" / "junk").write_text("")
+    with atomic_dir(target) as tmp:
+        (tmp / "w.txt").write_text("four")
+    assert sorted(p.name for p in target.iterdir()) == ["w.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".best.old", "best"]  # no temp folder left
