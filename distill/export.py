@@ -28,7 +28,7 @@ from torch import nn
 from distill.errors import DistillError
 from distill.io import atomic_dir, replace_dir
 from distill.eval.sts_data import TEST_TASKS, ZH_TEST_TASK
-from distill.training.student_folder import META, load_student
+from distill.training.student_folder import META, load_saved_student
 
 POOLING_MODES = {"mean": "mean", "cls_before_pooler": "cls"}
 EXPORT_MARKER = ".distill-export.json"
@@ -116,7 +116,7 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
     if not (student_dir / META).is_file():
         raise DistillError(f"{run_dir}: no trained student in it (expected {run_dir / which / META})")
     _interrupted_warning(run_dir, student_dir)
-    enc, meta, heads = load_student(student_dir, device="cpu")
+    enc, meta, heads = load_saved_student(student_dir, device="cpu")
     if enc.pooling not in POOLING_MODES:
         raise DistillError(f"{student_dir}: pooling {enc.pooling!r} has no sentence-transformers Pooling mode")
     loss_name = meta.get("loss", {}).get("name", "")

@@ -299,11 +299,11 @@ def test_evaluation_ignores_the_training_max_length(tmp_path, tiny_home, monkeyp
 
     from distill.export import export_student
     from distill.eval.sts import evaluate_sts
-    from distill.training.student_folder import StudentEmbedder, load_student
+    from distill.training.student_folder import StudentEmbedder, load_saved_student
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     results = train(load_recipe(_recipe(tmp_path, steps=2, every=2), ["data.max_length=8"]), progress=False)
-    enc, meta, _ = load_student(tmp_path / "run" / "best", device="cpu")
+    enc, meta, _ = load_saved_student(tmp_path / "run" / "best", device="cpu")
     assert meta["max_length"] == enc.max_length == 8 and enc.max_positions == 128  # tiny BERT: 128 positions
     full = evaluate_sts(StudentEmbedder(enc), tasks=["STS-B"], sts_dir=STS_DIR, progress=False)
     cut = evaluate_sts(lambda s: enc.encode(s, progress=False), tasks=["STS-B"], sts_dir=STS_DIR, progress=False)

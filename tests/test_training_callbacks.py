@@ -13,7 +13,7 @@ from distill.eval.retrieval import evaluate_retrieval
 from distill.eval.sts_data import load_sts
 from distill.training.callbacks import Callback
 from distill.training.evaluators import RetrievalEvaluator
-from distill.training.student_folder import StudentEmbedder, load_student
+from distill.training.student_folder import StudentEmbedder, load_saved_student
 from distill.training.trainer import train
 
 
@@ -69,7 +69,7 @@ def test_retrieval_and_a_plain_function_as_training_evaluators(tmp_path, tiny_ho
     # the same student, scored independently, gives the logged value
     saved = json.loads((tmp_path / "run" / "best" / "distill_student.json").read_text())
     assert saved["selected_by"] == "retrieval/MRR@10" and saved["step"] == best["step"]
-    best_student = StudentEmbedder(load_student(tmp_path / "run" / "best")[0])
+    best_student = StudentEmbedder(load_saved_student(tmp_path / "run" / "best")[0])
     again = evaluate_retrieval(best_student, queries, corpus, qrels, k=(10,))
     assert abs(again["MRR@10"] - best["retrieval/MRR@10"]) < 1e-6
 

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from distill.errors import DistillError
+from distill.io import atomic_path
 
 NAME = "checkpoint.pt"
 
@@ -44,9 +45,8 @@ def set_rng_state(s: dict) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: a kill leaves the previous checkpoint intact
+    with atomic_path(path, fixed=True) as tmp:  # a kill leaves the previous checkpoint intact
+        torch.save(payload, tmp)
 
 
 def damaged(path: Path, exc: BaseException) -> DistillError:

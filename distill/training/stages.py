@@ -161,14 +161,14 @@ def stage2(recipe: Recipe, run_dir: Path, meta1: dict, rank: int, world: int, de
     takes the one selected on the dev task instead), with its own loss, schedule and run folder."""
     from distill.data.triplets import read_triplets
     from distill.losses import stage2_loss_class
-    from distill.training.student_folder import load_student
+    from distill.training.student_folder import load_saved_student
 
     main_process = rank == 0
     s2 = recipe.stage2
     s2_dir = run_dir / "stage2"
     if not main_process:
         barrier(world)
-    student, _, _ = load_student(run_dir / s2.init, device=device)
+    student, _, _ = load_saved_student(run_dir / s2.init, device=device)
     student.max_length = recipe.data.max_length
     triplets = read_triplets(s2.triplets, s2.columns, s2.subset, s2.max_triplets)
     flat = [t[0] for t in triplets] + [t[1] for t in triplets] + [t[2] for t in triplets]

@@ -49,7 +49,7 @@ def _head_out_dim(head: nn.Module) -> int:
     return int(linears[-1].out_features)
 
 
-def load_student(path: str | Path, device=None) -> tuple[Encoder, dict, dict]:
+def load_saved_student(path: str | Path, device=None) -> tuple[Encoder, dict, dict]:
     """(encoder, meta, loss head state) of a saved student."""
     path = Path(path)
     meta_file = path / META

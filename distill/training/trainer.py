@@ -36,7 +36,7 @@ from distill.training.callbacks import Callback, JsonlLog, ProgressBar, WandbCal
 from distill.training.distributed import barrier, init_distributed, is_main_process_env, teardown
 from distill.training.evaluators import Baselines, FinalReport, STSEvaluator, as_callback
 from distill.training.stages import Stage, stage1, stage2
-from distill.training.student_folder import StudentEmbedder, load_student, save_student
+from distill.training.student_folder import StudentEmbedder, load_saved_student, save_student
 
 LOG_EVERY = 10  # steps between reads of the loss values from the device (each read is a sync)
 
@@ -307,7 +307,7 @@ class Trainer:
         results: dict = {}
         if self.main:
             save_student(stage.run_dir / "final", self.module.student, self.module.loss, {**stage.meta, "step": state.step})
-            best, best_meta, heads = load_student(stage.run_dir / "best", device=device)
+            best, best_meta, heads = load_saved_student(stage.run_dir / "best", device=device)
             if state.head is not None:  # the best step's head weights
                 self.module.loss.load_state_dict(heads)
             state.student = best
