@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +106,7 @@ def _check_value(where: str, value: Any, annotation) -> Any:
     """Light type check with the coercions YAML needs (1 -> 1.0 for floats)."""
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):  # Optional[x] and x | None
         if value is None and type(None) in args:
             return None
         errors = []

@@ -173,7 +173,8 @@ class Trainer:
         total = tcfg.max_steps or math.ceil(tcfg.epochs * self.steps_per_epoch)
         self.optimizer = _optimizer(self.module, tcfg, self.device)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(tcfg.warmup_ratio * total), total)
-        self.scaler = torch.amp.GradScaler("cuda") if self.device.type == "cuda" and tcfg.precision == "fp16" else None
+        # fp16 needs loss scaling; a disabled scaler passes everything through unchanged
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and tcfg.precision == "fp16")
         self.state = TrainState(total_steps=total, steps_per_epoch=self.steps_per_epoch, run_dir=str(stage.run_dir))
         if resume:
             self._resume()
@@ -239,18 +240,14 @@ class Trainer:
                     parts = self.model(*args)
                 value = parts["loss"]
                 self.bad |= ~torch.isfinite(value.detach())
-                (self.scaler.scale(value / accum) if self.scaler else value / accum).backward()
+                self.scaler.scale(value / accum).backward()
             for k, v in parts.items():
                 self.sums[k] = self.sums.get(k, 0.0) + v.detach().float() / accum
-        if self.scaler:
-            self.scaler.unscale_(self.optimizer)
+        self.scaler.unscale_(self.optimizer)
         if tcfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), tcfg.grad_clip)
-        if self.scaler:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.summed += 1
@@ -307,9 +304,9 @@ class Trainer:
         results: dict = {}
         if self.main:
             save_student(stage.run_dir / "final", self.module.student, self.module.loss, {**stage.meta, "step": state.step})
-            best, best_meta, heads = load_saved_student(stage.run_dir / "best", device=device)
+            best, best_meta, loss_state = load_saved_student(stage.run_dir / "best", device=device)
             if state.head is not None:  # the best step's head weights
-                self.module.loss.load_state_dict(heads)
+                self.module.loss.load_state_dict(loss_state)
             state.student = best
             results = {
                 "best_step": state.best_step, "best_dev": state.best_score, "steps": state.step,
