@@ -52,7 +52,7 @@ def test_offline_benchmark_script_on_tiny_models(tmp_path, tiny_bert_dir, sts_di
     sect = md[md.index("## Offline STS distillation (benchmarks/offline_sts.py), "):]
     for needle in ("- date: ", "- device: cpu", "- command: `python benchmarks/offline_sts.py --recipe ", "--losses mse,ibkd",
                    f"- commit: {rows[0]['commit']}", "corpus 200 distinct sentences from ", "max_steps 2 (2 optimizer steps)", "batch 32",
-                   "selected on STS-B-dev only", "- loss parameters: mse: standardize=student_norm; ibkd: tau=0.05"):
+                   "selected on STS-B-dev only", "- loss parameters: mse: ", "standardize=student_norm", "; ibkd: tau=0.05"):
         assert needle in sect, needle
     table = [line for line in sect.splitlines() if line.startswith("|")]
     assert [line.strip("|").split("|")[0].strip() for line in table[2:]] == [

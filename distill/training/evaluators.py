@@ -88,8 +88,12 @@ class FunctionEvaluator(Evaluator):
         return {k: float(v) for k, v in out.items() if isinstance(v, float)}  # scores; counts (int) left out
 
 
-def as_callback(cb) -> Callback:
-    return cb if isinstance(cb, Callback) else FunctionEvaluator(cb)
+HOOKS = ("on_train_begin", "on_step_end", "evaluate", "on_evaluate", "on_train_end")
+
+
+def as_callback(cb):
+    """A callback (a `Callback`, or any object with the hooks) as it is; a plain function as an evaluator."""
+    return cb if isinstance(cb, Callback) or any(hasattr(cb, h) for h in HOOKS) else FunctionEvaluator(cb)
 
 
 def baseline_scores(teacher: str, student, tasks: Sequence[str], data: dict, batch_size: int, max_length: int | None = None) -> dict:
