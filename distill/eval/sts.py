@@ -1,9 +1,9 @@
 """STS evaluation the SimCSE / SentEval way: Spearman x100 between cosine similarity and gold.
 
 Every distinct sentence of the requested sets is encoded once (26,173 for the seven sets), then
-each set is scored from the shared embedding table. Used by `distill eval` and by the trainer
-itself (not a callback): STS-B dev at every evaluation step to select the best student, and the
-final seven-set report.
+each set is scored from the shared embedding table. Used by `distill eval` and, in training, by
+the evaluator callbacks of training/evaluators.py: STSEvaluator (STS-B dev at every evaluation
+point, selecting the best student), Baselines and FinalReport (the final seven-set report).
 
 Models we load are scored as SentEval scores them: in fp32 (no bf16 autocast, also on a GPU)
 and without truncation below the model's own limit (`Encoder.max_positions`), whatever length
