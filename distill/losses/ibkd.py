@@ -20,6 +20,14 @@ from distill.losses.functional import (
 )
 
 BANDWIDTHS = ("fixed", "median")
+
+# The InfoNCE temperature and the HSIC term's weight and kernel width: both IBKD stages take them.
+INFONCE_HSIC_RULES = {
+    "tau": POSITIVE,
+    "lam": NON_NEGATIVE,
+    "gamma": POSITIVE,
+    "bandwidth": one_of(*BANDWIDTHS),
+}
 ESTIMATORS = ("biased", "normalized")  # the penalty: HSIC(X, S), or nHSIC = HSIC(X,S)/sqrt(HSIC(X,X) HSIC(S,S))
 LAM_MODES = ("absolute", "relative")  # lam: the weight of the penalty, or its gradient's target share
 
@@ -137,10 +145,7 @@ class IBKDLoss(DistillLoss):
     citation = IBKD_CITATION
     contrastive = True
     rules = {
-        "tau": POSITIVE,
-        "lam": NON_NEGATIVE,
-        "gamma": POSITIVE,
-        "bandwidth": one_of(*BANDWIDTHS),
+        **INFONCE_HSIC_RULES,
         "hsic_estimator": one_of(*ESTIMATORS),
         "lam_mode": one_of(*LAM_MODES),
     }

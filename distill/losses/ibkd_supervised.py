@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
-from distill.losses.base import NON_NEGATIVE, POSITIVE, DistillLoss, one_of
+from distill.losses.base import DistillLoss, one_of
 from distill.losses.functional import gather_candidates, info_nce
-from distill.losses.ibkd import BANDWIDTHS, IBKD_CITATION, HSICPenalty
+from distill.losses.ibkd import IBKD_CITATION, INFONCE_HSIC_RULES, HSICPenalty
 
 HEADS = ("linear", "mlp", "none")
 AUTHORS_HEAD_DIM = 128  # the IBKD authors' stage-2 head: Linear(384 -> 128), no activation
@@ -49,10 +49,7 @@ class IBKDSupervisedLoss(DistillLoss):
     citation = IBKD_CITATION
     stage = 2  # trained on (anchor, positive, negative) triplets after stage 1: not a `distill compare` loss
     rules = {
-        "tau": POSITIVE,
-        "lam": NON_NEGATIVE,
-        "gamma": POSITIVE,
-        "bandwidth": one_of(*BANDWIDTHS),
+        **INFONCE_HSIC_RULES,
         "head": one_of(*HEADS),
         "head_dim": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1), "unset or a whole number >= 1"),
     }
