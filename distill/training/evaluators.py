@@ -83,8 +83,7 @@ class FunctionEvaluator(Evaluator):
         self.fn = fn
 
     def evaluate(self, state, head: bool = True) -> dict[str, float]:
-        embed = state.embedder(head)
-        out = self.fn(lambda s: embed(s))
+        out = self.fn(state.embedder(head))
         return {k: float(v) for k, v in out.items() if isinstance(v, float)}  # scores; counts (int) left out
 
 
@@ -103,7 +102,8 @@ def baseline_scores(teacher: str, student, tasks: Sequence[str], data: dict, bat
     from distill.encoder import Encoder
 
     out: dict = {"key": {"teacher": teacher, "tasks": list(tasks), "scoring": SCORING}}
-    t_enc = Encoder.load(teacher, role="teacher") if isinstance(student, str) else Encoder.load(teacher, device=student[1].device, role="teacher")
+    device = None if isinstance(student, str) else student[1].device  # the run's device, else the best one
+    t_enc = Encoder.load(teacher, device=device, role="teacher")
     out["teacher"] = _describe(teacher, t_enc, evaluate_sts(t_enc, tasks=tasks, data=data, batch_size=batch_size, progress=False))
     del t_enc
     if isinstance(student, str):

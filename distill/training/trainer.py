@@ -16,7 +16,7 @@ import json
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -60,11 +60,9 @@ class TrainState:
     student: object = field(default=None, repr=False)  # the Encoder being trained (the best one in on_train_end)
     head: object = field(default=None, repr=False)  # the loss's embedding head (HPD), or None
 
-    SAVED = ("step", "epoch", "step_in_epoch", "total_steps", "steps_per_epoch", "best_score", "best_step",
-             "init_score", "sentences_seen", "train_seconds", "evals")
-
     def saved(self) -> dict:
-        return {k: getattr(self, k) for k in self.SAVED}
+        """The progress fields, for the checkpoint (not the run folder, not the live student)."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("run_dir", "student", "head")}
 
     def embedder(self, head: bool = True) -> StudentEmbedder:
         """sentences -> embeddings of the student as it is now (through the head, unless head=False)."""
