@@ -18,6 +18,12 @@ The student folder must hold onnx/model.onnx and onnx/model_qint8.onnx (`distill
 the date, the device, load averages before and after (`os.getloadavg`), the command and the commit.
 Speed: best of --repeats timed passes after one warm-up batch (the machine is shared; the best pass
 is the least disturbed one). Results are also written, row by row, to --json.
+
+--profile adds one more pass of each ONNX row under onnxruntime's profiler and splits its kernel
+time into matrix products (GEMM_OPS) and everything else, with the CPU's int8 instruction sets:
+int8 speeds up only the matrix products, and by how much depends on the instructions (AVX2's
+u8 x s8 multiply-add does at most twice fp32's work per cycle; AVX-512 VNNI / AVX-VNNI fuse it,
+AMX more). The split says where an int8 target is out of reach and why.
 """
 
 from __future__ import annotations
@@ -61,6 +67,54 @@ def format_row(scores: dict) -> str:
     return " ".join(f"{k}={v:.2f}" for k, v in scores.items() if k != "Avg")
 
 
+GEMM_OPS = {"MatMul", "FusedMatMul", "Gemm", "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "QGemm"}
+INT8_ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8")
+
+
+def cpu_int8_isa() -> str:
+    """The int8-relevant instruction sets /proc/cpuinfo lists (Linux), e.g. 'avx2' or 'avx2 avx512f avx512_vnni'."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                return " ".join(f for f in INT8_ISA if f in flags) or "none of " + ", ".join(INT8_ISA)
+    except OSError:
+        pass
+    return "unknown"
+
+
+def profile_onnx(model, sentences: list[str], batch_size: int, threads: int | None) -> dict:
+    """Kernel seconds by op type for one pass of `model` (an OnnxEncoder) under onnxruntime's profiler."""
+    import json
+    import tempfile
+
+    import onnxruntime as ort
+
+    from distill.onnx.runtime import available_cores
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads or available_cores()
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = str(Path(tmp) / "ort")
+        model.session = ort.InferenceSession(str(model.file), opts, providers=["CPUExecutionProvider"])
+        start = time.perf_counter()
+        model.encode(sentences, batch_size=batch_size, progress=False)
+        wall = time.perf_counter() - start
+        events = json.loads(Path(model.session.end_profiling()).read_text())
+    by_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e["args"]["op_name"]
+            by_op[op] = by_op.get(op, 0.0) + e["dur"] / 1e6
+    gemm = sum(v for k, v in by_op.items() if k in GEMM_OPS)
+    return {"wall_s": wall, "gemm_s": gemm, "other_s": sum(by_op.values()) - gemm,
+            "by_op": dict(sorted(by_op.items(), key=lambda kv: -kv[1]))}
+
+
 def load_row(kind: str, name: str, quantized: bool = False, threads: int | None = None):
     if kind == "torch":
         import torch
@@ -101,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure STS for the student rows only (a teacher's STS does not depend on the backend; give it with --recorded-sts)")
     ap.add_argument("--recorded-sts", action="append", default=[], metavar="NAME=AVG=SOURCE",
                     help="a teacher's seven-set average measured elsewhere, shown as such (e.g. all-minilm-l6-v2=78.87=BENCHMARKS.md demo row)")
+    ap.add_argument("--profile", action="store_true",
+                    help="one more pass of each ONNX row under onnxruntime's profiler: kernel time in matrix products vs the rest")
     ap.add_argument("--label", default="", help="a note for every row (e.g. 'shared machine, 4 other jobs')")
     ap.add_argument("--json", default="runs/cpu_serving.json", help="results, written after each row")
     ap.add_argument("--bench-md", default=str(REPO / "BENCHMARKS.md"), help="append the rows here ('' to skip)")
@@ -123,6 +179,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{label:32s} {kind:10s} {sps:8.1f} sentences/s", flush=True)
         write_json_atomic(args.json, {"rows": results})
         del model
+    if args.profile:
+        for r, (label, kind, name, quantized) in zip(results, rows):
+            if kind == "torch":
+                continue
+            prof = profile_onnx(load_row("onnx", name, quantized, args.threads), sentences, args.batch_size, args.threads)
+            r["profile"] = prof
+            top = ", ".join(f"{k} {v:.2f}" for k, v in list(prof["by_op"].items())[:4])
+            print(f"{r['model']:32s} {kind:10s} profiled pass {prof['wall_s']:.2f} s: matrix products {prof['gemm_s']:.2f} s, "
+                  f"other kernels {prof['other_s']:.2f} s ({top})", flush=True)
+        write_json_atomic(args.json, {"rows": results, "cpu_int8_isa": cpu_int8_isa()})
+        fp32_p, int8_p = (r.get("profile") for r in results[-2:])
+        if fp32_p and int8_p and int8_p["gemm_s"]:
+            print(f"int8 matrix products / fp32 matrix products: {fp32_p['gemm_s'] / int8_p['gemm_s']:.2f}x faster; "
+                  f"CPU int8 instructions: {cpu_int8_isa()}")
     recorded = {}
     for spec in args.recorded_sts:
         name, avg, source = (spec.split("=", 2) + ["", ""])[:3]
@@ -156,10 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         ratios["STS loss ONNX fp32 vs PyTorch (target <= 0.01)"] = student_torch["sts"]["Avg"] - fp32["sts"]["Avg"]
     for k, v in ratios.items():
         print(f"{k}: {v if v is None else round(v, 3)}")
-    write_json_atomic(args.json, {"rows": results, "ratios": ratios, "load_before": load_before, "load_after": load_after})
+    write_json_atomic(args.json, {"rows": results, "ratios": ratios, "load_before": load_before, "load_after": load_after,
+                                  "cpu_int8_isa": cpu_int8_isa()})
 
     if args.bench_md:
-        device = device_name(__import__("torch").device("cpu")).split(", load avg")[0]
+        device = device_name(__import__("torch").device("cpu")).split(", load avg")[0] + f" ({cpu_int8_isa()})"
         command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
         commit = git_commit()
         for r in results:
@@ -177,7 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                 "STS avg": f"{r['sts']['Avg']:.2f}" if "sts" in r else (
                     f"{r['sts_recorded']['Avg']:.2f} (recorded: {r['sts_recorded']['source']}; not re-measured)" if "sts_recorded" in r else ""),
                 "STS eval s": f"{r['sts_seconds']:.0f}" if "sts_seconds" in r else "",
-                "notes": args.label,
+                "notes": "; ".join(x for x in (args.label, (
+                    f"profiled: matrix products {r['profile']['gemm_s']:.2f} s, other kernels {r['profile']['other_s']:.2f} s"
+                    if "profile" in r else "")) if x),
             })
         print(f"rows appended to {args.bench_md}", file=sys.stderr)
     return 0
