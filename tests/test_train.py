@@ -313,3 +313,33 @@ def test_evaluation_ignores_the_training_max_length(tmp_path, tiny_home, monkeyp
     model = SentenceTransformer(str(out), device="cpu")
     assert model.max_seq_length == 128
     assert evaluate_sts(model, tasks=["STS-B"], sts_dir=STS_DIR, progress=False)["STS-B"] == pytest.approx(full["STS-B"], abs=0.05)
+
+
+def test_cpu_adamw_is_fused_and_makes_the_foreach_update():
+    """The trainer's AdamW is torch's fused kernel on CPU (torch >= 2.4): 5x faster for a MiniLM
+    student, whose word embeddings are updated in full every step. It must be the same update as
+    the default (foreach) AdamW the earlier runs used, to float64 precision."""
+    from types import SimpleNamespace
+
+    from distill.training.trainer import _optimizer
+
+    if tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 4):
+        pytest.skip(f"torch {torch.__version__} has no fused AdamW on CPU")
+    torch.manual_seed(0)
+    fused_model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.LayerNorm(8)).double()
+    foreach_model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.LayerNorm(8)).double()
+    foreach_model.load_state_dict(fused_model.state_dict())
+    tcfg = SimpleNamespace(lr=1e-2, weight_decay=0.01)
+    fused = _optimizer(fused_model, tcfg, torch.device("cpu"))
+    assert fused.defaults["fused"] is True
+    groups = [{"params": [p for p in foreach_model.parameters() if p.ndim >= 2], "weight_decay": 0.01},
+              {"params": [p for p in foreach_model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+    foreach = torch.optim.AdamW(groups, lr=1e-2, foreach=True)
+    ids = torch.randint(0, 50, (4, 5))
+    for _ in range(3):
+        for model, opt in ((fused_model, fused), (foreach_model, foreach)):
+            model(ids).pow(2).sum().backward()
+            opt.step()
+            opt.zero_grad()
+    for a, b in zip(fused_model.parameters(), foreach_model.parameters()):
+        assert torch.allclose(a, b, atol=1e-12, rtol=0)
