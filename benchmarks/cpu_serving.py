@@ -90,13 +90,9 @@ def profile_onnx(model, sentences: list[str], batch_size: int, threads: int | No
 
     import onnxruntime as ort
 
-    from distill.onnx.runtime import available_cores
+    from distill.onnx.runtime import session_options
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads or available_cores()
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
+    opts = session_options(threads)  # the serving session's options, plus the profiler
     opts.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
         opts.profile_file_prefix = str(Path(tmp) / "ort")
@@ -168,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     from distill.eval.sts import evaluate_sts
 
     load_before = os.getloadavg()
+    isa = cpu_int8_isa()
     sentences, data = sts_sentences(args.sts_dir, args.n, args.seed)
     rows = [(f"teacher {t}", "torch", t, False) for t in args.teachers.split(",") if t]
     rows += [("student", "torch", args.student, False), ("student", "onnx", args.student, False), ("student", "onnx int8", args.student, True)]
@@ -188,11 +185,11 @@ def main(argv: list[str] | None = None) -> int:
             top = ", ".join(f"{k} {v:.2f}" for k, v in list(prof["by_op"].items())[:4])
             print(f"{r['model']:32s} {kind:10s} profiled pass {prof['wall_s']:.2f} s: matrix products {prof['gemm_s']:.2f} s, "
                   f"other kernels {prof['other_s']:.2f} s ({top})", flush=True)
-        write_json_atomic(args.json, {"rows": results, "cpu_int8_isa": cpu_int8_isa()})
+        write_json_atomic(args.json, {"rows": results, "cpu_int8_isa": isa})
         fp32_p, int8_p = (r.get("profile") for r in results[-2:])
         if fp32_p and int8_p and int8_p["gemm_s"]:
             print(f"int8 matrix products / fp32 matrix products: {fp32_p['gemm_s'] / int8_p['gemm_s']:.2f}x faster; "
-                  f"CPU int8 instructions: {cpu_int8_isa()}")
+                  f"CPU int8 instructions: {isa}")
     recorded = {}
     for spec in args.recorded_sts:
         name, avg, source = (spec.split("=", 2) + ["", ""])[:3]
@@ -227,10 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in ratios.items():
         print(f"{k}: {v if v is None else round(v, 3)}")
     write_json_atomic(args.json, {"rows": results, "ratios": ratios, "load_before": load_before, "load_after": load_after,
-                                  "cpu_int8_isa": cpu_int8_isa()})
+                                  "cpu_int8_isa": isa})
 
     if args.bench_md:
-        device = device_name(__import__("torch").device("cpu")).split(", load avg")[0] + f" ({cpu_int8_isa()})"
+        device = device_name(__import__("torch").device("cpu")).split(", load avg")[0] + f" ({isa})"
         command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
         commit = git_commit()
         for r in results:

@@ -33,6 +33,22 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def session_options(threads: int | None = None):
+    """onnxruntime options for serving: `threads` intra-op threads (default: every core this process
+    may use), one inter-op thread, every graph optimization, warnings only."""
+    import onnxruntime as ort
+
+    threads = available_cores() if threads is None else int(threads)
+    if threads < 1:
+        raise DistillError(f"threads must be at least 1, got {threads}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3
+    return opts
+
+
 class OnnxEncoder:
     """Sentences -> (n, d) float32 embeddings with onnxruntime; `encode` mirrors `Encoder.encode`."""
 
@@ -82,14 +98,7 @@ class OnnxEncoder:
         tok_file = folder / "tokenizer.json"
         if not tok_file.is_file():
             raise DistillError(f"{folder}: no tokenizer.json; the onnx backend needs the fast tokenizer's file beside the model")
-        threads = available_cores() if threads is None else int(threads)
-        if threads < 1:
-            raise DistillError(f"threads must be at least 1, got {threads}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.log_severity_level = 3
+        opts = session_options(threads)
         try:
             session = ort.InferenceSession(str(file), opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 (onnxruntime raises its own exception types)
