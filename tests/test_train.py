@@ -323,7 +323,7 @@ def test_cpu_adamw_is_fused_and_makes_the_foreach_update():
 
     from distill.training.trainer import _optimizer
 
-    if tuple(int(x) for x in torch.__version__.split(".")[:2]) < (2, 4):
+    if torch.__version__ < (2, 4):
         pytest.skip(f"torch {torch.__version__} has no fused AdamW on CPU")
     torch.manual_seed(0)
     fused_model = torch.nn.Sequential(torch.nn.Embedding(50, 8), torch.nn.LayerNorm(8)).double()
