@@ -33,7 +33,7 @@ import yaml
 from distill.config import Recipe, _check_loss, loss_defaults, parse_override, saved_recipe_with_defaults
 from distill.errors import DistillError
 from distill.io import write_bytes_atomic, write_json_atomic, write_text_atomic
-from distill.eval.sts_data import DEV_TASK, DEV_TASKS, TEST_TASKS, ZH_TEST_TASK
+from distill.tasks import DEV_TASK, DEV_TASKS, TEST_TASKS, ZH_TEST_TASK
 
 # Test sets a compare table can show: the English seven (averaged) and Chinese STS-B (never averaged).
 REPORT_TASKS = (*TEST_TASKS, ZH_TEST_TASK)
@@ -161,8 +161,8 @@ def _check_same_recipe(run: Run) -> None:
 def _baselines(recipe: Recipe, out_dir: Path, log: Callable[[str], None]) -> dict:
     """Teacher and untrained student on the final (and dev) tasks; OUT/baselines.json, reused.
     The same computation (and JSON shape) as a training run's baselines.json."""
-    from distill.eval.sts import resolve_tasks
     from distill.eval.sts_data import load_sts
+    from distill.tasks import resolve_tasks
     from distill.training.evaluators import SCORING, baseline_scores
 
     tasks = list(dict.fromkeys(resolve_tasks(recipe.eval.final_tasks) + resolve_tasks(recipe.eval.tasks)))
@@ -195,7 +195,7 @@ def _free_memory() -> None:
 
 
 def _dev_task(recipe: Recipe) -> str:
-    from distill.eval.sts import resolve_tasks, selection_task
+    from distill.tasks import resolve_tasks, selection_task
 
     return selection_task(resolve_tasks(recipe.eval.tasks))
 
@@ -326,7 +326,7 @@ def format_compare_table(rows: Sequence[dict]) -> str:
         key = ("teacher", r.get("model") or r["teacher"]) if r["loss"] == "teacher" else (r["student"], r["loss"])
         groups.setdefault(key, []).append(r)
     multi_seed = any(len(g) > 1 for k, g in groups.items() if k[0] != "teacher")
-    from distill.eval.sts import DEV_LABELS
+    from distill.tasks import DEV_LABELS
 
     head = (["model", *tasks] + (["Avg"] if has_avg else []) + zh
             + ["params", "dim", "train sentences/s", f"best {DEV_LABELS.get(dev, dev)}"] + (["Avg per seed"] if multi_seed else []))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from distill.errors import DistillError
+from distill.precision import autocast_for
 from distill.presets import POOLINGS, StudentSpec
 
 
@@ -110,27 +110,6 @@ def best_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
-
-def autocast_for(device: torch.device | str, precision: str = "auto"):
-    """The autocast context for a precision on a device; CPU always runs plain fp32.
-
-    The one autocast helper of the package: `Encoder.encode`, the teacher cache and the trainer
-    (`autocast_for(device, tcfg.precision)`, precision from the recipe) all use it.
-    "auto": bf16 where the GPU supports it, fp16 on older GPUs; "bf16" falls back to fp16 on
-    those; "fp16": fp16; "fp32": no autocast (reported scores are computed this way, as the
-    authors do). `device`: a torch.device or its name ("cuda", "cuda:1", "cpu").
-    """
-    if precision not in PRECISIONS:
-        raise DistillError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if torch.device(device).type != "cuda" or precision == "fp32":
-        return nullcontext()
-    if precision in ("auto", "bf16") and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cuda", dtype=torch.float16)
-
-
 class Encoder(nn.Module):
     """transformer -> pooling -> (optional) L2 normalization."""
 
@@ -164,8 +143,8 @@ class Encoder(nn.Module):
         """
         from transformers import AutoModel, AutoTokenizer
 
-        from distill.resolve import resolve_model
         from distill.presets import find_preset
+        from distill.resolve import resolve_model
 
         preset = find_preset(name, role) if not Path(name).expanduser().is_dir() else None
         if preset is not None:

@@ -16,10 +16,10 @@ refused.
 from __future__ import annotations
 
 import datetime as _dt
-from collections.abc import Callable
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -27,7 +27,7 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.io import atomic_dir, replace_dir
-from distill.eval.sts_data import TEST_TASKS, ZH_TEST_TASK
+from distill.tasks import TEST_TASKS, ZH_TEST_TASK
 from distill.training.student_folder import META, load_saved_student
 
 POOLING_MODES = {"mean": "mean", "cls_before_pooler": "cls"}

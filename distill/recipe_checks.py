@@ -1,16 +1,25 @@
-"""Value checks of a recipe, run when it is read (`load_recipe`): whatever `distill config`
-accepts, `distill train` accepts, and a bad value fails before a model loads, naming the key.
+"""Value checks of a recipe, run when it is read (`config.load_recipe`): whatever `distill
+config` accepts, `distill train` accepts, and a bad value fails before a model loads, naming the key.
 
-Types are checked by config.py; here are the ranges and the names a value must be one of.
-Loss parameters are checked by the loss class's own `rules` (a parameter without a rule is only
-type-checked); whether a loss needs in-batch negatives is the class's `needs_batch_negatives`.
+config.py checks the shape and the types (known keys, ints, floats, lists); this module is the
+one place for everything else: ranges, and the names a value must be one of (precisions, batching,
+stage-2 init, STS tasks, presets). Loss parameters are checked by the loss class's own `rules`,
+here and nowhere else (the loss constructors do not re-check them); whether a loss needs in-batch
+negatives is the class's `needs_batch_negatives`.
 """
 
 from __future__ import annotations
 
-from distill.errors import DistillError
+from pathlib import Path
 
-PRECISIONS = ("bf16", "fp16", "fp32")
+from distill.errors import DistillError
+from distill.precision import PRECISIONS
+from distill.tasks import resolve_tasks
+
+# data.batching: "length" groups similar lengths (little padding); "random" is a plain shuffle.
+BATCHINGS = ("length", "random")
+# stage2.init: stage 1's student that stage 2 starts from (its last step, or the selected one).
+STAGE2_INITS = ("final", "best")
 
 
 def _need(ok: bool, key: str, value, what: str) -> None:
@@ -31,10 +40,11 @@ def _check_train(prefix: str, t) -> None:
 
 
 def check_values(recipe) -> None:
-    from distill.eval.sts import resolve_tasks
     from distill.losses import loss_class, stage2_loss_class
 
+    _check_presets(recipe)
     d = recipe.data
+    _need(d.batching in BATCHINGS, "data.batching", d.batching, f"one of {', '.join(BATCHINGS)}")
     _need(d.max_sentences is None or d.max_sentences >= 1, "data.max_sentences", d.max_sentences, "unset or >= 1")
     # 2 tokens are the tokenizer's [CLS] and [SEP]; below 2 a tokenizer silently ignores the limit
     _need(d.max_length >= 3, "data.max_length", d.max_length, ">= 3 (two special tokens and one word piece)")
@@ -57,7 +67,16 @@ def check_values(recipe) -> None:
         raise DistillError(f"train.batch_size {recipe.train.batch_size}: loss {name} is contrastive, its negatives are the other "
                            "sentences of the batch; it needs at least 2 per device (one gives a loss of exactly 0)")
     s2 = recipe.stage2
+    _need(s2.init in STAGE2_INITS, "stage2.init", s2.init, f"one of {', '.join(STAGE2_INITS)}")
     _check_train("stage2.train", s2.train)
     stage2_loss_class().check(s2.loss, "stage2.loss")
     _need(s2.max_triplets is None or s2.max_triplets >= 1, "stage2.max_triplets", s2.max_triplets, "unset or >= 1")
     _need(len(s2.columns) == 3, "stage2.columns", s2.columns, "three names (anchor, positive, negative)")
+
+
+def _check_presets(recipe) -> None:
+    from distill.presets import list_presets
+
+    for kind, name in (("teachers", recipe.teacher), ("students", recipe.student)):
+        if name not in list_presets(kind) and not Path(name).expanduser().is_dir():
+            raise DistillError(f"{kind[:-1]} {name!r} is neither a preset ({', '.join(list_presets(kind))}) nor a model folder")

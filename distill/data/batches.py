@@ -10,7 +10,7 @@ from distill.errors import DistillError
 def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, group: int = 64, batching: str = "length") -> list[np.ndarray]:
     """The batches of one epoch, deterministic in (seed, epoch).
 
-    batching="length": shuffle all rows, cut into mega-batches of `group` batches, sort each
+    batching (checked when the recipe is read, recipe_checks.BATCHINGS) "length": shuffle all rows, cut into mega-batches of `group` batches, sort each
     mega-batch by length and cut it into batches, then shuffle the batch order. batching="random":
     consecutive slices of one shuffle (every batch mixes lengths, as a plain DataLoader with
     shuffle=True does: IBKD's X from layer 0 depends strongly on length, and a batch of one length
@@ -20,8 +20,6 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, g
     n = len(lengths)
     if n < batch_size:
         raise DistillError(f"the corpus has {n} sentences, fewer than one batch of {batch_size}")
-    if batching not in ("length", "random"):
-        raise DistillError(f"data.batching: expected length or random, got {batching!r}")
     rng = np.random.default_rng([seed, epoch])
     perm = rng.permutation(n)
     if batching == "random":

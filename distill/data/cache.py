@@ -32,8 +32,8 @@ from distill.data.corpus import Corpus, read_corpus, read_sentences_file, write_
 from distill.errors import DistillError
 from distill.io import atomic_path, write_json_atomic
 from distill.lock import LOCK_NAME, folder_lock
-from distill.resolve import resolve_model
 from distill.presets import TeacherSpec, load_teacher
+from distill.resolve import resolve_model
 
 FORMAT_VERSION = 1
 
@@ -273,7 +273,8 @@ def _build_locked(spec, corpus: Corpus, out: Path, pca, batch_size: int, shard_s
 
     shards = out / "shards"
     build_file = out / "build.json"
-    from distill.encoder import PRECISIONS, best_device
+    from distill.encoder import best_device
+    from distill.precision import PRECISIONS
 
     if precision not in PRECISIONS:
         raise DistillError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

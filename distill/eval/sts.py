@@ -19,18 +19,11 @@ from scipy.stats import spearmanr
 
 from distill.embedding import embedder
 from distill.errors import DistillError
-from distill.eval.sts_data import DEV_TASK, DEV_TASKS, TEST_TASKS, ZH_DEV_TASK, ZH_TEST_TASK, STSPairs, load_sts, normalize_task
+from distill.eval.sts_data import STSPairs, load_sts
+from distill.tasks import DEV_LABELS, DEV_TASK, TEST_TASKS, ZH_DEV_TASK, ZH_TEST_TASK, resolve_tasks, selection_task  # noqa: F401 (re-exported)
 
 # Column order of every table: the English seven, their average, Chinese STS-B, the selection sets.
 TABLE_COLUMNS = (*TEST_TASKS, "Avg", ZH_TEST_TASK, DEV_TASK, ZH_DEV_TASK)
-DEV_LABELS = {DEV_TASK: "STS-B dev", ZH_DEV_TASK: "STS-B-zh dev"}
-
-
-def selection_task(tasks) -> str:
-    """The task a run selects its best student on: the first selection set among `tasks`
-    (STS-B-dev or STS-B-zh-dev), else the first task."""
-    tasks = list(tasks)
-    return next((t for t in tasks if t in DEV_TASKS), tasks[0])
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -43,19 +36,6 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def spearman_x100(pred: np.ndarray, gold: np.ndarray) -> float:
     return float(spearmanr(pred, gold).statistic * 100.0)
-
-
-def resolve_tasks(tasks: Sequence[str] | None) -> list[str]:
-    if not tasks or list(tasks) == ["all"]:
-        return list(TEST_TASKS)
-    out = []
-    for t in tasks:
-        for part in str(t).split(","):
-            if part.strip():
-                name = normalize_task(part.strip())
-                if name not in out:
-                    out.append(name)
-    return out
 
 
 def evaluate_sts(

@@ -27,6 +27,9 @@ import numpy as np
 
 from distill.errors import DistillError
 
+# The task names live in distill/tasks.py (recipes check them without importing this module).
+from distill.tasks import ALL_TASKS, DEV_TASK, DEV_TASKS, TEST_TASKS, ZH_DEV_TASK, ZH_TASKS, ZH_TEST_TASK, normalize_task  # noqa: F401
+
 # SentEval's subsets, in SentEval's order (STS13 without SMT, which is not redistributed).
 STS_SUBSETS = {
     "STS12": ("MSRpar", "MSRvid", "SMTeuroparl", "surprise.OnWN", "surprise.SMTnews"),
@@ -35,14 +38,6 @@ STS_SUBSETS = {
     "STS15": ("answers-forums", "answers-students", "belief", "headlines", "images"),
     "STS16": ("answer-answer", "headlines", "plagiarism", "postediting", "question-question"),
 }
-TEST_TASKS = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R")  # the English average
-DEV_TASK = "STS-B-dev"
-# Chinese STS-B: a test set and a selection set of their own, outside the English seven.
-ZH_TEST_TASK = "STS-B-zh"
-ZH_DEV_TASK = "STS-B-zh-dev"
-ZH_TASKS = (ZH_TEST_TASK, ZH_DEV_TASK)
-DEV_TASKS = (DEV_TASK, ZH_DEV_TASK)  # selection sets: never in an average, never reported as a test
-ALL_TASKS = TEST_TASKS + (DEV_TASK,) + ZH_TASKS
 ZH_FILES = {ZH_TEST_TASK: "STS-B.test.data", ZH_DEV_TASK: "STS-B.valid.data"}
 
 # Hub copies, for users without a local folder.
@@ -81,17 +76,6 @@ def senteval_text(sentence: str) -> str:
 
 def _pairs(task: str, s1: list[str], s2: list[str], gold) -> STSPairs:
     return STSPairs(task, [senteval_text(s) for s in s1], [senteval_text(s) for s in s2], np.asarray(gold, dtype=np.float64))
-
-
-def normalize_task(name: str) -> str:
-    """Accept 'sts12', 'STS-B', 'stsb', 'sickr', 'stsb-dev'... and return the canonical name."""
-    key = name.lower().replace("_", "").replace("-", "")
-    aliases = {t.lower().replace("-", ""): t for t in ALL_TASKS}
-    aliases.update({"stsbenchmark": "STS-B", "sick": "SICK-R", "sickrelatedness": "SICK-R", "stsbdev": DEV_TASK, "dev": DEV_TASK,
-                    "stsbzhtest": ZH_TEST_TASK, "stsbzhvalid": ZH_DEV_TASK, "stsbzhvalidation": ZH_DEV_TASK})
-    if key not in aliases:
-        raise DistillError(f"unknown STS task {name!r} (known: {', '.join(ALL_TASKS)})")
-    return aliases[key]
 
 
 def _read_lines(path: Path) -> list[str]:

@@ -97,6 +97,7 @@ def build_loss(spec: str | dict[str, Any], student_dim: int, teacher_dim: int | 
         params = {**{k: v for k, v in spec.items() if k != "name"}, **params}
         spec = spec.get("name", "")
     cls = loss_class(str(spec))
+    cls.check(params, f"loss {cls.name}")  # the class's rules: the one check of its parameters
     try:
         return cls(student_dim, teacher_dim, **params)
     except TypeError as exc:
@@ -111,6 +112,7 @@ def load_loss(spec: dict[str, Any], student_dim: int, state: dict[str, Any]) -> 
     cls = loss_class(spec.get("name", ""))
     known = cls.defaults()
     params = {k: v for k, v in spec.items() if k in known}
+    cls.check(params, f"saved loss {cls.name}")
     widths = sorted({int(d) for t in state.values() for d in t.shape} | {int(student_dim)})
     for teacher_dim in widths:
         try:

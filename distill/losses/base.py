@@ -88,7 +88,13 @@ class DistillLoss(nn.Module):
         """Value rules of `params` (a recipe's loss section); a bad value is a DistillError naming the key."""
         for key, value in params.items():
             rule = cls.rules.get(key)
-            if rule is not None and key != "name" and not rule[0](value):
+            if rule is None or key == "name":
+                continue
+            try:
+                ok = bool(rule[0](value))
+            except TypeError:  # e.g. a string where a number belongs (Python callers skip the recipe's type check)
+                ok = False
+            if not ok:
                 raise DistillError(f"{prefix}.{key}: must be {rule[1]}, got {value!r}")
 
     @classmethod
@@ -125,8 +131,8 @@ class DistillLoss(nn.Module):
 
     @property
     def wants_all_targets(self) -> bool:
-        """True when the loss needs statistics of every training target before step 1 (then the
-        trainer calls `fit_targets(all_targets)` once)."""
+        """True when the loss needs statistics of every training target before step 1 (then stage
+        1's setup, training/stages.py, calls `fit_targets(all_targets)` once)."""
         return False
 
     def prepare(self, student_embeddings: Tensor, teacher: Tensor) -> None:

@@ -63,10 +63,6 @@ class CRDLoss(DistillLoss):
         queue_size: int = 0,
     ):
         super().__init__()
-        if tau <= 0:
-            raise DistillError(f"crd: tau must be > 0, got {tau!r}")
-        if queue_size < 0:
-            raise DistillError(f"crd: queue_size must be >= 0, got {queue_size!r}")
         self.student_dim, self.teacher_dim = int(student_dim), int(teacher_dim)
         self.proj_dim, self.tau, self.queue_size = int(proj_dim), float(tau), int(queue_size)
         self.student_head = nn.Linear(self.student_dim, self.proj_dim)

@@ -20,9 +20,10 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from distill.eval.sts import evaluate_sts, resolve_tasks, selection_task
-from distill.eval.sts_data import DEV_TASKS, load_sts
+from distill.eval.sts import evaluate_sts
+from distill.eval.sts_data import load_sts
 from distill.io import write_json_atomic
+from distill.tasks import DEV_TASKS, resolve_tasks, selection_task
 from distill.training.callbacks import Callback
 
 # How scores are computed (SentEval whitespace, full length, fp32): a baselines.json from an older

@@ -25,12 +25,13 @@ from torch import nn
 
 from distill.config import Recipe, saved_recipe_with_defaults
 from distill.data.batches import epoch_batches
-from distill.encoder import autocast_for
 from distill.errors import DistillError
-from distill.eval.sts import format_table, resolve_tasks
+from distill.eval.sts import format_table
 from distill.eval.sts_data import load_sts
 from distill.io import write_json_atomic, write_text_atomic
 from distill.lock import folder_lock
+from distill.precision import autocast_for
+from distill.tasks import resolve_tasks
 from distill.training import checkpoint as ckpt_io
 from distill.training.callbacks import Callback, JsonlLog, ProgressBar, WandbCallback, ib_summary
 from distill.training.distributed import barrier, init_distributed, is_main_process_env, teardown
