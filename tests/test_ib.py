@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from distill.training.callbacks import ib_summary
 from distill.config import load_recipe
 from distill.data.batches import epoch_batches
 from distill.errors import DistillError
-from distill.losses import IBKDLoss
+from distill.losses import IBKDLoss, build_loss
 from distill.losses.functional import hsic_parts
+from distill.losses.ibkd import ib_summary
 
 
 def _ref_kernel(z: np.ndarray, gamma: float) -> np.ndarray:
@@ -131,10 +131,11 @@ def test_no_gradient_no_share_and_bad_options_are_named():
     with torch.no_grad():
         parts = loss(out, t)
     assert "ib_share" not in parts and "nhsic" in parts
-    with pytest.raises(DistillError, match="hsic_estimator"):
-        IBKDLoss(5, 7, hsic_estimator="unbiased")
+    # the class's rules are the one check of its parameters: build_loss (and recipes) run them
+    with pytest.raises(DistillError, match=r"loss ibkd\.hsic_estimator: must be one of biased, normalized, got 'unbiased'"):
+        build_loss("ibkd", 5, 7, hsic_estimator="unbiased")
     with pytest.raises(DistillError, match="lam_mode"):
-        IBKDLoss(5, 7, lam_mode="share")
+        build_loss("ibkd", 5, 7, lam_mode="share")
 
 
 def test_random_batching_mixes_lengths_and_is_deterministic():

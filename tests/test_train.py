@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import CORPUS_DIR, REPO, STS_DIR, tiny_recipe_text
 
-from distill.training.callbacks import Callback
 from distill.config import load_recipe
 from distill.errors import DistillError
+from distill.training.callbacks import Callback
 from distill.training.trainer import train
 
 
@@ -72,8 +72,8 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
 def test_every_objective_trains_from_the_cache_and_exports(tmp_path, tiny_home, monkeypatch, loss):
     from sentence_transformers import SentenceTransformer
 
-    from distill.export import export_student
     from distill.eval.sts import evaluate_sts
+    from distill.export import export_student
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     results = train(load_recipe(_recipe(tmp_path, loss=loss, steps=4, every=2)), progress=False)
@@ -213,6 +213,41 @@ def test_two_stage_ibkd_chains_stage1_and_supervised_triplets(tmp_path, tiny_hom
         train(bad, progress=False)
 
 
+class _StopStage2(Callback):
+    """Interrupts stage 2 at its second evaluation, after its first checkpoint (written after each
+    evaluation), as a kill between two checkpoints would."""
+
+    def on_evaluate(self, state, scores):
+        if state.run_dir.endswith("stage2") and state.step >= 4:
+            raise KeyboardInterrupt
+
+
+def test_resuming_stage2_does_not_set_up_stage1_again(tmp_path, tiny_home, monkeypatch):
+    """Stage 1 done, stage 2 interrupted: --resume goes straight to stage 2. Observable: the teacher
+    cache, deleted after stage 1, is not built again, and stage 2 ends where a straight run ends."""
+    import shutil
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    _write_triplets(tmp_path / "nli.csv")
+    overrides = [f"stage2.triplets=[{tmp_path / 'nli.csv'}]", "stage2.train.batch_size=8", "stage2.train.max_steps=6",
+                 "stage2.train.lr=1e-4", "stage2.loss.hsic_layer=-2", "eval.every_steps=2"]
+    recipe = load_recipe(_recipe(tmp_path, steps=2, every=2), overrides)
+    with pytest.raises(KeyboardInterrupt):
+        train(recipe, progress=False, callbacks=[_StopStage2()])
+    run = tmp_path / "run"
+    assert (run / "results.json").is_file() and (run / "stage2" / "checkpoint.pt").is_file()
+    assert not (run / "stage2" / "results.json").exists()
+    shutil.rmtree(tmp_path / "cache")
+    resumed = train(recipe, resume=True, progress=False)
+    assert not (tmp_path / "cache").exists(), "stage 1's teacher cache was set up again"
+    assert resumed["steps"] == 6 and resumed["stage1"]["steps"] == 2 and [e["step"] for e in resumed["evals"]] == [2, 4, 6]
+    # the finished results hold the final report and the stage 1 summary, filled by finish() itself
+    assert "STS-B" in resumed["best"] and "STS-B" in resumed["stage1"]["best"]
+    # a changed recipe is still refused, though stage 1 is not set up again
+    with pytest.raises(DistillError, match=r"--resume: the recipe differs from the checkpoint's .* in train"):
+        train(load_recipe(_recipe(tmp_path, steps=3, every=2), overrides), resume=True, progress=False)
+
+
 def test_sigkilled_training_resumes_to_the_same_end(tmp_path, tiny_home, monkeypatch):
     """A real kill -9 mid-run: the atomic checkpoint survives and --resume finishes the run."""
     import signal
@@ -261,7 +296,7 @@ def test_stage2_starts_from_stage1_final_student_as_the_authors_do(tmp_path, tin
     assert meta["init"] == "final"
     start, end = load_file(str(run / "final" / "model.safetensors")), load_file(str(run / "stage2" / "final" / "model.safetensors"))
     assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start)
-    with pytest.raises(DistillError, match=r"stage2\.init: expected one of final, best, got 'worst'"):
+    with pytest.raises(DistillError, match=r"stage2\.init: must be one of final, best, got 'worst'"):
         load_recipe(_recipe(tmp_path, steps=4, every=2), ["stage2.init=worst"])
 
 
@@ -297,8 +332,8 @@ def test_evaluation_ignores_the_training_max_length(tmp_path, tiny_home, monkeyp
     not truncate), in training, in the final report and in the exported folder."""
     from sentence_transformers import SentenceTransformer
 
-    from distill.export import export_student
     from distill.eval.sts import evaluate_sts
+    from distill.export import export_student
     from distill.training.student_folder import StudentEmbedder, load_saved_student
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from torch import Tensor, nn
@@ -122,6 +123,12 @@ class DistillLoss(nn.Module):
 
     def get_config_dict(self) -> dict[str, Any]:
         """Hyper-parameters, for logs and sentence-transformers model cards."""
+        return {}
+
+    def run_summary(self, log_file: Path) -> dict[str, Any]:
+        """Keys this loss adds to a run's results.json, read from its log.jsonl at the end of training
+        (IBKD: "ib", whether its HSIC term acted); {} for most losses. The trainer merges them without
+        knowing which loss it trains."""
         return {}
 
     # Losses whose heads start from data (HPD's least-squares head) set this and implement

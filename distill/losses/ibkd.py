@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -179,6 +181,11 @@ class IBKDLoss(DistillLoss):
     def export_head(self):
         return ("decoder", self.decoder, "the IBKD decoder into the teacher's space")
 
+    def run_summary(self, log_file: Path) -> dict[str, Any]:
+        """results.json["ib"]: does the HSIC term act (see `ib_summary`); nothing when it logged no share."""
+        ib = ib_summary(log_file)
+        return {"ib": ib} if ib else {}
+
     def forward(self, student_out: dict, teacher: Tensor) -> dict:
         s = student_out["embedding"]
         t = self._teacher(teacher, s)
@@ -209,3 +216,29 @@ class IBKDLoss(DistillLoss):
             return out
         out.update({k: v.detach() for k, v in parts.items()})
         return out
+
+
+IB_KEYS = ("ib_share", "grad_ib", "grad_infonce", "ib_weight", "hsic", "nhsic")
+
+
+def ib_summary(log_file: Path) -> dict | None:
+    """Means over the logged intervals of a run's log.jsonl of what says whether IBKD's HSIC term
+    acts: its share of the gradient on the student vector, both gradient norms, the weight, HSIC and
+    nHSIC; plus the last interval's share. None when the loss logged no gradient share (no HSIC term).
+    Rows are keyed by step (last wins), so a resumed run counts each interval once."""
+    path = Path(log_file)
+    if not path.is_file():
+        return None
+    rows: dict[int, dict] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # a line cut by a kill
+        if isinstance(row, dict) and "ib_share" in row:
+            rows[row["step"]] = row
+    if not rows:
+        return None
+    ordered = [rows[k] for k in sorted(rows)]
+    out = {k: sum(r[k] for r in ordered if k in r) / max(1, sum(k in r for r in ordered)) for k in IB_KEYS if any(k in r for r in ordered)}
+    return {**out, "ib_share_last": ordered[-1]["ib_share"], "intervals": len(ordered)}

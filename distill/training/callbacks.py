@@ -72,32 +72,6 @@ class JsonlLog(Callback):
         self._write({"step": state.step, "epoch": state.epoch, "eval": scores})
 
 
-IB_KEYS = ("ib_share", "grad_ib", "grad_infonce", "ib_weight", "hsic", "nhsic")
-
-
-def ib_summary(log_file: Path) -> dict | None:
-    """Means over the logged intervals of a run's log.jsonl of what says whether IBKD's HSIC term
-    acts: its share of the gradient on the student vector, both gradient norms, the weight, HSIC and
-    nHSIC; plus the last interval's share. None when the loss logged no gradient share (no HSIC term).
-    Rows are keyed by step (last wins), so a resumed run counts each interval once."""
-    path = Path(log_file)
-    if not path.is_file():
-        return None
-    rows: dict[int, dict] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue  # a line cut by a kill
-        if isinstance(row, dict) and "ib_share" in row:
-            rows[row["step"]] = row
-    if not rows:
-        return None
-    ordered = [rows[k] for k in sorted(rows)]
-    out = {k: sum(r[k] for r in ordered if k in r) / max(1, sum(k in r for r in ordered)) for k in IB_KEYS if any(k in r for r in ordered)}
-    return {**out, "ib_share_last": ordered[-1]["ib_share"], "intervals": len(ordered)}
-
-
 class WandbCallback(Callback):
     """Weights & Biases: run config, losses, dev scores, final table. WANDB_MODE=offline works offline."""
 

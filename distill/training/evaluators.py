@@ -7,7 +7,11 @@ student (RUN/best). The built-in ones:
     STSEvaluator       STS sets (STS-B dev by default: the selection metric)
     RetrievalEvaluator MRR@10 / nDCG@10 / Recall@k of `evaluate_retrieval` on a small retrieval set
     Baselines          the teacher and the untrained student on the final tasks, once (baselines.json)
+
+and, not callbacks but steps the trainer's `finish()` takes explicitly:
+
     FinalReport        the best student on the final tasks -> results["best"]
+    Baselines.table()  -> results["baselines"]
 
 Any callable `fn(embed) -> dict` passed in `callbacks` (e.g. functools.partial(evaluate_retrieval,
 queries=..., corpus=..., qrels=...)) is wrapped as an evaluator: `embed` maps a list of sentences
@@ -32,14 +36,16 @@ SCORING = "senteval-text/full-length/fp32"
 
 
 class Evaluator(Callback):
-    """A callback that scores the student; with `select=True` its `selection_key` picks the best."""
+    """A callback that scores the student; with `select=True` the score named `selection_key`
+    (one of the keys its `evaluate` returns) picks the best student."""
 
     select = False
 
     def evaluate(self, state, head: bool = True) -> dict[str, float]:
         raise NotImplementedError
 
-    def selection_key(self, scores: Mapping[str, float]) -> str:
+    @property
+    def selection_key(self) -> str:
         raise NotImplementedError
 
 
@@ -54,7 +60,8 @@ class STSEvaluator(Evaluator):
         embed = state.embedder(head)
         return evaluate_sts(lambda s: embed(s, batch_size=self.batch_size), tasks=self.tasks, data=self.data, progress=False)
 
-    def selection_key(self, scores) -> str:
+    @property
+    def selection_key(self) -> str:
         return selection_task(self.tasks)  # STS-B-dev, or STS-B-zh-dev for a Chinese recipe
 
 
@@ -73,7 +80,8 @@ class RetrievalEvaluator(Evaluator):
         r = evaluate_retrieval(lambda s: embed(s, batch_size=self.batch_size), self.queries, self.corpus, self.qrels, k=self.k)
         return {self.prefix + m: float(v) for m, v in r.items() if m.startswith(("MRR@", "nDCG@", "Recall@"))}
 
-    def selection_key(self, scores) -> str:
+    @property
+    def selection_key(self) -> str:
         return self.prefix + self.key
 
 
@@ -132,7 +140,8 @@ def table_scores(scores: Mapping[str, float]) -> dict[str, float]:
 
 class Baselines(Callback):
     """Before training: the teacher and the untrained student (no head: an untrained head only adds
-    noise) on the final tasks; RUN/baselines.json, computed once. At the end: results["baselines"]."""
+    noise) on the final tasks; RUN/baselines.json, computed once. `table()`: their scores for
+    results["baselines"] (the trainer's finish() asks for them)."""
 
     def __init__(self, run_dir: Path, teacher: str, student_name: str, tasks: Sequence[str], data: dict, batch_size: int):
         self.path, self.teacher, self.student_name = Path(run_dir) / "baselines.json", teacher, student_name
@@ -144,18 +153,20 @@ class Baselines(Callback):
         student = (self.student_name, state.student, state.embedder(head=False))
         write_json_atomic(self.path, baseline_scores(self.teacher, student, self.tasks, self.data, self.batch_size))
 
-    def on_train_end(self, state, results: dict) -> None:
-        if self.path.is_file():
-            saved = json.loads(self.path.read_text())
-            results["baselines"] = {role: table_scores(saved[role]["scores"]) for role in ("teacher", "init")}
+    def table(self) -> dict | None:
+        """{"teacher": scores, "init": scores} without the selection sets; None before on_train_begin wrote them."""
+        if not self.path.is_file():
+            return None
+        saved = json.loads(self.path.read_text())
+        return {role: table_scores(saved[role]["scores"]) for role in ("teacher", "init")}
 
 
-class FinalReport(Callback):
-    """At the end, with the best student in place: its scores on the final tasks -> results["best"]."""
+class FinalReport:
+    """The best student (in `state.student` at the end) on the final tasks: results["best"]."""
 
     def __init__(self, tasks: Sequence[str], data: dict, batch_size: int):
         self.tasks, self.data, self.batch_size = list(tasks), data, batch_size
 
-    def on_train_end(self, state, results: dict) -> None:
+    def scores(self, state) -> dict[str, float]:
         embed = state.embedder()
-        results["best"] = evaluate_sts(lambda s: embed(s, batch_size=self.batch_size), tasks=self.tasks, data=self.data, progress=False)
+        return evaluate_sts(lambda s: embed(s, batch_size=self.batch_size), tasks=self.tasks, data=self.data, progress=False)

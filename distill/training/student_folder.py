@@ -61,6 +61,20 @@ def load_saved_student(path: str | Path, device=None) -> tuple[Encoder, dict, di
     return enc, meta, heads
 
 
+# Keys save_student adds (the student's format) or that describe one saved step, not the stage.
+_STEP_KEYS = ("step", "selected_by", "score", "pooling", "normalize", "max_length", "dim", "embedding_head", "embedding_dim")
+
+
+def stage_meta(path: str | Path) -> dict:
+    """The stage description a saved student was trained under (teacher, student, loss, cache,
+    recipe...), without what describes that one saved step: what stage 2 starts its own from,
+    also when stage 1 is not set up again (a resume of stage 2)."""
+    meta_file = Path(path) / META
+    if not meta_file.is_file():
+        raise DistillError(f"{path}: not a saved student (no {META})")
+    return {k: v for k, v in json.loads(meta_file.read_text()).items() if k not in _STEP_KEYS}
+
+
 class StudentEmbedder(Embedder):
     """What evaluation scores: the pooled vector, or for HPD the pooled vector through its head.
 

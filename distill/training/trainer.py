@@ -33,11 +33,11 @@ from distill.lock import folder_lock
 from distill.precision import autocast_for
 from distill.tasks import resolve_tasks
 from distill.training import checkpoint as ckpt_io
-from distill.training.callbacks import Callback, JsonlLog, ProgressBar, WandbCallback, ib_summary
+from distill.training.callbacks import Callback, JsonlLog, ProgressBar, WandbCallback
 from distill.training.distributed import barrier, init_distributed, is_main_process_env, teardown
 from distill.training.evaluators import Baselines, FinalReport, STSEvaluator, as_callback
 from distill.training.stages import Stage, stage1, stage2
-from distill.training.student_folder import StudentEmbedder, load_saved_student, save_student
+from distill.training.student_folder import StudentEmbedder, load_saved_student, save_student, stage_meta
 
 LOG_EVERY = 10  # steps between reads of the loss values from the device (each read is a sync)
 
@@ -95,21 +95,27 @@ def _train(recipe: Recipe, resume: bool, progress: bool, callbacks: list | None)
         raise DistillError(f"--resume: no checkpoint at {run_dir / ckpt_io.NAME}")
     if not resume and (run_dir / ckpt_io.NAME).is_file():
         raise DistillError(f"{run_dir} already holds a run (checkpoint.pt): pass --resume to continue it, or choose another output.dir")
+    # Stage 1's finish() writes RUN/results.json last: when it is there, stage 1 is over and a resume
+    # goes straight to stage 2 (no cache, tokens or loss setup for a stage that will not train).
+    stage1_done = resume and (run_dir / "results.json").is_file()
+    if stage1_done:
+        check_resumed_recipe(ckpt_io.load_checkpoint(run_dir / ckpt_io.NAME), recipe, run_dir / ckpt_io.NAME)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     ckpt_io.seed_everything(recipe.train.seed)
 
-    first = stage1(recipe, run_dir, rank, world, device, resume, progress)
-    stage1_done = (run_dir / "results.json").is_file() and (run_dir / "stage2").exists()
     if stage1_done:
         results = json.loads((run_dir / "results.json").read_text())
     else:
+        first = stage1(recipe, run_dir, rank, world, device, resume, progress)
         results = Trainer(first, recipe, rank, world, device, progress, callbacks).fit(resume)
+        del first  # stage 1's student, targets and optimizer: freed before stage 2 loads its own
     if not recipe.stage2.triplets:
         return results
 
-    second = stage2(recipe, run_dir, first.meta, rank, world, device, progress)
+    meta1 = stage_meta(run_dir / recipe.stage2.init)  # what stage 1 was (teacher, student, loss, cache)
+    second = stage2(recipe, run_dir, meta1, rank, world, device, progress)
     resume2 = resume and (second.run_dir / ckpt_io.NAME).is_file()
     results2 = Trainer(second, recipe, rank, world, device, progress, callbacks, baselines=False).fit(resume2)
     if rank == 0:
@@ -119,6 +125,14 @@ def _train(recipe: Recipe, resume: bool, progress: bool, callbacks: list | None)
             results2["baselines"] = results["baselines"]
         write_json_atomic(second.run_dir / "results.json", results2)
     return results2
+
+
+def check_resumed_recipe(ckpt: dict, recipe: Recipe, ckpt_file: Path) -> None:
+    """--resume continues only the recipe the checkpoint was written with (keys added since take their defaults)."""
+    saved, now = saved_recipe_with_defaults(ckpt["recipe"]), recipe.to_dict()
+    if saved != now:
+        raise DistillError(f"--resume: the recipe differs from the checkpoint's ({ckpt_file}) in "
+                           + ", ".join(k for k in now if saved.get(k) != now[k]))
 
 
 class Trainer:
@@ -132,34 +146,54 @@ class Trainer:
         self.module = stage.module
         self.ckpt_file = stage.run_dir / ckpt_io.NAME
         self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else self.module
-        self.callbacks = self._callbacks(progress, callbacks or [], baselines)
+        # What rank 0 evaluates, logs and reports (the other ranks only train).
+        ev = recipe.eval
+        dev_tasks, final_tasks = resolve_tasks(ev.tasks), resolve_tasks(ev.final_tasks)
+        sts = {t: load_sts(t, ev.sts_dir) for t in dict.fromkeys(dev_tasks + final_tasks)} if self.main else {}
+        self.report = FinalReport(final_tasks, sts, ev.batch_size) if self.main else None  # results["best"]
+        self.baselines = (Baselines(stage.run_dir, recipe.teacher, recipe.student, final_tasks, sts, ev.batch_size)
+                          if self.main and baselines and ev.baselines else None)
+        self.callbacks = self._build_callbacks(progress, callbacks or []) if self.main else []
+        self.selector = self._selector(dev_tasks, sts)  # the evaluator whose score picks RUN/best
+        self.evaluators = [cb for cb in self.callbacks if hasattr(cb, "evaluate")]
+        # Set by _setup() (it needs the schedule length and, on --resume, the checkpoint):
+        self.steps_per_epoch = 0
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.state = TrainState()
+        # Loss values summed on the device between reads (one host sync per read, see _read_metrics):
+        self.bad = torch.zeros((), dtype=torch.bool, device=device)  # a non-finite loss seen since the last read
+        self.sums: dict[str, torch.Tensor] = {}
+        self.summed = 0
+        self.checked_at = 0
 
     # ---------------------------------------------------------------------------------- setup
 
-    def _callbacks(self, progress: bool, user: list, baselines: bool) -> list[Callback]:
-        """Rank 0 evaluates, logs and reports; the other ranks only train."""
-        if not self.main:
-            return []
-        ev, run_dir = self.recipe.eval, self.stage.run_dir
-        dev_tasks, final_tasks = resolve_tasks(ev.tasks), resolve_tasks(ev.final_tasks)
-        sts = {t: load_sts(t, ev.sts_dir) for t in dict.fromkeys(dev_tasks + final_tasks)}
-        # The report callbacks come first: on_train_end fills results["best"] and ["baselines"]
-        # before the others (wandb) read them.
-        cbs: list[Callback] = [FinalReport(final_tasks, sts, ev.batch_size)]
-        if baselines and ev.baselines:
-            cbs.append(Baselines(run_dir, self.recipe.teacher, self.recipe.student, final_tasks, sts, ev.batch_size))
+    def _build_callbacks(self, progress: bool, user: list) -> list[Callback]:
+        """Baselines, progress bar, log.jsonl, wandb, then the user's callbacks (plain functions become evaluators)."""
+        run_dir = self.stage.run_dir
+        cbs: list[Callback] = [self.baselines] if self.baselines is not None else []
         cbs += [ProgressBar(progress, desc=self.stage.name), JsonlLog(run_dir)]
         if self.recipe.output.wandb:
             cbs.append(WandbCallback(self.recipe.output.wandb_project, self.recipe.to_dict(), run_dir, name=f"{run_dir.name}-{self.stage.name}"))
-        cbs += [as_callback(cb) for cb in user]
-        selecting = [cb for cb in cbs if getattr(cb, "select", False)]
+        return cbs + [as_callback(cb) for cb in user]
+
+    def _selector(self, dev_tasks: list[str], sts: dict):
+        """The first callback built with select=True; else the recipe's eval.tasks (STS-B dev by
+        default), added as the first evaluator."""
+        if not self.main:
+            return None
+        selecting = [cb for cb in self.callbacks if getattr(cb, "select", False)]
         if selecting:
-            self.selector = selecting[0]
-        else:  # the recipe's eval.tasks (STS-B dev by default) select the best student
-            self.selector = STSEvaluator(dev_tasks, data=sts, batch_size=ev.batch_size)
-            cbs.insert(0, self.selector)
-        self.evaluators = [cb for cb in cbs if hasattr(cb, "evaluate")]
-        return cbs
+            return selecting[0]
+        selector = STSEvaluator(dev_tasks, data=sts, batch_size=self.recipe.eval.batch_size)
+        self.callbacks.insert(0, selector)
+        return selector
+
+    def _selection_key(self) -> str:
+        key = self.selector.selection_key
+        return key({}) if callable(key) else key  # a user's evaluator may still define selection_key(scores)
 
     def _setup(self, resume: bool) -> None:
         from transformers import get_linear_schedule_with_warmup
@@ -178,12 +212,11 @@ class Trainer:
         if resume:
             self._resume()
         self.state.student, self.state.head = self.module.student, self.module.loss.embedding_head()
+        self.checked_at = self.state.step
 
     def _resume(self) -> None:
         ckpt = ckpt_io.load_checkpoint(self.ckpt_file)
-        saved, now = saved_recipe_with_defaults(ckpt["recipe"]), self.recipe.to_dict()  # a key added since the run started takes its default
-        if saved != now:
-            raise DistillError(f"--resume: the recipe differs from the checkpoint's in {', '.join(k for k in now if saved.get(k) != now[k])}")
+        check_resumed_recipe(ckpt, self.recipe, self.ckpt_file)
         try:
             self.module.student.transformer.load_state_dict(ckpt["student"])
             self.module.loss.load_state_dict(ckpt["loss"])
@@ -203,10 +236,9 @@ class Trainer:
             cb.on_train_begin(state)
         if self.main and state.step == 0 and state.init_score is None:
             init = self.selector.evaluate(state, head=False)  # the untrained student: notice a run that makes it worse
-            state.init_score = init[self.selector.selection_key(init)]
+            state.init_score = init[self._selection_key()]
         self.module.train()
-        self.bad = torch.zeros((), dtype=torch.bool, device=self.device)  # a non-finite loss, flagged on the device
-        self.sums, self.summed, self.checked_at, metrics = {}, 0, state.step, {}
+        metrics: dict = {}
         while state.step < state.total_steps:
             batches = epoch_batches(self.stage.lengths, tcfg.batch_size, tcfg.seed, state.epoch, batching=self.recipe.data.batching)
             batches = batches[self.rank :: self.world][: self.steps_per_epoch * tcfg.grad_accum]
@@ -278,7 +310,7 @@ class Trainer:
         for ev in self.evaluators:
             scores.update(ev.evaluate(state))
         self.module.train()
-        key = self.selector.selection_key(scores)
+        key = self._selection_key()
         state.evals.append({"step": state.step, "epoch": state.epoch, **scores})
         if scores[key] > state.best_score:
             state.best_score, state.best_step = scores[key], state.step
@@ -298,7 +330,8 @@ class Trainer:
     # --------------------------------------------------------------------------------- finish
 
     def finish(self) -> dict:
-        """RUN/final; the best student back in place for the report callbacks; results.json / .md."""
+        """RUN/final; the best student back in place; its final report, the baselines and what the
+        loss summarizes (each an explicit step); then the callbacks' on_train_end; results.json / .md."""
         state, stage, device = self.state, self.stage, self.device
         results: dict = {}
         if self.main:
@@ -308,8 +341,9 @@ class Trainer:
                 self.module.loss.load_state_dict(loss_state)
             state.student = best
             results = {
+                "best": self.report.scores(state),  # the selected student on eval.final_tasks
                 "best_step": state.best_step, "best_dev": state.best_score, "steps": state.step,
-                "dev_task": self.selector.selection_key({}),
+                "dev_task": self._selection_key(),
                 "train_sentences_per_s": state.sentences_seen / max(state.train_seconds, 1e-9),
                 "sentences": len(stage.lengths) * stage.sentences_per_row,
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -318,12 +352,12 @@ class Trainer:
                 "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
                 "init_dev": state.init_score, "warnings": _collapse_warnings(state, self.tcfg),
             }
-            ib = ib_summary(stage.run_dir / "log.jsonl")  # does the IB term act? (losses with an HSIC term)
-            if ib:
-                results["ib"] = ib
-            for cb in self.callbacks:  # FinalReport first: it fills results["best"]
+            baselines = self.baselines.table() if self.baselines is not None else None
+            if baselines:
+                results["baselines"] = baselines
+            results.update(self.module.loss.run_summary(stage.run_dir / "log.jsonl"))  # e.g. IBKD's "ib"
+            for cb in self.callbacks:  # they see the finished results (wandb logs the final table)
                 cb.on_train_end(state, results)
-            results = {"best": results.pop("best"), **results}
             write_json_atomic(stage.run_dir / "results.json", results)
             write_text_atomic(stage.run_dir / "results.md", format_table(results["best"], title=f"{self.recipe.student} ({stage.meta['loss']['name']})") + "\n"
                               + "".join(f"\n**Warning:** {w}\n" for w in results["warnings"]))
