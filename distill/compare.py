@@ -63,7 +63,7 @@ def parse_losses(text: str | Iterable[str]) -> list[str]:
 
 
 def parse_loss_overrides(items: Sequence[str] | Mapping[str, Mapping[str, Any]] | None) -> dict[str, dict[str, Any]]:
-    """['hpd.k=64', 'ibkd.lam=0.1'] -> {'hpd': {'k': 64}, 'ibkd': {'lam': 0.1}}, every name checked."""
+    """['hpd.k=64', 'crd.tau=0.1'] -> {'hpd': {'k': 64}, 'crd': {'tau': 0.1}}, every name checked."""
     if not items:
         return {}
     if isinstance(items, Mapping):

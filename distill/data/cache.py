@@ -261,7 +261,10 @@ def build_cache(
 
 def _build_locked(spec, corpus: Corpus, out: Path, pca, batch_size: int, shard_size: int, device, progress: bool, encoder,
                   precision: str) -> TeacherCache:
-    from distill.encoder import Encoder
+    """Under the folder's lock: reuse a complete cache, else encode the missing shards, assemble the
+    matrix, fit the PCA when asked, and write the manifest last."""
+    from distill.encoder import best_device
+    from distill.precision import PRECISIONS
 
     identity = {**teacher_identity(spec), "corpus_sha256": corpus.sha256}
     if (out / "manifest.json").is_file():
@@ -270,66 +273,20 @@ def _build_locked(spec, corpus: Corpus, out: Path, pca, batch_size: int, shard_s
             return add_pca(cache, pca)
         print(f"[distill] teacher cache {out} is complete and matches: reused", flush=True)
         return cache
-
-    shards = out / "shards"
-    build_file = out / "build.json"
-    from distill.encoder import best_device
-    from distill.precision import PRECISIONS
-
     if precision not in PRECISIONS:
         raise DistillError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     run_device = torch_device(encoder.device if encoder is not None else (device or best_device()))
     # What really runs: CPU has no reduced-precision autocast. Pinned in build.json, so a resumed
-    # build never mixes shards of two precisions.
+    # build never mixes shards of two precisions (or of two corpora: the sha256 is in `identity`).
     params = {**identity, "count": len(corpus.sentences), "shard_size": shard_size,
               "precision": precision if run_device.type == "cuda" else "fp32"}
-    if build_file.is_file():
-        previous = _read_json(build_file, out)
-        if previous != params:
-            diff = [k for k in params if previous.get(k) != params[k]]
-            raise DistillError(f"{out} holds an interrupted build with other parameters ({', '.join(diff)} differ): use another --out or delete it")
-    else:
-        if shards.exists():
-            shutil.rmtree(shards)
-        write_json_atomic(build_file, params)
-    shards.mkdir(exist_ok=True)
+    shards = _start_or_resume(out, params)
     write_sentences(out / "sentences.txt", corpus.sentences)
-
-    n = len(corpus.sentences)
-    n_shards = (n + shard_size - 1) // shard_size
-    todo = [i for i in range(n_shards) if not (shards / f"{i:05d}.npy").is_file()]
-    stats = {"shards": n_shards, "shards_reused": n_shards - len(todo), "shards_encoded": len(todo)}
-    if stats["shards_reused"]:
-        print(f"[distill] resuming {out}: {stats['shards_reused']} of {n_shards} shards already encoded", flush=True)
     # The teacher's folder, resolved once from the spec (not again from its name, for the encoder
     # and then for the manifest's revision: each lookup re-read the preset and could ask the hub).
     model_path = Path(encoder.source) if encoder is not None else resolve_model(spec.hub_id, offline_source=spec.offline_source)
-    if todo:
-        enc = encoder or Encoder.load(str(model_path), pooling=spec.pooling, normalize=spec.normalize,
-                                      max_length=spec.max_length, device=device)
-        if enc.dim != spec.dim:
-            raise DistillError(f"teacher {spec.name} gives {enc.dim}-d vectors but its preset says dim {spec.dim}")
-        done = n_shards - len(todo)
-        bar = tqdm(total=n, initial=min(done * shard_size, n), desc=f"cache {spec.name}", unit="sent", disable=not progress)
-        for i in todo:
-            chunk = corpus.sentences[i * shard_size : (i + 1) * shard_size]
-            emb = enc.encode(chunk, batch_size=batch_size, progress=False, precision=params["precision"])
-            _save_npy_atomic(shards / f"{i:05d}.npy", emb.astype(np.float16))
-            bar.update(len(chunk))
-        bar.close()
-
-    with atomic_path(out / "embeddings.npy", fixed=True) as tmp:
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, spec.dim))
-        for i in range(n_shards):
-            try:
-                part = np.load(shards / f"{i:05d}.npy")
-            except (ValueError, OSError, EOFError) as exc:
-                raise DistillError(f"{shards / f'{i:05d}.npy'}: damaged ({exc}); delete it and run again to recompute it") from None
-            if part.shape != (min(shard_size, n - i * shard_size), spec.dim):
-                raise DistillError(f"{shards / f'{i:05d}.npy'}: shape {part.shape} does not fit row {i * shard_size}; delete it to recompute")
-            matrix[i * shard_size : i * shard_size + len(part)] = part
-        matrix.flush()
-        del matrix
+    stats = _encode_shards(spec, corpus.sentences, shards, shard_size, model_path, encoder, device, batch_size, params["precision"], progress)
+    _assemble(out / "embeddings.npy", shards, len(corpus.sentences), shard_size, spec.dim)
 
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -337,7 +294,7 @@ def _build_locked(spec, corpus: Corpus, out: Path, pca, batch_size: int, shard_s
         "teacher_revision": model_revision(model_path),
         "corpus_sources": corpus.sources,
         "max_sentences": corpus.max_sentences,
-        "count": n,
+        "count": len(corpus.sentences),
         "read": corpus.read,
         "dropped_empty": corpus.dropped_empty,
         "dropped_duplicates": corpus.dropped_duplicates,
@@ -354,11 +311,71 @@ def _build_locked(spec, corpus: Corpus, out: Path, pca, batch_size: int, shard_s
     manifest["complete"] = True
     write_json_atomic(out / "manifest.json", manifest)
     shutil.rmtree(shards)
-    build_file.unlink()
+    (out / "build.json").unlink()
     print(f"[distill] teacher cache {out}: {corpus.summary()}, {spec.dim}-d float16", flush=True)
     cache = TeacherCache.open(out)
     cache.build_stats = stats
     return cache
+
+
+def _start_or_resume(out: Path, params: dict) -> Path:
+    """The shards folder of this build: resumed when build.json pins the same parameters, refused
+    when it pins others (naming them), started empty otherwise."""
+    shards, build_file = out / "shards", out / "build.json"
+    if build_file.is_file():
+        previous = _read_json(build_file, out)
+        if previous != params:
+            diff = [k for k in params if previous.get(k) != params[k]]
+            raise DistillError(f"{out} holds an interrupted build with other parameters ({', '.join(diff)} differ): use another --out or delete it")
+    else:
+        if shards.exists():
+            shutil.rmtree(shards)
+        write_json_atomic(build_file, params)
+    shards.mkdir(exist_ok=True)
+    return shards
+
+
+def _encode_shards(spec, sentences: list[str], shards: Path, shard_size: int, model_path: Path, encoder, device,
+                   batch_size: int, precision: str, progress: bool) -> dict:
+    """Encode every shard not on disk yet (each written atomically); returns how many were reused / encoded."""
+    from distill.encoder import Encoder
+
+    n = len(sentences)
+    n_shards = (n + shard_size - 1) // shard_size
+    todo = [i for i in range(n_shards) if not (shards / f"{i:05d}.npy").is_file()]
+    stats = {"shards": n_shards, "shards_reused": n_shards - len(todo), "shards_encoded": len(todo)}
+    if stats["shards_reused"]:
+        print(f"[distill] resuming {shards.parent}: {stats['shards_reused']} of {n_shards} shards already encoded", flush=True)
+    if not todo:
+        return stats
+    enc = encoder or Encoder.load(str(model_path), pooling=spec.pooling, normalize=spec.normalize, max_length=spec.max_length, device=device)
+    if enc.dim != spec.dim:
+        raise DistillError(f"teacher {spec.name} gives {enc.dim}-d vectors but its preset says dim {spec.dim}")
+    bar = tqdm(total=n, initial=min(stats["shards_reused"] * shard_size, n), desc=f"cache {spec.name}", unit="sent", disable=not progress)
+    for i in todo:
+        chunk = sentences[i * shard_size : (i + 1) * shard_size]
+        emb = enc.encode(chunk, batch_size=batch_size, progress=False, precision=precision)
+        _save_npy_atomic(shards / f"{i:05d}.npy", emb.astype(np.float16))
+        bar.update(len(chunk))
+    bar.close()
+    return stats
+
+
+def _assemble(path: Path, shards: Path, n: int, shard_size: int, dim: int) -> None:
+    """The N x dim float16 matrix from the shards, each checked for its shape, written atomically."""
+    with atomic_path(path, fixed=True) as tmp:
+        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, dim))
+        for i in range((n + shard_size - 1) // shard_size):
+            file = shards / f"{i:05d}.npy"
+            try:
+                part = np.load(file)
+            except (ValueError, OSError, EOFError) as exc:
+                raise DistillError(f"{file}: damaged ({exc}); delete it and run again to recompute it") from None
+            if part.shape != (min(shard_size, n - i * shard_size), dim):
+                raise DistillError(f"{file}: shape {part.shape} does not fit row {i * shard_size}; delete it to recompute")
+            matrix[i * shard_size : i * shard_size + len(part)] = part
+        matrix.flush()
+        del matrix
 
 
 def pca_projection(teacher: np.ndarray, components: np.ndarray, chunk: int = 65536) -> np.ndarray:

@@ -182,6 +182,41 @@ def export_onnx(folder: str | Path, *, quantize: str | None = None, overwrite: b
     the metadata written to onnx/distill_onnx.json.
     """
     folder = Path(folder)
+    old = _check_folder(folder, quantize, overwrite)
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoModel, AutoTokenizer
+
+    st = SentenceTransformer(str(folder), device="cpu")
+    pooling, dense, normalize = _head_from(st, folder)
+    max_length = int(st.max_seq_length)
+    # The transformer again, with eager attention (an additive 4-D mask, traceable for any shape).
+    transformer = AutoModel.from_pretrained(str(folder), attn_implementation="eager").eval()
+    probe = probe_sentences(max_length)
+    ref = st.encode(probe, batch_size=len(probe), convert_to_numpy=True, normalize_embeddings=False)
+    files = _write_checked(folder / ONNX_DIR, _wrapper(transformer, pooling, dense, normalize), st.tokenizer, probe, ref,
+                           max_length, quantize, dict(old.get("files", {})), log)
+    meta = {
+        "format": 1,
+        "inputs": list(INPUTS),
+        "output": OUTPUTS[1],
+        "max_seq_length": max_length,
+        "max_positions": _max_positions(transformer.config, AutoTokenizer.from_pretrained(str(folder)), max_length),
+        "pad_token_id": int(st.tokenizer.pad_token_id if st.tokenizer.pad_token_id is not None else 0),
+        "dim": int(ref.shape[1]),
+        "pooling": pooling,
+        "dense": [act for _, _, act in dense],
+        "normalize": normalize,
+        "files": files,
+        "exported_with": {"torch": torch.__version__, "transformers": _version("transformers"), "onnxruntime": _version("onnxruntime")},
+    }
+    write_json_atomic(folder / ONNX_DIR / META, meta)
+    return meta
+
+
+def _check_folder(folder: Path, quantize: str | None, overwrite: bool) -> dict:
+    """Refuse what cannot be exported, or files distill did not write (without overwrite), before
+    any model loads; returns the folder's previous onnx/distill_onnx.json (or {})."""
     if quantize not in (None, "int8"):
         raise DistillError(f"--quantize {quantize!r}: only int8 is supported")
     if not (folder / "modules.json").is_file():
@@ -191,31 +226,26 @@ def export_onnx(folder: str | Path, *, quantize: str | None = None, overwrite: b
     require_onnx()
     onnx_dir = folder / ONNX_DIR
     old = read_meta(folder) or {}
-    wanted = ["fp32"] + (["int8"] if quantize else [])
     ours = set(old.get("files", {}))
+    wanted = ["fp32"] + (["int8"] if quantize else [])
     foreign = [FILES[k] for k in wanted if (onnx_dir / FILES[k]).exists() and FILES[k] not in ours]
     if foreign and not overwrite:
         raise DistillError(f"{onnx_dir}: {', '.join(foreign)} exist and were not written by distill; pass --overwrite to replace them")
+    return old
 
+
+def _write_checked(onnx_dir: Path, model, tokenizer, probe: list[str], ref, max_length: int, quantize: str | None,
+                   files: dict, log) -> dict:
+    """Trace `model` to model.onnx (and quantize it), check each file on the padded probe batch,
+    and rename them into place only when every check passed; returns the updated "files" record.
+
+    Both files are written to temp names and renamed as the stack unwinds (int8, then fp32); on any
+    error both temp files are removed and nothing in onnx/ changes.
+    """
     import numpy as np
     import torch
-    from sentence_transformers import SentenceTransformer
-    from transformers import AutoModel, AutoTokenizer
-
-    st = SentenceTransformer(str(folder), device="cpu")
-    pooling, dense, normalize = _head_from(st, folder)
-    max_length = int(st.max_seq_length)
-    tokenizer = st.tokenizer
-    # The transformer again, with eager attention (an additive 4-D mask, traceable for any shape).
-    transformer = AutoModel.from_pretrained(str(folder), attn_implementation="eager").eval()
-    model = _wrapper(transformer, pooling, dense, normalize)
-    probe = probe_sentences(max_length)
-    ref = st.encode(probe, batch_size=len(probe), convert_to_numpy=True, normalize_embeddings=False)
 
     onnx_dir.mkdir(parents=True, exist_ok=True)
-    files = dict(old.get("files", {}))
-    # Both files are written to temp names, checked, and renamed only when every check passed
-    # (int8 then fp32, as the stack unwinds); on any error both temp files are removed.
     with ExitStack() as stack:
         fp32_tmp = stack.enter_context(atomic_path(onnx_dir / FILES["fp32"]))
         int8_tmp = None
@@ -230,44 +260,28 @@ def export_onnx(folder: str | Path, *, quantize: str | None = None, overwrite: b
         got = _run_padded(_session(fp32_tmp), tokenizer, probe, max_length)
         diff = float(np.abs(got - ref).max())
         if not diff <= FP32_TOLERANCE:
-            raise DistillError(f"{folder}: the ONNX graph differs from PyTorch by {diff:.2e} (max abs) on padded batches, "
+            raise DistillError(f"{onnx_dir.parent}: the ONNX graph differs from PyTorch by {diff:.2e} (max abs) on padded batches, "
                                f"over the {FP32_TOLERANCE:g} allowed; not written")
         files[FILES["fp32"]] = {"precision": "fp32", "max_abs_diff_vs_torch": diff}
         log(f"{onnx_dir / FILES['fp32']}: max abs difference to PyTorch {diff:.2e} on {len(probe)} padded sentences")
         if quantize:
             int8_tmp = stack.enter_context(atomic_path(onnx_dir / FILES["int8"]))
             quantize_int8(fp32_tmp, int8_tmp)
-            q = _run_padded(_session(int8_tmp), tokenizer, probe, max_length)
-            cos = _cosines(q, got)
+            cos = _cosines(_run_padded(_session(int8_tmp), tokenizer, probe, max_length), got)
             files[FILES["int8"]] = {"precision": "int8 (dynamic, per-channel MatMul weights)", "min_cosine_vs_fp32": float(cos.min())}
             log(f"{onnx_dir / FILES['int8']}: cosine to fp32 min {cos.min():.4f} on {len(probe)} padded sentences")
         for key, tmp in (("fp32", fp32_tmp), ("int8", int8_tmp)):
             if tmp is not None:
                 files[FILES[key]]["sha256"] = _sha256(tmp)
-    meta = {
-        "format": 1,
-        "inputs": list(INPUTS),
-        "output": OUTPUTS[1],
-        "max_seq_length": max_length,
-        "max_positions": _max_positions(transformer.config, AutoTokenizer.from_pretrained(str(folder)), max_length),
-        "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0),
-        "dim": int(ref.shape[1]),
-        "pooling": pooling,
-        "dense": [act for _, _, act in dense],
-        "normalize": normalize,
-        "files": files,
-        "exported_with": {"torch": torch.__version__, "transformers": _version("transformers"), "onnxruntime": _version("onnxruntime")},
-    }
-    write_json_atomic(onnx_dir / META, meta)
-    return meta
+    return files
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> None:
     """Dynamic int8 quantization of the MatMul weights, per output channel (see module docstring)."""
     require_onnx()
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" note: measured, no gain here
