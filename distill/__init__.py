@@ -24,7 +24,7 @@ def __getattr__(name):  # lazy: `import distill` must not import torch
 
         return load_recipe
     if name == "pipeline":
-        from distill.eval.pipeline import pipeline
+        from distill.eval.similarity import pipeline
 
         return pipeline
     if name == "resolve_model":

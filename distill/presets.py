@@ -26,32 +26,28 @@ def repo_root() -> Path:
 @dataclass(frozen=True)
 class TeacherSpec:
     name: str
-    hub_id: str
-    offline_source: str | None
+    hub_id: str  # the model: a hub id (or a local folder), resolved by distill/resolve.py
+    offline_source: str | None  # a PyPI model key (resolve.PYPI_MODELS) for machines without the hub
     pooling: str
     normalize: bool
-    dim: int
+    dim: int  # the width of its sentence vectors
     max_length: int
-
-    @property
-    def model(self) -> str:
-        return self.hub_id
 
 
 @dataclass(frozen=True)
 class StudentSpec:
     name: str
-    base: str
+    hub_id: str  # the checkpoint it starts from (hub id or local folder)
     offline_source: str | None
-    layers: int | list[int] | None
+    layers: int | list[int] | None  # None keeps every layer
     pooling: str
-    normalize: bool
-    hidden_dim: int
+    normalize: bool  # whether the pooled vector is L2-normalized before the loss
+    dim: int  # the width of its pooled vector
     max_length: int
 
-    @property
-    def model(self) -> str:
-        return self.base
+
+# Student keys of earlier versions, still read: the two specs now name the same things alike.
+LEGACY_KEYS = {StudentSpec: {"base": "hub_id", "hidden_dim": "dim"}}
 
 
 def _load(kind: str, cls, name: str):
@@ -70,6 +66,11 @@ def parse_preset(path: Path, cls):
         raise DistillError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise DistillError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    for old, new in LEGACY_KEYS.get(cls, {}).items():
+        if old in data:
+            if new in data:
+                raise DistillError(f"{path}: {old!r} is the old name of {new!r}; give one of them")
+            data[new] = data.pop(old)
     names = [f.name for f in fields(cls)]
     for key in data:
         if key not in names:

@@ -201,7 +201,7 @@ def local_model(name: str, *, offline_source: str | None = None) -> Path | None:
         return resolve_model(name)  # checks that it is a model folder
     preset = find_preset(name)
     if preset is not None:
-        return local_model(preset.model, offline_source=preset.offline_source)
+        return local_model(preset.hub_id, offline_source=preset.offline_source)
     key = offline_source or (name if name in PYPI_MODELS else _BY_HUB_ID.get(name.lower()))
     if key in PYPI_MODELS and (cache_root() / "models" / key / COMPLETE_MARKER).is_file():
         return cache_root() / "models" / key
@@ -231,7 +231,7 @@ def resolve_model(name: str, *, offline_source: str | None = None, role: str | N
         return path
     preset = find_preset(name, role)
     if preset is not None:
-        return resolve_model(preset.model, offline_source=preset.offline_source)
+        return resolve_model(preset.hub_id, offline_source=preset.offline_source)
     key = offline_source or (name if name in PYPI_MODELS else _BY_HUB_ID.get(name.lower()))
     if key is not None and key not in PYPI_MODELS:
         raise DistillError(f"unknown offline source {key!r} (known: {', '.join(PYPI_MODELS)})")

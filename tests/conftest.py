@@ -63,7 +63,7 @@ def tiny_home(tmp_path_factory, tiny_bert_dir) -> Path:
         f"name: tiny-teacher\nhub_id: {tiny_bert_dir}\noffline_source: null\npooling: mean\nnormalize: true\ndim: 32\nmax_length: 32\n"
     )
     (home / "students" / "tiny-student.yaml").write_text(
-        f"name: tiny-student\nbase: {tiny_bert_dir}\noffline_source: null\nlayers: 2\npooling: mean\nnormalize: false\nhidden_dim: 32\nmax_length: 32\n"
+        f"name: tiny-student\nhub_id: {tiny_bert_dir}\noffline_source: null\nlayers: 2\npooling: mean\nnormalize: false\ndim: 32\nmax_length: 32\n"
     )
     return home
 

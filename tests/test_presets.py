@@ -20,10 +20,10 @@ def test_preset_values_follow_the_papers():
     assert (simcse.hub_id, simcse.pooling, simcse.dim) == ("princeton-nlp/sup-simcse-roberta-large", "cls", 1024)
     mpnet = load_teacher("all-mpnet-base-v2")
     assert (mpnet.hub_id, mpnet.pooling, mpnet.normalize, mpnet.dim) == ("sentence-transformers/all-mpnet-base-v2", "mean", True, 768)
-    assert load_student("minilm-l6-h384").base == "nreimers/MiniLM-L6-H384-uncased"
-    assert load_student("minilm-l12-h384").base == "microsoft/MiniLM-L12-H384-uncased"
+    assert load_student("minilm-l6-h384").hub_id == "nreimers/MiniLM-L6-H384-uncased"
+    assert load_student("minilm-l12-h384").hub_id == "microsoft/MiniLM-L12-H384-uncased"
     l3 = load_student("all-minilm-l3-v2")
-    assert l3.layers == 3 and l3.base == "sentence-transformers/all-MiniLM-L6-v2" and l3.normalize is False
+    assert l3.layers == 3 and l3.hub_id == "sentence-transformers/all-MiniLM-L6-v2" and l3.normalize is False
 
 
 def test_unknown_preset_names_the_known_ones():
@@ -42,3 +42,20 @@ def test_bad_preset_file_names_file_and_key(tmp_path, monkeypatch):
     bad.write_text((tmp_path / "teachers" / "all-mpnet-base-v2.yaml").read_text().replace("name: all-mpnet-base-v2", "name: broken").replace("pooling: mean", "pooling: max"))
     with pytest.raises(DistillError, match=r"broken\.yaml: pooling 'max'"):
         load_teacher("broken")
+
+
+def test_teacher_and_student_presets_name_the_model_and_width_alike(tmp_path, monkeypatch):
+    """Both specs say hub_id and dim; a student preset of an earlier version (base, hidden_dim)
+    still loads to the same spec, and giving a key under both names is refused."""
+    for kind in ("teachers", "students"):
+        shutil.copytree(repo_root() / kind, tmp_path / kind)
+    monkeypatch.setenv("DISTILL_HOME", str(tmp_path))
+    now = load_student("all-minilm-l3-v2")
+    assert (now.hub_id, now.dim) == ("sentence-transformers/all-MiniLM-L6-v2", 384)
+    text = (tmp_path / "students" / "all-minilm-l3-v2.yaml").read_text()
+    old = text.replace("name: all-minilm-l3-v2", "name: old-l3").replace("hub_id:", "base:").replace("dim:", "hidden_dim:")
+    (tmp_path / "students" / "old-l3.yaml").write_text(old)
+    assert load_student("old-l3") == type(now)(**{**now.__dict__, "name": "old-l3"})
+    (tmp_path / "students" / "both.yaml").write_text(old.replace("name: old-l3", "name: both") + "dim: 384\n")
+    with pytest.raises(DistillError, match=r"both\.yaml: 'hidden_dim' is the old name of 'dim'; give one of them"):
+        load_student("both")

@@ -46,7 +46,7 @@ def _table(rows: list[dict], metric: str, closer: bool) -> str:
 
 
 def _cmd_similarity(args) -> int:
-    from distill.eval.pipeline import (
+    from distill.eval.similarity import (
         COMPARE_KEY,
         SOURCE_KEY,
         normalize_metric,

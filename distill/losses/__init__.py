@@ -12,7 +12,7 @@
 K-d tanh projection; None for the others). `STDistillLoss` (lazy import) wraps any of them as a
 sentence-transformers loss.
 
-Adding a loss: one file and one line.
+Adding a loss: one file, and three lines here (its import, its entry in `LOSSES`, its name in `__all__`).
 
 1. distill/losses/<name>.py: a `DistillLoss` subclass (base.py) with a docstring giving the
    formula and the paper, and the class attributes the toolkit reads instead of the loss's name:
@@ -23,7 +23,7 @@ Adding a loss: one file and one line.
    but the teacher's cached vectors, as HPD does for its PCA targets), `embedding_head()` (a
    head that is part of the sentence embedding) and `export_head()` (a training-only head that
    `distill export --keep-projection` may append).
-2. one line in `LOSSES` below. Its order is the order of `distill compare`'s default losses
+2. here: its import, its entry in `LOSSES` below and its name in `__all__`. Its order is the order of `distill compare`'s default losses
    (every loss with `stage = 1`).
 
 Recipes (config.py), recipe checks, `distill compare`, the trainer and `distill export` then

@@ -95,7 +95,7 @@ def evaluate_retrieval(
     """
     from tqdm.auto import tqdm
 
-    from distill.eval.pipeline import embedder
+    from distill.embedding import embedder
 
     ks = _check_k(k)
     queries = _as_text_map(queries, "queries")

@@ -47,7 +47,7 @@ class TopK:
     def __init__(self, queries, k: int, metric: str = "cosine", chunk_size: int = DEFAULT_CHUNK_SIZE, device=None):
         import torch
 
-        from distill.eval.pipeline import normalize_metric
+        from distill.eval.similarity import normalize_metric
 
         if chunk_size < 1:
             raise DistillError(f"chunk_size must be at least 1, got {chunk_size}")

@@ -28,8 +28,6 @@ about the language (what the tokenizer's vocabulary does not cover becomes its u
 
 from __future__ import annotations
 
-import sys
-import types
 import warnings
 from collections.abc import Mapping, Sequence
 
@@ -188,17 +186,3 @@ def rank(scores: Sequence[float], metric: str = "cosine") -> list[int]:
     """Candidate positions from closest to farthest (ties keep input order)."""
     keys = np.asarray(scores, dtype=np.float64)
     return [int(i) for i in np.argsort(-keys if higher_is_closer(metric) else keys, kind="stable")]
-
-
-class _CallableModule(types.ModuleType):
-    """Lets `distill.eval.pipeline(...)` work even after this module was imported.
-
-    Importing `distill.eval.pipeline` (the module) makes it the package's `pipeline` attribute, which
-    would shadow the lazily exported function; calling the module calls the function instead.
-    """
-
-    def __call__(self, *args, **kwargs) -> SimilarityPipeline:
-        return pipeline(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
