@@ -19,14 +19,31 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMANDS:
         importlib.import_module(f"distill.commands.{name}").register(sub)
+    for command in sub.choices.values():  # every subcommand takes it, after its own arguments
+        command.add_argument("--verbose", action="store_true",
+                             help="also show the progress bars and load reports of transformers and huggingface_hub")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    # transformers' per-load reports (e.g. the unused pooler of a mean-pooled model) drown the
-    # tables users came for; a user who wants them sets TRANSFORMERS_VERBOSITY themselves.
+def quiet_third_party() -> None:
+    """Silence transformers' and huggingface_hub's own progress bars ("Loading weights", "Writing
+    model shards", downloads) and load reports (an unused pooler, ...): several per run, they fall
+    between our own lines (loss, lr, sent/s, scores). Ours stay. An environment variable the user
+    set wins; `--verbose` skips this. The variables reach subprocesses too; a transformers that is
+    already imported (distill used from Python, then main()) is told directly."""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1":
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        quiet_third_party()
     try:
         return args.func(args)
     except DistillError as exc:

@@ -84,6 +84,11 @@ def _from_hub(hub_id: str) -> tuple[Path | None, str]:
     from huggingface_hub import snapshot_download
 
     try:
+        snapshot_download(hub_id, local_files_only=True)
+    except Exception:  # noqa: BLE001 (not in huggingface_hub's cache yet: the call below downloads it)
+        # huggingface_hub's own download bars are off unless --verbose (cli.quiet_third_party): say what takes time
+        print(f"[distill] downloading {hub_id} from the hub (first use; `--verbose` shows its progress)", file=sys.stderr, flush=True)
+    try:
         return Path(snapshot_download(hub_id, etag_timeout=10)), ""
     except Exception as exc:  # offline, unknown repo, gated...: the caller tries the next source
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"

@@ -378,3 +378,21 @@ def test_cpu_adamw_is_fused_and_makes_the_foreach_update():
             opt.zero_grad()
     for a, b in zip(fused_model.parameters(), foreach_model.parameters()):
         assert torch.allclose(a, b, atol=1e-12, rtol=0)
+
+
+def test_cli_output_is_ours_only_unless_verbose(tmp_path, tiny_home, tiny_bert_dir):
+    """`distill train` prints our progress and tables, not transformers' "Loading weights" /
+    "Writing model shards" bars (several per run); --verbose brings them back."""
+    env = {**os.environ, "DISTILL_HOME": str(tiny_home), "CUDA_VISIBLE_DEVICES": ""}
+    for key in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        env.pop(key, None)
+    recipe = _recipe(tmp_path, steps=2, every=2)
+    run = subprocess.run([sys.executable, "-m", "distill.cli", "train", str(recipe)], cwd=REPO, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = run.stdout + run.stderr
+    assert "best STS-B dev" in run.stdout and "step 2: STS-B-dev" in out  # ours
+    assert "Loading weights" not in out and "Writing model shards" not in out
+    verbose = subprocess.run([sys.executable, "-m", "distill.cli", "eval", "--model", str(tiny_bert_dir), "--sts-dir", str(STS_DIR),
+                              "--tasks", "STS-B-dev", "--quiet", "--verbose"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert verbose.returncode == 0, verbose.stderr[-2000:]
+    assert "Loading weights" in verbose.stderr
