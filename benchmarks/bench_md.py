@@ -2,7 +2,33 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def portable_arg(arg: str) -> str:
+    """An argument as another checkout can run it: a path inside the repository relative to it,
+    the shared data folder beside it as ../shared, any other absolute path (also inside KEY=VALUE)
+    as the placeholder DIR/<name>. Recorded commands must not name one machine's folders."""
+    key, eq, value = arg.partition("=") if "=" in arg and not arg.startswith("/") else ("", "", arg)
+    if not value.startswith("/"):
+        return arg
+    path = Path(value).resolve()
+    for root, shown in ((REPO, None), (REPO.parent / "shared", "../shared")):
+        try:
+            rel = path.relative_to(root.resolve())
+        except ValueError:
+            continue
+        text = str(rel) if shown is None else f"{shown}/{rel}"
+        return f"{key}{eq}{text}"
+    return f"{key}{eq}DIR/{path.name}"
+
+
+def command_line(script: str, argv: list[str]) -> str:
+    """`python benchmarks/SCRIPT args...` with every path made portable (see `portable_arg`)."""
+    return shlex.join(["python", f"benchmarks/{script}", *(portable_arg(a) for a in argv)])
 
 
 def add_row(path: Path, section: str, intro: str, columns: list[str], row: dict) -> None:

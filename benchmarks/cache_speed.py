@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import shlex
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_md import add_row  # noqa: E402
+from bench_md import add_row, command_line  # noqa: E402
 from encode_speed import DEFAULT_CORPUS, device_name, git_commit, read_sentences, sync  # noqa: E402
 
 SECTION = "## Teacher cache speed (benchmarks/cache_speed.py)"
@@ -41,8 +40,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from distill.data.cache import build_cache
     from distill.encoder import Encoder, best_device
-    from distill.resolve import resolve_model
     from distill.presets import load_teacher
+    from distill.resolve import resolve_model
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--teacher", default="all-mpnet-base-v2")
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     row = {
         "date": dt.date.today().isoformat(), "device": device_name(device), "label": args.label,
-        "command": "`python benchmarks/cache_speed.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])) + "`",
+        "command": "`" + command_line("cache_speed.py", argv if argv is not None else sys.argv[1:]) + "`",
         "commit": git_commit(), "teacher": spec.name, "sentences": len(sentences), "ST best batch": best[0],
         "ST sentences/s": f"{best[1]:,.0f}", "cache sentences/s": f"{ours:,.0f}", "cache / ST": f"{ours / best[1]:.2f}x",
     }

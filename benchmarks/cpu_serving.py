@@ -32,7 +32,6 @@ import argparse
 import datetime as dt
 import os
 import random
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -41,7 +40,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_md import add_row  # noqa: E402
+from bench_md import add_row, command_line  # noqa: E402
 from encode_speed import device_name, git_commit  # noqa: E402
 
 SECTION = "## CPU serving: PyTorch vs ONNX fp32 vs ONNX int8 (benchmarks/cpu_serving.py)"
@@ -160,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
-    from distill.io import write_json_atomic
     from distill.eval.sts import evaluate_sts
+    from distill.io import write_json_atomic
 
     load_before = os.getloadavg()
     isa = cpu_int8_isa()
@@ -228,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.bench_md:
         device = device_name(__import__("torch").device("cpu")).split(", load avg")[0] + f" ({isa})"
-        command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+        command = command_line("cpu_serving.py", argv if argv is not None else sys.argv[1:])
         commit = git_commit()
         for r in results:
             add_row(Path(args.bench_md), SECTION, INTRO, COLUMNS, {

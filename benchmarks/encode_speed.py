@@ -24,7 +24,6 @@ import datetime as dt
 import gzip
 import os
 import platform
-import shlex
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_md import add_row  # noqa: E402
+from bench_md import add_row, command_line  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus" / "wordnet-glosses.txt.gz"
 SECTION = "## Encode speed (benchmarks/encode_speed.py)"
@@ -113,8 +112,8 @@ def build_pair(name: str, device, st_dtype: str):
     from sentence_transformers import SentenceTransformer
 
     from distill.encoder import Encoder, keep_layers
-    from distill.resolve import resolve_model
     from distill.presets import StudentSpec, find_preset
+    from distill.resolve import resolve_model
 
     enc = Encoder.load(name, device=device)
     preset = find_preset(name)
@@ -195,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             "date": dt.date.today().isoformat(),
             "device": device_name(device),
             "label": args.label or ("GPU" if device.type == "cuda" else "CPU"),
-            "command": "`" + shlex.join(["python", "benchmarks/encode_speed.py", *(argv if argv is not None else sys.argv[1:])]) + "`",
+            "command": "`" + command_line("encode_speed.py", argv if argv is not None else sys.argv[1:]) + "`",
             "commit": git_commit(),
             "sentences": len(sentences),
             "teacher": args.teacher,

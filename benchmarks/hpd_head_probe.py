@@ -15,9 +15,9 @@ import torch
 
 from distill.data.cache import TeacherCache
 from distill.encoder import Encoder
-from distill.losses import HPDLoss
-from distill.eval.sts_data import load_local
 from distill.eval.sts import cosine_rows, spearman_x100
+from distill.eval.sts_data import load_local
+from distill.losses import HPDLoss
 from distill.training.stages import PREPARE_SAMPLE
 
 

@@ -23,7 +23,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shlex
 import statistics
 import subprocess
@@ -195,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(summarize(name, overrides, seeds, results))
 
     device = args.device_label or (f"{os.cpu_count()}-core CPU machine" if not _cuda() else _cuda())
-    command = "python benchmarks/ib_ablation.py " + shlex.join(sys.argv[1:] if argv is None else argv)
+    from bench_md import command_line
+
+    command = command_line("ib_ablation.py", sys.argv[1:] if argv is None else argv)
     stamp = {"date": dt.date.today().isoformat(), "device": device, "command": f"`{command}`", "commit": commit}
     print("\n| " + " | ".join(COLUMNS[:7]) + " |")
     for row in rows:
