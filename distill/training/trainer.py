@@ -70,7 +70,7 @@ class TrainState:
 
 
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callbacks: list | None = None) -> dict:
-    """Run a recipe (stage 1, then stage 2 when it names triplets); returns OUTPUT_DIR/results.json's dict.
+    """Run a recipe (stage 1, then stage 2 when it names rows); returns OUTPUT_DIR/results.json's dict.
 
     `callbacks`: `Callback`s (see training/callbacks.py, training/evaluators.py) or plain
     `fn(embed) -> dict` evaluators. The run folder is locked (distill/lock.py) by the main process
@@ -105,7 +105,7 @@ def _train(recipe: Recipe, resume: bool, progress: bool, callbacks: list | None)
         results = json.loads((run_dir / "results.json").read_text())
     else:
         results = Trainer(first, recipe, rank, world, device, progress, callbacks).fit(resume)
-    if not recipe.stage2.triplets:
+    if not recipe.stage2.rows:
         return results
 
     second = stage2(recipe, run_dir, first.meta, rank, world, device, progress)
