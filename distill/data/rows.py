@@ -62,7 +62,7 @@ def _read_source(source: str, columns: list[str], subset: str | None, neg_sample
         if is_jsonl(path):
             return _jsonl_rows(path, columns, neg_samples)
         return _csv_rows(path, columns)
-    if "/" in source:
+    if "/" in source and not source.startswith(("/", ".", "~")):  # a hub name: org/name
         return _hub_rows(source, columns, subset, neg_samples, limit)
     raise DistillError(f"stage2.rows: file not found: {path}")
 
@@ -77,7 +77,7 @@ def _columns(available, wanted: list[str], where: str) -> list[str]:
 
 def _text(value, column: str, where: str) -> str:
     if not isinstance(value, str):
-        raise DistillError(f"{where}: {column!r} is a {type(value).__name__}, not a string: {value!r:.80}")
+        raise DistillError(f"{where}: {column!r} must be a string, got {type(value).__name__} {value!r:.80}")
     if not value.strip():
         raise DistillError(f"{where}: {column!r} is empty")
     return check_text(value, where)
@@ -95,7 +95,7 @@ def _passage(value, column: str, where: str) -> str:
         raise DistillError(f"{where}: {column} must be an object with a 'text' (and optionally 'title', 'docid'), got {value!r:.80}")
     title = value.get("title")
     if title is not None and not isinstance(title, str):
-        raise DistillError(f"{where}: {column}'s title is a {type(title).__name__}, not a string: {title!r:.80}")
+        raise DistillError(f"{where}: {column}.title must be a string, got {type(title).__name__} {title!r:.80}")
     _text(value["text"], f"{column}.text", where)
     return _text(join_title(title, value["text"]), column, where)
 
