@@ -27,6 +27,10 @@ BATCHINGS = ("length", "random")
 
 
 STAGE2_INITS = ("final", "best")
+# The stage-2 loss of a recipe without stage2.loss.name: IBKD's, the only one before names existed.
+STAGE2_LOSS = "ibkd_supervised"
+# Old names of stage2 keys, still read: a recipe or a checkpoint's recipe holding one reads as the new key.
+STAGE2_RENAMED = {"triplets": "rows", "max_triplets": "max_rows"}
 
 
 @dataclass
@@ -87,14 +91,8 @@ class Stage2Config:
     neg_samples: int = 4  # negatives per row of a retrieval JSONL (query, positive_passages, negative_passages)
     max_rows: int | None = None
     # {"name": a stage-2 loss (default STAGE2_LOSS), its parameters (defaults: the loss's own)}
-    loss: dict[str, Any] = field(default_factory=dict)
+    loss: dict[str, Any] = field(default_factory=lambda: {"name": STAGE2_LOSS})
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, batch_size=128, lr=1e-6, warmup_ratio=0.0))
-
-
-# The stage-2 loss of a recipe without stage2.loss.name: IBKD's, the only one before names existed.
-STAGE2_LOSS = "ibkd_supervised"
-# Old names of stage2 keys, still read: a recipe or a checkpoint's recipe holding one reads as the new key.
-STAGE2_RENAMED = {"triplets": "rows", "max_triplets": "max_rows"}
 
 
 @dataclass

@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import STS_DIR, tiny_recipe_text
+from sentences import CONTRADICTIONS, PARAPHRASES, SENTENCES
 
 from distill.config import load_recipe, saved_recipe_with_defaults
 from distill.data.rows import read_rows
 from distill.errors import DistillError
-from distill.losses import LOSSES, IBKDSupervisedLoss, MNRLLoss, build_loss, load_loss
+from distill.losses import LOSSES, IBKDSupervisedLoss, MNRLLoss, STDistillLoss, build_loss, load_loss
 
 # ----------------------------------------------------------------------------------------------
 # independent float64 references: loops over anchors and candidates
@@ -92,12 +93,17 @@ def test_mnrl_is_sentence_transformers_multiple_negatives_ranking_loss(tiny_bert
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-    st = MultipleNegativesRankingLoss(SentenceTransformer(str(tiny_bert_dir), device="cpu"))  # scale 20, cos_sim
+    model = SentenceTransformer(str(tiny_bert_dir), device="cpu").eval()  # mean pooling over the tiny BERT
+    st = MultipleNegativesRankingLoss(model)  # scale 20, cos_sim
     g = torch.Generator().manual_seed(5)
     for k in (0, 1, 3):
         columns = [torch.randn(6, 8, generator=g, dtype=torch.float64) for _ in range(2 + k)]
         ours = MNRLLoss(8)(*({"embedding": c} for c in columns))["loss"]
         assert ours.item() == pytest.approx(st.compute_loss_from_embeddings(columns, None).item(), rel=1e-12), k
+    # and as a sentence-transformers loss (the adapter), on four text columns: two negatives per row
+    features = [model.tokenize(texts) for texts in (SENTENCES, PARAPHRASES, CONTRADICTIONS, SENTENCES[1:] + SENTENCES[:1])]
+    with torch.no_grad():
+        assert STDistillLoss.build(model, "mnrl")(features, None).item() == pytest.approx(st(features, None).item(), rel=1e-5)
 
 
 def test_stage2_losses_are_chosen_by_name_and_checked_by_their_rules(tmp_path):
