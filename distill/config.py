@@ -21,6 +21,11 @@ import yaml
 from distill.errors import DistillError
 from distill.recipe_checks import check_values
 
+# The stage-2 loss of a recipe without stage2.loss.name: IBKD's, the only one before names existed.
+STAGE2_LOSS = "ibkd_supervised"
+# Old names of stage2 keys, still read: a recipe or a checkpoint's recipe holding one reads as the new key.
+STAGE2_RENAMED = {"triplets": "rows", "max_triplets": "max_rows"}
+
 
 @dataclass
 class DataConfig:
@@ -67,16 +72,20 @@ class OutputConfig:
 
 @dataclass
 class Stage2Config:
-    """IBKD stage 2: supervised fine-tuning of the stage-1 student on (anchor, positive, negative)."""
+    """The supervised stage 2: fine-tuning of the stage-1 student on rows of texts (anchor,
+    positive, negatives...; IBKD's are NLI triplets) with a stage-2 loss."""
 
-    triplets: list[str] = field(default_factory=list)  # CSV/TSV/JSONL files or a hub dataset; empty = no stage 2
+    rows: list[str] = field(default_factory=list)  # CSV/TSV/JSONL files or a hub dataset; empty = no stage 2
     # Stage 1's student that stage 2 starts from: "final" (its last step, as the authors do) or
     # "best" (the one selected on STS-B dev).
     init: str = "final"
     subset: str | None = None  # hub dataset configuration, e.g. "triplet" for sentence-transformers/all-nli
+    # named columns: anchor, positive, then any number of negatives (the same for every row)
     columns: list[str] = field(default_factory=lambda: ["anchor", "positive", "negative"])
-    max_triplets: int | None = None
-    loss: dict[str, Any] = field(default_factory=dict)  # IBKDSupervisedLoss's parameters (defaults: the authors' recipe)
+    neg_samples: int = 4  # negatives per row of a retrieval JSONL (query, positive_passages, negative_passages)
+    max_rows: int | None = None
+    # {"name": a stage-2 loss (default STAGE2_LOSS), its parameters (defaults: the loss's own)}
+    loss: dict[str, Any] = field(default_factory=lambda: {"name": STAGE2_LOSS})
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=3, batch_size=128, lr=1e-6, warmup_ratio=0.0))
 
 
@@ -182,17 +191,19 @@ def loss_defaults(name: str) -> dict[str, Any]:
     return loss_class(name).defaults()
 
 
-def stage2_loss_defaults() -> dict[str, Any]:
-    """IBKD stage 2's loss parameters and their defaults: the authors' recipe."""
-    from distill.losses import stage2_loss_class
+def stage2_loss_defaults(name: str = STAGE2_LOSS) -> dict[str, Any]:
+    """A stage-2 loss's parameters and their defaults (IBKD stage 2's: the authors' recipe)."""
+    return loss_defaults(name)
 
-    return stage2_loss_class().defaults()
+
+def _stage_names(stage: int) -> list[str]:
+    from distill.losses import LOSSES
+
+    return [name for name, cls in LOSSES.items() if cls.stage == stage]
 
 
 def _stage1_names() -> list[str]:
-    from distill.losses import LOSSES
-
-    return [name for name, cls in LOSSES.items() if cls.stage == 1]
+    return _stage_names(1)
 
 
 def _check_loss(loss: dict) -> dict:
@@ -202,6 +213,27 @@ def _check_loss(loss: dict) -> dict:
     if not isinstance(name, str) or name not in _stage1_names():
         raise DistillError(f"loss.name {name!r} is not one of {', '.join(_stage1_names())}")
     return {"name": name, **_check_params("loss", name, {k: v for k, v in loss.items() if k != "name"}, loss_defaults(name))}
+
+
+def _check_stage2_loss(loss: dict) -> dict:
+    """stage2.loss: {"name": a stage-2 loss (default STAGE2_LOSS), its parameters}."""
+    names = _stage_names(2)
+    name = loss.get("name", STAGE2_LOSS)
+    if not isinstance(name, str) or name not in names:
+        raise DistillError(f"stage2.loss.name {name!r} is not one of {', '.join(names)}")
+    params = _check_params("stage2.loss", name, {k: v for k, v in loss.items() if k != "name"}, loss_defaults(name))
+    return {"name": name, **params}
+
+
+def _renamed_stage2_keys(stage2: dict, where: str) -> dict:
+    """stage2 with its old key names (STAGE2_RENAMED) moved to the new ones; both given is an error."""
+    out = dict(stage2)
+    for old, new in STAGE2_RENAMED.items():
+        if old in out:
+            if new in out:
+                raise DistillError(f"{where}.{old} is the old name of {where}.{new}: give one of them, not both")
+            out[new] = out.pop(old)
+    return out
 
 
 def _check_params(where: str, name: str, given: dict, defaults: dict) -> dict:
@@ -300,11 +332,10 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         _set_path(tree, key, value)
     try:
         tree["loss"] = _check_loss(tree.get("loss"))
+        if isinstance(tree.get("stage2"), dict):
+            tree["stage2"] = _renamed_stage2_keys(tree["stage2"], "stage2")
         recipe = _build(Recipe, tree, "recipe")
-        from distill.losses import stage2_loss_class
-
-        stage2 = stage2_loss_class()
-        recipe.stage2.loss = _check_params("stage2.loss", stage2.name, recipe.stage2.loss, stage2.defaults())
+        recipe.stage2.loss = _check_stage2_loss(recipe.stage2.loss)
         check_values(recipe)
     except DistillError as exc:
         raise DistillError(f"{path}: {exc}") from None
@@ -315,6 +346,11 @@ def saved_recipe_with_defaults(saved: dict) -> dict:
     """A recipe dict saved by an older version (a checkpoint's), with the keys added since then
     filled with their defaults, so `--resume` compares like with like."""
     out = copy.deepcopy(saved)
+    if isinstance(out.get("stage2"), dict):  # stage2.triplets -> stage2.rows, ... (a run from before the rename)
+        try:
+            out["stage2"] = _renamed_stage2_keys(out["stage2"], "stage2")
+        except DistillError:
+            pass  # both names: compares unequal, as it should
     sections = {"data": DataConfig, "train": TrainConfig, "eval": EvalConfig, "output": OutputConfig, "stage2": Stage2Config}
     for name, cls in sections.items():
         if isinstance(out.get(name), dict):
@@ -323,8 +359,10 @@ def saved_recipe_with_defaults(saved: dict) -> dict:
     if isinstance(stage2, dict):
         if isinstance(stage2.get("train"), dict):
             stage2["train"] = {**dataclasses.asdict(Stage2Config().train), **stage2["train"]}
-        if isinstance(stage2.get("loss"), dict):
-            stage2["loss"] = {**stage2_loss_defaults(), **stage2["loss"]}
+        loss2 = stage2.get("loss")
+        if isinstance(loss2, dict) and loss2.get("name", STAGE2_LOSS) in _stage_names(2):
+            name = loss2.get("name", STAGE2_LOSS)  # saved before stage2.loss.name existed: IBKD's
+            stage2["loss"] = {"name": name, **stage2_loss_defaults(name), **{k: v for k, v in loss2.items() if k != "name"}}
     loss = out.get("loss")
     if isinstance(loss, dict) and loss.get("name") in _stage1_names():
         out["loss"] = {"name": loss["name"], **loss_defaults(loss["name"]), **{k: v for k, v in loss.items() if k != "name"}}

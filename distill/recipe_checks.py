@@ -40,7 +40,7 @@ def _check_train(prefix: str, t) -> None:
 
 
 def check_values(recipe) -> None:
-    from distill.losses import loss_class, stage2_loss_class
+    from distill.losses import loss_class
 
     _check_presets(recipe)
     d = recipe.data
@@ -69,9 +69,13 @@ def check_values(recipe) -> None:
     s2 = recipe.stage2
     _need(s2.init in STAGE2_INITS, "stage2.init", s2.init, f"one of {', '.join(STAGE2_INITS)}")
     _check_train("stage2.train", s2.train)
-    stage2_loss_class().check(s2.loss, "stage2.loss")
-    _need(s2.max_triplets is None or s2.max_triplets >= 1, "stage2.max_triplets", s2.max_triplets, "unset or >= 1")
-    _need(len(s2.columns) == 3, "stage2.columns", s2.columns, "three names (anchor, positive, negative)")
+    stage2 = loss_class(s2.loss["name"])
+    _need(stage2.stage == 2, "stage2.loss.name", s2.loss["name"], "a stage-2 loss")
+    stage2.check(s2.loss, "stage2.loss")
+    _need(s2.max_rows is None or s2.max_rows >= 1, "stage2.max_rows", s2.max_rows, "unset or >= 1")
+    _need(s2.neg_samples >= 0, "stage2.neg_samples", s2.neg_samples, ">= 0")
+    _need(len(s2.columns) >= 2 and all(s2.columns), "stage2.columns", s2.columns,
+          "two or more names (anchor, positive, then any negatives)")
 
 
 def _check_presets(recipe) -> None:

@@ -59,7 +59,7 @@ def tokenizer():
 
 
 def test_constructor_defaults_match_loss_defaults():
-    assert list(LOSSES) == ["mse", "cosine", "crd", "hpd", "infonce", "ibkd", "ibkd_supervised"]
+    assert list(LOSSES) == ["mse", "cosine", "crd", "hpd", "infonce", "ibkd", "ibkd_supervised", "mnrl"]
     for name, cls in LOSSES.items():
         assert cls.name == name
         params = inspect.signature(cls.__init__).parameters
@@ -380,9 +380,9 @@ def _make(name: str):
         loss = HPDLoss(32, 48, k=16)
         targets = torch.tanh(teacher @ torch.randn(48, 16, generator=g))
         return loss, lambda enc: loss(forward(enc, SENTENCES, hidden=False), targets), targets
-    if name == "ibkd_supervised":
-        loss = IBKDSupervisedLoss(32, lam=1.0, gamma=0.1, hsic_layer=-2)
-        return loss, lambda enc: loss(forward(enc, SENTENCES), forward(enc, PARAPHRASES), forward(enc, CONTRADICTIONS)), None
+    if LOSSES[name].stage == 2:  # rows of student outputs, no teacher
+        loss = IBKDSupervisedLoss(32, lam=1.0, gamma=0.1, hsic_layer=-2) if name == "ibkd_supervised" else LOSSES[name](32)
+        return loss, lambda enc: loss(*(forward(enc, s, hidden=loss.needs_hidden_states) for s in (SENTENCES, PARAPHRASES, CONTRADICTIONS))), None
     params = {"ibkd": {"bandwidth": "median", "lam": 0.5}, "crd": {"queue_size": 16, "proj_dim": 16}}.get(name, {})
     loss = LOSSES[name](32, 48, **params)
     return loss, lambda enc: loss(forward(enc, SENTENCES, hidden=loss.needs_hidden_states), teacher), teacher

@@ -53,7 +53,7 @@ def test_a_recipe_can_set_the_projection(tmp_path, name):
 def test_saved_recipe_gets_the_new_defaults():
     out = saved_recipe_with_defaults({"loss": {"name": "mse", "standardize": "zscore"}, "stage2": {"loss": {"lam": 0.5}}})
     assert out["loss"] == {"name": "mse", "standardize": "zscore", "projection": None}
-    assert out["stage2"]["loss"] == {**loss_class("ibkd_supervised").defaults(), "lam": 0.5}
+    assert out["stage2"]["loss"] == {"name": "ibkd_supervised", **loss_class("ibkd_supervised").defaults(), "lam": 0.5}
 
 
 def test_compare_reuses_a_folder_written_before_a_parameter_existed(tmp_path):
@@ -77,7 +77,7 @@ def test_compare_reuses_a_folder_written_before_a_parameter_existed(tmp_path):
 def test_targets_and_heads_come_from_the_class():
     assert loss_class("hpd").targets({"k": 16, "init": "random"}) == ("pca", 16)
     assert all(loss_class(n).targets(loss_class(n).defaults()) == "teacher" for n in comparable_losses() if n != "hpd")
-    with pytest.raises(DistillError, match=r"unknown loss 'nope' \(known: mse, cosine, crd, hpd, infonce, ibkd, ibkd_supervised\)"):
+    with pytest.raises(DistillError, match=r"unknown loss 'nope' \(known: mse, cosine, crd, hpd, infonce, ibkd, ibkd_supervised, mnrl\)"):
         loss_class("nope")
     assert comparable_losses() == ("mse", "cosine", "crd", "hpd", "infonce", "ibkd")
     # a saved loss comes back with its heads, whatever the (unsaved) teacher width

@@ -104,7 +104,7 @@ def test_hidden_states_come_from_all_layer_embeddings_and_match_the_encoder(tiny
     assert "hidden_states" not in plain._student(features(model, SENTENCES))
 
 
-@pytest.mark.parametrize("name", [n for n in LOSSES if n != "ibkd_supervised"])
+@pytest.mark.parametrize("name", [n for n, cls in LOSSES.items() if cls.stage == 1])
 def test_training_steps_through_the_adapter(tiny_bert_folder, name):
     model = st_model(tiny_bert_folder)
     teacher = teacher_vectors()

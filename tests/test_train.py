@@ -193,7 +193,7 @@ def test_two_stage_ibkd_chains_stage1_and_supervised_triplets(tmp_path, tiny_hom
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     _write_triplets(tmp_path / "nli.csv")
     recipe = load_recipe(_recipe(tmp_path, steps=2, every=2), [
-        f"stage2.triplets=[{tmp_path / 'nli.csv'}]", "stage2.train.batch_size=8", "stage2.train.max_steps=3", "stage2.train.lr=1e-4",
+        f"stage2.rows=[{tmp_path / 'nli.csv'}]", "stage2.train.batch_size=8", "stage2.train.max_steps=3", "stage2.train.lr=1e-4",
         "stage2.loss.hsic_layer=-2",
     ])
     results = train(recipe, progress=False)
@@ -201,15 +201,15 @@ def test_two_stage_ibkd_chains_stage1_and_supervised_triplets(tmp_path, tiny_hom
     s2 = tmp_path / "run" / "stage2"
     assert (s2 / "best" / "distill_student.json").is_file() and (s2 / "results.json").is_file()
     meta = json.loads((s2 / "best" / "distill_student.json").read_text())
-    assert meta["loss"]["name"] == "ibkd_supervised" and meta["triplet_count"] == 32
+    assert meta["loss"]["name"] == "ibkd_supervised" and (meta["row_count"], meta["row_width"]) == (32, 3)
     log = [json.loads(line) for line in (s2 / "log.jsonl").read_text().splitlines()]
     assert any("hsic" in row for row in log)
     out = export_student(tmp_path / "run", tmp_path / "export")
     assert "ibkd_supervised" in (out / "README.md").read_text()
     assert SentenceTransformer(str(out), device="cpu").encode(["x"]).shape == (1, 32)
     (tmp_path / "bad.csv").write_text("a,b,c\n1,2,3\n")
-    bad = load_recipe(_recipe(tmp_path / "run2" if (tmp_path / "run2").mkdir() is None else None, steps=2, every=2), [f"stage2.triplets=[{tmp_path / 'bad.csv'}]"])
-    with pytest.raises(DistillError, match=r"bad\.csv: needs the columns anchor, positive, negative"):
+    bad = load_recipe(_recipe(tmp_path / "run2" if (tmp_path / "run2").mkdir() is None else None, steps=2, every=2), [f"stage2.rows=[{tmp_path / 'bad.csv'}]"])
+    with pytest.raises(DistillError, match=r"bad\.csv:1: needs the columns anchor, positive, negative"):
         train(bad, progress=False)
 
 

@@ -29,6 +29,12 @@ def check_text(text: str, where: str) -> str:
     return text
 
 
+def join_title(title, text: str) -> str:
+    """A passage with a title as "title text" (BEIR's convention); the text alone without one."""
+    title = "" if title is None else str(title)
+    return f"{title} {text}".strip() if title.strip() else text
+
+
 def open_binary(path: str | Path):
     """A binary stream for a file, gunzipped when its name ends in .gz."""
     path = Path(path)

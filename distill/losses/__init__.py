@@ -51,11 +51,13 @@ from distill.losses.hpd import HPDLoss
 from distill.losses.ibkd import IBKDLoss
 from distill.losses.ibkd_supervised import IBKDSupervisedLoss
 from distill.losses.infonce import InfoNCELoss
+from distill.losses.mnrl import MNRLLoss
 from distill.losses.mse import MSELoss
 
 # Recipe name -> class, one line per loss; the order is `distill compare`'s default order.
-# ibkd_supervised is stage 2 of IBKD: it takes (anchor, positive, negative) student outputs
-# instead of (student, teacher), and is not compared.
+# The stage-2 losses (`stage = 2`: ibkd_supervised, mnrl) take rows of student outputs (anchor,
+# positive, negatives...) instead of (student, teacher); a recipe names one in stage2.loss.name,
+# and they are not compared.
 LOSSES: dict[str, type[DistillLoss]] = {cls.name: cls for cls in (
     MSELoss,
     CosineLoss,
@@ -64,6 +66,7 @@ LOSSES: dict[str, type[DistillLoss]] = {cls.name: cls for cls in (
     InfoNCELoss,
     IBKDLoss,
     IBKDSupervisedLoss,
+    MNRLLoss,
 )}
 
 
@@ -78,14 +81,6 @@ def loss_class(name: str) -> type[DistillLoss]:
 def comparable_losses() -> tuple[str, ...]:
     """The losses `distill compare` runs by default: every stage-1 loss, in registry order."""
     return tuple(name for name, cls in LOSSES.items() if cls.stage == 1)
-
-
-def stage2_loss_class() -> type[DistillLoss]:
-    """The (single) registered loss of the supervised stage 2."""
-    found = [cls for cls in LOSSES.values() if cls.stage == 2]
-    if len(found) != 1:
-        raise DistillError(f"expected one stage-2 loss in the registry, found {len(found)}")
-    return found[0]
 
 
 def build_loss(spec: str | dict[str, Any], student_dim: int, teacher_dim: int | None, **params: Any) -> DistillLoss:
@@ -142,13 +137,13 @@ __all__ = [
     "IBKDLoss",
     "IBKDSupervisedLoss",
     "InfoNCELoss",
+    "MNRLLoss",
     "MSELoss",
     "STDistillLoss",
     "build_loss",
     "comparable_losses",
     "load_loss",
     "loss_class",
-    "stage2_loss_class",
     "gather_candidates",
     "hidden_state_mean",
     "hsic",

@@ -11,7 +11,7 @@ A loss class declares:
 - `rules`: parameter -> (test, what it must be), checked when a recipe is read (`check`).
 - `contrastive`: its negatives are the other rows of the batch (see `needs_batch_negatives`).
 - `stage`: 1 for distillation from teacher vectors (compared by `distill compare`), 2 for the
-  supervised stage that follows (IBKD's triplets).
+  supervised stage that follows (rows of anchor, positive and negatives; IBKD's NLI triplets).
 - `targets(params)`: what the training targets are: the teacher's cached vectors, or their PCA.
 - `embedding_head()` / `export_head()`: what evaluation and `distill export` append.
 """

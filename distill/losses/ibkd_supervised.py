@@ -18,19 +18,21 @@ AUTHORS_HEAD_DIM = 128  # the IBKD authors' stage-2 head: Linear(384 -> 128), no
 
 class IBKDSupervisedLoss(DistillLoss):
     """IBKD stage 2 (Zhang, Long, Li, Xie, EMNLP 2023, "Text Representation Distillation via
-    Information Bottleneck Principle"): after stage 1, the student is fine-tuned on labelled
-    (anchor, positive, hard negative) triplets (NLI entailment / contradiction) with the supervised
-    SimCSE objective (Gao, Yao, Chen, EMNLP 2021, "SimCSE: Simple Contrastive Learning of Sentence
-    Embeddings") plus the same HSIC bottleneck term:
+    Information Bottleneck Principle"): after stage 1, the student is fine-tuned on labelled rows
+    (anchor, positive, negative_1, ..., negative_k), the authors' being NLI triplets (k = 1:
+    entailment, contradiction), with the supervised SimCSE objective (Gao, Yao, Chen, EMNLP 2021,
+    "SimCSE: Simple Contrastive Learning of Sentence Embeddings") plus the same HSIC bottleneck term:
 
-        L = mean_i CE( softmax over {cos(h_i, h+_j)/tau}_j  U  {cos(h_i, h-_j)/tau}_j , positive h+_i )
-            + lam * HSIC(X, S)
+        L = mean_i CE( softmax over {cos(h_i, c_j)/tau}_j , the positive c_i = h+_i ) + lam * HSIC(X, S)
+        candidates c = [h+_1..h+_N ; h-1_1..h-1_N ; ... ; h-k_1..h-k_N]
 
-    h = head(s) for anchors, positives and hard negatives; every positive and every hard negative of
-    the batch (gathered across DDP ranks, with gradient) is a candidate for every anchor. HSIC runs
-    over all sentences of the local batch (anchors, positives and negatives together), X being the
-    masked mean of hidden state `hsic_layer`: the authors use the second-to-last layer (-2, negative
-    indices count from the top), lam = 1.0 and a fixed gamma = 0.1, tau = 0.05.
+    h = head(s) for every text; every positive and every negative of the batch (each column
+    gathered across DDP ranks, with gradient: N rows per column) is a candidate for every anchor,
+    positives first, then the negative columns in order (for k = 1, SimCSE's layout). k = 0
+    contrasts with the other rows' positives only. HSIC runs over all sentences of the local batch
+    (anchors, positives and negatives together), X being the masked mean of hidden state
+    `hsic_layer`: the authors use the second-to-last layer (-2, negative indices count from the
+    top), lam = 1.0 and a fixed gamma = 0.1, tau = 0.05.
 
     head: "linear" (default, the authors' stage-2 head: a plain Linear(d_s, head_dim), head_dim
     128 unless set), "mlp" (SimCSE's MLP, Linear(d_s, head_dim or d_s) + Tanh) or "none"
@@ -39,15 +41,16 @@ class IBKDSupervisedLoss(DistillLoss):
     with average pooling, 384-d, no head. We select on dev with the student's own pooled vector,
     the vector that is exported and reported.
 
-    Call: `loss(anchor_out, positive_out, negative_out=None)`, three student forward dicts (each
-    with "embedding" and, when lam > 0, "hidden_states" and "attention_mask"); no teacher.
-    Returns {"loss", "infonce", "hsic", "hsic_gamma", "hsic_gamma_x"} (all but "loss" detached;
-    the HSIC keys only when the term is computed).
+    Call: `loss(anchor_out, positive_out, *negative_outs)`, student forward dicts (each with
+    "embedding" and, when lam > 0, "hidden_states" and "attention_mask"); no teacher. Parameter
+    values are checked by `rules` when a recipe is read, not here. Returns {"loss", "infonce",
+    "hsic", "hsic_gamma", "hsic_gamma_x"} (all but "loss" detached; the HSIC keys only when the
+    term is computed).
     """
 
     name = "ibkd_supervised"
     citation = IBKD_CITATION
-    stage = 2  # trained on (anchor, positive, negative) triplets after stage 1: not a `distill compare` loss
+    stage = 2  # trained on rows (anchor, positive, negatives...) after stage 1: not a `distill compare` loss
     rules = {
         **INFONCE_HSIC_RULES,
         "head": one_of(*HEADS),
@@ -69,12 +72,7 @@ class IBKDSupervisedLoss(DistillLoss):
         head_dim: int | None = None,
     ):
         super().__init__()
-        if tau <= 0:
-            raise DistillError(f"{self.name}: tau must be > 0, got {tau!r}")
-        if lam < 0:
-            raise DistillError(f"{self.name}: lam must be >= 0, got {lam!r}")
-        if head not in HEADS:
-            raise DistillError(f"{self.name}: head must be one of {', '.join(HEADS)}, got {head!r}")
+        # the one check `rules` cannot make: it needs the student's width
         if head == "none" and head_dim not in (None, student_dim):
             raise DistillError(f"{self.name}: head='none' keeps the {student_dim}-d student vector; head_dim must be unset")
         self.student_dim, self.teacher_dim = int(student_dim), teacher_dim
@@ -99,17 +97,18 @@ class IBKDSupervisedLoss(DistillLoss):
     def get_config_dict(self) -> dict[str, Any]:
         return {"tau": self.tau, "lam": self.lam, **self.hsic_term.config(), "head": self.head_kind, "head_dim": self.head_dim}
 
-    def forward(self, anchor: dict, positive: dict, negative: dict | None = None) -> dict:  # type: ignore[override]
-        outs = [anchor, positive] + ([negative] if negative is not None else [])
+    def forward(self, anchor: dict, positive: dict, *negatives: dict) -> dict:  # type: ignore[override]
+        outs = [anchor, positive, *negatives]
         n = anchor["embedding"].shape[0]
         if any(o["embedding"].shape[0] != n for o in outs):
-            raise DistillError(f"{self.name}: anchor, positive and negative batches must have the same size")
+            sizes = ", ".join(str(o["embedding"].shape[0]) for o in outs)
+            raise DistillError(f"{self.name}: the anchor, positive and negative batches must have the same size, got {sizes}")
         h_a = self.head(anchor["embedding"])
         # Candidates from every rank, with gradient: other GPUs' positives/negatives are trained too.
         candidates, offset = gather_candidates(self.head(positive["embedding"]), with_grad=True)
-        if negative is not None:
-            negatives, _ = gather_candidates(self.head(negative["embedding"]), with_grad=True)
-            candidates = torch.cat([candidates, negatives], dim=0)
+        if negatives:
+            columns = [gather_candidates(self.head(o["embedding"]), with_grad=True)[0] for o in negatives]
+            candidates = torch.cat([candidates, *columns], dim=0)
         nce = info_nce(h_a, candidates, self.tau, positive_offset=offset)
         out = {"loss": nce, "infonce": nce.detach()}
         if self.lam > 0:

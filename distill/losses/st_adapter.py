@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from distill.errors import DistillError
 from distill.losses.base import DistillLoss
-from distill.losses.ibkd_supervised import IBKDSupervisedLoss
 
 
 def _hf_config(model: nn.Module):
@@ -32,8 +31,8 @@ class STDistillLoss(nn.Module):
     Like sentence_transformers.losses.MSELoss, the teacher vectors are the `labels` (a "label"
     column of pre-computed teacher embeddings, n x d_t; for HPD the PCA-reduced n x k targets).
     Several text columns with 2-D labels each regress the same teacher vector (averaged); 3-D labels
-    (n x columns x d_t) give one teacher vector per column. IBKDSupervisedLoss instead takes
-    (anchor, positive[, negative]) columns and ignores labels.
+    (n x columns x d_t) give one teacher vector per column. A stage-2 loss (ibkd_supervised, mnrl)
+    instead takes (anchor, positive, negative_1, ..., negative_k) columns, k >= 0, and ignores labels.
 
     Hidden states (IBKD's HSIC term) are obtained the sentence-transformers way: the Transformer
     module copies the model's `hidden_states` into features["all_layer_embeddings"] when its
@@ -97,9 +96,9 @@ class STDistillLoss(nn.Module):
         """The inner loss's full dict (for logging its parts)."""
         features = list(sentence_features)
         outs = [self._student(f) for f in features]
-        if isinstance(self.loss, IBKDSupervisedLoss):
-            if len(outs) not in (2, 3):
-                raise DistillError("ibkd_supervised takes (anchor, positive) or (anchor, positive, negative) columns")
+        if self.loss.stage == 2:
+            if len(outs) < 2:
+                raise DistillError(f"{self.loss.name} takes (anchor, positive, negatives...) columns: two or more, got {len(outs)}")
             return self.loss(*outs)
         if labels is None:
             raise DistillError(f"{self.loss.name}: needs the teacher embeddings as labels")

@@ -2,8 +2,8 @@
 
     stage 1: teacher cache (built if missing) -> targets (teacher vectors, or their PCA-k when the
              loss asks for it) -> the student's tokens of the cache's sentences (tokenized once)
-    stage 2: IBKD's supervised triplets (anchor, positive, negative), tokenized once, from stage
-             1's final (or best) student
+    stage 2: rows of texts (anchor, positive, negatives...; IBKD's NLI triplets), tokenized once,
+             from stage 1's final (or best) student, with a stage-2 loss named in the recipe
 
 The loop (trainer.py) is the same for both: only `Stage` differs.
 """
@@ -32,14 +32,14 @@ PREPARE_SAMPLE = 2048  # sentences whose untrained embeddings initialise a loss'
 
 @dataclass
 class Stage:
-    """What differs between stage 1 (teacher cache) and stage 2 (triplets); the loop is shared."""
+    """What differs between stage 1 (teacher cache) and stage 2 (rows of texts); the loop is shared."""
 
     name: str
     run_dir: Path
-    module: nn.Module  # DistillModule or TripletModule
-    lengths: np.ndarray  # one per training row (a triplet's longest sentence in stage 2)
+    module: nn.Module  # DistillModule or RowsModule
+    lengths: np.ndarray  # one per training row (in stage 2 its longest text)
     make_batch: object  # rows -> (args for module.forward)
-    sentences_per_row: int  # sentences per row: 1, or 3 for a triplet
+    sentences_per_row: int  # 1 in stage 1; a stage-2 row's width (2 + its negatives)
     train: object  # TrainConfig
     meta: dict
 
@@ -57,14 +57,17 @@ class DistillModule(nn.Module):
         return self.loss(out, targets)
 
 
-class TripletModule(nn.Module):
-    """Stage 2: one student forward over anchors, positives and negatives stacked (3n rows)."""
+class RowsModule(nn.Module):
+    """Stage 2: one student forward over the rows' texts stacked column by column (width x n
+    rows: anchors, positives, then each negative column), split into `width` parts for the loss."""
 
-    def __init__(self, student: Encoder, loss: nn.Module):
+    def __init__(self, student: Encoder, loss: nn.Module, width: int):
         super().__init__()
-        self.student, self.loss = student, loss
+        self.student, self.loss, self.width = student, loss, int(width)
 
     def forward(self, input_ids, attention_mask, n: int):
+        if input_ids.shape[0] != self.width * n:
+            raise DistillError(f"stage 2: a batch of {input_ids.shape[0]} texts is not {self.width} columns of {n} rows")
         out = self.student(input_ids, attention_mask, output_hidden_states=self.loss.needs_hidden_states)
 
         def part(i):
@@ -74,7 +77,7 @@ class TripletModule(nn.Module):
                 d["hidden_states"] = tuple(h[rows] for h in out["hidden_states"])
             return d
 
-        return self.loss(part(0), part(1), part(2))
+        return self.loss(*(part(i) for i in range(self.width)))
 
 
 def open_or_build_cache(recipe: Recipe, progress: bool = True) -> TeacherCache:
@@ -157,33 +160,37 @@ def stage1(recipe: Recipe, run_dir: Path, rank: int, world: int, device: torch.d
 
 
 def stage2(recipe: Recipe, run_dir: Path, meta1: dict, rank: int, world: int, device: torch.device, progress: bool) -> Stage:
-    """IBKD's supervised stage, from stage 1's final student (the authors' choice; stage2.init: best
-    takes the one selected on the dev task instead), with its own loss, schedule and run folder."""
-    from distill.data.triplets import read_triplets
-    from distill.losses import stage2_loss_class
+    """The supervised stage, from stage 1's final student (IBKD's authors' choice; stage2.init:
+    best takes the one selected on the dev task instead), with its own loss, schedule and run folder."""
+    from distill.data.rows import read_rows
     from distill.training.student_folder import load_saved_student
 
     main_process = rank == 0
     s2 = recipe.stage2
     s2_dir = run_dir / "stage2"
+    cls = loss_class(s2.loss["name"])
+    if cls.stage != 2:
+        raise DistillError(f"stage2.loss.name {cls.name!r}: not a stage-2 loss")
     if not main_process:
         barrier(world)
     student, _, _ = load_saved_student(run_dir / s2.init, device=device)
     student.max_length = recipe.data.max_length
-    triplets = read_triplets(s2.triplets, s2.columns, s2.subset, s2.max_triplets)
-    flat = [t[0] for t in triplets] + [t[1] for t in triplets] + [t[2] for t in triplets]
+    rows = read_rows(s2.rows, s2.columns, s2.subset, s2.max_rows, s2.neg_samples)
+    n, width = len(rows), len(rows[0])
+    if width == 2 and s2.train.batch_size < 2:
+        raise DistillError(f"stage2.train.batch_size {s2.train.batch_size}: rows without negatives contrast with the other "
+                           "rows' positives only; a batch of one gives a loss of exactly 0")
+    flat = [row[c] for c in range(width) for row in rows]  # column by column: text c of row i is at c * n + i
     s2_dir.mkdir(parents=True, exist_ok=True)
     tokens = tokenize_corpus(student.tokenizer, flat, recipe.data.max_length, s2_dir, progress=progress and main_process)
     if main_process:
         barrier(world)
-    n = len(triplets)
-    lengths = np.maximum.reduce([tokens.lengths[:n], tokens.lengths[n : 2 * n], tokens.lengths[2 * n :]])
+    lengths = np.maximum.reduce([tokens.lengths[c * n : (c + 1) * n] for c in range(width)])
 
-    def make_batch(rows):
-        ids, mask = tokens.collate(np.concatenate([rows, rows + n, rows + 2 * n]))
-        return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), len(rows)
+    def make_batch(batch):
+        ids, mask = tokens.collate(np.concatenate([batch + c * n for c in range(width)]))
+        return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), len(batch)
 
-    cls = stage2_loss_class()
-    loss = cls(student.dim, None, **s2.loss).to(device)
-    meta = {**meta1, "loss": {"name": cls.name, **s2.loss}, "stage": 2, "init": s2.init, "triplets": s2.triplets, "triplet_count": n}
-    return Stage("stage2", s2_dir, TripletModule(student, loss).to(device), lengths, make_batch, 3, s2.train, meta)
+    loss = cls(student.dim, None, **{k: v for k, v in s2.loss.items() if k != "name"}).to(device)
+    meta = {**meta1, "loss": dict(s2.loss), "stage": 2, "init": s2.init, "rows": s2.rows, "row_count": n, "row_width": width}
+    return Stage("stage2", s2_dir, RowsModule(student, loss, width).to(device), lengths, make_batch, width, s2.train, meta)

@@ -71,7 +71,7 @@ class TrainState:
 
 
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callbacks: list | None = None) -> dict:
-    """Run a recipe (stage 1, then stage 2 when it names triplets); returns OUTPUT_DIR/results.json's dict.
+    """Run a recipe (stage 1, then stage 2 when it names rows); returns OUTPUT_DIR/results.json's dict.
 
     `callbacks`: `Callback`s (see training/callbacks.py, training/evaluators.py) or plain
     `fn(embed) -> dict` evaluators. The run folder is locked (distill/lock.py) by the main process
@@ -111,7 +111,7 @@ def _train(recipe: Recipe, resume: bool, progress: bool, callbacks: list | None)
         first = stage1(recipe, run_dir, rank, world, device, resume, progress)
         results = Trainer(first, recipe, rank, world, device, progress, callbacks).fit(resume)
         del first  # stage 1's student, targets and optimizer: freed before stage 2 loads its own
-    if not recipe.stage2.triplets:
+    if not recipe.stage2.rows:
         return results
 
     meta1 = stage_meta(run_dir / recipe.stage2.init)  # what stage 1 was (teacher, student, loss, cache)

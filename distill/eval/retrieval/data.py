@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
-from distill.data.readers import is_jsonl, iter_jsonl, iter_lines
+from distill.data.readers import is_jsonl, iter_jsonl, iter_lines, join_title
 from distill.errors import DistillError
 
 _ID_KEYS = ("_id", "id", "docid", "doc_id", "qid", "pid", "query_id", "query-id", "corpus-id", "corpus_id")
@@ -34,11 +34,6 @@ class RetrievalData:
 
 # ---------------------------------------------------------------------------------------------
 # Reading files
-
-
-def _join_title(title, text: str) -> str:
-    title = "" if title is None else str(title)
-    return f"{title} {text}".strip() if title.strip() else text
 
 
 def load_texts(path: str | Path, what: str = "corpus") -> dict[str, str]:
@@ -79,7 +74,7 @@ def load_texts(path: str | Path, what: str = "corpus") -> dict[str, str]:
                 raise DistillError(f"{path}:{lineno}: {text_key!r} is a {type(text).__name__}, not a string")
             if isinstance(obj[id_key], (dict, list)) or obj[id_key] is None:
                 raise DistillError(f"{path}:{lineno}: {id_key!r} must be a string or number, got {obj[id_key]!r:.60}")
-            add(obj[id_key], _join_title(obj.get("title"), text), lineno)
+            add(obj[id_key], join_title(obj.get("title"), text), lineno)
         if not out:
             raise DistillError(f"{path}: no {what} in it")
         return out
@@ -100,7 +95,7 @@ def load_texts(path: str | Path, what: str = "corpus") -> dict[str, str]:
                 raise DistillError(
                     f"{path}:{lineno}: expected {len(header)} tab-separated fields ({', '.join(header)}), got {len(fields)}"
                 )
-            add(fields[0], _join_title(fields[title_col] if title_col is not None else None, fields[text_col]), lineno)
+            add(fields[0], join_title(fields[title_col] if title_col is not None else None, fields[text_col]), lineno)
         else:
             if "\t" not in line:
                 raise DistillError(f"{path}:{lineno}: expected 'id<TAB>text', found no tab: {line[:80]!r}")
@@ -223,7 +218,7 @@ def load_hub(name: str, split: str = "test") -> RetrievalData:
         qrels_ds = get(name, "default", split)
     except DistillError:
         qrels_ds = get(f"{name}-qrels", None, split)
-    corpus = {str(r["_id"]): _join_title(r.get("title"), r["text"]) for r in corpus_ds}
+    corpus = {str(r["_id"]): join_title(r.get("title"), r["text"]) for r in corpus_ds}
     queries = {str(r["_id"]): r["text"] for r in queries_ds}
     qrels: dict[str, dict[str, int]] = {}
     for i, r in enumerate(qrels_ds):
@@ -284,7 +279,7 @@ def _as_text_map(items, what: str) -> dict[str, str]:
         if isinstance(value, Mapping):  # BEIR corpus entry {"title": ..., "text": ...}
             if "text" not in value:
                 raise DistillError(f"{what} {key!r}: no 'text' in {sorted(value)}")
-            value = _join_title(value.get("title"), value["text"])
+            value = join_title(value.get("title"), value["text"])
         if not isinstance(value, str):
             raise DistillError(f"{what} {key!r}: text is a {type(value).__name__}, not a string")
         out[str(key)] = value
