@@ -3,8 +3,9 @@
 Why not `SentenceTransformer` itself: teachers need SimCSE's `cls` (pooler output) and
 `cls_before_pooler` poolings, students need layer cutting and access to intermediate hidden
 states (IBKD's HSIC term), and bulk encoding must be faster than `SentenceTransformer.encode`
-(tokenize everything once, sort by length, pad per batch). The weights and tokenizer are plain
-`transformers` objects, and export writes a normal sentence-transformers folder.
+(tokenize everything once, sort by length, pad per batch: distill/data/padding.py). The weights
+and tokenizer are plain `transformers` objects, and export writes a normal sentence-transformers
+folder.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from distill.data import padding
 from distill.errors import DistillError
 from distill.precision import autocast_for
 from distill.presets import POOLINGS, StudentSpec
@@ -216,6 +218,17 @@ class Encoder(nn.Module):
             result["hidden_states"] = out.hidden_states
         return result
 
+    def _batches(self, sentences: list[str], batch_size: int, max_length: int):
+        """What `encode` feeds the model: (input positions, input_ids, attention_mask) tensors,
+        from the shared `distill.data.padding.token_batches`; on GPU by token budget and pinned."""
+        cuda = self.device.type == "cuda"
+        budget = batch_size * max_length if cuda else 0
+        for idx, input_ids, attention_mask in padding.token_batches(self.tokenizer, sentences, max_length, batch_size, token_budget=budget):
+            input_ids, attention_mask = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
+            if cuda:  # pinned here, in the tokenizer thread, so the copy to the GPU can be non-blocking
+                input_ids, attention_mask = input_ids.pin_memory(), attention_mask.pin_memory()
+            yield idx, input_ids, attention_mask
+
     @torch.inference_mode()
     def encode(
         self,
@@ -231,40 +244,24 @@ class Encoder(nn.Module):
 
         `max_length` truncates (default: the encoder's own `max_length`); `precision` is the GPU
         autocast ("auto", "bf16", "fp16" or "fp32", see `autocast_for`); CPU always runs fp32.
-
-        Built so the host keeps a small model's GPU busy (tokenization, not the GPU, sets the pace
-        of `SentenceTransformer.encode` for a 3-layer MiniLM):
-        - sentences are ordered by character length, then tokenized in large chunks with one call
-          of the Rust tokenizer (`encode_batch`, parallel, releases the GIL); each chunk is
-          re-sorted by exact token length, so batches carry almost no padding;
-        - for inputs over one chunk, a background thread tokenizes and pads the next batches while
-          the model runs the current one;
-        - on GPU: a batch holds as many rows as fit `batch_size * max_length` tokens (short
-          sentences go in bigger batches, never more memory than one full-length batch), tensors
-          come from pinned memory with non-blocking copies, bf16/fp16 autocast, and embeddings stay
-          on the GPU until a large block is copied back at once (no sync per batch);
-        - on CPU: `batch_size` rows per batch, same ordering and threading.
-        A slow (Python) tokenizer works too, only slower.
+        Batches come from `distill.data.padding.token_batches` (length-sorted, chunked Rust
+        tokenization; on GPU as many rows as fit `batch_size * max_length` tokens, on CPU
+        `batch_size` rows); for inputs over one chunk a background thread tokenizes and pads the
+        next batches while the model runs the current one. On GPU: pinned memory, non-blocking
+        copies, bf16/fp16 autocast, and embeddings stay on the GPU until a large block is copied
+        back at once (no sync per batch).
         """
         sentences = list(sentences)
         if not sentences:
             return np.zeros((0, self.dim), dtype=np.float32) if to_numpy else torch.zeros(0, self.dim)
-        for i, s in enumerate(sentences):
-            if not isinstance(s, str):
-                raise DistillError(f"sentence {i} is a {type(s).__name__}, not a string: {s!r}")
-        if batch_size < 1:
-            raise DistillError(f"batch_size must be at least 1, got {batch_size}")
+        padding.check_sentences(sentences, batch_size)
         max_length = int(max_length or self.max_length)
         self.eval()
         device = self.device
-        cuda = device.type == "cuda"
         out = torch.empty(len(sentences), self.dim, dtype=torch.float32)
-        batches = _token_batches(
-            self.tokenizer, sentences, max_length, batch_size,
-            token_budget=batch_size * max_length if cuda else 0, pin=cuda,
-        )
-        if len(sentences) > _FIRST_CHUNK:
-            batches = _Prefetch(batches, depth=_PREFETCH_BATCHES)
+        batches = self._batches(sentences, batch_size, max_length)
+        if len(sentences) > padding.FIRST_CHUNK:
+            batches = padding.Prefetch(batches, depth=_PREFETCH_BATCHES)
         bar = tqdm(total=len(sentences), desc=desc, unit="sent", disable=not progress, leave=False)
         done_idx: list[np.ndarray] = []
         done_emb: list[torch.Tensor] = []
@@ -290,13 +287,8 @@ class Encoder(nn.Module):
         return out.numpy() if to_numpy else out
 
 
-# Sentences per tokenizer call: the first chunk is small so the model starts early, later ones
-# big so the Rust tokenizer's threads have enough to share.
-_FIRST_CHUNK = 4096
-_CHUNK = 32768
 _PREFETCH_BATCHES = 8  # padded batches the tokenizer thread may run ahead
 _FLUSH_ROWS = 65536  # embeddings kept on the device before one copy back to the host
-_MAX_ROWS_FACTOR = 16  # a token-budget batch holds at most this many times batch_size rows
 
 
 def _flush(out: torch.Tensor, done_idx: list, done_emb: list) -> None:
@@ -306,145 +298,3 @@ def _flush(out: torch.Tensor, done_idx: list, done_emb: list) -> None:
         out[rows] = torch.cat(done_emb).cpu()
         done_idx.clear()
         done_emb.clear()
-
-
-_BACKENDS = None  # weakref.WeakKeyDictionary: tokenizer -> (max_length, private Rust tokenizer)
-
-
-def _rust_tokenizer(tokenizer, max_length: int):
-    """A private copy of a fast tokenizer's Rust backend, truncating to max_length, not padding.
-
-    A copy, because the transformers wrapper re-sets truncation/padding on its backend at every
-    call: sharing it with a background thread would race. None for a slow tokenizer.
-    """
-    import copy
-    import weakref
-
-    global _BACKENDS
-    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
-    if backend is None:
-        return None
-    if _BACKENDS is None:
-        _BACKENDS = weakref.WeakKeyDictionary()
-    try:
-        cached = _BACKENDS.get(tokenizer)
-    except TypeError:  # not weak-referenceable / hashable: no cache
-        cached = None
-    if cached is not None and cached[0] == max_length:
-        return cached[1]
-    rust = copy.deepcopy(backend)
-    rust.no_padding()
-    rust.enable_truncation(max_length, direction=getattr(tokenizer, "truncation_side", "right"))
-    rust.encode_special_tokens = bool(getattr(tokenizer, "split_special_tokens", False))
-    try:
-        _BACKENDS[tokenizer] = (max_length, rust)
-    except TypeError:
-        pass
-    return rust
-
-
-def _plan_batches(lengths_desc: np.ndarray, batch_size: int, token_budget: int = 0) -> list[tuple[int, int]]:
-    """[lo, hi) row ranges over token lengths sorted longest first.
-
-    token_budget 0: batch_size rows each. Otherwise each batch takes as many rows as fit the
-    budget at its first (longest) row's length, at least batch_size, at most
-    _MAX_ROWS_FACTOR * batch_size.
-    """
-    n = len(lengths_desc)
-    if token_budget <= 0:
-        return [(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
-    out, lo = [], 0
-    while lo < n:
-        rows = token_budget // max(int(lengths_desc[lo]), 1)
-        rows = min(max(rows, batch_size), _MAX_ROWS_FACTOR * batch_size)
-        out.append((lo, min(lo + rows, n)))
-        lo += rows
-    return out
-
-
-def _token_batches(tokenizer, sentences: list[str], max_length: int, batch_size: int, token_budget: int, pin: bool):
-    """Yield (input positions, input_ids, attention_mask), right-padded, longest batches first."""
-    import itertools
-
-    n = len(sentences)
-    order = np.argsort(-np.fromiter(map(len, sentences), dtype=np.int64, count=n), kind="stable")
-    rust = _rust_tokenizer(tokenizer, max_length)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    start, chunk_size = 0, _FIRST_CHUNK
-    while start < n:
-        chunk = order[start : start + chunk_size]
-        start += len(chunk)
-        chunk_size = _CHUNK
-        texts = [sentences[i] for i in chunk]
-        if rust is not None:
-            ids = [e.ids for e in rust.encode_batch(texts)]
-        else:
-            ids = tokenizer(texts, truncation=True, max_length=max_length, padding=False)["input_ids"]
-        lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-        by_len = np.argsort(-lengths, kind="stable")
-        for lo, hi in _plan_batches(lengths[by_len], batch_size, token_budget):
-            rows = by_len[lo:hi]
-            lens = lengths[rows]
-            width = max(int(lens[0]), 1)
-            mask = np.arange(width) < lens[:, None]
-            input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
-            input_ids[mask] = np.fromiter(
-                itertools.chain.from_iterable(ids[r] for r in rows), dtype=np.int64, count=int(lens.sum())
-            )
-            input_ids = torch.from_numpy(input_ids)
-            attention_mask = torch.from_numpy(mask.astype(np.int64))
-            if pin:
-                input_ids, attention_mask = input_ids.pin_memory(), attention_mask.pin_memory()
-            yield chunk[rows], input_ids, attention_mask
-
-
-class _Prefetch:
-    """Run an iterator in a daemon thread, up to `depth` items ahead; its exceptions re-raise here."""
-
-    _DONE = object()
-
-    def __init__(self, iterator, depth: int):
-        import queue
-        import threading
-
-        self._queue_mod = queue
-        self._queue: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(iterator,), daemon=True, name="distill-tokenize")
-        self._thread.start()
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except self._queue_mod.Full:
-                continue
-        return False
-
-    def _run(self, iterator) -> None:
-        try:
-            for item in iterator:
-                if not self._put(item):
-                    return
-            self._put(self._DONE)
-        except BaseException as exc:  # noqa: BLE001 (handed to the consumer thread, raised there)
-            self._put(_Failure(exc))
-
-    def __iter__(self):
-        while True:
-            item = self._queue.get()
-            if item is self._DONE:
-                return
-            if isinstance(item, _Failure):
-                raise item.exc
-            yield item
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
-class _Failure:
-    def __init__(self, exc: BaseException):
-        self.exc = exc

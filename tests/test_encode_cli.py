@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from distill.cli import main
-from distill.errors import DistillError
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -107,15 +106,16 @@ def test_errors_name_the_file_and_line_and_leave_outputs_alone(tmp_path, capsys)
     assert f"{latin1}:2: not UTF-8" in capsys.readouterr().err
 
 
-# --- Encoder.encode internals: the threaded chunked path and batch planning --------------------
+# --- Encoder.encode internals: the threaded chunked path (batching itself: test_padding.py) ------
 
 
 def test_threaded_chunked_path_keeps_order(enc, one_by_one, monkeypatch):
+    import distill.data.padding as P
     import distill.encoder as E
 
     # Tiny chunks force several tokenizer calls, the background thread, and several flushes.
-    monkeypatch.setattr(E, "_FIRST_CHUNK", 2)
-    monkeypatch.setattr(E, "_CHUNK", 3)
+    monkeypatch.setattr(P, "FIRST_CHUNK", 2)
+    monkeypatch.setattr(P, "CHUNK", 3)
     monkeypatch.setattr(E, "_PREFETCH_BATCHES", 1)
     monkeypatch.setattr(E, "_FLUSH_ROWS", 4)
     sentences = SENTENCES * 2
@@ -123,48 +123,3 @@ def test_threaded_chunked_path_keeps_order(enc, one_by_one, monkeypatch):
     np.testing.assert_allclose(emb, np.concatenate([one_by_one] * 2), atol=1e-5)
     as_tensor = enc.encode(sentences[:4], batch_size=3, progress=False, to_numpy=False)
     np.testing.assert_allclose(as_tensor.numpy(), one_by_one[:4], atol=1e-5)
-
-
-def test_token_batches_match_the_tokenizer(enc):
-    from distill.encoder import _token_batches
-
-    seen = []
-    for idx, ids, mask in _token_batches(enc.tokenizer, SENTENCES, 16, 4, token_budget=0, pin=False):
-        assert ids.shape == mask.shape and ids.shape[0] <= 4
-        for row, i in enumerate(idx):
-            ref = enc.tokenizer(SENTENCES[i], truncation=True, max_length=16)["input_ids"]
-            n = int(mask[row].sum())
-            assert ids[row, :n].tolist() == ref and (ids[row, n:] == enc.tokenizer.pad_token_id).all()
-        seen.extend(idx.tolist())
-    assert sorted(seen) == list(range(len(SENTENCES)))
-
-
-def test_plan_batches_by_token_budget():
-    from distill.encoder import _MAX_ROWS_FACTOR, _plan_batches
-
-    lengths = np.array([128, 128, 64, 64, 64, 64, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8, 8])
-    assert _plan_batches(lengths, 4) == [(0, 4), (4, 8), (8, 12), (12, 16), (16, 18)]
-    # budget 2 x 128 tokens: 2 rows at 128, 4 at 64, then up to _MAX_ROWS_FACTOR * 2 rows of 8
-    plan = _plan_batches(lengths, 2, token_budget=256)
-    assert plan[:2] == [(0, 2), (2, 6)] and plan[2][0] == 6
-    assert plan[2][1] - plan[2][0] == min(12, _MAX_ROWS_FACTOR * 2)
-    assert plan[-1][1] == len(lengths)
-
-
-def test_prefetch_hands_errors_to_the_consumer():
-    from distill.encoder import _Prefetch
-
-    def items():
-        yield 1
-        raise DistillError("tokenizer broke")
-
-    it = _Prefetch(items(), depth=1)
-    got = []
-    with pytest.raises(DistillError, match="tokenizer broke"):
-        got.extend(it)
-    it.close()
-    assert got == [1]
-    stopped = _Prefetch(iter(range(10_000)), depth=2)
-    assert next(iter(stopped)) == 0
-    stopped.close()  # the producer thread ends though its queue is full
-    assert not stopped._thread.is_alive()

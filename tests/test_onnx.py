@@ -189,6 +189,31 @@ def test_cli_encode_similarity_pipeline_retrieval_with_onnx(tiny_mean, tmp_path,
     assert outs["onnx"]["MRR@10"] == pytest.approx(outs["torch"]["MRR@10"]) and outs["onnx"]["Recall@3"] == 1.0
 
 
+def test_encoder_onnx_and_collate_pad_the_same_batches(tiny_mean):
+    """The three users of distill.data.padding agree: Encoder.encode and OnnxEncoder.encode feed
+    their models the same batches, in the same order, with the same padding, and the training
+    collate pads those rows of the pre-tokenized corpus the same way."""
+    from distill.data.tokens import tokenize_corpus
+    from distill.encoder import Encoder
+    from distill.onnx.runtime import OnnxEncoder
+
+    enc, onnx = Encoder.load(str(tiny_mean), device="cpu"), OnnxEncoder.load(tiny_mean)
+    sentences = SENTENCES * 3  # duplicates, the empty sentence, one longer than both max lengths
+    for max_length, batch_size in ((16, 4), (64, 5), (16, 64)):
+        torch_batches = list(enc._batches(sentences, batch_size, max_length))
+        onnx_batches = list(onnx._batches(sentences, batch_size, max_length))
+        corpus = tokenize_corpus(enc.tokenizer, sentences, max_length, progress=False)
+        assert len(torch_batches) == len(onnx_batches) == -(-len(sentences) // batch_size)
+        for (t_idx, t_ids, t_mask), (o_idx, o_ids, o_mask) in zip(torch_batches, onnx_batches):
+            np.testing.assert_array_equal(t_idx, o_idx)
+            np.testing.assert_array_equal(t_ids.numpy(), o_ids)
+            np.testing.assert_array_equal(t_mask.numpy(), o_mask)
+            c_ids, c_mask = corpus.collate(t_idx)
+            np.testing.assert_array_equal(c_ids.numpy(), o_ids)
+            np.testing.assert_array_equal(c_mask.numpy(), o_mask)
+        assert max(len(i) for i, _, _ in onnx_batches) == min(batch_size, len(sentences))
+
+
 def test_inference_path_imports_no_torch(tiny_mean):
     code = (
         "import sys; from distill.onnx.runtime import OnnxEncoder; "

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from distill.data.padding import pad_slices
 from distill.io import atomic_path
 
 
@@ -34,14 +35,8 @@ class TokenizedCorpus:
         return len(self.offsets) - 1
 
     def collate(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(input_ids, attention_mask) for these rows, right-padded to the longest."""
-        lengths = self.offsets[rows + 1] - self.offsets[rows]
-        width = int(lengths.max())
-        ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for j, (start, n) in enumerate(zip(self.offsets[rows], lengths)):
-            ids[j, :n] = self.ids[start : start + n]
-            mask[j, :n] = 1
+        """(input_ids, attention_mask) for these rows, right-padded to the longest (distill.data.padding)."""
+        ids, mask = pad_slices(self.ids, self.offsets, rows, self.pad_id)
         return torch.from_numpy(ids), torch.from_numpy(mask)
 
 

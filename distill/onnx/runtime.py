@@ -3,9 +3,10 @@
 `OnnxEncoder.load(folder)` reads `onnx/model.onnx` (or `model_qint8.onnx` with quantized=True)
 and `onnx/distill_onnx.json` written by `distill export-onnx` (distill/onnx/export.py); the graph
 returns the finished sentence embedding (pooling, Dense, Normalize inside), so this module only
-tokenizes, pads and batches. Same batching idea as `Encoder.encode`: sentences sorted by token
-length so a batch carries almost no padding, rows returned in input order. onnxruntime uses every
-core this process may run on (`threads`), not its default of the physical cores it detects.
+feeds it batches from the routine `Encoder.encode` uses (distill/data/padding.py): sentences
+sorted by token length so a batch carries almost no padding, rows returned in input order.
+onnxruntime uses every core this process may run on (`threads`), not its default of the
+physical cores it detects.
 
 Imports nothing from torch: `--backend onnx` in encode / similarity / eval / eval-retrieval and
 `pipeline(model, backend="onnx")` run on a machine with only onnxruntime, tokenizers and numpy.
@@ -19,11 +20,14 @@ from pathlib import Path
 
 import numpy as np
 
+from distill.data.padding import check_sentences, token_batches
 from distill.errors import DistillError
 from distill.onnx.export import FILES, INPUTS, INSTALL_HINT, ONNX_DIR, read_meta
 
 BACKENDS = ("torch", "onnx")
-_CHUNK = 8192  # sentences per Rust tokenizer call
+# Sentences per Rust tokenizer call, every chunk the same size: no tokenizer thread runs ahead of
+# onnxruntime here, so a small first chunk (Encoder.encode's) would gain nothing.
+_CHUNK = 8192
 
 
 def available_cores() -> int:
@@ -57,7 +61,6 @@ class OnnxEncoder:
     def __init__(self, folder: Path, file: Path, session, tokenizer, meta: dict, max_length: int):
         self.folder, self.file, self.session, self.meta = folder, file, session, meta
         self._tokenizer = tokenizer
-        self._by_length: dict[int, object] = {}
         self.max_length = int(max_length)
         self.max_positions = int(meta.get("max_positions", max_length))
         self.dim = int(meta["dim"])
@@ -112,48 +115,26 @@ class OnnxEncoder:
         max_length = _check_length(max_length or meta["max_seq_length"], meta)
         return cls(folder, file, session, Tokenizer.from_file(str(tok_file)), meta, max_length)
 
-    def _rust(self, max_length: int):
-        """A copy of the tokenizer that truncates at `max_length` and does not pad (we pad per batch)."""
-        if max_length not in self._by_length:
-            from tokenizers import Tokenizer
-
-            tok = Tokenizer.from_str(self._tokenizer.to_str())
-            tok.no_padding()
-            tok.enable_truncation(max_length)
-            self._by_length[max_length] = tok
-        return self._by_length[max_length]
+    def _batches(self, sentences: list[str], batch_size: int, max_length: int):
+        """What `encode` feeds the session: (input positions, input_ids, attention_mask) numpy
+        arrays from the shared `distill.data.padding.token_batches`, `batch_size` rows each."""
+        return token_batches(self._tokenizer, sentences, max_length, batch_size, pad_id=self.pad_id, first_chunk=_CHUNK, chunk=_CHUNK)
 
     def encode(self, sentences: Sequence[str], batch_size: int = 128, progress: bool = False, desc: str = "encode",
                max_length: int | None = None, **_ignored) -> np.ndarray:
         """Embed sentences; row i is sentence i. Tokenization is included (it is part of serving)."""
         sentences = list(sentences)
-        for i, s in enumerate(sentences):
-            if not isinstance(s, str):
-                raise DistillError(f"sentence {i} is a {type(s).__name__}, not a string: {s!r:.80}")
-        if batch_size < 1:
-            raise DistillError(f"batch_size must be at least 1, got {batch_size}")
+        check_sentences(sentences, batch_size)
         out = np.empty((len(sentences), self.dim), dtype=np.float32)
         if not sentences:
             return out
-        tok = self._rust(_check_length(max_length or self.max_length, self.meta))
-        order = np.argsort(-np.fromiter(map(len, sentences), dtype=np.int64, count=len(sentences)), kind="stable")
+        max_length = _check_length(max_length or self.max_length, self.meta)
         bar = _bar(len(sentences), desc, progress)
-        for start in range(0, len(order), _CHUNK):
-            chunk = order[start : start + _CHUNK]
-            ids = [e.ids for e in tok.encode_batch([sentences[i] for i in chunk])]
-            lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-            by_len = np.argsort(-lengths, kind="stable")
-            for lo in range(0, len(by_len), batch_size):
-                rows = by_len[lo : lo + batch_size]
-                lens = lengths[rows]
-                width = max(int(lens[0]), 1)
-                mask = np.arange(width) < lens[:, None]
-                input_ids = np.full((len(rows), width), self.pad_id, dtype=np.int64)
-                input_ids[mask] = np.concatenate([ids[r] for r in rows]) if lens.sum() else []
-                feeds = {"input_ids": input_ids, "attention_mask": mask.astype(np.int64)}
-                out[chunk[rows]] = self.session.run([self.output], {k: v for k, v in feeds.items() if k in self.inputs})[0]
-                if bar is not None:
-                    bar.update(len(rows))
+        for idx, input_ids, attention_mask in self._batches(sentences, batch_size, max_length):
+            feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+            out[idx] = self.session.run([self.output], {k: v for k, v in feeds.items() if k in self.inputs})[0]
+            if bar is not None:
+                bar.update(len(idx))
         if bar is not None:
             bar.close()
         return out
