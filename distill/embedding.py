@@ -4,9 +4,11 @@ Used by the similarity pipeline, retrieval, STS evaluation and, during training,
 student (`distill.training.student_folder.StudentEmbedder` is this class with a head).
 
 A model is any of
-  - a model folder / preset / hub id / PyPI model key: loaded with `Encoder.load`, or with
+  - a model folder / preset / hub id / PyPI model key: loaded with `distill.student.load_model`
+    (a transformer `Encoder`, or a `StaticStudent` for a static model folder), or with
     backend="onnx" as an `OnnxEncoder` from the folder's onnx/ files (`onnx_file`, `quantized`);
-  - an `Encoder`, optionally with a `head` module applied to its vector (HPD's Dense+tanh...);
+  - an `Encoder` or `StaticStudent` (distill.student.EmbeddingModel), optionally with a `head`
+    module applied to its vector (HPD's Dense+tanh...);
   - an `OnnxEncoder`;
   - a `SentenceTransformer`, or anything with a SentenceTransformer-like `.encode`;
   - a callable mapping a list of sentences to an (n, d) array.
@@ -50,9 +52,9 @@ class Embedder:
             elif not isinstance(model, OnnxEncoder):
                 raise DistillError(f"backend 'onnx' needs a model folder with onnx/ files, not a {type(model).__name__}")
         if isinstance(model, (str, Path)):
-            from distill.encoder import Encoder
+            from distill.student import load_model
 
-            model = Encoder.load(str(model), device=device)
+            model = load_model(str(model), device=device)
         self.model = model
         self.kind = _kind(model)
         if self.kind is None:
@@ -109,8 +111,8 @@ def _kind(model) -> str | None:
 
     if isinstance(model, OnnxEncoder):
         return "onnx"
-    encoder_mod = sys.modules.get("distill.encoder")
-    if encoder_mod is not None and isinstance(model, encoder_mod.Encoder):
+    student_mod = sys.modules.get("distill.student")  # Encoder and StaticStudent: the Student protocol
+    if student_mod is not None and isinstance(model, student_mod.EmbeddingModel):
         return "encoder"
     st_mod = sys.modules.get("sentence_transformers")
     if st_mod is not None and isinstance(model, st_mod.SentenceTransformer):

@@ -14,15 +14,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
-from distill.data import padding
 from distill.errors import DistillError
-from distill.precision import autocast_for
+from distill.precision import autocast_for  # noqa: F401 (re-exported: callers and tests import it from here)
 from distill.presets import POOLINGS, StudentSpec
+from distill.student import EmbeddingModel, best_device
 
 
 def pool(pooling: str, last_hidden: torch.Tensor, attention_mask: torch.Tensor, pooler_output=None) -> torch.Tensor:
@@ -108,12 +106,11 @@ def _sentence_transformers_defaults(path: Path) -> dict:
     return out
 
 
-def best_device() -> torch.device:
-    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+class Encoder(EmbeddingModel):
+    """transformer -> pooling -> (optional) L2 normalization: the transformer kind of the Student
+    protocol (distill/student.py), and every teacher."""
 
-
-class Encoder(nn.Module):
-    """transformer -> pooling -> (optional) L2 normalization."""
+    kind = "transformer"
 
     def __init__(self, transformer, tokenizer, pooling: str = "mean", normalize: bool = False, max_length: int = 128):
         super().__init__()
@@ -203,9 +200,6 @@ class Encoder(nn.Module):
             limits.append(int(positions) - reserved)
         return min(limits) if limits else self.max_length
 
-    def tokenize(self, sentences: Sequence[str]) -> dict:
-        return self.tokenizer(list(sentences), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-
     def forward(self, input_ids, attention_mask, output_hidden_states: bool = False, **extra) -> dict:
         out = self.transformer(
             input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=output_hidden_states, **extra
@@ -218,83 +212,25 @@ class Encoder(nn.Module):
             result["hidden_states"] = out.hidden_states
         return result
 
-    def _batches(self, sentences: list[str], batch_size: int, max_length: int):
-        """What `encode` feeds the model: (input positions, input_ids, attention_mask) tensors,
-        from the shared `distill.data.padding.token_batches`; on GPU by token budget and pinned."""
-        cuda = self.device.type == "cuda"
-        budget = batch_size * max_length if cuda else 0
-        for idx, input_ids, attention_mask in padding.token_batches(self.tokenizer, sentences, max_length, batch_size, token_budget=budget):
-            input_ids, attention_mask = torch.from_numpy(input_ids), torch.from_numpy(attention_mask)
-            if cuda:  # pinned here, in the tokenizer thread, so the copy to the GPU can be non-blocking
-                input_ids, attention_mask = input_ids.pin_memory(), attention_mask.pin_memory()
-            yield idx, input_ids, attention_mask
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.transformer.state_dict()
 
-    @torch.inference_mode()
-    def encode(
-        self,
-        sentences: Sequence[str],
-        batch_size: int = 128,
-        progress: bool = True,
-        desc: str = "encode",
-        to_numpy: bool = True,
-        max_length: int | None = None,
-        precision: str = "auto",
-    ):
-        """Embed sentences; row i of the result is sentence i, whatever order they ran in.
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        self.transformer.load_state_dict(state)
 
-        `max_length` truncates (default: the encoder's own `max_length`); `precision` is the GPU
-        autocast ("auto", "bf16", "fp16" or "fp32", see `autocast_for`); CPU always runs fp32.
-        Batches come from `distill.data.padding.token_batches` (length-sorted, chunked Rust
-        tokenization; on GPU as many rows as fit `batch_size * max_length` tokens, on CPU
-        `batch_size` rows); for inputs over one chunk a background thread tokenizes and pads the
-        next batches while the model runs the current one. On GPU: pinned memory, non-blocking
-        copies, bf16/fp16 autocast, and embeddings stay on the GPU until a large block is copied
-        back at once (no sync per batch).
-        """
-        sentences = list(sentences)
-        if not sentences:
-            return np.zeros((0, self.dim), dtype=np.float32) if to_numpy else torch.zeros(0, self.dim)
-        padding.check_sentences(sentences, batch_size)
-        max_length = int(max_length or self.max_length)
-        self.eval()
-        device = self.device
-        out = torch.empty(len(sentences), self.dim, dtype=torch.float32)
-        batches = self._batches(sentences, batch_size, max_length)
-        if len(sentences) > padding.FIRST_CHUNK:
-            batches = padding.Prefetch(batches, depth=_PREFETCH_BATCHES)
-        bar = tqdm(total=len(sentences), desc=desc, unit="sent", disable=not progress, leave=False)
-        done_idx: list[np.ndarray] = []
-        done_emb: list[torch.Tensor] = []
-        held = 0
-        try:
-            with autocast_for(device, precision):
-                for idx, input_ids, attention_mask in batches:
-                    input_ids = input_ids.to(device, non_blocking=True)
-                    attention_mask = attention_mask.to(device, non_blocking=True)
-                    done_emb.append(self(input_ids, attention_mask)["embedding"].float())
-                    done_idx.append(idx)
-                    held += len(idx)
-                    if held >= _FLUSH_ROWS:
-                        _flush(out, done_idx, done_emb)
-                        held = 0
-                    bar.update(len(idx))
-            _flush(out, done_idx, done_emb)
-        finally:
-            close = getattr(batches, "close", None)
-            if close is not None:
-                close()
-            bar.close()
-        return out.numpy() if to_numpy else out
+    def save(self, folder: Path) -> None:
+        """The transformers files (model.safetensors, config.json, tokenizer files): AutoModel loads them."""
+        self.transformer.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
 
+    def st_modules(self, folder: Path, max_seq_length: int) -> list:
+        """Transformer (the saved student folder) -> Pooling, for `distill export`."""
+        from distill.export import POOLING_MODES, st_module_classes
 
-_PREFETCH_BATCHES = 8  # padded batches the tokenizer thread may run ahead
-_FLUSH_ROWS = 65536  # embeddings kept on the device before one copy back to the host
+        if self.pooling not in POOLING_MODES:
+            raise DistillError(f"{folder}: pooling {self.pooling!r} has no sentence-transformers Pooling mode")
+        models = st_module_classes()
+        return [models.Transformer(str(folder), max_seq_length=max_seq_length), models.Pooling(self.dim, pooling_mode=POOLING_MODES[self.pooling])]
 
-
-def _flush(out: torch.Tensor, done_idx: list, done_emb: list) -> None:
-    """Write the held embeddings into their input rows (one device->host copy) and clear the lists."""
-    if done_idx:
-        rows = torch.from_numpy(np.concatenate(done_idx))
-        out[rows] = torch.cat(done_emb).cpu()
-        done_idx.clear()
-        done_emb.clear()
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.transformer.parameters())

@@ -1,7 +1,7 @@
 """`distill export`: a trained student -> a sentence-transformers folder with a model card.
 
 The folder loads with plain `SentenceTransformer(DIR)` and its transformer with `AutoModel`:
-Transformer -> Pooling [-> Dense (the loss's embedding head, e.g. HPD's K-d tanh head, which is
+Transformer -> Pooling (or, for a static student, StaticEmbedding) [-> Dense (the loss's embedding head, e.g. HPD's K-d tanh head, which is
 part of the embedding)] [-> Dense (with --keep-projection, the loss's training-only student-side
 head, its `export_head()`)] -> Normalize (cosine is unchanged by it; dot product then
 equals cosine, as with the teachers). Written to a temp folder and renamed at the end.
@@ -58,7 +58,7 @@ def _interrupted_warning(run_dir: Path, student_dir: Path) -> None:
               f"exporting {student_dir.name}/ as it is now", file=sys.stderr)
 
 
-def _st_modules():
+def st_module_classes():
     """sentence-transformers' module classes (moved in 6.x; the old path still works before)."""
     try:
         from sentence_transformers.sentence_transformer import modules
@@ -69,7 +69,7 @@ def _st_modules():
 
 def _dense_from(module: nn.Module, what: str):
     """A sentence-transformers Dense copying a loss head: nn.Linear, or nn.Sequential(nn.Linear, activation)."""
-    models = _st_modules()
+    models = st_module_classes()
 
     parts = list(module) if isinstance(module, nn.Sequential) else [module]
     linear, activation = parts[0], (parts[1] if len(parts) == 2 else nn.Identity())
@@ -100,12 +100,12 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
                    max_seq_length: int | None = None, overwrite: bool = False, finish: Callable[[Path], None] | None = None) -> Path:
     """Write a run's student as a sentence-transformers folder.
 
-    `max_seq_length` defaults to the model's own limit (`Encoder.max_positions`), the length the
-    run's scores were computed at, not the (often shorter) training length.
+    `max_seq_length` defaults to the model's own limit (`max_positions`), the length the run's
+    scores were computed at, not the (often shorter) training length; a static student has none.
     """
     from sentence_transformers import SentenceTransformer
 
-    models = _st_modules()
+    models = st_module_classes()
     run_dir, out = Path(run_dir), Path(os.path.abspath(out))  # abspath: "." has no name to put a temp folder beside
     if not run_dir.is_dir():
         raise DistillError(f"{run_dir}: no such run folder")
@@ -117,13 +117,11 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
         raise DistillError(f"{run_dir}: no trained student in it (expected {run_dir / which / META})")
     _interrupted_warning(run_dir, student_dir)
     enc, meta, heads = load_saved_student(student_dir, device="cpu")
-    if enc.pooling not in POOLING_MODES:
-        raise DistillError(f"{student_dir}: pooling {enc.pooling!r} has no sentence-transformers Pooling mode")
     loss_name = meta.get("loss", {}).get("name", "")
     if max_seq_length is not None and not 1 <= max_seq_length <= enc.max_positions:
         raise DistillError(f"--max-seq-length {max_seq_length}: must be between 1 and the model's limit {enc.max_positions}")
-    seq_len = max_seq_length or enc.max_positions
-    modules = [models.Transformer(str(student_dir), max_seq_length=seq_len), models.Pooling(enc.dim, pooling_mode=POOLING_MODES[enc.pooling])]
+    # the student's own input modules: Transformer -> Pooling, or a StaticEmbedding
+    modules = enc.st_modules(student_dir, max_seq_length or enc.max_positions)
     loss = _saved_loss(meta, enc.dim, heads, student_dir)
     head = loss.embedding_head() if loss is not None else None
     if head is not None:  # part of the embedding (HPD's K-d tanh output), and scored as such

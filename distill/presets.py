@@ -7,7 +7,7 @@ and an unknown or missing one is an error naming the file and the key.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
 
 import yaml
@@ -46,6 +46,27 @@ class StudentSpec:
     max_length: int
 
 
+STUDENT_TYPES = ("transformer", "static")
+STATIC_INITS = ("distill", "random")
+WEIGHTINGS = ("zipf", "none")
+
+
+@dataclass(frozen=True)
+class StaticStudentSpec:
+    """`type: static`: a token-embedding table, mean-pooled (distill/static_student.py)."""
+
+    name: str
+    type: str
+    dim: int  # the table's width (PCA of the teacher's token vectors to this many dimensions)
+    tokenizer: str | None = None  # a model whose tokenizer it uses; None: the recipe's teacher's
+    init: str = "distill"  # distill: the teacher's vector of every token, PCA, weights (model2vec's way); random
+    weighting: str = "zipf"  # zipf: SIF weights from Zipf's law on the token rank; none
+
+    @property
+    def hub_id(self) -> str | None:
+        return self.tokenizer
+
+
 # Student keys of earlier versions, still read: the two specs now name the same things alike.
 LEGACY_KEYS = {StudentSpec: {"base": "hub_id", "hidden_dim": "dim"}}
 
@@ -66,22 +87,18 @@ def parse_preset(path: Path, cls):
         raise DistillError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise DistillError(f"{path}: expected a mapping of keys, got {type(data).__name__}")
+    if cls is StudentSpec and data.get("type", "transformer") != "transformer":
+        return _parse_static(path, data)
+    if cls is StudentSpec:
+        data.pop("type", None)  # `type: transformer` is the default kind
     for old, new in LEGACY_KEYS.get(cls, {}).items():
         if old in data:
             if new in data:
                 raise DistillError(f"{path}: {old!r} is the old name of {new!r}; give one of them")
             data[new] = data.pop(old)
-    names = [f.name for f in fields(cls)]
-    for key in data:
-        if key not in names:
-            raise DistillError(f"{path}: unknown key {key!r} (allowed: {', '.join(names)})")
-    for key in names:
-        if key not in data:
-            raise DistillError(f"{path}: missing key {key!r}")
+    _check_keys(path, data, cls)
     if data["pooling"] not in POOLINGS:
         raise DistillError(f"{path}: pooling {data['pooling']!r} is not one of {', '.join(POOLINGS)}")
-    if data["name"] != path.stem:
-        raise DistillError(f"{path}: name {data['name']!r} differs from the file name {path.stem!r}")
     layers = data.get("layers")
     if layers is not None and not (
         (isinstance(layers, int) and layers > 0)
@@ -89,6 +106,33 @@ def parse_preset(path: Path, cls):
     ):
         raise DistillError(f"{path}: layers must be a positive int or a list of layer indices, got {layers!r}")
     return cls(**data)
+
+
+def _check_keys(path: Path, data: dict, cls) -> None:
+    names = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in names:
+            raise DistillError(f"{path}: unknown key {key!r} (allowed: {', '.join(names)})")
+    for f in fields(cls):
+        if f.name not in data and f.default is MISSING:
+            raise DistillError(f"{path}: missing key {f.name!r}")
+    if data["name"] != path.stem:
+        raise DistillError(f"{path}: name {data['name']!r} differs from the file name {path.stem!r}")
+
+
+def _parse_static(path: Path, data: dict) -> StaticStudentSpec:
+    if data["type"] not in STUDENT_TYPES:
+        raise DistillError(f"{path}: type {data['type']!r} is not one of {', '.join(STUDENT_TYPES)}")
+    _check_keys(path, data, StaticStudentSpec)
+    dim = data["dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise DistillError(f"{path}: dim must be a whole number >= 1, got {dim!r}")
+    for key, allowed in (("init", STATIC_INITS), ("weighting", WEIGHTINGS)):
+        if key in data and data[key] not in allowed:
+            raise DistillError(f"{path}: {key} {data[key]!r} is not one of {', '.join(allowed)}")
+    if data.get("tokenizer") is not None and not isinstance(data["tokenizer"], str):
+        raise DistillError(f"{path}: tokenizer must be a model name or folder (or null: the teacher's), got {data['tokenizer']!r}")
+    return StaticStudentSpec(**data)
 
 
 def list_presets(kind: str) -> list[str]:
@@ -100,14 +144,14 @@ def load_teacher(name: str) -> TeacherSpec:
     return _load("teachers", TeacherSpec, name)
 
 
-def load_student(name: str) -> StudentSpec:
+def load_student(name: str) -> StudentSpec | StaticStudentSpec:
     return _load("students", StudentSpec, name)
 
 
 ROLES = ("teacher", "student")
 
 
-def find_preset(name: str, role: str | None = None) -> TeacherSpec | StudentSpec | None:
+def find_preset(name: str, role: str | None = None) -> TeacherSpec | StudentSpec | StaticStudentSpec | None:
     """The preset of that name for a role, else None.
 
     A name can exist in both folders with different settings (all-minilm-l6-v2 is a normalized

@@ -65,6 +65,9 @@ def tiny_home(tmp_path_factory, tiny_bert_dir) -> Path:
     (home / "students" / "tiny-student.yaml").write_text(
         f"name: tiny-student\nhub_id: {tiny_bert_dir}\noffline_source: null\nlayers: 2\npooling: mean\nnormalize: false\ndim: 32\nmax_length: 32\n"
     )
+    (home / "students" / "tiny-static.yaml").write_text(
+        "name: tiny-static\ntype: static\ndim: 16\ntokenizer: null\ninit: distill\nweighting: zipf\n"
+    )
     return home
 
 

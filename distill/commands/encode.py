@@ -108,9 +108,9 @@ def _cmd_encode(args) -> int:
 
         enc = OnnxEncoder.load(args.model, quantized=args.quantized, onnx_file=args.onnx_file, max_length=args.max_length)
     else:
-        from distill.encoder import Encoder
+        from distill.student import load_model
 
-        enc = Encoder.load(args.model, max_length=args.max_length, device=args.device)
+        enc = load_model(args.model, max_length=args.max_length, device=args.device)
     start = time.perf_counter()
     emb = enc.encode(sentences, batch_size=args.batch_size, progress=not args.quiet, desc="encode")
     seconds = time.perf_counter() - start

@@ -221,6 +221,11 @@ def _check_folder(folder: Path, quantize: str | None, overwrite: bool) -> dict:
         raise DistillError(f"--quantize {quantize!r}: only int8 is supported")
     if not (folder / "modules.json").is_file():
         raise DistillError(f"{folder}: not a sentence-transformers folder (no modules.json); export a run first with `distill export RUN --out DIR`")
+    from distill.student import is_static_folder
+
+    if is_static_folder(folder):
+        raise DistillError(f"{folder}: a static model (a token table and a mean) needs no ONNX graph: it already encodes at table-lookup "
+                           "speed in PyTorch (`distill encode --model DIR`, or plain sentence-transformers)")
     if not (folder / "tokenizer.json").is_file():
         raise DistillError(f"{folder}: no tokenizer.json (a fast tokenizer); the ONNX runtime tokenizes with it")
     require_onnx()

@@ -109,6 +109,7 @@ def baseline_scores(teacher: str, student, tasks: Sequence[str], data: dict, bat
     teacher and the untrained student on `tasks`. `student`: a name to load, or (name, encoder,
     embed) for the student a run already holds. Shared by training (Baselines) and `distill compare`."""
     from distill.encoder import Encoder
+    from distill.student import load_model
 
     out: dict = {"key": {"teacher": teacher, "tasks": list(tasks), "scoring": SCORING}}
     device = None if isinstance(student, str) else student[1].device  # the run's device, else the best one
@@ -116,7 +117,7 @@ def baseline_scores(teacher: str, student, tasks: Sequence[str], data: dict, bat
     out["teacher"] = _describe(teacher, t_enc, evaluate_sts(t_enc, tasks=tasks, data=data, batch_size=batch_size, progress=False))
     del t_enc
     if isinstance(student, str):
-        name, enc = student, Encoder.load(student, max_length=max_length, role="student")
+        name, enc = student, load_model(student, max_length=max_length, role="student", teacher=teacher)
         scores = evaluate_sts(enc, tasks=tasks, data=data, batch_size=batch_size, progress=False)
     else:
         name, enc, embed = student
@@ -130,7 +131,7 @@ def _describe(name: str, enc, scores: dict) -> dict:
     import torch
 
     device = torch.cuda.get_device_name(enc.device) if enc.device.type == "cuda" else "cpu"
-    return {"name": name, "scores": scores, "params": sum(p.numel() for p in enc.transformer.parameters()), "dim": enc.dim, "device": device}
+    return {"name": name, "scores": scores, "params": enc.num_parameters(), "dim": enc.dim, "device": device}
 
 
 def table_scores(scores: Mapping[str, float]) -> dict[str, float]:

@@ -21,10 +21,10 @@ from distill.config import Recipe
 from distill.data.cache import TeacherCache, add_pca, build_cache, teacher_identity
 from distill.data.corpus import read_corpus
 from distill.data.tokens import tokenize_corpus
-from distill.encoder import Encoder
 from distill.errors import DistillError
 from distill.losses import build_loss, loss_class
 from distill.presets import load_teacher
+from distill.student import EmbeddingModel, load_model
 from distill.training.distributed import barrier
 
 PREPARE_SAMPLE = 2048  # sentences whose untrained embeddings initialise a loss's heads (HPD: 5x its 385 unknowns)
@@ -47,7 +47,7 @@ class Stage:
 class DistillModule(nn.Module):
     """Stage 1: student + loss in one module, so DDP synchronizes the loss heads' gradients too."""
 
-    def __init__(self, student: Encoder, loss: nn.Module):
+    def __init__(self, student: EmbeddingModel, loss: nn.Module):
         super().__init__()
         self.student, self.loss = student, loss
 
@@ -61,7 +61,7 @@ class RowsModule(nn.Module):
     """Stage 2: one student forward over the rows' texts stacked column by column (width x n
     rows: anchors, positives, then each negative column), split into `width` parts for the loss."""
 
-    def __init__(self, student: Encoder, loss: nn.Module, width: int):
+    def __init__(self, student: EmbeddingModel, loss: nn.Module, width: int):
         super().__init__()
         self.student, self.loss, self.width = student, loss, int(width)
 
@@ -118,7 +118,7 @@ def load_targets(recipe: Recipe, cache: TeacherCache, device: torch.device) -> t
 
 
 @torch.no_grad()
-def prepare_loss(loss, student: Encoder, tokens, targets: torch.Tensor, seed: int, device: torch.device, batch: int = 256) -> None:
+def prepare_loss(loss, student: EmbeddingModel, tokens, targets: torch.Tensor, seed: int, device: torch.device, batch: int = 256) -> None:
     """Hand the loss the untrained student's embeddings of a seeded corpus sample (same on every rank)."""
     n = len(tokens.lengths)
     rows = np.sort(np.random.default_rng(seed).choice(n, size=min(n, PREPARE_SAMPLE), replace=False))
@@ -138,7 +138,8 @@ def stage1(recipe: Recipe, run_dir: Path, rank: int, world: int, device: torch.d
     if not main_process:
         barrier(world)
     cache = open_or_build_cache(recipe, progress=progress and main_process)
-    student = Encoder.load(recipe.student, max_length=recipe.data.max_length, device=device, role="student")
+    student = load_model(recipe.student, role="student", max_length=recipe.data.max_length, device=device, teacher=recipe.teacher,
+                         cache_dir=cache.path)
     targets = load_targets(recipe, cache, device)
     loss = build_loss(recipe.loss, student_dim=student.dim, teacher_dim=int(targets.shape[1])).to(device)
     if loss.wants_all_targets:  # e.g. MSE's z-score statistics over the whole cache

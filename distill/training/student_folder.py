@@ -1,7 +1,10 @@
-"""A trained student on disk: the transformer (safetensors) + tokenizer + how to pool it.
+"""A trained student on disk: its own files (the Student protocol's `save`) + how to use it.
 
-    DIR/model.safetensors, config.json, tokenizer files   (plain transformers: AutoModel loads it)
-    DIR/distill_student.json   pooling, normalize, max length, loss, head kind, dims
+    DIR/...                    a transformer: model.safetensors, config.json, tokenizer files
+                               (plain transformers: AutoModel loads it); a static student:
+                               modules.json, model.safetensors, tokenizer.json (a
+                               sentence-transformers StaticEmbedding folder)
+    DIR/distill_student.json   kind, pooling, normalize, max length, loss, head kind, dims
     DIR/heads.safetensors      the loss's trainable heads (HPD's Dense+tanh, IBKD's decoder, ...)
 
 Written to a temp folder and renamed, so a reader never sees half a student.
@@ -19,17 +22,18 @@ from distill.embedding import Embedder
 from distill.encoder import Encoder
 from distill.errors import DistillError
 from distill.io import atomic_dir
+from distill.student import EmbeddingModel
 
 META = "distill_student.json"
 
 
-def save_student(path: str | Path, encoder: Encoder, loss: nn.Module | None, meta: dict) -> None:
+def save_student(path: str | Path, encoder: EmbeddingModel, loss: nn.Module | None, meta: dict) -> None:
     with atomic_dir(path) as tmp:  # best/ and final/ get the umask's modes, not mkdtemp's 0700
-        encoder.transformer.save_pretrained(tmp, safe_serialization=True)
-        encoder.tokenizer.save_pretrained(tmp)
+        encoder.save(tmp)
         head = loss.embedding_head() if loss is not None else None
         info = {
             **meta,
+            "kind": encoder.kind,
             "pooling": encoder.pooling,
             "normalize": encoder.normalize,
             "max_length": encoder.max_length,
@@ -49,20 +53,25 @@ def _head_out_dim(head: nn.Module) -> int:
     return int(linears[-1].out_features)
 
 
-def load_saved_student(path: str | Path, device=None) -> tuple[Encoder, dict, dict]:
-    """(encoder, meta, loss head state) of a saved student."""
+def load_saved_student(path: str | Path, device=None) -> tuple[EmbeddingModel, dict, dict]:
+    """(student, meta, loss head state) of a saved student, of the kind its meta names."""
     path = Path(path)
     meta_file = path / META
     if not meta_file.is_file():
         raise DistillError(f"{path}: not a saved student (no {META})")
     meta = json.loads(meta_file.read_text())
-    enc = Encoder.load(str(path), pooling=meta["pooling"], normalize=meta["normalize"], max_length=meta["max_length"], device=device)
+    if meta.get("kind", "transformer") == "static":
+        from distill.static_student import StaticStudent
+
+        enc = StaticStudent.load_folder(path, max_length=meta["max_length"], device=device)
+    else:
+        enc = Encoder.load(str(path), pooling=meta["pooling"], normalize=meta["normalize"], max_length=meta["max_length"], device=device)
     heads = load_file(str(path / "heads.safetensors")) if (path / "heads.safetensors").is_file() else {}
     return enc, meta, heads
 
 
 # Keys save_student adds (the student's format) or that describe one saved step, not the stage.
-_STEP_KEYS = ("step", "selected_by", "score", "pooling", "normalize", "max_length", "dim", "embedding_head", "embedding_dim")
+_STEP_KEYS = ("step", "selected_by", "score", "kind", "pooling", "normalize", "max_length", "dim", "embedding_head", "embedding_dim")
 
 
 def stage_meta(path: str | Path) -> dict:
@@ -83,5 +92,5 @@ class StudentEmbedder(Embedder):
     batch_size=...)`; the one adapter is `distill.embedding.Embedder`.
     """
 
-    def __init__(self, encoder: Encoder, head: nn.Module | None = None):
+    def __init__(self, encoder: EmbeddingModel, head: nn.Module | None = None):
         super().__init__(encoder, head=head, batch_size=256, full_length=True)

@@ -218,7 +218,7 @@ class Trainer:
         ckpt = ckpt_io.load_checkpoint(self.ckpt_file)
         check_resumed_recipe(ckpt, self.recipe, self.ckpt_file)
         try:
-            self.module.student.transformer.load_state_dict(ckpt["student"])
+            self.module.student.load_weights(ckpt["student"])
             self.module.loss.load_state_dict(ckpt["loss"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -322,7 +322,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if self.main:
             ckpt_io.save_checkpoint(self.ckpt_file, {
-                "student": self.module.student.transformer.state_dict(), "loss": self.module.loss.state_dict(),
+                "student": self.module.student.weights(), "loss": self.module.loss.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(), "rng": ckpt_io.rng_state(),
                 "state": self.state.saved(), "recipe": self.recipe.to_dict(),
             })
@@ -348,7 +348,7 @@ class Trainer:
                 "sentences": len(stage.lengths) * stage.sentences_per_row,
                 "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                 "evals": state.evals, "embedding_dim": best_meta["embedding_dim"],
-                "params": sum(p.numel() for p in best.transformer.parameters()) + (sum(p.numel() for p in state.head.parameters()) if state.head is not None else 0),
+                "params": best.num_parameters() + (sum(p.numel() for p in state.head.parameters()) if state.head is not None else 0),
                 "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
                 "init_dev": state.init_score, "warnings": _collapse_warnings(state, self.tcfg),
             }
@@ -374,11 +374,12 @@ def _collapse_warnings(state: TrainState, tcfg) -> list[str]:
 
 
 def _optimizer(module: nn.Module, tcfg, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW; no weight decay on biases and norms."""
+    """AdamW; no weight decay on biases and norms, nor on what the student exempts (a static table)."""
     decay, no_decay = [], []
+    exempt = {id(p) for p in module.student.no_weight_decay()}
     for name, p in module.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() else decay).append(p)
+            (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() or id(p) in exempt else decay).append(p)
     groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=tcfg.lr, fused=_fused_adamw(device))
 

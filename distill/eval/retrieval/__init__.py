@@ -104,8 +104,8 @@ def evaluate_retrieval(
         raise DistillError("the corpus is empty")
     evaluable, warnings = check_qrels(queries, corpus, qrels)
     qids = [q for q in queries if q in evaluable]
-    encoder_mod = sys.modules.get("distill.encoder")
-    if device is None and encoder_mod is not None and isinstance(model, encoder_mod.Encoder):
+    student_mod = sys.modules.get("distill.student")
+    if device is None and student_mod is not None and isinstance(model, student_mod.EmbeddingModel):
         device = model.device
     embed = embedder(model, batch_size=batch_size, progress=progress, device=device, backend=backend, onnx_file=onnx_file, quantized=quantized)
     q_emb = embed([queries[q] for q in qids])
