@@ -6,12 +6,29 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from distill.encoder import Encoder
 
+
 # ----------------------------------------------------------------------------------------------
-# a tiny real BERT with the real MiniLM tokenizer
+# module fixtures (imported by the test modules that use them) and a tiny real BERT with the real
+# MiniLM tokenizer
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny matrices: intra-op threads only add overhead, and on a busy machine oversubscribed
+    threads make these steps ~50x slower. Restored afterwards for the other test modules."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return minilm_tokenizer()
+
 
 
 def minilm_tokenizer():

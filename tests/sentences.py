@@ -30,3 +30,16 @@ CONTRADICTIONS = [
     "The train arrived early.",
     "The children are reading at school.",
 ]
+
+# Inputs that stress tokenizing and batching: CJK, accents, outer spaces, one past any max_length, empty.
+ODD_SENTENCES = [
+    "A man is playing a guitar.",
+    "The Berlin Wall fell on 9 November 1989, and crowds crossed the border all night long.",
+    "北京大学",
+    "ok",
+    "  leading and trailing spaces are kept  ",
+    "Pandas eat bamboo.",
+    "word " * 200,  # longer than max_length: truncated
+    "Ünïcödé façade, naïve café.",
+    "",
+]

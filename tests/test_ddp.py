@@ -8,21 +8,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-from loss_refs import fake_hidden
+from loss_refs import fake_hidden, one_thread  # noqa: F401 (module fixture: one torch thread)
 
 from distill.losses import CRDLoss, IBKDSupervisedLoss, InfoNCELoss
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: intra-op threads only add overhead, and on a busy machine oversubscribed
-    threads make these steps ~50x slower. Restored afterwards for the other test modules."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 
 # ----------------------------------------------------------------------------------------------
 # DDP: two real gloo processes must reproduce the single-process full-batch loss and gradients

@@ -9,20 +9,9 @@ import sys
 
 import numpy as np
 import pytest
+from sentences import ODD_SENTENCES as SENTENCES
 
 from distill.cli import main
-
-SENTENCES = [
-    "A man is playing a guitar.",
-    "The Berlin Wall fell on 9 November 1989, and crowds crossed the border all night long.",
-    "北京大学",
-    "ok",
-    "  leading and trailing spaces are kept  ",
-    "Pandas eat bamboo.",
-    "word " * 200,  # longer than max_length: truncated
-    "Ünïcödé façade, naïve café.",
-    "",
-]
 
 
 @pytest.fixture(scope="module")

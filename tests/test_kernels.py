@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from loss_refs import forward, minilm_tokenizer, ref_ce, ref_cos_matrix, ref_hsic, ref_kernel, ref_median_gamma
+from loss_refs import forward, one_thread, ref_ce, ref_cos_matrix, ref_hsic, ref_kernel, ref_median_gamma, tokenizer  # noqa: F401 (module fixtures: one torch thread, the MiniLM tokenizer)
 from sentences import SENTENCES
 
 from distill.encoder import Encoder, keep_layers
@@ -19,22 +19,6 @@ from distill.losses import (
     median_gamma,
     rbf_kernel,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: intra-op threads only add overhead, and on a busy machine oversubscribed
-    threads make these steps ~50x slower. Restored afterwards for the other test modules."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return minilm_tokenizer()
-
 
 # ----------------------------------------------------------------------------------------------
 # functional: kernels, HSIC, InfoNCE

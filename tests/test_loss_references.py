@@ -13,7 +13,6 @@ import torch.nn.functional as F
 from loss_refs import (
     fake_hidden,
     forward,
-    minilm_tokenizer,
     np_,
     ref_ce,
     ref_cos_matrix,
@@ -22,6 +21,7 @@ from loss_refs import (
     ref_median_gamma,
     tiny_encoder,
 )
+from loss_refs import one_thread, tokenizer  # noqa: F401 (module fixtures: one torch thread, the MiniLM tokenizer)
 from sentences import CONTRADICTIONS, PARAPHRASES, SENTENCES
 
 from distill.data.cache import fit_pca
@@ -37,22 +37,6 @@ from distill.losses import (
     MSELoss,
     build_loss,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: intra-op threads only add overhead, and on a busy machine oversubscribed
-    threads make these steps ~50x slower. Restored afterwards for the other test modules."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
-@pytest.fixture(scope="module")
-def tokenizer():
-    return minilm_tokenizer()
-
 
 # ----------------------------------------------------------------------------------------------
 # the registry: a recipe's parameters are each class's constructor keywords

@@ -5,21 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sentences import ODD_SENTENCES as SENTENCES
 
 from distill.data.padding import MAX_ROWS_FACTOR, Prefetch, plan_batches, rust_tokenizer, token_batches
 from distill.errors import DistillError
-
-SENTENCES = [
-    "A man is playing a guitar.",
-    "The Berlin Wall fell on 9 November 1989, and crowds crossed the border all night long.",
-    "北京大学",
-    "ok",
-    "  leading and trailing spaces are kept  ",
-    "Pandas eat bamboo.",
-    "word " * 200,  # longer than max_length: truncated
-    "Ünïcödé façade, naïve café.",
-    "",
-]
 
 
 @pytest.fixture(scope="module")
