@@ -89,21 +89,21 @@ def test_errors_name_the_file_and_line_and_leave_outputs_alone(tmp_path, capsys)
     out.write_bytes(b"old")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"title": "no text key"}\n')
-    assert _run(["--input", str(bad), "--out", str(out)]) == 2
+    assert _run(["--input", str(bad), "--out", str(out), "--overwrite"]) == 2
     assert f"{bad}:2: no key 'text'" in capsys.readouterr().err
     assert out.read_bytes() == b"old"  # nothing half-written
     bad.write_text('{"text": "fine"}\n{"text": 3}\n')
-    assert _run(["--input", str(bad), "--out", str(out)]) == 2
+    assert _run(["--input", str(bad), "--out", str(out), "--overwrite"]) == 2
     assert f"{bad}:2: 'text' is a int" in capsys.readouterr().err
     txt = tmp_path / "in.txt"
     txt.write_text("a\n")
     assert _run(["--input", str(txt), "--out", str(tmp_path / "emb.csv")]) == 2
     assert "use a .npy or .safetensors file" in capsys.readouterr().err
-    assert _run(["--input", str(tmp_path / "missing.txt"), "--out", str(out)]) == 2
+    assert _run(["--input", str(tmp_path / "missing.txt"), "--out", str(out), "--overwrite"]) == 2
     assert "missing.txt: no such file" in capsys.readouterr().err
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
-    assert _run(["--input", str(latin1), "--out", str(out)]) == 2
+    assert _run(["--input", str(latin1), "--out", str(out), "--overwrite"]) == 2
     assert f"{latin1}:2: not UTF-8" in capsys.readouterr().err
 
 
