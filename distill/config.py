@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from distill.errors import DistillError
+from distill.model_files import check_recipe_lengths
 from distill.presets import list_presets
 from distill.recipe_checks import check_values
 
@@ -322,6 +323,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
                     f"{kind[:-1]} {name!r} is neither a preset ({', '.join(list_presets(kind))}) nor a model folder"
                 )
         check_values(recipe)
+        check_recipe_lengths(recipe)  # models already on this machine: their config.json, read cheaply
     except DistillError as exc:
         raise DistillError(f"{path}: {exc}") from None
     return recipe

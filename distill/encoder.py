@@ -162,8 +162,11 @@ class Encoder(nn.Module):
         A preset name brings its pooling, normalization, max length and layer cut. `role`
         ("teacher" or "student") picks the preset folder when a name is in both (see `find_preset`).
         """
+        import sys
+
         from transformers import AutoModel, AutoTokenizer
 
+        from distill.model_files import check_tokenizer_files, position_limit
         from distill.resolve import resolve_model
         from distill.presets import find_preset
 
@@ -181,9 +184,16 @@ class Encoder(nn.Module):
         max_length = max_length or found.get("max_length", 128)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
+            check_tokenizer_files(path, tokenizer)  # else an empty-vocabulary stand-in encodes silently wrong
             transformer = AutoModel.from_pretrained(str(path))
         except OSError as exc:
             raise DistillError(f"{path}: cannot load a transformer from it ({str(exc).splitlines()[0]})") from None
+        limit = position_limit(transformer.config)
+        if limit is not None and int(max_length) > limit:
+            # Past its position embeddings a model fails (or reads garbage) on long inputs.
+            print(f"distill: warning: {path}: max length {max_length} is more than the {limit} tokens the model takes "
+                  f"(max_position_embeddings); truncating at {limit}", file=sys.stderr)
+            max_length = limit
         if layers is not None:
             keep_layers(transformer, layers)
         pooler = getattr(transformer, "pooler", None)
