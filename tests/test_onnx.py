@@ -275,3 +275,27 @@ def test_export_run_with_onnx_flag(tmp_path, tiny_home, monkeypatch, capsys, sts
     onnx = OnnxEncoder.load(out)
     assert onnx.dim == 8 and json.loads((out / "onnx" / "distill_onnx.json").read_text())["dense"] == ["Tanh"]
     np.testing.assert_allclose(onnx.encode(SENTENCES, batch_size=len(SENTENCES)), _st_encode(out, SENTENCES), atol=1e-4, rtol=0)
+
+
+def test_export_onnx_twice_and_on_a_run_folder(tiny_mean, trained_run, tmp_path, capsys):
+    """Twice: the second export replaces distill's own files (same graph, same check), keeps the
+    int8 file it wrote before; a run folder (not a sentence-transformers folder) is refused; a
+    folder without tokenizer.json does not serve."""
+    from distill.onnx.runtime import OnnxEncoder
+
+    folder = tmp_path / "st"
+    shutil.copytree(tiny_mean, folder)
+    first = json.loads((folder / "onnx" / "distill_onnx.json").read_text())
+    assert main(["export-onnx", str(folder)]) == 0
+    again = json.loads((folder / "onnx" / "distill_onnx.json").read_text())
+    assert sorted(again["files"]) == ["model.onnx", "model_qint8.onnx"] and again["files"]["model_qint8.onnx"] == first["files"]["model_qint8.onnx"]
+    assert sorted(p.name for p in (folder / "onnx").iterdir()) == ["distill_onnx.json", "model.onnx", "model_qint8.onnx"]  # no temp files
+    np.testing.assert_allclose(OnnxEncoder.load(folder).encode(["A man plays a guitar."]),
+                               OnnxEncoder.load(tiny_mean).encode(["A man plays a guitar."]), atol=1e-6)
+    for run_folder in (trained_run, trained_run / "best"):
+        assert main(["export-onnx", str(run_folder)]) == 2
+        assert "not a sentence-transformers folder (no modules.json); export a run first" in capsys.readouterr().err
+    assert not (trained_run / "onnx").exists() and not (trained_run / "best" / "onnx").exists()
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(DistillError, match=rf"{folder}: no tokenizer.json"):
+        OnnxEncoder.load(folder)
