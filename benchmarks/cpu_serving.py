@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(args.json, {"rows": results})
         del model
     if args.profile:
-        for r, (label, kind, name, quantized) in zip(results, rows):
+        for r, (_label, kind, name, quantized) in zip(results, rows):
             if kind == "torch":
                 continue
             prof = profile_onnx(load_row("onnx", name, quantized, args.threads), sentences, args.batch_size, args.threads)

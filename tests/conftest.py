@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,82 @@ eval:
   batch_size: 256
 output: {{dir: {tmp_path / 'run'}}}
 {extra}"""
+
+
+def recipe_at(tmp_path: Path, overrides=(), **kw):
+    """tiny_recipe_text(tmp_path, **kw) written to tmp_path/recipe.yaml and loaded with `overrides`."""
+    from distill.config import load_recipe
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(tiny_recipe_text(tmp_path, **kw))
+    return load_recipe(path, list(overrides))
+
+
+def file_tree(path: Path) -> dict:
+    """Every file under `path` with its bytes: equal trees mean nothing was touched."""
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+class StopAt:
+    """A training callback that presses Ctrl-C at a given step: the interruption a user causes."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_begin(self, state): ...
+    def on_evaluate(self, state, scores): ...
+    def on_train_end(self, state, results): ...
+
+    def on_step_end(self, state, metrics):
+        if state.step == self.step:
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def file_size_limit(nbytes: int):
+    """While inside, no file of this process can grow past `nbytes`: a write past it fails with
+    OSError EFBIG from the kernel, as a full disk fails with ENOSPC. A real write failure, for root
+    too (whose writes ignore a chmod 0o555 folder), that no test can get from a real full disk
+    without mounting one. SIGXFSZ, which would kill the process, is ignored meanwhile; the soft
+    limit goes back up after (any process may raise it up to the hard limit)."""
+    import resource
+    import signal
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_home) -> Path:
+    """One finished tiny run (2 steps), shared by the export, train and ONNX tests: built once."""
+    from distill.training.trainer import train
+
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DISTILL_HOME", str(tiny_home))
+        train(recipe_at(root, steps=2, every=2), progress=False)
+    return root / "run"
+
+
+def unwritable_folders(tmp_path: Path) -> list[Path]:
+    """Real folders this process cannot make a file in, for root too (tests may run as root, whose
+    writes ignore permission bits, so a chmod 0o555 folder alone would test nothing there):
+    a path below a regular file (ENOTDIR, for everyone); a chmod 0o555 folder (not as root); and
+    /sys, where sysfs refuses new files to root as well (EACCES; Linux only)."""
+    afile = tmp_path / "a-file"
+    afile.write_text("not a folder")
+    folders = [afile / "sub"]
+    if os.geteuid() != 0:
+        read_only = tmp_path / "read-only"
+        read_only.mkdir()
+        read_only.chmod(0o555)
+        folders.append(read_only)
+    if Path("/sys").is_dir():
+        folders.append(Path("/sys"))
+    return folders

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CORPUS_DIR, REPO
+from conftest import CORPUS_DIR, REPO, file_size_limit, file_tree, recipe_at, unwritable_folders
 
+from distill.cli import main
 from distill.data.cache import TeacherCache, build_cache, fit_pca, teacher_identity
 from distill.data.corpus import read_corpus
 from distill.encoder import Encoder
@@ -218,3 +219,160 @@ def test_build_cache_resolves_the_teacher_once(tmp_path, tiny_bert_dir, monkeypa
     cache = build_cache("tiny", [str(_corpus_file(tmp_path, 40))], tmp_path / "cache", device="cpu", progress=False)
     assert [c[0] for c in calls] == ["load_teacher", "resolve_model"], calls
     assert cache.manifest["teacher"] == "tiny" and cache.manifest["teacher_revision"].startswith("sha256:")
+
+
+# --- cache writes only into an empty folder or a cache ------------------------------------------
+
+def test_cache_refuses_a_folder_with_user_files(tmp_path, tiny_home, monkeypatch, capsys):
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    corpus = str(CORPUS_DIR / "sts-family-train.txt.gz")
+    work = tmp_path / "work"
+    (work / "shards").mkdir(parents=True)
+    (work / "sentences.txt").write_text("a\nb\na\nc\nb\n")
+    (work / "shards" / "mine.npy").write_bytes(b"user data")
+    before = file_tree(work)
+    monkeypatch.chdir(work)
+    args = ["cache", "--teacher", "tiny-teacher", "--corpus", corpus, "--max-sentences", "64", "--quiet"]
+    assert main([*args, "--out", "."]) == 2
+    assert "is not a teacher cache" in capsys.readouterr().err
+    assert file_tree(work) == before  # sentences.txt keeps its 5 lines, shards/ is still there
+    assert main([*args, "--out", str(work / "sentences.txt")]) == 2
+    assert "is not a folder" in capsys.readouterr().err
+    for flag in ("--shard-size", "--pca", "--batch-size", "--max-sentences"):
+        assert main([*args, "--out", str(tmp_path / "c0"), flag, "0"]) == 2
+        assert f"{flag} 0: must be a whole number of at least 1" in capsys.readouterr().err
+    assert not (tmp_path / "c0").exists()
+    # an empty folder is fine, and a cache of ours is reused
+    (tmp_path / "c1").mkdir()
+    assert main([*args, "--out", str(tmp_path / "c1")]) == 0
+    assert main([*args, "--out", str(tmp_path / "c1")]) == 0
+    assert "complete and matches: reused" in capsys.readouterr().out
+
+
+def test_corpus_mismatch_says_how_to_rebuild_and_names_max_sentences(tmp_path, tiny_home, monkeypatch, capsys):
+    from distill.training.stages import open_or_build_cache
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    open_or_build_cache(recipe_at(tmp_path, ["data.max_sentences=64"]), progress=False)
+    with pytest.raises(DistillError, match=r"max_sentences is 64 in the cache but 32 here.*to a new folder, or delete .*cache"):
+        open_or_build_cache(recipe_at(tmp_path, ["data.max_sentences=32"]), progress=False)
+    # distill cache on that folder gives the same advice, not "rebuild it with distill cache"
+    corpus = str(CORPUS_DIR / "sts-family-train.txt.gz")
+    assert main(["cache", "--teacher", "tiny-teacher", "--corpus", corpus, "--max-sentences", "32", "--out", str(tmp_path / "cache"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "max_sentences is 64 in the cache but 32 here" in err and "rebuild it with `distill cache`" not in err
+
+
+def test_jsonl_corpus_column_is_a_recipe_key(tmp_path, tiny_home, monkeypatch):
+    from distill.training.stages import open_or_build_cache
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    with gzip.open(CORPUS_DIR / "sts-family-train.txt.gz", "rt", encoding="utf-8") as f:
+        lines = [next(f).strip() for _ in range(80)]
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"id": i, "body": s}) + "\n" for i, s in enumerate(lines)))
+    over = [f"data.corpus=[{corpus}]", "data.max_sentences=null"]
+    with pytest.raises(DistillError, match=r"c\.jsonl:1: none of the columns .* data\.column \(a recipe\)"):
+        open_or_build_cache(recipe_at(tmp_path, over), progress=False)
+    cache = open_or_build_cache(recipe_at(tmp_path, [*over, "data.column=body"]), progress=False)
+    assert cache.sentences() == list(dict.fromkeys(s for s in lines if s))
+
+
+def test_damaged_cache_files_say_which_and_what_to_do(tmp_path, tiny_home, tiny_bert_dir, monkeypatch):
+    from distill.training.stages import open_or_build_cache
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    recipe = recipe_at(tmp_path, ["data.max_sentences=64"])
+    cache = open_or_build_cache(recipe, progress=False).path
+    manifest = (cache / "manifest.json").read_bytes()
+    (cache / "manifest.json").write_bytes(manifest[: len(manifest) // 2])
+    with pytest.raises(DistillError, match=r"manifest\.json: damaged .*delete the cache folder .*cache and build it again"):
+        open_or_build_cache(recipe, progress=False)
+    (cache / "manifest.json").write_bytes(manifest)
+    emb = (cache / "embeddings.npy").read_bytes()
+    (cache / "embeddings.npy").write_bytes(emb[:40])
+    with pytest.raises(DistillError, match=r"embeddings\.npy: damaged .*delete the cache folder"):
+        TeacherCache.open(cache)
+    (cache / "embeddings.npy").write_bytes(emb)
+    assert len(TeacherCache.open(cache)) == 64
+    # the student's token ids stored next to the cache are recomputed when damaged
+    from transformers import AutoTokenizer
+
+    from distill.data.tokens import tokenize_corpus
+
+    sentences = TeacherCache.open(cache).sentences()
+    # a fresh tokenizer each time, as each run has (a used one carries its truncation setting)
+    first = tokenize_corpus(AutoTokenizer.from_pretrained(str(tiny_bert_dir)), sentences, 32, cache, progress=False)
+    (npz,) = (cache / "tokens").glob("*.npz")
+    npz.write_bytes(b"PK\x03\x04 damaged")
+    again = tokenize_corpus(AutoTokenizer.from_pretrained(str(tiny_bert_dir)), sentences, 32, cache, progress=False)
+    assert np.array_equal(first.ids, again.ids) and np.array_equal(np.load(npz)["offsets"], first.offsets)
+
+
+# --- a corpus that changed, a disk that cannot take the cache -----------------------------------
+
+def test_an_interrupted_build_refuses_a_corpus_that_changed_since(tmp_path, tiny_bert_dir, monkeypatch, capsys):
+    """Ctrl-C after the first shard, the corpus file edited, the same command again: refused, the
+    shards of the first corpus untouched (never mixed into a cache of the second); with the first
+    corpus back, the build resumes."""
+    home, spec = _tiny_teacher_home(tmp_path, tiny_bert_dir)
+    corpus = _corpus_file(tmp_path, 300)
+    original = corpus.read_bytes()
+    out = tmp_path / "cache"
+    enc = Encoder.load(str(tiny_bert_dir), pooling="mean", normalize=True, max_length=32, device="cpu")
+    encode, calls = enc.encode, []
+
+    def ctrl_c_at_the_second_shard(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return encode(*args, **kwargs)
+
+    monkeypatch.setattr(enc, "encode", ctrl_c_at_the_second_shard)
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(spec, [str(corpus)], out, shard_size=100, encoder=enc, progress=False)
+    monkeypatch.setattr(enc, "encode", encode)
+    shards = file_tree(out / "shards")
+    assert list(shards) == ["00000.npy"]
+    lines = original.decode().splitlines()
+    corpus.write_text("\n".join(lines[150:] + lines[:150]) + "\n")  # the same sentences in another order: other rows
+    with pytest.raises(DistillError, match=r"interrupted build with other parameters \(corpus_sha256 differ\); the corpus is not the one"):
+        build_cache(spec, [str(corpus)], out, shard_size=100, encoder=enc, progress=False)
+    monkeypatch.setenv("DISTILL_HOME", str(home))
+    assert main(["cache", "--teacher", "tiny", "--corpus", str(corpus), "--out", str(out), "--shard-size", "100", "--quiet"]) == 2
+    assert "corpus_sha256 differ" in capsys.readouterr().err
+    assert file_tree(out / "shards") == shards and not (out / "manifest.json").exists()
+    corpus.write_bytes(original)
+    cache = build_cache(spec, [str(corpus)], out, shard_size=100, encoder=enc, progress=False)
+    assert cache.build_stats["shards_reused"] == 1 and cache.sentences() == lines
+    np.testing.assert_allclose(cache.embeddings, enc.encode(lines, progress=False), atol=2e-3)
+
+
+def test_cache_out_that_cannot_be_written_is_refused_before_the_corpus_is_read(tmp_path, capsys):
+    for folder in unwritable_folders(tmp_path):
+        # a corpus that does not exist and a teacher that is not a preset: neither is looked at first
+        assert main(["cache", "--teacher", "nope", "--corpus", str(tmp_path / "missing.txt"), "--out", str(folder / "cache")]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {folder / 'cache'}: " in err and ("is not a folder" in err or "Permission denied" in err), err
+
+
+def test_a_disk_that_fills_up_mid_build_is_named_and_the_build_resumes(tmp_path, tiny_bert_dir, monkeypatch, capsys):
+    """Files may not pass 40 kB (a real EFBIG, as a full disk gives ENOSPC): the 100-row shards
+    (7 kB) and sentences.txt (20 kB) fit, the 1000 x 32 float16 matrix assembled at the end
+    (64 kB) does not. (A really full disk failed there with SIGBUS: the matrix is a memory map;
+    its blocks are now allocated first, and a full disk is ENOSPC.)"""
+    home, _ = _tiny_teacher_home(tmp_path, tiny_bert_dir)
+    monkeypatch.setenv("DISTILL_HOME", str(home))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("".join(f"sentence number {i}\n" for i in range(1000)))
+    out = tmp_path / "cache"
+    cmd = ["cache", "--teacher", "tiny", "--corpus", str(corpus), "--out", str(out), "--shard-size", "100", "--quiet"]
+    with file_size_limit(40_000):
+        assert main(cmd) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: File too large (EFBIG)" in err and "resumes the build" in err
+    assert sorted(p.name for p in out.iterdir()) == [".distill.lock", "build.json", "sentences.txt", "shards"]  # no temp matrix left
+    assert len(list((out / "shards").glob("*.npy"))) == 10
+    assert main(cmd) == 0
+    assert "10 of 10 shards already encoded" in capsys.readouterr().out
+    assert len(TeacherCache.open(out)) == 1000

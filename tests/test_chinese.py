@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import SHARED
 
 STS_ZH_DIR = SHARED / "data" / "sts-zh"
@@ -246,7 +245,7 @@ def test_model_card_examples_on_an_exported_student(which, request):
 
 
 def test_compare_table_of_a_chinese_recipe_has_no_english_average():
-    from distill.compare import format_compare_table, write_csv
+    from distill.compare import format_compare_table
 
     def row(loss, zh, dev, student="m3e-small-l2"):
         return {"loss": loss, "student": None if loss == "teacher" else student, "teacher": "m3e-small", "seed": None if loss in ("teacher", "init") else 42,
@@ -265,8 +264,8 @@ def test_chinese_sts_b_never_enters_the_english_average(sts_zh_dir):
 
     if not STS_DIR.is_dir():
         pytest.skip(f"needs the shared STS data at {STS_DIR}")
-    from distill.eval.sts_data import load_local
     from distill.eval.sts import evaluate_sts, format_table
+    from distill.eval.sts_data import load_local
 
     rng = np.random.default_rng(0)
     table = {}

@@ -1,12 +1,13 @@
 from pathlib import Path
 
 import pytest
+from conftest import REPO, recipe_at
 
 from distill.cli import main
 from distill.config import load_recipe, loss_defaults
 from distill.errors import DistillError
 
-CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -58,3 +59,91 @@ def test_config_cli_reports_unknown_key_without_traceback(tmp_path, capsys):
     assert "unknown key train.epoch" in err and "Traceback" not in err
     assert main(["config", str(_write(tmp_path, BASE)), "--set", "train.epochs=3"]) == 0
     assert "epochs: 3.0" in capsys.readouterr().out
+
+
+# --- recipe values are checked when the recipe is read --------------------------------------------
+
+SMOKE = str(REPO / "configs" / "smoke.yaml")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.lr=-1", "train.lr: must be > 0, got -1.0"),
+    ("train.lr=nan", "train.lr: expected a finite number, got nan"),
+    ("train.lr=inf", "train.lr: expected a finite number, got inf"),
+    ("train.batch_size=0", "train.batch_size: must be >= 1, got 0"),
+    ("eval.every_steps=0", "eval.every_steps: must be >= 1, got 0"),
+    ("train.grad_accum=0", "train.grad_accum: must be >= 1, got 0"),
+    ("train.epochs=0", "train.epochs: must be > 0, got 0.0"),
+    ("train.max_steps=0", "train.max_steps: must be unset or >= 1, got 0"),
+    ("train.warmup_ratio=1.5", "train.warmup_ratio: must be between 0 and 1"),
+    ("train.precision=fp8", "train.precision: must be one of bf16, fp16, fp32, got 'fp8'"),
+    ("eval.tasks=[STS99]", "eval.tasks: unknown STS task 'STS99'"),
+    ("eval.final_tasks=[STS99]", "eval.final_tasks: unknown STS task 'STS99'"),
+    ("loss.bandwidth=foo", "loss.bandwidth: must be one of fixed, median, got 'foo'"),
+    ("loss.tau=0", "loss.tau: must be a number > 0, got 0.0"),
+    ("loss.gamma=-1", "loss.gamma: must be a number > 0"),
+    ("loss.lam=.nan", "loss.lam: expected a finite number, got nan"),
+    ("data.max_sentences=0", "data.max_sentences: must be unset or >= 1, got 0"),
+    ("data.max_length=0", "data.max_length: must be >= 3"),
+    ("data.max_length=100000", "data.max_length 100000: the student all-minilm-l3-v2 takes at most 512 tokens"),
+    ("train.batch_size=1", "train.batch_size 1: loss ibkd is contrastive"),
+    ("stage2.train.lr=0", "stage2.train.lr: must be > 0"),
+    ("stage2.loss.head=deep", "stage2.loss.head: must be one of linear, mlp, none"),
+    ("stage2.loss.head_dim=wide", "stage2.loss.head_dim: must be unset or a whole number >= 1"),
+])
+def test_config_rejects_what_train_would_reject(override, message, capsys):
+    assert main(["config", SMOKE, "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "smoke.yaml" in err and "Traceback" not in err
+    assert main(["train", SMOKE, "--set", override, "--set", "output.dir=/nonexistent/never-made"]) == 2  # same check, before any model loads
+    assert message in capsys.readouterr().err
+    assert not Path("/nonexistent/never-made").exists()
+
+
+@pytest.mark.parametrize("loss, bs", [("infonce", 1), ("crd", 1)])
+def test_contrastive_losses_need_two_per_batch(loss, bs):
+    with pytest.raises(DistillError, match=f"loss {loss} is contrastive"):
+        load_recipe(SMOKE, [f"loss={{name: {loss}}}", f"train.batch_size={bs}"])
+    assert load_recipe(SMOKE, ["loss={name: crd, queue_size: 64}", "train.batch_size=1"]).train.batch_size == 1  # a queue has negatives
+    assert load_recipe(SMOKE, ["loss={name: mse}", "train.batch_size=1"]).train.batch_size == 1
+
+
+def test_recipe_files_that_are_not_a_clean_mapping(tmp_path):
+    base = "teacher: all-minilm-l6-v2\nstudent: all-minilm-l3-v2\nloss: {name: ibkd}\n"
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(base + "train:\n  lr: 1.0e-4\n  batch_size: 32\n  lr: 5\n")
+    with pytest.raises(DistillError, match=r"dup\.yaml: line 7: duplicate key 'lr' \(first given on line 5\)"):
+        load_recipe(dup)
+    top = tmp_path / "top.yaml"
+    top.write_text(base + "teacher: all-mpnet-base-v2\n")
+    with pytest.raises(DistillError, match=r"top\.yaml: line 4: duplicate key 'teacher'"):
+        load_recipe(top)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- teacher: all-minilm-l6-v2\n- student: all-minilm-l3-v2\n")
+    with pytest.raises(DistillError, match=r"list\.yaml: a recipe is a mapping .* holds a list"):
+        load_recipe(lst)
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes((base + "# caf\xe9\n").encode("latin-1"))
+    with pytest.raises(DistillError, match=r"latin1\.yaml:4: not UTF-8"):
+        load_recipe(latin)
+    anchors = tmp_path / "anchors.yaml"  # YAML merge keys stay legal
+    anchors.write_text(base + "train: &t {lr: 1.0e-4}\nstage2:\n  train:\n    <<: *t\n    lr: 1.0e-6\n")
+    assert load_recipe(anchors).stage2.train.lr == 1e-6
+
+
+def test_max_lengths_past_the_models_positions_are_refused_when_the_recipe_is_read(tmp_path, tiny_home, monkeypatch):
+    """The tiny BERT has 128 positions: data.max_length (the student's) and a teacher preset's
+    max_length (the cache's) may not pass it; 128 itself is fine."""
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    assert recipe_at(tmp_path, ["data.max_length=128"]).data.max_length == 128
+    with pytest.raises(DistillError, match=r"recipe\.yaml: data\.max_length 129: the student tiny-student takes at most 128 tokens "
+                                           r"\(max_position_embeddings in .*config\.json\); use at most 128"):
+        recipe_at(tmp_path, ["data.max_length=129"])
+    home = tmp_path / "home"
+    (home / "teachers").mkdir(parents=True)
+    (home / "students").symlink_to(tiny_home / "students")
+    text = (tiny_home / "teachers" / "tiny-teacher.yaml").read_text().replace("max_length: 32", "max_length: 1000")
+    (home / "teachers" / "tiny-teacher.yaml").write_text(text)
+    monkeypatch.setenv("DISTILL_HOME", str(home))
+    with pytest.raises(DistillError, match=r"tiny-teacher\.yaml: max_length 1000: the teacher tiny-teacher takes at most 128 tokens"):
+        recipe_at(tmp_path)

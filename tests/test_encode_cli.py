@@ -9,6 +9,8 @@ import sys
 
 import numpy as np
 import pytest
+import torch
+from conftest import file_size_limit, unwritable_folders
 from sentences import ODD_SENTENCES as SENTENCES
 
 from distill.cli import main
@@ -77,22 +79,77 @@ def test_errors_name_the_file_and_line_and_leave_outputs_alone(tmp_path, capsys)
     out.write_bytes(b"old")
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"title": "no text key"}\n')
-    assert _run(["--input", str(bad), "--out", str(out)]) == 2
+    assert _run(["--input", str(bad), "--out", str(out), "--overwrite"]) == 2
     assert f"{bad}:2: no key 'text'" in capsys.readouterr().err
     assert out.read_bytes() == b"old"  # nothing half-written
     bad.write_text('{"text": "fine"}\n{"text": 3}\n')
-    assert _run(["--input", str(bad), "--out", str(out)]) == 2
+    assert _run(["--input", str(bad), "--out", str(out), "--overwrite"]) == 2
     assert f"{bad}:2: 'text' is a int" in capsys.readouterr().err
     txt = tmp_path / "in.txt"
     txt.write_text("a\n")
     assert _run(["--input", str(txt), "--out", str(tmp_path / "emb.csv")]) == 2
     assert "use a .npy or .safetensors file" in capsys.readouterr().err
-    assert _run(["--input", str(tmp_path / "missing.txt"), "--out", str(out)]) == 2
+    assert _run(["--input", str(tmp_path / "missing.txt"), "--out", str(out), "--overwrite"]) == 2
     assert "missing.txt: no such file" in capsys.readouterr().err
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("fine\ncaf\xe9\n".encode("latin-1"))
-    assert _run(["--input", str(latin1), "--out", str(out)]) == 2
+    assert _run(["--input", str(latin1), "--out", str(out), "--overwrite"]) == 2
     assert f"{latin1}:2: not UTF-8" in capsys.readouterr().err
+
+
+def test_encode_out_folder_and_missing_device(tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("a sentence\n")
+    (tmp_path / "emb.npy").mkdir()
+    assert main(["encode", "--model", "all-minilm-l6-v2", "--input", str(src), "--out", str(tmp_path / "emb.npy"), "--quiet"]) == 2
+    assert "an existing folder" in capsys.readouterr().err
+    if torch.cuda.is_available():  # a GPU machine: ask for one it does not have
+        device, message = f"cuda:{torch.cuda.device_count()}", "there are"
+    else:
+        device, message = "cuda", "no CUDA GPU"
+    assert main(["encode", "--model", "all-minilm-l6-v2", "--input", str(src), "--out", str(tmp_path / "e.npy"), "--device", device, "--quiet"]) == 2
+    assert message in capsys.readouterr().err
+    assert main(["encode", "--model", "all-minilm-l6-v2", "--input", str(src), "--out", str(tmp_path / "e.npy"), "--device", "gpu0", "--quiet"]) == 2
+    assert "not a device name" in capsys.readouterr().err
+    for flag in ("--max-length", "--batch-size"):
+        assert main(["encode", "--model", "all-minilm-l6-v2", "--input", str(src), "--out", str(tmp_path / "e.npy"), flag, "0", "--quiet"]) == 2
+        assert f"{flag} 0: must be at least" in capsys.readouterr().err
+    assert not (tmp_path / "e.npy").exists()
+
+
+def test_an_existing_out_file_is_replaced_only_with_overwrite(tmp_path, capsys):
+    src = tmp_path / "in.txt"
+    src.write_text("a sentence\n")
+    out = tmp_path / "mine.npy"
+    out.write_bytes(b"the user's own array")
+    # refused before the model loads: a model that does not exist is not looked at
+    assert main(["encode", "--model", "no-such-model", "--input", str(src), "--out", str(out)]) == 2
+    assert f"--out {out}: the file exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert out.read_bytes() == b"the user's own array"
+    assert _run(["--input", str(src), "--out", str(out), "--overwrite"]) == 0
+    assert np.load(out).shape == (1, 384)
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_the_input_is_read(tmp_path, capsys):
+    for folder in unwritable_folders(tmp_path):
+        out = folder / "emb.npy"
+        # an input that does not exist and a model that does not exist: neither is looked at first
+        assert main(["encode", "--model", "no-such-model", "--input", str(tmp_path / "missing.txt"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out}: " in err and ("is not a folder" in err or "Permission denied" in err), err
+
+
+def test_a_write_the_disk_refuses_is_named_and_the_old_file_kept(tmp_path, tiny_bert_dir, capsys):
+    """Files may not pass 64 kB (a real EFBIG from the kernel, as a full disk gives ENOSPC);
+    1000 x 32 float32 rows are 128 kB."""
+    src = tmp_path / "in.txt"
+    src.write_text("".join(f"sentence number {i}\n" for i in range(1000)))
+    out = tmp_path / "emb.npy"
+    out.write_bytes(b"old")
+    with file_size_limit(64_000):
+        code = main(["encode", "--model", str(tiny_bert_dir), "--input", str(src), "--out", str(out), "--overwrite", "--device", "cpu", "--quiet"])
+    assert code == 2 and f"--out {out}: File too large (EFBIG)" in capsys.readouterr().err
+    assert out.read_bytes() == b"old" and sorted(p.name for p in tmp_path.iterdir()) == ["emb.npy", "in.txt"]  # no temp file left
 
 
 # --- Encoder.encode internals: the threaded chunked path (batching itself: test_padding.py) ------

@@ -28,7 +28,7 @@ def _ref_kernel(z: np.ndarray, gamma: float) -> np.ndarray:
     return k
 
 
-def _ref_hsic_loops(k: np.ndarray, l: np.ndarray) -> float:
+def _ref_hsic_loops(k: np.ndarray, lk: np.ndarray) -> float:
     """Biased HSIC written out: (1/(n-1)^2) sum_ij Kc_ij Lc_ij with explicitly centered kernels."""
     n = k.shape[0]
     def centered(m):
@@ -36,7 +36,7 @@ def _ref_hsic_loops(k: np.ndarray, l: np.ndarray) -> float:
         col = [sum(m[:, j]) / n for j in range(n)]
         tot = sum(row) / n
         return np.array([[m[i, j] - row[i] - col[j] + tot for j in range(n)] for i in range(n)])
-    kc, lc = centered(k), centered(l)
+    kc, lc = centered(k), centered(lk)
     return sum(kc[i, j] * lc[i, j] for i in range(n) for j in range(n)) / (n - 1) ** 2
 
 

@@ -3,8 +3,10 @@ import stat
 
 import numpy as np
 import pytest
+from conftest import unwritable_folders
 
-from distill.io import atomic_dir, atomic_path
+from distill.errors import DistillError
+from distill.io import atomic_dir, atomic_path, check_writable, write_errors, write_json_atomic
 
 
 def _mode(path) -> int:
@@ -57,3 +59,29 @@ def test_atomic_dir_replaces_a_folder_whole_or_not_at_all(tmp_path):
         (tmp / "w.txt").write_text("four")
     assert sorted(p.name for p in target.iterdir()) == ["w.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == [".best.old", "best"]  # no temp folder left
+
+
+def test_non_finite_json_is_refused(tmp_path):
+    with pytest.raises(DistillError, match=r"out\.json: not written, it would hold non-finite numbers at scores\.STS-B"):
+        write_json_atomic(tmp_path / "out.json", {"scores": {"STS12": 1.0, "STS-B": float("nan")}})
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_check_writable_probes_the_nearest_folder_and_leaves_nothing(tmp_path):
+    check_writable(tmp_path / "new" / "deeper" / "x.npy", "--out")  # folders that can be made: fine, and not made
+    check_writable(tmp_path / "cache", "--out", folder=True)
+    assert list(tmp_path.iterdir()) == []  # no folder made, no probe file left
+    for folder in unwritable_folders(tmp_path):
+        with pytest.raises(DistillError, match=rf"--out {folder}/x\.npy: (cannot write in .*(Permission denied|Read-only)|.*is not a folder)"):
+            check_writable(folder / "x.npy", "--out")
+
+
+def test_write_errors_names_the_output_and_the_errno():
+    import errno
+
+    with pytest.raises(DistillError, match=r"^--out /d/e\.npy: No space left on device \(ENOSPC\) at /d/\.e\.npy\.tmp; kept$"):
+        with write_errors("/d/e.npy", "--out", "; kept"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/d/.e.npy.tmp")
+    with pytest.raises(DistillError, match=r"Read-only file system \(EROFS\)"):
+        with write_errors("/d/e.npy", "--out"):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))

@@ -10,18 +10,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from loss_refs import (
+from loss_refs import (  # noqa: F401 (module fixtures: one torch thread, the MiniLM tokenizer)
     fake_hidden,
     forward,
     np_,
+    one_thread,
     ref_ce,
     ref_cos_matrix,
     ref_hsic,
     ref_masked_mean,
     ref_median_gamma,
     tiny_encoder,
+    tokenizer,
 )
-from loss_refs import one_thread, tokenizer  # noqa: F401 (module fixtures: one torch thread, the MiniLM tokenizer)
 from sentences import CONTRADICTIONS, PARAPHRASES, SENTENCES
 
 from distill.data.cache import fit_pca

@@ -119,8 +119,8 @@ def test_minilm_fp32_matches_pytorch_and_encoder_at_both_lengths(minilm_onnx):
 
 @pytest.mark.integration
 def test_int8_keeps_cosine_on_real_sentences(minilm_onnx, sts_dir):
-    from distill.onnx.runtime import OnnxEncoder
     from distill.eval.sts_data import load_sts
+    from distill.onnx.runtime import OnnxEncoder
 
     pairs = load_sts("STS-B", sts_dir)
     sentences = sorted(set(pairs.sentences1))[:400]
@@ -145,8 +145,8 @@ def test_sts_table_of_onnx_equals_pytorch(tiny_mean, sts_dir):
 
 @pytest.mark.integration
 def test_minilm_sts_subset_cli_onnx_equals_torch(minilm_onnx, sts_dir, tmp_path, capsys):
-    from distill.eval.sts_data import STSPairs, load_sts
     from distill.eval.sts import evaluate_sts
+    from distill.eval.sts_data import STSPairs, load_sts
 
     full = load_sts("STS-B", sts_dir)
     sub = {"STS-B": STSPairs("STS-B", full.sentences1[:300], full.sentences2[:300], full.scores[:300])}
@@ -300,3 +300,27 @@ def test_export_run_with_onnx_flag(tmp_path, tiny_home, monkeypatch, capsys, sts
     onnx = OnnxEncoder.load(out)
     assert onnx.dim == 8 and json.loads((out / "onnx" / "distill_onnx.json").read_text())["dense"] == ["Tanh"]
     np.testing.assert_allclose(onnx.encode(SENTENCES, batch_size=len(SENTENCES)), _st_encode(out, SENTENCES), atol=1e-4, rtol=0)
+
+
+def test_export_onnx_twice_and_on_a_run_folder(tiny_mean, trained_run, tmp_path, capsys):
+    """Twice: the second export replaces distill's own files (same graph, same check), keeps the
+    int8 file it wrote before; a run folder (not a sentence-transformers folder) is refused; a
+    folder without tokenizer.json does not serve."""
+    from distill.onnx.runtime import OnnxEncoder
+
+    folder = tmp_path / "st"
+    shutil.copytree(tiny_mean, folder)
+    first = json.loads((folder / "onnx" / "distill_onnx.json").read_text())
+    assert main(["export-onnx", str(folder)]) == 0
+    again = json.loads((folder / "onnx" / "distill_onnx.json").read_text())
+    assert sorted(again["files"]) == ["model.onnx", "model_qint8.onnx"] and again["files"]["model_qint8.onnx"] == first["files"]["model_qint8.onnx"]
+    assert sorted(p.name for p in (folder / "onnx").iterdir()) == ["distill_onnx.json", "model.onnx", "model_qint8.onnx"]  # no temp files
+    np.testing.assert_allclose(OnnxEncoder.load(folder).encode(["A man plays a guitar."]),
+                               OnnxEncoder.load(tiny_mean).encode(["A man plays a guitar."]), atol=1e-6)
+    for run_folder in (trained_run, trained_run / "best"):
+        assert main(["export-onnx", str(run_folder)]) == 2
+        assert "not a sentence-transformers folder (no modules.json); export a run first" in capsys.readouterr().err
+    assert not (trained_run / "onnx").exists() and not (trained_run / "best" / "onnx").exists()
+    (folder / "tokenizer.json").unlink()
+    with pytest.raises(DistillError, match=rf"{folder}: no tokenizer.json"):
+        OnnxEncoder.load(folder)

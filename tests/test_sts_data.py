@@ -82,3 +82,34 @@ def test_sentences_are_whitespace_normalized_as_senteval_does(tmp_path, sts_dir)
     for task in EXPECTED:
         p = load_local(task, sts_dir)
         assert all(s == " ".join(s.split()) for s in p.sentences1 + p.sentences2), task
+
+
+def _sts_copy(tmp_path, sts_dir):
+    sts = tmp_path / "sts"
+    shutil.copytree(sts_dir / "stsb", sts / "stsb")
+    shutil.copytree(sts_dir / "sts12", sts / "sts12")
+    return sts
+
+
+def test_sts_gold_nan_empty_and_blank_are_errors_not_nan_scores(tmp_path, sts_dir, capsys):
+    from distill.cli import main
+    from distill.eval.sts_data import load_sts
+
+    sts = _sts_copy(tmp_path, sts_dir)
+    test_csv = sts / "stsb" / "sts-test.csv"
+    lines = test_csv.read_text(encoding="utf-8").splitlines()
+    cols = lines[2].split("\t")
+    cols[4] = "nan"
+    test_csv.write_text("\n".join([*lines[:2], "\t".join(cols), *lines[3:]]) + "\n", encoding="utf-8")
+    with pytest.raises(DistillError, match=r"sts-test\.csv:3: gold score 'nan' is not a finite number"):
+        load_sts("STS-B", sts)
+    json_out = tmp_path / "scores.json"
+    assert main(["eval", "--model", "all-minilm-l6-v2", "--sts-dir", str(sts), "--tasks", "STS-B", "--json", str(json_out), "--quiet"]) == 2
+    assert "gold score 'nan'" in capsys.readouterr().err and not json_out.exists()
+    test_csv.write_text("")
+    with pytest.raises(DistillError, match=r"sts-test\.csv: no scored sentence pair in it"):
+        load_sts("STS-B", sts)
+    gs = sts / "sts12" / "STS.gs.MSRpar.txt"
+    gs.write_text("\n" * len(gs.read_text().splitlines()))
+    with pytest.raises(DistillError, match=r"STS\.gs\.MSRpar\.txt: no gold score on any of its \d+ lines"):
+        load_sts("STS12", sts)

@@ -2,11 +2,13 @@ import json
 
 import numpy as np
 import pytest
+from conftest import file_size_limit, unwritable_folders
 
 from distill.cli import main
 from distill.encoder import Encoder
-from distill.eval.sts_data import TEST_TASKS
+from distill.errors import DistillError
 from distill.eval.sts import cosine_rows, evaluate_sts, format_table, spearman_x100
+from distill.eval.sts_data import TEST_TASKS
 
 
 def test_spearman_and_cosine_by_hand():
@@ -50,3 +52,27 @@ def test_missing_sts_dir_is_a_clear_cli_error(tmp_path, capsys):
     assert main(["eval", "--model", "all-minilm-l6-v2", "--sts-dir", str(tmp_path / "missing"), "--json", str(tmp_path / "x.json")]) == 2
     assert "STS folder not found" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()  # nothing half-written
+
+
+def test_constant_scores_are_refused(sts_dir):
+    with pytest.raises(DistillError, match="STS task STS-B: no score can be computed, the model gives every pair the same similarity"):
+        evaluate_sts(lambda s: np.ones((len(s), 4)), tasks=["STS-B"], sts_dir=sts_dir, progress=False)
+
+
+def test_a_json_folder_that_cannot_be_written_is_refused_before_the_evaluation(tmp_path, capsys):
+    for folder in unwritable_folders(tmp_path):
+        out = folder / "scores.json"
+        # a model that does not exist: not looked at before the check
+        assert main(["eval", "--model", "no-such-model", "--tasks", "STS-B", "--json", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"--json {out}: " in err and ("is not a folder" in err or "Permission denied" in err), err
+
+
+def test_a_json_write_the_disk_refuses_is_named_after_the_table(tmp_path, tiny_bert_dir, sts_dir, capsys):
+    """Files may not pass 50 bytes while it runs (a real EFBIG, as a full disk gives ENOSPC)."""
+    out = tmp_path / "scores.json"
+    with file_size_limit(50):
+        code = main(["eval", "--model", str(tiny_bert_dir), "--sts-dir", str(sts_dir), "--tasks", "STS-B", "--json", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 2 and f"--json {out}: File too large (EFBIG)" in captured.err and "the scores are in the table above" in captured.err
+    assert "STS-B" in captured.out and list(tmp_path.iterdir()) == []

@@ -5,11 +5,11 @@ import sys
 
 import pytest
 import torch
-from conftest import CORPUS_DIR, REPO, STS_DIR, tiny_recipe_text
+from conftest import CORPUS_DIR, REPO, STS_DIR, StopAt, recipe_at, tiny_recipe_text
 
+from distill.cli import main
 from distill.config import load_recipe
 from distill.errors import DistillError
-from distill.training.callbacks import Callback
 from distill.training.trainer import train
 
 
@@ -17,17 +17,6 @@ def _recipe(tmp_path, **kw):
     path = tmp_path / "recipe.yaml"
     path.write_text(tiny_recipe_text(tmp_path, **kw))
     return path
-
-
-class StopAt(Callback):
-    """Ctrl-C at a given step: the interruption a user causes."""
-
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, state, metrics):
-        if state.step == self.step:
-            raise KeyboardInterrupt
 
 
 def _weights(run):
@@ -213,15 +202,6 @@ def test_two_stage_ibkd_chains_stage1_and_supervised_triplets(tmp_path, tiny_hom
         train(bad, progress=False)
 
 
-class _StopStage2(Callback):
-    """Interrupts stage 2 at its second evaluation, after its first checkpoint (written after each
-    evaluation), as a kill between two checkpoints would."""
-
-    def on_evaluate(self, state, scores):
-        if state.run_dir.endswith("stage2") and state.step >= 4:
-            raise KeyboardInterrupt
-
-
 def test_resuming_stage2_does_not_set_up_stage1_again(tmp_path, tiny_home, monkeypatch):
     """Stage 1 done, stage 2 interrupted: --resume goes straight to stage 2. Observable: the teacher
     cache, deleted after stage 1, is not built again, and stage 2 ends where a straight run ends."""
@@ -233,7 +213,7 @@ def test_resuming_stage2_does_not_set_up_stage1_again(tmp_path, tiny_home, monke
                  "stage2.train.lr=1e-4", "stage2.loss.hsic_layer=-2", "eval.every_steps=2"]
     recipe = load_recipe(_recipe(tmp_path, steps=2, every=2), overrides)
     with pytest.raises(KeyboardInterrupt):
-        train(recipe, progress=False, callbacks=[_StopStage2()])
+        train(recipe, progress=False, callbacks=[StopAt(5)])  # in stage 2 (stage 1 has 2 steps), after its step-4 checkpoint
     run = tmp_path / "run"
     assert (run / "results.json").is_file() and (run / "stage2" / "checkpoint.pt").is_file()
     assert not (run / "stage2" / "results.json").exists()
@@ -396,3 +376,46 @@ def test_cli_output_is_ours_only_unless_verbose(tmp_path, tiny_home, tiny_bert_d
                               "--tasks", "STS-B-dev", "--quiet", "--verbose"], cwd=REPO, env=env, capture_output=True, text=True)
     assert verbose.returncode == 0, verbose.stderr[-2000:]
     assert "Loading weights" in verbose.stderr
+
+
+# --- settings that said one thing and did another -----------------------------------------------
+
+def test_nan_before_the_first_checkpoint_points_nowhere_it_should_not(tmp_path, tiny_home, monkeypatch):
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    recipe = recipe_at(tmp_path, loss="name: mse, standardize: none", steps=30, every=25,
+                       overrides=["train.lr=1e25", "train.grad_clip=0", "train.warmup_ratio=0"])
+    with pytest.raises(DistillError, match="no checkpoint was written yet, no best student yet") as err:
+        train(recipe, progress=False)
+    assert "best student is in" not in str(err.value)
+    assert not (tmp_path / "run" / "best").exists() and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_collapsed_run_is_reported(tmp_path, tiny_home, monkeypatch, capsys):
+    """lr=5 wrecks the tiny student; the run says so in results.json, results.md and the CLI."""
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(tiny_recipe_text(tmp_path, loss="name: cosine", steps=6, every=3))
+    assert main(["train", str(path), "--quiet", "--set", "train.lr=5", "--set", "train.warmup_ratio=0", "--set", "train.grad_clip=0"]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["best_dev"] < results["init_dev"], results
+    assert "below the untrained student's" in results["warnings"][0]
+    assert "**Warning:**" in (tmp_path / "run" / "results.md").read_text()
+    captured = capsys.readouterr()
+    assert "WARNING: the best selection score" in captured.out and "train.lr=5" in captured.out
+
+
+def test_a_healthy_run_has_no_warning(trained_run):
+    results = json.loads((trained_run / "results.json").read_text())
+    assert results["warnings"] == [] and results["init_dev"] is not None
+
+
+def test_a_max_length_past_the_student_positions_is_refused_before_the_run_starts(tmp_path, tiny_home, monkeypatch):
+    """The recipe check reads a local student's config.json; a recipe that skipped it (a student
+    not on this machine when it was read, here: changed after reading) is checked again by train
+    before anything is written."""
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    recipe = recipe_at(tmp_path, steps=2, every=2)
+    recipe.data.max_length = 129  # the tiny student has 128 positions
+    with pytest.raises(DistillError, match=r"data\.max_length 129: the student tiny-student takes at most 128 tokens"):
+        train(recipe, progress=False)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()

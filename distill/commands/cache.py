@@ -5,11 +5,16 @@ from __future__ import annotations
 
 def _cmd_cache(args) -> int:
     from distill.data.cache import build_cache
+    from distill.io import check_writable, write_errors
 
-    cache = build_cache(
-        args.teacher, args.corpus, args.out, pca=args.pca, column=args.column, max_sentences=args.max_sentences,
-        batch_size=args.batch_size, shard_size=args.shard_size, progress=not args.quiet, precision=args.precision,
-    )
+    check_writable(args.out, "--out", folder=True)  # before the corpus is read and the teacher loads
+    # A disk that fills up mid-build keeps the shards written so far: the same command resumes.
+    with write_errors(args.out, "--out", "; once the disk takes it (or with another --out), the same command "
+                                          "resumes the build at the first missing shard"):
+        cache = build_cache(
+            args.teacher, args.corpus, args.out, pca=args.pca, column=args.column, max_sentences=args.max_sentences,
+            batch_size=args.batch_size, shard_size=args.shard_size, progress=not args.quiet, precision=args.precision,
+        )
     m = cache.manifest
     print(f"{cache.path}: {m['count']:,} sentences x {m['dim']} ({m['teacher']}, {m['pooling']} pooling, "
           f"normalize={m['normalize']}); dropped {m['dropped_empty']:,} empty, {m['dropped_duplicates']:,} duplicates"

@@ -22,6 +22,18 @@ def output_format(path: str | Path) -> str:
     return suffix
 
 
+def check_out(path: str | Path, overwrite: bool) -> None:
+    """Before the model loads: a known format, no file there unless --overwrite (an .npy carries
+    no mark of who wrote it, so any existing file may be the user's), and a folder it can be
+    written in."""
+    from distill.io import check_writable
+
+    output_format(path)
+    if (Path(path).exists() or Path(path).is_symlink()) and not overwrite:
+        raise DistillError(f"--out {path}: the file exists; pass --overwrite to replace it, or name a new file")
+    check_writable(path, "--out")
+
+
 def check_device(device: str | None) -> None:
     """A device the machine has, checked before the model loads."""
     if device is None:
@@ -81,8 +93,9 @@ def _cmd_encode(args) -> int:
     import numpy as np
 
     from distill.data.readers import read_sentences
+    from distill.io import write_errors
 
-    output_format(args.out)  # fail before the model loads
+    check_out(args.out, args.overwrite)  # fail before the input is read and the model loads
     if backend_kwargs(args)["backend"] == "onnx":  # onnxruntime on CPU, no torch: checked first, torch stays unimported
         if args.device not in (None, "cpu"):
             raise DistillError(f"--device {args.device}: the onnx backend runs on the CPU")
@@ -116,11 +129,12 @@ def _cmd_encode(args) -> int:
     seconds = time.perf_counter() - start
     if args.dtype == "float16":
         emb = emb.astype(np.float16)
-    save_embeddings(
-        args.out, emb,
-        metadata={"model": args.model, "input": source, "rows": len(sentences), "dim": emb.shape[1],
-                  "pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length},
-    )
+    with write_errors(args.out, "--out", "; nothing written (an existing file is left as it was)"):
+        save_embeddings(
+            args.out, emb,
+            metadata={"model": args.model, "input": source, "rows": len(sentences), "dim": emb.shape[1],
+                      "pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length},
+        )
     print(
         f"wrote {args.out}: {emb.shape[0]} x {emb.shape[1]} {emb.dtype} "
         f"({len(sentences) / max(seconds, 1e-9):,.0f} sentences/s on {enc.device})",
@@ -137,12 +151,14 @@ def register(sub) -> None:
             "Bulk embedding. Input: a text file with one sentence per line (.gz allowed; every line is a row, "
             "empty lines too), or JSONL (.jsonl / .ndjson, or any file with --column) taking the --column field "
             "of each object; - reads lines from stdin. Sentences run sorted by length, on the GPU with "
-            "bf16/fp16 autocast when there is one; the output keeps the input order and is written atomically."
+            "bf16/fp16 autocast when there is one; the output keeps the input order and is written atomically; "
+            "an existing --out file is replaced only with --overwrite."
         ),
     )
     p.add_argument("--model", required=True, help="model folder, preset name, hub id or PyPI model key")
     p.add_argument("--input", required=True, metavar="FILE", help="sentences: text (one per line, .gz ok) or JSONL; - for stdin")
-    p.add_argument("--out", required=True, metavar="FILE", help="output .npy or .safetensors (tensor 'embeddings')")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .npy or .safetensors (tensor 'embeddings'); an existing file needs --overwrite")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument("--column", help="JSONL field holding the sentence (default: text)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-length", type=int, help="truncate to this many tokens (default: the model's)")

@@ -8,17 +8,20 @@ from distill.onnx.runtime import add_backend_args
 
 
 def _cmd_eval(args) -> int:
-    from distill.io import write_json_atomic
-    from distill.onnx.runtime import backend_kwargs
     from distill.eval.sts import evaluate_sts, format_table
+    from distill.io import check_writable, write_errors, write_json_atomic
+    from distill.onnx.runtime import backend_kwargs
 
+    if args.json:
+        check_writable(args.json, "--json")  # before the model loads: not after the evaluation
     results = evaluate_sts(
         args.model, tasks=args.tasks, sts_dir=args.sts_dir, batch_size=args.batch_size, progress=not args.quiet,
         **backend_kwargs(args),
     )
     print(format_table(results, title=args.model))
     if args.json:
-        write_json_atomic(args.json, {"model": args.model, "sts_dir": args.sts_dir, "scores": results})
+        with write_errors(args.json, "--json", "; not written, the scores are in the table above"):
+            write_json_atomic(args.json, {"model": args.model, "sts_dir": args.sts_dir, "scores": results})
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 

@@ -8,8 +8,8 @@ from distill.errors import DistillError
 
 
 def _cmd_models(args) -> int:
-    from distill.resolve import COMPLETE_MARKER, PYPI_MODELS, cache_root, resolve_model
     from distill.presets import find_preset, list_presets
+    from distill.resolve import COMPLETE_MARKER, PYPI_MODELS, cache_root, resolve_model
 
     if args.action == "list":
         print("teachers: " + ", ".join(list_presets("teachers")))

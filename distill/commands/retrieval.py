@@ -9,7 +9,6 @@ from distill.onnx.runtime import add_backend_args, backend_kwargs
 
 
 def _cmd_eval_retrieval(args) -> int:
-    from distill.io import write_json_atomic
     from distill.eval.retrieval import (
         DEFAULT_K,
         evaluate_retrieval,
@@ -17,6 +16,7 @@ def _cmd_eval_retrieval(args) -> int:
         load_retrieval_data,
         parse_k,
     )
+    from distill.io import write_json_atomic
 
     backend_kwargs(args)  # flags checked before the data loads
     ks = parse_k(args.k) if args.k else list(DEFAULT_K)

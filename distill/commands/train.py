@@ -8,10 +8,14 @@ import sys
 def _cmd_train(args) -> int:
     from distill.config import load_recipe
     from distill.eval.sts import DEV_LABELS, format_table
+    from distill.io import write_errors
     from distill.training.trainer import train
 
     recipe = load_recipe(args.config, args.set)
-    results = train(recipe, resume=args.resume, progress=not args.quiet)
+    # A full or read-only disk: its reason in one line; the checkpoint is written atomically, so
+    # --resume continues from the last complete one.
+    with write_errors(recipe.output.dir, "output.dir", "; the last complete checkpoint, if any, is kept: continue with --resume"):
+        results = train(recipe, resume=args.resume, progress=not args.quiet)
     if results:
         rows = [("teacher " + recipe.teacher, results["baselines"]["teacher"]), (recipe.student + " before", results["baselines"]["init"])] if "baselines" in results else []
         rows.append((f"{recipe.student} after ({recipe.loss['name']})", results["best"]))

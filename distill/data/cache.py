@@ -19,8 +19,10 @@ shard; the final matrix is assembled from the shards at the end.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +43,20 @@ FORMAT_VERSION = 1
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
     with atomic_path(path, fixed=True) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
+
+
+def reserve_blocks(path: Path) -> None:
+    """Allocate a (sparse) file's blocks now. A memory map of a sparse file takes disk space page by
+    page as it is written, and a full disk then kills the process with SIGBUS ("Bus error", no
+    message, measured); allocated up front, the full disk is an OSError (ENOSPC) naming the cause."""
+    if not hasattr(os, "posix_fallocate"):  # macOS: no such call; the map is written as before
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):  # a file system without it: as before
+                raise
 
 
 def _damaged(path: Path, what: Path, exc: BaseException) -> DistillError:
@@ -326,7 +342,9 @@ def _start_or_resume(out: Path, params: dict) -> Path:
         previous = _read_json(build_file, out)
         if previous != params:
             diff = [k for k in params if previous.get(k) != params[k]]
-            raise DistillError(f"{out} holds an interrupted build with other parameters ({', '.join(diff)} differ): use another --out or delete it")
+            why = "; the corpus is not the one this build began with, and shards of two corpora are never mixed" if "corpus_sha256" in diff else ""
+            raise DistillError(f"{out} holds an interrupted build with other parameters ({', '.join(diff)} differ){why}: "
+                               f"use another --out, or delete {out} (the tool made it) to start over")
     else:
         if shards.exists():
             shutil.rmtree(shards)
@@ -365,6 +383,7 @@ def _assemble(path: Path, shards: Path, n: int, shard_size: int, dim: int) -> No
     """The N x dim float16 matrix from the shards, each checked for its shape, written atomically."""
     with atomic_path(path, fixed=True) as tmp:
         matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, dim))
+        reserve_blocks(tmp)  # a full disk: ENOSPC now, not SIGBUS when the map is written
         for i in range((n + shard_size - 1) // shard_size):
             file = shards / f"{i:05d}.npy"
             try:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from distill.errors import DistillError
-from distill.io import atomic_path
+from distill.io import atomic_path, os_error_text
 
 NAME = "checkpoint.pt"
 
@@ -45,8 +45,22 @@ def set_rng_state(s: dict) -> None:
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    with atomic_path(path, fixed=True) as tmp:  # a kill leaves the previous checkpoint intact
-        torch.save(payload, tmp)
+    """Write atomically: a kill or a full disk leaves the previous checkpoint intact.
+
+    torch.save is given an open file, not a name: its own file writer reports a failed write as
+    "unexpected pos 704 vs 598", while Python's write raises the OSError (disk full, file too large)
+    that names the cause, kept as the RuntimeError's context.
+    """
+    try:
+        with atomic_path(path, fixed=True) as tmp, open(tmp, "wb") as f:
+            torch.save(payload, f)
+    except (OSError, RuntimeError) as exc:
+        cause = exc if isinstance(exc, OSError) else exc.__context__
+        if not isinstance(cause, OSError):
+            raise
+        then = ("the previous checkpoint is kept as it was: once the disk takes it, continue with --resume" if path.is_file()
+                else "there was no checkpoint yet: once the disk takes it, train again")
+        raise DistillError(f"{path}: checkpoint not written, {os_error_text(cause)}; {then}") from None
 
 
 def damaged(path: Path, exc: BaseException) -> DistillError:

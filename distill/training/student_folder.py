@@ -15,19 +15,30 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distill.embedding import Embedder
 from distill.encoder import Encoder
 from distill.errors import DistillError
-from distill.io import atomic_dir
+from distill.io import atomic_dir, os_error_text
 from distill.student import EmbeddingModel
 
 META = "distill_student.json"
 
 
 def save_student(path: str | Path, encoder: EmbeddingModel, loss: nn.Module | None, meta: dict) -> None:
+    """Write atomically; a full disk (OSError, or safetensors' SafetensorError naming the os error)
+    is a DistillError, and the previous student in `path`, if any, is kept."""
+    try:
+        _save_student(Path(path), encoder, loss, meta)
+    except (OSError, SafetensorError) as exc:
+        text = os_error_text(exc) if isinstance(exc, OSError) else str(exc)
+        raise DistillError(f"{path}: student not written, {text}; the previous one, if any, is kept as it was") from None
+
+
+def _save_student(path: Path, encoder: EmbeddingModel, loss: nn.Module | None, meta: dict) -> None:
     with atomic_dir(path) as tmp:  # best/ and final/ get the umask's modes, not mkdtemp's 0700
         encoder.save(tmp)
         head = loss.embedding_head() if loss is not None else None

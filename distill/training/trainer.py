@@ -30,6 +30,7 @@ from distill.eval.sts import format_table
 from distill.eval.sts_data import load_sts
 from distill.io import write_json_atomic, write_text_atomic
 from distill.lock import folder_lock
+from distill.model_files import check_recipe_lengths
 from distill.precision import autocast_for
 from distill.tasks import resolve_tasks
 from distill.training import checkpoint as ckpt_io
@@ -79,6 +80,10 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
     """
     owns_group = not torch.distributed.is_initialized()
     if is_main_process_env():
+        # load_recipe checked data.max_length against a student already on this machine; one that
+        # was not is fetched now (stage 1 would fetch it next), before the cache or the run folder
+        # is made. The main process only: the others wait for its cache in stage 1.
+        check_recipe_lengths(recipe, fetch=True)
         with folder_lock(recipe.output.dir, "run folder"):
             results = _train(recipe, resume, progress, callbacks)
     else:

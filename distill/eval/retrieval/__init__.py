@@ -47,9 +47,27 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from distill.errors import DistillError
-
-from distill.eval.retrieval.data import RetrievalData, check_qrels, load_beir, load_hub, load_qrels, load_retrieval_data, load_texts, _as_text_map
-from distill.eval.retrieval.metrics import DEFAULT_K, MRR_CUTOFF, NDCG_CUTOFF, _check_k, compute_metrics, mrr_at_k, ndcg_at_k, parse_k, recall_at_k
+from distill.eval.retrieval.data import (
+    RetrievalData,
+    _as_text_map,
+    check_qrels,
+    load_beir,
+    load_hub,
+    load_qrels,
+    load_retrieval_data,
+    load_texts,
+)
+from distill.eval.retrieval.metrics import (
+    DEFAULT_K,
+    MRR_CUTOFF,
+    NDCG_CUTOFF,
+    _check_k,
+    compute_metrics,
+    mrr_at_k,
+    ndcg_at_k,
+    parse_k,
+    recall_at_k,
+)
 from distill.eval.retrieval.search import DEFAULT_CHUNK_SIZE, TopK, exact_search
 
 __all__ = [

@@ -9,7 +9,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from distill.data.readers import is_jsonl, iter_jsonl, iter_lines, join_title
 from distill.errors import DistillError
 

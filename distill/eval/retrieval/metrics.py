@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-
 from distill.errors import DistillError
 
 DEFAULT_K = (10, 100, 1000)
