@@ -76,7 +76,7 @@ SMOKE = str(REPO / "configs" / "smoke.yaml")
     ("train.epochs=0", "train.epochs: must be > 0, got 0.0"),
     ("train.max_steps=0", "train.max_steps: must be unset or >= 1, got 0"),
     ("train.warmup_ratio=1.5", "train.warmup_ratio: must be between 0 and 1"),
-    ("train.precision=fp8", "train.precision: must be one of bf16, fp16, fp32, got 'fp8'"),
+    ("train.precision=fp8", "train.precision: must be one of auto, bf16, fp16, fp32, got 'fp8'"),
     ("eval.tasks=[STS99]", "eval.tasks: unknown STS task 'STS99'"),
     ("eval.final_tasks=[STS99]", "eval.final_tasks: unknown STS task 'STS99'"),
     ("loss.bandwidth=foo", "loss.bandwidth: must be one of fixed, median, got 'foo'"),

@@ -157,7 +157,7 @@ def test_a_write_the_disk_refuses_is_named_and_the_old_file_kept(tmp_path, tiny_
 
 def test_threaded_chunked_path_keeps_order(enc, one_by_one, monkeypatch):
     import distill.data.padding as P
-    import distill.encoder as E
+    import distill.student as E  # the shared encode of every model kind
 
     # Tiny chunks force several tokenizer calls, the background thread, and several flushes.
     monkeypatch.setattr(P, "FIRST_CHUNK", 2)

@@ -137,9 +137,9 @@ def test_load_honours_the_length_and_pooling_sentence_transformers_6_saves(tmp_p
     from sentence_transformers import SentenceTransformer
     from sentence_transformers import __version__ as st_version
 
-    from distill.export import _st_modules
+    from distill.export import st_module_classes
 
-    models = _st_modules()
+    models = st_module_classes()
     folder = tmp_path / "st"
     st = SentenceTransformer(modules=[models.Transformer(str(tiny_bert_dir), max_seq_length=40),
                                       models.Pooling(32, pooling_mode="cls")], device="cpu")

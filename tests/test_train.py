@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import CORPUS_DIR, REPO, STS_DIR, StopAt, recipe_at, tiny_recipe_text
@@ -43,7 +44,7 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_hom
     wa, wb = _weights(a / "run"), _weights(b / "run")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)  # same data order, same updates
     changed = load_recipe(_recipe(b, steps=9, every=3), ["train.lr=0.5"])
-    with pytest.raises(DistillError, match="recipe differs from the checkpoint's in train"):
+    with pytest.raises(DistillError, match=r"recipe differs from the checkpoint's \(.*checkpoint\.pt\) in train"):
         train(changed, resume=True, progress=False)
 
 
@@ -419,3 +420,26 @@ def test_a_max_length_past_the_student_positions_is_refused_before_the_run_start
     with pytest.raises(DistillError, match=r"data\.max_length 129: the student tiny-student takes at most 128 tokens"):
         train(recipe, progress=False)
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
+
+
+def test_each_epoch_trains_on_its_own_shuffle(tmp_path, tiny_home, monkeypatch):
+    """256 sentences in batches of 32 are 8 steps an epoch: steps 9-16 must see epoch 1's order
+    (seeded by (seed, epoch), what --resume after an epoch replays), not epoch 0's again."""
+    from distill.data.batches import epoch_batches
+    from distill.training import trainer as trainer_module
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    seen = []
+    step = trainer_module.Trainer.step
+
+    def recording(self, batches):
+        seen.append(batches[self.state.step_in_epoch].tolist())
+        return step(self, batches)
+
+    monkeypatch.setattr(trainer_module.Trainer, "step", recording)
+    recipe = recipe_at(tmp_path, loss="name: cosine", steps=16, every=8)
+    train(recipe, progress=False)
+    lengths = np.load(next((tmp_path / "cache" / "tokens").glob("*.npz")))["offsets"]
+    lengths = np.diff(lengths)
+    expected = [b.tolist() for epoch in (0, 1) for b in epoch_batches(lengths, 32, 7, epoch)]
+    assert seen == expected and seen[:8] != seen[8:]

@@ -264,6 +264,8 @@ class Trainer:
                         state.epoch, state.step_in_epoch = state.epoch + 1, 0
                     self.save_checkpoint()
                 barrier(self.world)
+                if epoch_end:  # the next epoch's own shuffle (this loop once replayed the last epoch's order)
+                    break
         return self.finish()
 
     def step(self, batches) -> None:
@@ -381,7 +383,8 @@ def _collapse_warnings(state: TrainState, tcfg) -> list[str]:
 def _optimizer(module: nn.Module, tcfg, device: torch.device) -> torch.optim.Optimizer:
     """AdamW; no weight decay on biases and norms, nor on what the student exempts (a static table)."""
     decay, no_decay = [], []
-    exempt = {id(p) for p in module.student.no_weight_decay()}
+    student = getattr(module, "student", None)
+    exempt = {id(p) for p in student.no_weight_decay()} if student is not None else set()
     for name, p in module.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() or id(p) in exempt else decay).append(p)
