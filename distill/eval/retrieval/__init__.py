@@ -79,6 +79,7 @@ def evaluate_retrieval(
     backend: str = "torch",
     onnx_file=None,
     quantized: bool = False,
+    max_length: int | None = None,
 ) -> dict:
     """Embed, search exactly, and score: {"MRR@10", "nDCG@10", "Recall@<k>"..., counts, warnings}.
 
@@ -87,15 +88,20 @@ def evaluate_retrieval(
     `corpus`: doc id -> text or BEIR's {"title", "text"}; `qrels`: query id -> doc id -> grade.
     Only the queries with a relevant doc are embedded and evaluated. `chunk_size`: passages
     scored per matrix product (memory, not results). `metric`: cosine (default), dot or l2.
-    `return_run=True` adds "run": query id -> ranked doc ids (top max(k)). Metric definitions,
+    `return_run=True` adds "run": query id -> ranked doc ids (top max(k)), and "run_scores": their
+    similarities (cosine / dot; l2: distances). Metric definitions,
     tie-breaking and the unknown-id policy: see the module docstring. Values are fractions in
     [0, 1]. Usable as a training callback: load the data once (`load_retrieval_data`), call this
     with the model being trained. `backend="onnx"` (`quantized`, `onnx_file`): embed with the
-    folder's onnx/ graph through onnxruntime.
+    folder's onnx/ graph through onnxruntime. `max_length`: tokens per query and passage, default
+    the model's own declared length (`distill.embedding.own_max_length`: a sentence-transformers
+    folder's max_seq_length, else the position limit), not a preset's training length; a given
+    length is checked against the model's limit. A callable model encodes however it does.
+    `results["max_length"]`: the length used (None for a callable).
     """
     from tqdm.auto import tqdm
 
-    from distill.embedding import embedder
+    from distill.embedding import OWN, embedder
 
     ks = _check_k(k)
     queries = _as_text_map(queries, "queries")
@@ -107,7 +113,8 @@ def evaluate_retrieval(
     encoder_mod = sys.modules.get("distill.encoder")
     if device is None and encoder_mod is not None and isinstance(model, encoder_mod.Encoder):
         device = model.device
-    embed = embedder(model, batch_size=batch_size, progress=progress, device=device, backend=backend, onnx_file=onnx_file, quantized=quantized)
+    embed = embedder(model, batch_size=batch_size, progress=progress, device=device, backend=backend, onnx_file=onnx_file,
+                     quantized=quantized, max_length=OWN if max_length is None else max_length)
     q_emb = embed([queries[q] for q in qids])
     kmax = max(max(ks), MRR_CUTOFF, NDCG_CUTOFF)
     top = TopK(q_emb, kmax, metric=metric, chunk_size=chunk_size, device=device)
@@ -116,7 +123,7 @@ def evaluate_retrieval(
     blocks = range(0, len(texts), ENCODE_BLOCK)
     for start in tqdm(blocks, desc="corpus blocks", disable=not progress or len(blocks) < 2, leave=False):
         top.add(embed(texts[start : start + ENCODE_BLOCK]))
-    _, index = top.result()
+    top_scores, index = top.result()
     run = {q: [doc_ids[i] for i in row] for q, row in zip(qids, index)}
     results: dict = compute_metrics(run, evaluable, ks)
     results.update(
@@ -124,12 +131,14 @@ def evaluate_retrieval(
             "corpus": len(doc_ids),
             "queries_total": len(queries),
             "metric": top.metric,
+            "max_length": embed.max_length,
             "k": ks,
             "warnings": warnings,
         }
     )
     if return_run:
         results["run"] = run
+        results["run_scores"] = {q: [float(x) for x in row] for q, row in zip(qids, top_scores)}
     return results
 
 
