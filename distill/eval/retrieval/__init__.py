@@ -49,13 +49,13 @@ from collections.abc import Mapping, Sequence
 from distill.errors import DistillError
 
 from distill.eval.retrieval.data import RetrievalData, check_qrels, load_beir, load_hub, load_qrels, load_retrieval_data, load_texts, _as_text_map
-from distill.eval.retrieval.metrics import DEFAULT_K, MRR_CUTOFF, NDCG_CUTOFF, _check_k, compute_metrics, mrr_at_k, ndcg_at_k, parse_k, recall_at_k
+from distill.eval.retrieval.metrics import DEFAULT_K, MRR_CUTOFF, NDCG_CUTOFF, SELECTABLE, _check_k, compute_metrics, metric_key, mrr_at_k, ndcg_at_k, parse_k, recall_at_k
 from distill.eval.retrieval.search import DEFAULT_CHUNK_SIZE, TopK, exact_search
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE", "DEFAULT_K", "ENCODE_BLOCK", "RetrievalData", "TopK", "check_qrels", "compute_metrics",
-    "evaluate_retrieval", "exact_search", "format_table", "load_beir", "load_hub", "load_qrels",
-    "load_retrieval_data", "load_texts", "mrr_at_k", "ndcg_at_k", "parse_k", "recall_at_k",
+    "DEFAULT_CHUNK_SIZE", "DEFAULT_K", "ENCODE_BLOCK", "RetrievalData", "SELECTABLE", "TopK", "check_qrels", "compute_metrics",
+    "REPORT_METRICS", "evaluate_retrieval", "exact_search", "format_report", "format_table", "load_beir", "load_hub", "load_qrels",
+    "load_retrieval_data", "load_texts", "metric_key", "mrr_at_k", "ndcg_at_k", "parse_k", "recall_at_k",
 ]
 
 # Corpus passages embedded per block before scoring. Fixed (not tied to chunk_size), so that the
@@ -140,6 +140,21 @@ def evaluate_retrieval(
         results["run"] = run
         results["run_scores"] = {q: [float(x) for x in row] for q, row in zip(qids, top_scores)}
     return results
+
+
+# What a training run reports of a retrieval split (eval.final_retrieval), x100 like its STS scores.
+REPORT_METRICS = ("nDCG@10", "MRR@10", "Recall@100")
+
+
+def format_report(rows: Sequence[tuple[str, Mapping]]) -> str:
+    """A markdown table of REPORT_METRICS, one row per (model name, scores x100), 2 decimals as the
+    STS tables; a metric missing from a row shows as "–"."""
+    head = "| | " + " | ".join(REPORT_METRICS) + " |"
+    sep = "|---|" + "---:|" * len(REPORT_METRICS)
+    lines = [head, sep]
+    for name, scores in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{scores[m]:.2f}" if scores.get(m) is not None else "–" for m in REPORT_METRICS) + " |")
+    return "\n".join(lines)
 
 
 def format_table(results: Mapping, title: str | None = None) -> str:
