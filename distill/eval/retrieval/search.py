@@ -16,24 +16,39 @@ DEFAULT_CHUNK_SIZE = 50_000
 _BLOCK_ELEMENTS = 1 << 25
 
 
-def _merge_topk(top_s, top_i, new_s, new_i, k: int):
-    """Best k of (running top-k, new chunk) per row, ties to the lower index.
+def _merge_topk(top_s, top_i, new_s, start: int, k: int):
+    """Best k of (running top-k, new chunk) per row; among equal scores the lower corpus index wins.
 
-    Invariant: each row's entries are in increasing index order, and every running index is below
-    every new one; the result keeps that order (it is a masked selection, not a sort).
+    `new_s`: the scores of passages start, start + 1, ... (every running index is below `start`).
+    The k kept entries come in no particular order (`TopK.result` sorts them). Fast path: one
+    torch.topk, kept as it is when every score equal to a row's k-th best made it in (then the
+    kept set is exact whatever topk did with ties); otherwise (equal scores straddle the cut: a
+    duplicate passage at rank k, say) a masked selection in index order decides who stays.
     """
     import torch
 
-    scores = torch.cat([top_s, new_s], 1)
-    index = torch.cat([top_i, new_i.expand(new_s.shape[0], -1)], 1)
+    rows, n_top = new_s.shape[0], top_s.shape[1]
+    scores = torch.cat([top_s, new_s], 1) if n_top else new_s
     if scores.shape[1] <= k:
-        return scores, index
-    kth = torch.topk(scores, k, dim=1, sorted=True).values[:, -1:]
+        new_i = torch.arange(start, start + new_s.shape[1], device=new_s.device).expand(rows, -1)
+        return scores, torch.cat([top_i, new_i], 1)
+    vals, pos = torch.topk(scores, k, dim=1, sorted=False)
+    kth = vals.min(dim=1, keepdim=True).values
+    # every entry is <= kth or kept, so exactly k at or above it <=> no tie left out
+    if bool(((scores >= kth).sum(1, dtype=torch.int32) == k).all()):
+        from_top = pos < n_top
+        index = torch.where(from_top, torch.gather(top_i, 1, pos.clamp(max=max(n_top - 1, 0))) if n_top else pos, pos - n_top + start)
+        return vals, index
+    # Slow path, ties at the cut: keep everything above the k-th score and the lowest-index ties.
+    # Running entries are re-ordered by index first so that "earlier in the row" means "lower index".
+    order = torch.argsort(top_i, dim=1)
+    top_s, top_i = torch.gather(top_s, 1, order), torch.gather(top_i, 1, order)
+    scores = torch.cat([top_s, new_s], 1)
+    index = torch.cat([top_i, torch.arange(start, start + new_s.shape[1], device=new_s.device).expand(rows, -1)], 1)
     above = scores > kth
     tied = scores == kth
     need = k - above.sum(1, keepdim=True)
     keep = above | (tied & (torch.cumsum(tied, 1, dtype=torch.int32) <= need))
-    rows = scores.shape[0]
     return scores[keep].view(rows, k), index[keep].view(rows, k)
 
 
@@ -79,7 +94,6 @@ class TopK:
             raise DistillError(f"passage embeddings of shape {tuple(d_all.shape)} do not match queries of dim {self.queries.shape[1]}")
         for start in range(0, d_all.shape[0], self.chunk_size):
             d = self._prepare(d_all[start : start + self.chunk_size].to(self.device, torch.float32))
-            ids = torch.arange(self.seen, self.seen + d.shape[0], device=self.device).unsqueeze(0)
             d_sq = (d * d).sum(1) if self.metric == "l2" else None
             parts_s, parts_i = [], []
             for q0 in range(0, self.queries.shape[0], self.query_block):
@@ -87,8 +101,8 @@ class TopK:
                 s = q @ d.T
                 if self.metric == "l2":  # minus squared distance, up to the per-query |q|^2
                     s = 2 * s - d_sq
-                s = torch.nan_to_num(s, nan=-math.inf)
-                top_s, top_i = _merge_topk(self.scores[q0 : q0 + self.query_block], self.index[q0 : q0 + self.query_block], s, ids, self.k)
+                s = s.nan_to_num_(nan=-math.inf)
+                top_s, top_i = _merge_topk(self.scores[q0 : q0 + self.query_block], self.index[q0 : q0 + self.query_block], s, self.seen, self.k)
                 parts_s.append(top_s)
                 parts_i.append(top_i)
             self.scores, self.index = torch.cat(parts_s), torch.cat(parts_i)
@@ -98,9 +112,14 @@ class TopK:
         """(scores, corpus positions), each (queries, min(k, passages seen)), best first."""
         import torch
 
-        order = torch.sort(self.scores, dim=1, descending=True, stable=True).indices
-        scores = torch.gather(self.scores, 1, order)
+        scores, order = torch.sort(self.scores, dim=1, descending=True)
         index = torch.gather(self.index, 1, order)
+        tied = (scores[:, 1:] == scores[:, :-1]).any(1).nonzero().flatten()
+        if len(tied):  # rows with equal scores: corpus order among them (by index, then a stable sort)
+            by_index = torch.argsort(index[tied], dim=1)
+            t_s, t_i = torch.gather(scores[tied], 1, by_index), torch.gather(index[tied], 1, by_index)
+            order = torch.sort(t_s, dim=1, descending=True, stable=True).indices
+            scores[tied], index[tied] = torch.gather(t_s, 1, order), torch.gather(t_i, 1, order)
         if self.metric == "l2":
             q_sq = (self.queries * self.queries).sum(1, keepdim=True)
             scores = torch.sqrt(torch.clamp(q_sq - scores, min=0))
