@@ -8,7 +8,7 @@ obvious alternatives that hold the whole query x passage score matrix.
                order, like ours; what a numpy scorer does); skipped when its int64 index matrix
                would not fit in half the free memory
 
-On random unit vectors (cosine), sizes QUERIESxPASSAGES: SciFact's test split (300 x 5,183) and a
+On random vectors (cosine: every method normalizes them), sizes QUERIESxPASSAGES: SciFact's test split (300 x 5,183) and a
 larger one (10,000 x 100,000 by default). Each method's time is the best of --repeats; the script
 checks that all three return the same top-k scores. It prints a table and appends a row per size
 to BENCHMARKS.md (date, device, command, commit).
@@ -33,7 +33,7 @@ from bench_md import add_row, command_line  # noqa: E402
 from encode_speed import device_name, git_commit  # noqa: E402
 
 SECTION = "## Exact retrieval search (benchmarks/retrieval_search.py)"
-INTRO = ("Seconds for the top-k of every query by exact cosine search over random unit vectors: ours (chunked matrix "
+INTRO = ("Seconds for the top-k of every query by exact cosine search over random vectors: ours (chunked matrix "
          "products, running top-k, score matrix never whole) vs the full score matrix + torch.topk and + a stable argsort. "
          "Best of the repeats; all three return the same top-k scores.")
 COLUMNS = ["date", "device", "command", "commit", "queries x passages", "dim", "k", "chunk size", "ours s", "full + topk s",
@@ -74,19 +74,22 @@ def measure(n_q: int, n_d: int, dim: int, k: int, chunk_size: int, repeats: int,
     from distill.eval.retrieval import exact_search
 
     g = torch.Generator().manual_seed(0)
-    q = torch.nn.functional.normalize(torch.randn(n_q, dim, generator=g), dim=1)
-    d = torch.nn.functional.normalize(torch.randn(n_d, dim, generator=g), dim=1)
+    q = torch.randn(n_q, dim, generator=g)
+    d = torch.randn(n_d, dim, generator=g)
     k = min(k, n_d)
 
     def ours():
         return exact_search(q, d, k, metric="cosine", chunk_size=chunk_size, device=device)[0]
 
+    def full_scores():  # cosine, as ours: the embeddings normalized first
+        unit = torch.nn.functional.normalize
+        return unit(q.to(device), dim=1) @ unit(d.to(device), dim=1).T
+
     def full_topk():
-        s = q.to(device) @ d.to(device).T
-        return torch.topk(s, k, dim=1, sorted=True).values.cpu().numpy()
+        return torch.topk(full_scores(), k, dim=1, sorted=True).values.cpu().numpy()
 
     def full_argsort():
-        s = q.to(device) @ d.to(device).T
+        s = full_scores()
         idx = torch.argsort(s, dim=1, descending=True, stable=True)[:, :k]
         return torch.gather(s, 1, idx).cpu().numpy()
 
@@ -127,14 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device) if args.device else best_device()
     chunk = args.chunk_size or DEFAULT_CHUNK_SIZE
     sizes = [tuple(int(x) for x in s.lower().split("x")) for s in args.sizes.split(",") if s.strip()]
-    where = device_name(device)
+    where, commit = device_name(device), git_commit()  # before the first row makes the tree dirty
     for n_q, n_d in sizes:
         row = measure(n_q, n_d, args.dim, args.k, chunk, args.repeats if n_q * n_d < 10**8 else 1, device)
         print(" | ".join(f"{c} {row[c]}" for c in COLUMNS[4:]), flush=True)
         if not args.no_record:
             add_row(args.md, SECTION, INTRO, COLUMNS, {"date": dt.date.today().isoformat(), "device": where,
                                                       "command": f"`{command_line('retrieval_search.py', argv)}`",
-                                                      "commit": git_commit(), **row})
+                                                      "commit": commit, **row})
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from distill.errors import DistillError
+from distill.eval.retrieval.search import DEFAULT_CHUNK_SIZE
 from distill.onnx.runtime import add_backend_args, backend_kwargs
 
 
@@ -79,7 +80,8 @@ def register(sub) -> None:
     p.add_argument("--k", default="10,100,1000", help="Recall cutoffs, comma-separated (default: 10,100,1000)")
     p.add_argument("--metric", default="cosine", help="cosine (default), dot, or l2")
     p.add_argument("--batch-size", type=int, default=128, help="sentences per encoder batch")
-    p.add_argument("--chunk-size", type=int, default=50_000, help="passages scored per matrix product (memory only)")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                   help=f"passages scored per matrix product (default {DEFAULT_CHUNK_SIZE:,}; results do not depend on it)")
     p.add_argument("--max-length", type=int, metavar="N",
                    help="truncate queries and passages at N tokens (default: the model's own max_seq_length, "
                         "see above; at most the model's position limit)")
