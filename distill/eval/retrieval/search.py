@@ -14,8 +14,9 @@ from distill.errors import DistillError
 # Passages per matrix product: the corpus block evaluate_retrieval embeds at once (ENCODE_BLOCK),
 # so that a corpus of up to that size is one chunk. Memory does not grow with it: the scores held
 # at once are bounded by _BLOCK_ELEMENTS (fewer queries per block for a larger chunk). Smaller
-# chunks cost time on CPU, each one a top-k of its own (10,000 x 100,000 random vectors, k 1000:
-# 31.5 s in chunks of 50,000 against 23.6 s in one; full score matrix + torch.topk: 24.1 s).
+# chunks cost time on CPU, each one a top-k of its own (BENCHMARKS.md, "Exact retrieval search":
+# 10,000 x 100,000, k 1000: 1.37x the full score matrix + torch.topk in chunks of 50,000, 1.07x
+# in one).
 DEFAULT_CHUNK_SIZE = 131_072
 # Score-matrix elements per query block: bounds the scratch memory of one top-k merge (128 MiB).
 _BLOCK_ELEMENTS = 1 << 25
