@@ -8,7 +8,12 @@ OUT/<loss>[-seed<N>]/, then collected into the paper's table:
     OUT/compare.md       rows: teacher, student init, each loss (mean ± s.d. over seeds)
     OUT/compare.csv      one row per run (teacher and init included)
     OUT/compare.json     the same rows as JSON
-    OUT/compare.png      STS-B dev against steps, one line per loss/seed
+    OUT/compare.png      the selection metric (STS-B dev, or eval.retrieval's) against steps,
+                         one line per loss/seed
+
+With eval.final_retrieval the table gets the best student's nDCG@10 / MRR@10 / Recall@100 (x100)
+on that split, for the baselines too; with eval.retrieval selecting, "best dev" and the plot are
+its metric on its split.
 
 A run folder that already holds results.json is reused (an interrupted compare continues where it
 stopped); one that holds only a checkpoint is resumed. A folder whose recipe differs from this
@@ -33,11 +38,13 @@ import yaml
 from distill.config import Recipe, _check_loss, loss_defaults, parse_override, saved_recipe_with_defaults
 from distill.errors import DistillError
 from distill.io import write_bytes_atomic, write_json_atomic, write_text_atomic
-from distill.tasks import DEV_TASK, DEV_TASKS, TEST_TASKS, ZH_TEST_TASK
+from distill.tasks import DEV_LABELS, DEV_TASK, DEV_TASKS, TEST_TASKS, ZH_TEST_TASK
 
 # Test sets a compare table can show: the English seven (averaged) and Chinese STS-B (never averaged).
 REPORT_TASKS = (*TEST_TASKS, ZH_TEST_TASK)
 CSV_COLUMNS = ["loss", "student", "teacher", "seed", *TEST_TASKS, "Avg", ZH_TEST_TASK, "dev_task", "params", "dim", "train_sentences_per_s", "best_dev", "steps", "best_step", "sentences", "device", "run_dir", "reused"]
+# Added to the CSV when a row has eval.final_retrieval scores (x100), after the STS columns' run details.
+RETRIEVAL_CSV_COLUMNS = ["retrieval_split", "nDCG@10", "MRR@10", "Recall@100"]
 
 
 # ----------------------------------------------------------------------------- loss parameters
@@ -159,25 +166,32 @@ def _check_same_recipe(run: Run) -> None:
 
 
 def _baselines(recipe: Recipe, out_dir: Path, log: Callable[[str], None]) -> dict:
-    """Teacher and untrained student on the final (and dev) tasks; OUT/baselines.json, reused.
-    The same computation (and JSON shape) as a training run's baselines.json."""
+    """Teacher and untrained student on the final (and dev) tasks, and on the retrieval splits
+    (eval.final_retrieval; eval.retrieval when it selects); OUT/baselines.json, reused. The same
+    computation (and JSON shape) as a training run's baselines.json."""
     from distill.eval.sts_data import load_sts
-    from distill.tasks import resolve_tasks
-    from distill.training.evaluators import SCORING, baseline_scores
+    from distill.tasks import recipe_tasks
+    from distill.training.evaluators import SCORING, RetrievalEvaluator, RetrievalSet, baseline_scores, retrieval_key
 
-    tasks = list(dict.fromkeys(resolve_tasks(recipe.eval.final_tasks) + resolve_tasks(recipe.eval.tasks)))
+    ev = recipe.eval
+    tasks = list(dict.fromkeys(recipe_tasks(ev.final_tasks) + recipe_tasks(ev.tasks)))
+    fr = ev.final_retrieval
+    final_ret = RetrievalSet.load(fr.beir, fr.split, batch_size=fr.batch_size or ev.batch_size, max_length=fr.max_length) if fr.beir else None
+    dev_ret = RetrievalEvaluator.from_recipe(ev.retrieval, ev.batch_size) if ev.retrieval.beir and ev.retrieval.select else None
     path = out_dir / "baselines.json"
-    # a baselines.json from another teacher, student, task list, folder or scoring is recomputed
-    # rather than mixed into the table
-    key = {"teacher": recipe.teacher, "tasks": tasks, "scoring": SCORING, "student": recipe.student, "sts_dir": recipe.eval.sts_dir}
+    # a baselines.json from another teacher, student, task list, folder, retrieval split or scoring
+    # is recomputed rather than mixed into the table
+    key = {"teacher": recipe.teacher, "tasks": tasks, "scoring": SCORING, **retrieval_key(final_ret, dev_ret),
+           "student": recipe.student, "sts_dir": ev.sts_dir}
     if path.is_file():
         saved = json.loads(path.read_text())
         if saved.get("key") == key:
             log(f"[compare] baselines: reused {path}")
             return saved
     log(f"[compare] baselines: teacher {recipe.teacher}, untrained {recipe.student}")
-    sts = {t: load_sts(t, recipe.eval.sts_dir) for t in tasks}
-    out = baseline_scores(recipe.teacher, recipe.student, tasks, sts, recipe.eval.batch_size, max_length=recipe.data.max_length)
+    sts = {t: load_sts(t, ev.sts_dir) for t in tasks}
+    out = baseline_scores(recipe.teacher, recipe.student, tasks, sts, ev.batch_size, max_length=recipe.data.max_length,
+                          retrieval=final_ret, dev_retrieval=dev_ret)
     out["key"] = key
     write_json_atomic(path, out)
     return out
@@ -195,9 +209,23 @@ def _free_memory() -> None:
 
 
 def _dev_task(recipe: Recipe) -> str:
+    """The selection key a run of `recipe` records: eval.retrieval's prefixed metric when it
+    selects (e.g. retrieval/nDCG@10), else the STS selection set."""
+    from distill.eval.retrieval import metric_key
     from distill.tasks import resolve_tasks, selection_task
 
+    if recipe.eval.retrieval.beir and recipe.eval.retrieval.select:
+        return "retrieval/" + metric_key(recipe.eval.retrieval.metric)[0]
     return selection_task(resolve_tasks(recipe.eval.tasks))
+
+
+def _retrieval_cells(scores: Mapping | None, split: str | None) -> dict:
+    """A row's eval.final_retrieval part: {"retrieval": {metric: x100}, "retrieval_split"} or Nones."""
+    from distill.eval.retrieval import REPORT_METRICS
+
+    if not scores:
+        return {"retrieval": None, "retrieval_split": None}
+    return {"retrieval": {m: scores.get(m) for m in REPORT_METRICS}, "retrieval_split": split}
 
 
 def _baseline_row(role: str, base: dict, recipe: Recipe) -> dict:
@@ -208,11 +236,13 @@ def _baseline_row(role: str, base: dict, recipe: Recipe) -> dict:
         "tasks": {t: scores[t] for t in REPORT_TASKS if t in scores}, "avg": scores.get("Avg"),
         "train_sentences_per_s": None, "params": base["params"], "dim": base["dim"],
         "best_dev": scores.get(dev), "dev_task": dev, "device": base.get("device"), "model": base["name"],
+        **_retrieval_cells(base.get("retrieval"), recipe.eval.final_retrieval.split if recipe.eval.final_retrieval.beir else None),
     }
 
 
 def _run_row(run: Run, results: dict, reused: bool) -> dict:
     best = results["best"]
+    ret = results.get("retrieval")
     return {
         "loss": run.loss, "student": run.recipe.student, "teacher": run.recipe.teacher, "seed": run.seed,
         "tasks": {t: best[t] for t in REPORT_TASKS if t in best}, "avg": best.get("Avg"),
@@ -220,7 +250,7 @@ def _run_row(run: Run, results: dict, reused: bool) -> dict:
         "dim": results.get("embedding_dim"), "best_dev": results.get("best_dev"), "dev_task": results.get("dev_task", _dev_task(run.recipe)),
         "device": results.get("device"),
         "steps": results.get("steps"), "best_step": results.get("best_step"), "sentences": results.get("sentences"),
-        "run_dir": str(run.dir), "reused": reused,
+        "run_dir": str(run.dir), "reused": reused, **_retrieval_cells(ret, ret.get("split") if ret else None),
     }
 
 
@@ -275,9 +305,11 @@ def compare(
         rows.append(row)
         curves.append((run, results.get("evals", [])))
         shown = f"Avg {_fmt(row['avg'])}" if row["avg"] is not None else ", ".join(f"{t} {_fmt(v)}" for t, v in row["tasks"].items())
+        if row["retrieval"]:
+            shown = ", ".join(filter(None, [shown, f"{row['retrieval_split']} nDCG@10 {_fmt(row['retrieval']['nDCG@10'])}"]))
         log(f"[compare] {tag}: {shown}, best dev {_fmt(row['best_dev'])}")
 
-    write_outputs(rows, out_dir, curves=curves, title=f"{recipe.student} distilled from {recipe.teacher}")
+    write_outputs(rows, out_dir, curves=curves, title=f"{recipe.student} distilled from {recipe.teacher}", dev=_dev_task(recipe))
     return rows
 
 
@@ -315,9 +347,13 @@ def format_compare_table(rows: Sequence[dict]) -> str:
     """The paper's table: teacher, student init, then each loss (runs of one loss over several seeds
     in one row: mean ± sample s.d., plus each seed's Avg). Rows of several students are labelled
     with the student's name."""
+    from distill.eval.retrieval import REPORT_METRICS
+
     tasks = [t for t in TEST_TASKS if any(t in r["tasks"] for r in rows)]
     zh = [ZH_TEST_TASK] if any(ZH_TEST_TASK in r["tasks"] for r in rows) else []
     has_avg = any(r["avg"] is not None for r in rows)  # no English test set, no (English) average
+    split = next((r["retrieval_split"] for r in rows if r.get("retrieval")), None)  # eval.final_retrieval's columns
+    ret_cols = list(REPORT_METRICS) if split else []
     dev = next((r["dev_task"] for r in rows if r.get("dev_task")), DEV_TASK)
     students = list(dict.fromkeys(r["student"] for r in rows if r["loss"] != "teacher"))
     several = len(students) > 1
@@ -326,10 +362,10 @@ def format_compare_table(rows: Sequence[dict]) -> str:
         key = ("teacher", r.get("model") or r["teacher"]) if r["loss"] == "teacher" else (r["student"], r["loss"])
         groups.setdefault(key, []).append(r)
     multi_seed = any(len(g) > 1 for k, g in groups.items() if k[0] != "teacher")
-    from distill.tasks import DEV_LABELS
+    per_seed_name = "Avg" if has_avg else ZH_TEST_TASK if zh else f"{split} nDCG@10"
 
-    head = (["model", *tasks] + (["Avg"] if has_avg else []) + zh
-            + ["params", "dim", "train sentences/s", f"best {DEV_LABELS.get(dev, dev)}"] + (["Avg per seed"] if multi_seed else []))
+    head = (["model", *tasks] + (["Avg"] if has_avg else []) + zh + [f"{split} {m}" for m in ret_cols]
+            + ["params", "dim", "train sentences/s", f"best {dev_label(dev)}"] + ([f"{per_seed_name} per seed"] if multi_seed else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
     for (who, loss), group in groups.items():
         if who == "teacher":
@@ -341,28 +377,43 @@ def format_compare_table(rows: Sequence[dict]) -> str:
         speeds = [r["train_sentences_per_s"] for r in group if r["train_sentences_per_s"] is not None]
         cells = [label, *[_cell([r["tasks"].get(t) for r in group]) for t in tasks],
                  *([_cell([r["avg"] for r in group])] if has_avg else []), *[_cell([r["tasks"].get(t) for r in group]) for t in zh],
+                 *[_cell([(r.get("retrieval") or {}).get(m) for r in group]) for m in ret_cols],
                  _fmt_params(group[0]["params"]), str(group[0]["dim"] if group[0]["dim"] is not None else "–"),
                  f"{sum(speeds) / len(speeds):,.0f}" if speeds else "–", _cell([r["best_dev"] for r in group])]
         if multi_seed:
-            per_seed = (lambda r: r["avg"]) if has_avg else (lambda r: r["tasks"].get(ZH_TEST_TASK))
+            per_seed = ((lambda r: r["avg"]) if has_avg else (lambda r: r["tasks"].get(ZH_TEST_TASK)) if zh
+                        else (lambda r: (r.get("retrieval") or {}).get("nDCG@10")))
             cells.append(", ".join(f"{r['seed']}: {_fmt(per_seed(r))}" for r in group) if len(group) > 1 else "")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def dev_label(dev: str) -> str:
+    """"STS-B dev" for STS-B-dev; "dev nDCG@10" style for a retrieval selection key."""
+    if dev.startswith("retrieval/"):
+        return "dev " + dev.split("/", 1)[1]
+    return DEV_LABELS.get(dev, dev)
+
+
 def write_csv(rows: Sequence[dict], path: str | Path, extra: Sequence[str] = ()) -> None:
+    """One row per run (teacher and init included); RETRIEVAL_CSV_COLUMNS too when a row has
+    eval.final_retrieval scores."""
     buf = io.StringIO()
-    cols = [*CSV_COLUMNS, *extra]
+    has_retrieval = any(r.get("retrieval") for r in rows)
+    cols = [*CSV_COLUMNS, *(RETRIEVAL_CSV_COLUMNS if has_retrieval else []), *extra]
     w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        flat = {**{k: v for k, v in r.items() if k != "tasks"}, **r["tasks"], "Avg": r["avg"]}
+        flat = {**{k: v for k, v in r.items() if k not in ("tasks", "retrieval")}, **r["tasks"], **(r.get("retrieval") or {}), "Avg": r["avg"]}
         w.writerow({c: ("" if flat.get(c) is None else flat.get(c)) for c in cols})
     write_text_atomic(path, buf.getvalue())
 
 
-def plot_dev_curves(curves: Sequence[tuple[Run, list]], path: str | Path, baselines: Sequence[dict] = (), title: str = "") -> None:
-    """STS-B dev (Spearman x100) against optimizer steps, one labelled line per loss/seed (Agg)."""
+def plot_dev_curves(curves: Sequence[tuple[Run, list]], path: str | Path, baselines: Sequence[dict] = (), title: str = "",
+                    dev: str | None = None) -> None:
+    """The selection metric against optimizer steps, one labelled line per loss/seed (Agg): `dev`
+    (a run's dev_task, e.g. retrieval/nDCG@10), by default the STS selection set the evals hold
+    (Spearman x100). Baselines: a dashed line at their `best_dev`."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
@@ -370,7 +421,7 @@ def plot_dev_curves(curves: Sequence[tuple[Run, list]], path: str | Path, baseli
     fig = Figure(figsize=(8, 5), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    dev = next((d for _, evals in curves for d in DEV_TASKS if any(d in e for e in evals)), DEV_TASK)
+    dev = dev or next((d for _, evals in curves for d in DEV_TASKS if any(d in e for e in evals)), DEV_TASK)
     seeds_of: dict[str, int] = {}
     for run, _ in curves:
         seeds_of[run.loss] = seeds_of.get(run.loss, 0) + 1
@@ -387,7 +438,7 @@ def plot_dev_curves(curves: Sequence[tuple[Run, list]], path: str | Path, baseli
                        label=f"{b['loss']} ({b.get('model')})")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel(f"{dev} Spearman x100")
+    ax.set_ylabel(f"{dev} (dev split) x100" if dev.startswith("retrieval/") else f"{dev} Spearman x100")
     ax.set_title(title or f"{dev} during training")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
@@ -397,20 +448,28 @@ def plot_dev_curves(curves: Sequence[tuple[Run, list]], path: str | Path, baseli
     write_bytes_atomic(path, buf.getvalue())
 
 
-def write_outputs(rows: Sequence[dict], out_dir: str | Path, curves: Sequence[tuple[Run, list]] = (), title: str = "") -> str:
-    """OUT/compare.md, .csv, .json and (with curves) .png; returns the markdown table."""
+def write_outputs(rows: Sequence[dict], out_dir: str | Path, curves: Sequence[tuple[Run, list]] = (), title: str = "",
+                  dev: str | None = None) -> str:
+    """OUT/compare.md, .csv, .json and (with curves) .png; returns the markdown table. `dev`: the
+    selection key plotted (default: the rows' dev_task)."""
     out_dir = Path(out_dir)
     table = format_compare_table(rows)
     seeds_note = ""
     if any(sum(1 for r in rows if (r["student"], r["loss"]) == (x["student"], x["loss"])) > 1 for x in rows if x["loss"] not in ("teacher", "init")):
         seeds_note = "Rows over several seeds: mean ± sample standard deviation; \"Avg per seed\" lists each seed's Avg.\n"
-    dev = next((r["dev_task"] for r in rows if r.get("dev_task")), DEV_TASK)
+    selected = dev or next((r["dev_task"] for r in rows if r.get("dev_task")), DEV_TASK)
     avg_note = "Avg over the English test sets shown" if any(r["avg"] is not None for r in rows) else "Chinese STS-B is never averaged"
-    md = (f"# {title or 'compare'}\n\nSpearman x100 of the student selected on {dev}; {avg_note}. "
-          f"Runs in {out_dir}.\n{seeds_note}\n{table}\n")
+    split = next((r["retrieval_split"] for r in rows if r.get("retrieval")), None)
+    if split is None:  # STS only: the note as it always was
+        note = f"Spearman x100 of the student selected on {selected}; {avg_note}. "
+    else:
+        sts = any(r["tasks"] for r in rows)
+        note = (("STS: Spearman x100; " if sts else "") + f"retrieval: nDCG@10, MRR@10 and Recall@100 x100 on the {split} split; "
+                f"of the student selected on {selected}" + (f"; {avg_note}. " if sts else ". "))
+    md = f"# {title or 'compare'}\n\n{note}Runs in {out_dir}.\n{seeds_note}\n{table}\n"
     write_text_atomic(out_dir / "compare.md", md)
     write_csv(rows, out_dir / "compare.csv")
     write_json_atomic(out_dir / "compare.json", list(rows))
     if curves:
-        plot_dev_curves(curves, out_dir / "compare.png", [r for r in rows if r["loss"] in ("teacher", "init")], title)
+        plot_dev_curves(curves, out_dir / "compare.png", [r for r in rows if r["loss"] in ("teacher", "init")], title, dev=dev)
     return table

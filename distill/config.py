@@ -54,13 +54,43 @@ class TrainConfig:
 
 
 @dataclass
+class RetrievalEvalConfig:
+    """eval.retrieval: a BEIR folder's split scored at every evaluation point (unset beir: none).
+
+    With select (the default) its `metric` picks RUN/best instead of the STS selection set.
+    """
+
+    beir: str | None = None  # BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv
+    split: str = "dev"  # a selection split; test is refused with select (never select on test)
+    metric: str = "ndcg@10"  # ndcg@10, mrr@10 or recall@K (any case)
+    select: bool = True
+    max_length: int | None = None  # tokens per query / passage; default: each model's own length
+    batch_size: int | None = None  # default: eval.batch_size
+
+
+@dataclass
+class FinalRetrievalConfig:
+    """eval.final_retrieval: the best student's nDCG@10, MRR@10 and Recall@100 on a BEIR split,
+    reported beside the STS table (and the baselines' with eval.baselines)."""
+
+    beir: str | None = None
+    split: str = "test"
+    max_length: int | None = None
+    batch_size: int | None = None
+
+
+@dataclass
 class EvalConfig:
     sts_dir: str | None = None  # local folder laid out like ../shared/data/sts; None = hub
     every_steps: int = 500
-    tasks: list[str] = field(default_factory=lambda: ["STS-B-dev"])  # selection metric
-    final_tasks: list[str] = field(default_factory=lambda: ["all"])  # reported at the end
+    # selection metric; [] (none) only when eval.retrieval selects
+    tasks: list[str] = field(default_factory=lambda: ["STS-B-dev"])
+    # reported at the end; [] (none) only when eval.final_retrieval reports
+    final_tasks: list[str] = field(default_factory=lambda: ["all"])
     batch_size: int = 256
-    baselines: bool = False  # also score the teacher and the untrained student on final_tasks
+    baselines: bool = False  # also score the teacher and the untrained student on final_tasks (and final_retrieval)
+    retrieval: RetrievalEvalConfig = field(default_factory=RetrievalEvalConfig)
+    final_retrieval: FinalRetrievalConfig = field(default_factory=FinalRetrievalConfig)
 
 
 @dataclass

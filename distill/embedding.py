@@ -18,6 +18,11 @@ runs in fp32 (no bf16 autocast, also on a GPU) and an Encoder or OnnxEncoder enc
 model's own length limit (`max_positions`), not at the (often shorter) length it was trained at.
 Otherwise an Encoder encodes at its own `max_length` with its default precision ("auto").
 
+`max_length` sets the truncation length instead (checked against the model's limit):
+`max_length=OWN` is the length the model declares for itself (`own_max_length`: what its
+sentence-transformers folder says, else its position limit), which retrieval evaluation uses: a
+preset's `max_length` is the length it was trained and cached at, not a property of the model.
+
 Imports neither torch nor sentence-transformers itself: an Encoder or a SentenceTransformer is
 recognized only when its module is already loaded, so `--backend onnx` stays torch-free.
 """
@@ -26,23 +31,27 @@ from __future__ import annotations
 
 import inspect
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from distill.errors import DistillError
 
+OWN = "own"  # max_length=OWN: the model's own declared length (own_max_length)
+
 
 class Embedder:
     """`Embedder(model, ...)(sentences)` -> (n, d) float32 array, row i for sentence i.
 
-    `batch_size` and `progress` given to a call override the ones given here.
+    `batch_size` and `progress` given to a call override the ones given here. `max_length`: None
+    (the model's default, or `max_positions` with `full_length`), OWN (`own_max_length`) or a
+    number of tokens; `self.max_length` is the resolved number (None: the model decides).
     """
 
     def __init__(self, model, *, head=None, batch_size: int = 128, progress: bool = False, device=None,
                  backend: str = "torch", onnx_file=None, quantized: bool = False, full_length: bool = False,
-                 desc: str = "encode"):
+                 max_length: int | str | None = None, desc: str = "encode"):
         from distill.onnx.runtime import OnnxEncoder, check_backend
 
         self.batch_size, self.progress, self.full_length, self.desc, self.head = batch_size, progress, full_length, desc, head
@@ -64,6 +73,25 @@ class Embedder:
             )
         if head is not None and self.kind != "encoder":
             raise DistillError(f"a head module is applied to an Encoder's vectors, not to a {type(model).__name__}'s")
+        self.max_length = self._length(max_length)
+
+    def _length(self, max_length) -> int | None:
+        """The truncation length asked for, checked against the model's limit; None: the model's default."""
+        model = self.model
+        if max_length is None:
+            return model.max_positions if self.full_length and self.kind in ("encoder", "onnx") else None
+        if max_length == OWN:
+            return own_max_length(model)
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+            raise DistillError(f"max length {max_length!r}: expected a positive number of tokens")
+        limit = model_length_limit(model)
+        if self.kind in ("encode", "callable"):
+            raise DistillError(f"max length {max_length}: a {type(model).__name__} encodes at its own length; "
+                               "give a model name or folder, an Encoder or a SentenceTransformer to set it")
+        if limit is not None and max_length > limit:
+            raise DistillError(f"max length {max_length}: over the limit of {self.source} ({limit} tokens); "
+                               f"use at most {limit}")
+        return max_length
 
     @property
     def source(self):
@@ -77,10 +105,16 @@ class Embedder:
         if self.kind == "encoder":
             return self._encoder(sentences, batch_size, progress)
         if self.kind == "onnx":
-            length = {"max_length": model.max_positions} if self.full_length else {}
+            length = {"max_length": self.max_length} if self.max_length else {}
             out = model.encode(sentences, batch_size=batch_size, progress=progress, desc=self.desc, **length)
         elif self.kind == "sentence-transformers":
-            out = model.encode(sentences, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
+            was = model.max_seq_length
+            if self.max_length:
+                model.max_seq_length = self.max_length
+            try:
+                out = model.encode(sentences, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
+            finally:
+                model.max_seq_length = was
         elif self.kind == "encode":
             out = model.encode(sentences, **_accepted(model.encode, batch_size=batch_size, show_progress_bar=progress))
         else:
@@ -91,7 +125,9 @@ class Embedder:
         import torch
 
         enc = self.model
-        kwargs = {"max_length": enc.max_positions, "precision": "fp32"} if self.full_length else {}
+        kwargs = {"precision": "fp32"} if self.full_length else {}
+        if self.max_length:
+            kwargs["max_length"] = self.max_length
         with torch.inference_mode():
             emb = enc.encode(sentences, batch_size=batch_size, progress=progress, desc=self.desc, to_numpy=False, **kwargs)
             if self.head is not None:
@@ -104,6 +140,41 @@ class Embedder:
 
     def __repr__(self) -> str:
         return f"Embedder({self.source!r}, kind={self.kind!r}{', head' if self.head is not None else ''})"
+
+
+def own_max_length(model) -> int | None:
+    """The length a model declares for itself, whatever length a preset trained or cached it at.
+
+    An Encoder: the max_seq_length its sentence-transformers folder declares (capped by its position
+    limit), else its position limit `max_positions` (a plain transformers folder, a trained
+    student); an OnnxEncoder: its folder's max_seq_length; a SentenceTransformer: its
+    max_seq_length. None for a callable (it encodes however it does).
+    """
+    from distill.onnx.runtime import OnnxEncoder
+
+    if isinstance(model, OnnxEncoder):
+        return min(int(model.meta["max_seq_length"]), model.max_positions)
+    student_mod = sys.modules.get("distill.student")  # an Encoder or a StaticStudent (which has no limit)
+    if student_mod is not None and isinstance(model, student_mod.EmbeddingModel):
+        declared = getattr(model, "declared_max_length", None)
+        return min(int(declared), model.max_positions) if declared else model.max_positions
+    st_mod = sys.modules.get("sentence_transformers")
+    if st_mod is not None and isinstance(model, st_mod.SentenceTransformer):
+        return int(model.max_seq_length)
+    return None
+
+
+def model_length_limit(model) -> int | None:
+    """The longest input a model takes (`max_positions`), None when it is not known."""
+    limit = getattr(model, "max_positions", None)
+    if isinstance(limit, int):
+        return limit
+    st_mod = sys.modules.get("sentence_transformers")
+    if st_mod is not None and isinstance(model, st_mod.SentenceTransformer):
+        cfg = getattr(getattr(model[0], "auto_model", None), "config", None)
+        positions = getattr(cfg, "max_position_embeddings", None)
+        return int(positions) if positions else None
+    return None
 
 
 def _kind(model) -> str | None:
@@ -136,7 +207,7 @@ def _accepted(fn, **kwargs) -> dict:
 
 def embedder(model, batch_size: int = 128, progress: bool = False, device=None, *, backend: str = "torch",
              onnx_file=None, quantized: bool = False, head=None, full_length: bool = False,
-             desc: str = "encode") -> Callable[[list[str]], np.ndarray]:
+             max_length: int | str | None = None, desc: str = "encode") -> Embedder:
     """A function list[str] -> (n, d) float32 array, rows in input order: an `Embedder`."""
     return Embedder(model, head=head, batch_size=batch_size, progress=progress, device=device, backend=backend,
-                    onnx_file=onnx_file, quantized=quantized, full_length=full_length, desc=desc)
+                    onnx_file=onnx_file, quantized=quantized, full_length=full_length, max_length=max_length, desc=desc)

@@ -121,6 +121,10 @@ class Encoder(EmbeddingModel):
         self.pooling = pooling
         self.normalize = normalize
         self.max_length = max_length
+        # The max_seq_length the model's sentence-transformers folder declares (None: not one, or
+        # built directly). Kept apart from max_length, which a preset's training length overrides:
+        # retrieval evaluation encodes at the declared length (distill.embedding.own_max_length).
+        self.declared_max_length: int | None = None
 
     @classmethod
     def load(
@@ -181,6 +185,7 @@ class Encoder(EmbeddingModel):
             pooler.requires_grad_(False)
         enc = cls(transformer, tokenizer, pooling=pooling, normalize=bool(normalize), max_length=int(max_length))
         enc.source = str(path)
+        enc.declared_max_length = found.get("max_length")
         return enc.to(device or best_device()).eval()
 
     @property

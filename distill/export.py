@@ -198,6 +198,18 @@ def model_card(run_dir: Path, meta: dict, model, projection: str | None, normali
     if scores:
         cols = [c for c in (*TEST_TASKS, "Avg", ZH_TEST_TASK) if c in scores]
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), "| " + " | ".join(f"{scores[c]:.2f}" for c in cols) + " |"]
+    elif results:
+        lines.append("(no STS sets in this run's eval.final_tasks)")
     else:
         lines.append("(no results.json in the run folder)")
+    ret = results.get("retrieval")
+    if ret:
+        from distill.eval.retrieval import format_report
+
+        base = results.get("retrieval_baselines") or {}
+        rows = ([(f"teacher {meta.get('teacher')}", base["teacher"]), (f"{meta.get('student')} before training", base["init"])] if base else [])
+        lines += ["", "## Retrieval (x100)", "",
+                  f"`{Path(str(ret.get('data'))).name}` {ret['split']} split: {ret['queries']} queries, {ret['corpus']} passages, "
+                  f"exact cosine search, queries and passages truncated at {ret.get('max_length')} tokens.", "",
+                  format_report(rows + [("this model", ret)])]
     return "\n".join(lines) + "\n"

@@ -55,9 +55,14 @@ def check_values(recipe) -> None:
     e = recipe.eval
     _need(e.every_steps >= 1, "eval.every_steps", e.every_steps, ">= 1")
     _need(e.batch_size >= 1, "eval.batch_size", e.batch_size, ">= 1")
+    _check_retrieval(e)
+    # [] is "no STS": allowed when retrieval takes the STS set's place (selecting, reporting)
+    stand_in = {"tasks": (bool(e.retrieval.beir) and e.retrieval.select, "a list of STS task names (or [] when eval.retrieval selects)"),
+                "final_tasks": (bool(e.final_retrieval.beir), "a list of STS task names (or [] when eval.final_retrieval reports)")}
     for key in ("tasks", "final_tasks"):
         tasks = getattr(e, key)
-        _need(bool(tasks), f"eval.{key}", tasks, "a list of STS task names")
+        may_be_empty, what = stand_in[key]
+        _need(bool(tasks) or may_be_empty, f"eval.{key}", tasks, what)
         try:
             resolve_tasks(tasks)
         except DistillError as exc:
@@ -78,6 +83,50 @@ def check_values(recipe) -> None:
     _need(s2.neg_samples >= 0, "stage2.neg_samples", s2.neg_samples, ">= 0")
     _need(len(s2.columns) >= 2 and all(s2.columns), "stage2.columns", s2.columns,
           "two or more names (anchor, positive, then any negatives)")
+
+
+def _check_retrieval(e) -> None:
+    """eval.retrieval / eval.final_retrieval: a BEIR folder holding the split, a known metric,
+    lengths and batch sizes >= 1; never select on a test split."""
+    from distill.eval.retrieval.metrics import metric_key
+
+    for key, cfg in (("eval.retrieval", e.retrieval), ("eval.final_retrieval", e.final_retrieval)):
+        if cfg.beir is None:
+            unset = type(cfg)()
+            if cfg != unset:
+                given = ", ".join(f"{key}.{f}" for f in vars(cfg) if getattr(cfg, f) != getattr(unset, f))
+                raise DistillError(f"{key}.beir: missing (the BEIR folder); {given} given without it (or set {key}: null)")
+            continue
+        _check_beir(f"{key}.beir", cfg.beir, cfg.split)
+        _need(cfg.max_length is None or cfg.max_length >= 3, f"{key}.max_length", cfg.max_length,
+              "unset (each model's own length) or >= 3 (two special tokens and one word piece)")
+        _need(cfg.batch_size is None or cfg.batch_size >= 1, f"{key}.batch_size", cfg.batch_size, "unset (eval.batch_size) or >= 1")
+    r = e.retrieval
+    if r.beir is not None:
+        try:
+            metric_key(r.metric)
+        except DistillError as exc:
+            raise DistillError(f"eval.retrieval.metric: {exc}") from None
+        if r.select and r.split.strip().lower() == "test":
+            raise DistillError("eval.retrieval.split: test with select: true would pick the best student on the test set, "
+                               "which is for reporting only; select on split: dev and report test with eval.final_retrieval "
+                               "(or set eval.retrieval.select: false to only log it)")
+
+
+def _check_beir(key: str, folder: str, split: str) -> None:
+    """The BEIR folder exists and holds the split's qrels (read when the run starts, not now)."""
+    from distill.eval.retrieval.data import _find
+
+    path = Path(folder).expanduser()
+    _need(bool(split.strip()), key.replace(".beir", ".split"), split, "a qrels split name (dev, test...)")
+    if not path.is_dir():
+        raise DistillError(f"{key}: {folder}: no such folder (expected a BEIR folder: corpus.jsonl, queries.jsonl, qrels/)")
+    missing = [name for name in ("corpus", "queries") if _find(path, name) is None]
+    if missing:
+        raise DistillError(f"{key}: {folder} has no {' or '.join(m + '.jsonl' for m in missing)}")
+    if not (path / "qrels").is_dir() or _find(path / "qrels", split) is None:
+        have = sorted(p.stem for p in (path / "qrels").iterdir()) if (path / "qrels").is_dir() else []
+        raise DistillError(f"{key}: {folder} has no qrels/{split}.tsv (splits there: {', '.join(have) or 'none'})")
 
 
 def _check_presets(recipe) -> None:

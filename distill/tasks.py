@@ -48,6 +48,12 @@ def resolve_tasks(tasks: Sequence[str] | None) -> list[str]:
     return out
 
 
+def recipe_tasks(tasks: Sequence[str]) -> list[str]:
+    """A recipe's eval.tasks / eval.final_tasks: [] is no STS set at all (allowed where retrieval
+    stands in, see recipe_checks), anything else as `resolve_tasks` reads it."""
+    return resolve_tasks(tasks) if tasks else []
+
+
 def selection_task(tasks) -> str:
     """The task a run selects its best student on: the first selection set among `tasks`
     (STS-B-dev or STS-B-zh-dev), else the first task."""

@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("DISTILL_SHARED", REPO.parent / "shared"))
 STS_DIR = SHARED / "data" / "sts"
 CORPUS_DIR = SHARED / "data" / "corpus"
+SCIFACT_DIR = SHARED / "data" / "retrieval" / "scifact"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: never wait on it in tests
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -70,6 +71,50 @@ def tiny_home(tmp_path_factory, tiny_bert_dir) -> Path:
         "name: tiny-static\ntype: static\ndim: 16\ntokenizer: null\ninit: distill\nweighting: zipf\n"
     )
     return home
+
+
+@pytest.fixture(scope="session")
+def scifact_dir() -> Path:
+    """The shared BEIR SciFact folder (dev = BEIR's train split, for selection; test, for reporting)."""
+    if not (SCIFACT_DIR / "corpus.jsonl").is_file():
+        pytest.skip(f"needs the shared SciFact folder at {SCIFACT_DIR}")
+    return SCIFACT_DIR
+
+
+def scifact_subset(scifact_dir: Path, split: str, n_queries: int, n_other: int, chars: int | None = None):
+    """(queries, corpus, qrels) of a small real retrieval set: the first `n_queries` of the split's
+    judged queries, their relevant abstracts, and `n_other` other abstracts (in corpus-file order);
+    passages cut to `chars` characters (fast to encode)."""
+    from distill.eval.retrieval import load_beir
+
+    data = load_beir(scifact_dir, split)
+    qids = [q for q in data.queries if q in data.qrels][:n_queries]
+    relevant = {d for q in qids for d in data.qrels[q]}
+    others = [d for d in data.corpus if d not in relevant][:n_other]
+    keep = set(others) | relevant
+    corpus = {d: t[:chars] if chars else t for d, t in data.corpus.items() if d in keep}
+    return {q: data.queries[q] for q in qids}, corpus, {q: dict(data.qrels[q]) for q in qids}
+
+
+@pytest.fixture(scope="session")
+def tiny_beir(tmp_path_factory, scifact_dir) -> Path:
+    """A BEIR folder of real SciFact text: 16 dev and 16 test claims, their relevant abstracts and
+    the first 16 other abstracts (titles and texts cut to 300 characters), qrels/dev.tsv and
+    qrels/test.tsv over one shared corpus."""
+    import json
+
+    out = tmp_path_factory.mktemp("tiny-beir")
+    (out / "qrels").mkdir()
+    queries, corpus = {}, {}
+    for split in ("dev", "test"):
+        q, c, qrels = scifact_subset(scifact_dir, split, 16, 16, chars=300)
+        queries.update(q)
+        corpus.update(c)
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{qid}\t{d}\t{g}" for qid, docs in qrels.items() for d, g in docs.items()]
+        (out / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (out / "queries.jsonl").write_text("".join(json.dumps({"_id": k, "text": v}) + "\n" for k, v in queries.items()), encoding="utf-8")
+    (out / "corpus.jsonl").write_text("".join(json.dumps({"_id": k, "title": "", "text": v}) + "\n" for k, v in corpus.items()), encoding="utf-8")
+    return out
 
 
 def tiny_recipe_text(tmp_path: Path, loss: str = "name: ibkd", steps: int = 8, every: int = 2, extra: str = "") -> str:

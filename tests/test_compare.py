@@ -172,3 +172,81 @@ def test_unknown_loss_or_loss_key_is_named(tmp_path, setup, capsys):
     assert main(["compare", str(setup), "--losses", "mse", "--loss-set", "mse.k=2", "--out", str(tmp_path / "x")]) == 2
     assert "unknown key loss.k for loss 'mse'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def _ret_row(loss, seed, tasks, ret, dev, dev_task="retrieval/nDCG@10"):
+    """A hand-made compare row, as _baseline_row / _run_row write them, with eval.final_retrieval scores."""
+    return {"loss": loss, "student": None if loss == "teacher" else "tiny-student", "teacher": "tiny", "seed": seed,
+            "tasks": tasks, "avg": None, "train_sentences_per_s": None if loss in ("teacher", "init") else 250.0,
+            "params": 2_000_000, "dim": 32, "best_dev": dev, "dev_task": dev_task, "model": "tiny",
+            "retrieval": None if ret is None else dict(zip(("nDCG@10", "MRR@10", "Recall@100"), ret)),
+            "retrieval_split": None if ret is None else "test"}
+
+
+def test_compare_table_and_csv_with_retrieval_columns(tmp_path):
+    from distill.compare import CSV_COLUMNS, RETRIEVAL_CSV_COLUMNS, format_compare_table, write_csv, write_outputs
+
+    rows = [_ret_row("teacher", None, {"STS-B": 80.0}, (64.51, 60.47, 92.5), 66.0), _ret_row("init", None, {"STS-B": 70.0}, (50.0, 45.0, 80.0), 52.0),
+            _ret_row("mse", 42, {"STS-B": 75.0}, (58.0, 55.5, 88.0), 60.0)]
+    lines = format_compare_table(rows).splitlines()
+    assert lines[0] == ("| model | STS-B | test nDCG@10 | test MRR@10 | test Recall@100 | params | dim | train sentences/s "
+                        "| best dev nDCG@10 |")
+    assert lines[2] == "| teacher (tiny) | 80.00 | 64.51 | 60.47 | 92.50 | 2.0M | 32 | – | 66.00 |"
+    assert lines[-1] == "| mse | 75.00 | 58.00 | 55.50 | 88.00 | 2.0M | 32 | 250 | 60.00 |"
+    write_csv(rows, tmp_path / "c.csv")
+    with open(tmp_path / "c.csv", newline="") as f:
+        got = list(csv.DictReader(f))
+    assert list(got[0]) == [*CSV_COLUMNS, *RETRIEVAL_CSV_COLUMNS]
+    assert got[2]["nDCG@10"] == "58.0" and got[2]["retrieval_split"] == "test" and got[2]["STS-B"] == "75.0"
+
+    # an STS-free compare over two seeds: retrieval columns only, the per-seed column on test nDCG@10
+    free = [_ret_row("teacher", None, {}, (64.51, 60.47, 92.5), 66.0), _ret_row("init", None, {}, (50.0, 45.0, 80.0), 52.0),
+            _ret_row("mse", 42, {}, (58.0, 55.0, 88.0), 60.0), _ret_row("mse", 7, {}, (60.0, 57.0, 90.0), 61.0)]
+    md = write_outputs(free, tmp_path / "free", dev="retrieval/nDCG@10")
+    lines = md.splitlines()
+    assert lines[0] == ("| model | test nDCG@10 | test MRR@10 | test Recall@100 | params | dim | train sentences/s | best dev nDCG@10 "
+                        "| test nDCG@10 per seed |")
+    assert lines[-1].startswith("| mse (2 seeds) | 59.00 ± 1.41 | 56.00 ± 1.41 | 89.00 ± 1.41 |") and lines[-1].endswith("| 42: 58.00, 7: 60.00 |")
+    note = (tmp_path / "free" / "compare.md").read_text().splitlines()[2]
+    assert note.startswith("retrieval: nDCG@10, MRR@10 and Recall@100 x100 on the test split; of the student selected on retrieval/nDCG@10. ")
+
+    # STS only: the table and CSV exactly as before (no retrieval columns)
+    sts = [{**r, "retrieval": None, "retrieval_split": None, "dev_task": "STS-B-dev"} for r in rows]
+    assert format_compare_table(sts).splitlines()[0] == "| model | STS-B | params | dim | train sentences/s | best STS-B dev |"
+    write_csv(sts, tmp_path / "s.csv")
+    assert (tmp_path / "s.csv").read_text().splitlines()[0] == ",".join(CSV_COLUMNS)
+
+
+def test_compare_selects_on_retrieval_and_reports_test_retrieval(tmp_path, setup, tiny_beir, capsys):
+    """One loss, STS-B dev still logged, selection on the dev split's MRR@10, test retrieval columns,
+    the baselines' retrieval scores computed once (test for the table, dev for best dev)."""
+    from distill.cli import main
+
+    out = tmp_path / "cmp"
+    sets = [f"eval.retrieval={{beir: {tiny_beir}, split: dev, metric: mrr@10}}", f"eval.final_retrieval={{beir: {tiny_beir}}}"]
+    argv = ["compare", str(setup), "--losses", "mse", "--out", str(out), "--quiet", *[a for s in sets for a in ("--set", s)]]
+    assert main(argv) == 0
+    capsys.readouterr()
+    results = json.loads((out / "mse" / "results.json").read_text())
+    assert results["dev_task"] == "retrieval/MRR@10"
+    assert {"STS-B-dev", "retrieval/MRR@10", "retrieval/nDCG@10", "retrieval/Recall@100"} <= set(results["evals"][0])
+    base = json.loads((out / "baselines.json").read_text())
+    for role in ("teacher", "init"):
+        assert set(base[role]["retrieval"]) >= {"nDCG@10", "MRR@10", "Recall@100", "max_length"}
+        assert "retrieval/MRR@10" in base[role]["scores"] and "STS-B-dev" in base[role]["scores"]
+    assert base["key"]["retrieval"]["split"] == "test" and base["key"]["dev_retrieval"]["key"] == "retrieval/MRR@10"
+
+    rows = json.loads((out / "compare.json").read_text())
+    assert [r["loss"] for r in rows] == ["teacher", "init", "mse"]
+    assert rows[2]["retrieval"] == {m: results["retrieval"][m] for m in ("nDCG@10", "MRR@10", "Recall@100")}
+    assert rows[0]["retrieval"]["nDCG@10"] == base["teacher"]["retrieval"]["nDCG@10"]
+    assert rows[1]["best_dev"] == base["init"]["scores"]["retrieval/MRR@10"] and rows[2]["best_dev"] == results["best_dev"]
+    table = [line for line in (out / "compare.md").read_text().splitlines() if line.startswith("|")]
+    assert table[0] == ("| model | STS-B | Avg | test nDCG@10 | test MRR@10 | test Recall@100 | params | dim | train sentences/s "
+                        "| best dev MRR@10 |")
+    sts_b = f"{rows[2]['tasks']['STS-B']:.2f}"
+    assert table[-1].startswith(f"| mse | {sts_b} | {sts_b} | {results['retrieval']['nDCG@10']:.2f} |")
+    assert (out / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the second call reuses the run and the baselines (their key holds the retrieval splits)
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("reused") == 2

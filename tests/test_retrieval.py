@@ -127,6 +127,21 @@ def test_integer_scores_ties_are_chunk_independent():
         np.testing.assert_array_equal(exact_search(q, d, 30, metric="dot", chunk_size=chunk)[1], brute)
 
 
+def test_rows_with_and_without_ties_in_one_search():
+    """Some queries tie (integer rows: equal scores inside the top k and across the cut), others
+    do not (real-valued rows): the fast path of the merge, its fallback and the final tie fix meet
+    in one search, and every row ranks like a stable sort."""
+    rng = np.random.default_rng(2)
+    d = rng.integers(-2, 3, size=(300, 4)).astype(np.float32)
+    q = np.concatenate([rng.integers(-2, 3, size=(6, 4)), rng.normal(size=(6, 4))]).astype(np.float32)[rng.permutation(12)]
+    full = q.astype(np.float64) @ d.T.astype(np.float64)
+    brute = np.argsort(-full, axis=1, kind="stable")[:, :25]
+    for chunk in (1, 13, 64, 300):
+        scores, index = exact_search(q, d, 25, metric="dot", chunk_size=chunk)
+        np.testing.assert_array_equal(index, brute, err_msg=f"chunk {chunk}")
+        np.testing.assert_allclose(scores, np.take_along_axis(full, brute, 1), atol=1e-5)
+
+
 # --- end to end with the packaged MiniLM ------------------------------------------------------
 
 QUERIES = {
@@ -351,3 +366,19 @@ def test_cli_malformed_line(tmp_path, capsys):
     assert f"{c}:3: expected 2 tab-separated fields (id, text), got 1" in capsys.readouterr().err
     rc = main(["eval-retrieval", "--model", "all-minilm-l6-v2", "--queries", str(q)])
     assert rc == 2 and "missing corpus, qrels" in capsys.readouterr().err
+
+
+def test_search_benchmark_script_records_a_row(tmp_path):
+    """benchmarks/retrieval_search.py on a small size: all three methods agree, one row appended."""
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import retrieval_search
+
+    md = tmp_path / "BENCHMARKS.md"
+    assert retrieval_search.main(["--sizes", "40x700", "--k", "50", "--repeats", "1", "--md", str(md), "--chunk-size", "128"]) == 0
+    rows = [line for line in md.read_text().splitlines() if line.startswith("| 20")]
+    assert len(rows) == 1 and "| 40 x 700 | 384 | 50 | 128 |" in rows[0]
+    assert "--md DIR/BENCHMARKS.md" in rows[0]  # the recorded command names no machine's folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from distill.errors import DistillError
+from distill.eval.retrieval.search import DEFAULT_CHUNK_SIZE
 from distill.onnx.runtime import add_backend_args, backend_kwargs
 
 
@@ -16,25 +17,40 @@ def _cmd_eval_retrieval(args) -> int:
         load_retrieval_data,
         parse_k,
     )
-    from distill.io import write_json_atomic
+    from distill.io import write_json_atomic, write_text_atomic
 
     backend_kwargs(args)  # flags checked before the data loads
     ks = parse_k(args.k) if args.k else list(DEFAULT_K)
     if args.batch_size < 1 or args.chunk_size < 1:
         raise DistillError("--batch-size and --chunk-size must be at least 1")
+    if args.max_length is not None and args.max_length < 1:
+        raise DistillError(f"--max-length {args.max_length}: must be at least 1")
     data = load_retrieval_data(args.queries, args.corpus, args.qrels, beir=args.beir, hub=args.hub, split=args.split)
     results = evaluate_retrieval(
         args.model, data.queries, data.corpus, data.qrels, k=ks, batch_size=args.batch_size,
-        chunk_size=args.chunk_size, metric=args.metric, progress=not args.quiet, **backend_kwargs(args),
+        chunk_size=args.chunk_size, metric=args.metric, progress=not args.quiet, max_length=args.max_length,
+        return_run=bool(args.save_run), **backend_kwargs(args),
     )
+    run, scores = results.pop("run", None), results.pop("run_scores", None)
     for w in data.warnings + results["warnings"]:
         print(f"distill: warning: {w}", file=sys.stderr)
     print(format_table(results, title=args.model))
-    print(f"{results['queries']} queries evaluated, {results['corpus']} passages, {results['metric']} similarity, exact search", file=sys.stderr)
+    print(f"{results['queries']} queries evaluated, {results['corpus']} passages, {results['metric']} similarity, "
+          f"exact search, max length {results['max_length']} tokens", file=sys.stderr)
     if args.json:
         write_json_atomic(args.json, {"model": args.model, "data": data.source, **results})
         print(f"wrote {args.json}", file=sys.stderr)
+    if args.save_run:
+        write_text_atomic(args.save_run, trec_run(run, scores, tag=args.model))
+        print(f"wrote {args.save_run}", file=sys.stderr)
     return 0
+
+
+def trec_run(run: dict, scores: dict, tag: str) -> str:
+    """A TREC run file: `qid Q0 docid rank score tag` per line, best first (what trec_eval and
+    pytrec_eval read). The tag has no spaces."""
+    tag = "".join(tag.split()) or "distill"
+    return "".join(f"{q} Q0 {d} {r} {s:.6f} {tag}\n" for q, docs in run.items() for r, (d, s) in enumerate(zip(docs, scores[q]), 1))
 
 
 def register(sub) -> None:
@@ -49,7 +65,9 @@ def register(sub) -> None:
             "qrels/SPLIT.tsv); or --hub NAME (BEIR/MTEB layout, needs `datasets` and the hub). Files given "
             "with --beir/--hub replace that part. Qrels query ids missing from the queries are dropped with a "
             "warning; relevant doc ids missing from the corpus count as not retrieved (warning); no match at "
-            "all is an error."
+            "all is an error. Length: queries and passages are truncated at the model's own max_seq_length (what "
+            "its sentence-transformers folder declares, e.g. 256 for all-MiniLM-L6-v2; a plain transformers folder: "
+            "its position limit), not at a preset's training/caching max_length; --max-length N overrides it."
         ),
     )
     p.add_argument("--model", required=True, help="model folder, preset name, hub id or PyPI model key")
@@ -62,8 +80,13 @@ def register(sub) -> None:
     p.add_argument("--k", default="10,100,1000", help="Recall cutoffs, comma-separated (default: 10,100,1000)")
     p.add_argument("--metric", default="cosine", help="cosine (default), dot, or l2")
     p.add_argument("--batch-size", type=int, default=128, help="sentences per encoder batch")
-    p.add_argument("--chunk-size", type=int, default=50_000, help="passages scored per matrix product (memory only)")
+    p.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE,
+                   help=f"passages scored per matrix product (default {DEFAULT_CHUNK_SIZE:,}; results do not depend on it)")
+    p.add_argument("--max-length", type=int, metavar="N",
+                   help="truncate queries and passages at N tokens (default: the model's own max_seq_length, "
+                        "see above; at most the model's position limit)")
     p.add_argument("--json", metavar="FILE", help="also write the results to this JSON file")
+    p.add_argument("--save-run", metavar="FILE", help="also write the ranking (top max(k) per query) as a TREC run file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_backend_args(p)
     p.set_defaults(func=_cmd_eval_retrieval)

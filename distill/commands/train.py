@@ -1,4 +1,4 @@
-"""`distill train`: run a recipe (cache -> train, scored by the STS evaluator callback -> best student)."""
+"""`distill train`: run a recipe (cache -> train, scored by the STS or retrieval evaluator callback -> best student)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 
 def _cmd_train(args) -> int:
     from distill.config import load_recipe
+    from distill.eval.retrieval import format_report
     from distill.eval.sts import DEV_LABELS, format_table
     from distill.io import write_errors
     from distill.training.trainer import train
@@ -17,10 +18,18 @@ def _cmd_train(args) -> int:
     with write_errors(recipe.output.dir, "output.dir", "; the last complete checkpoint, if any, is kept: continue with --resume"):
         results = train(recipe, resume=args.resume, progress=not args.quiet)
     if results:
-        rows = [("teacher " + recipe.teacher, results["baselines"]["teacher"]), (recipe.student + " before", results["baselines"]["init"])] if "baselines" in results else []
-        rows.append((f"{recipe.student} after ({recipe.loss['name']})", results["best"]))
-        tables = [format_table(scores, title=name).splitlines() for name, scores in rows]
-        print("\n".join(tables[0][:2] + [t[2] for t in tables]))
+        after = f"{recipe.student} after ({recipe.loss['name']})"
+        if results["best"]:  # STS, Spearman x100 (none when eval.final_tasks is [])
+            rows = [("teacher " + recipe.teacher, results["baselines"]["teacher"]), (recipe.student + " before", results["baselines"]["init"])] if "baselines" in results else []
+            rows.append((after, results["best"]))
+            tables = [format_table(scores, title=name).splitlines() for name, scores in rows]
+            print("\n".join(tables[0][:2] + [t[2] for t in tables]))
+        ret = results.get("retrieval")
+        if ret:  # eval.final_retrieval, x100
+            base = results.get("retrieval_baselines")
+            rows = ([("teacher " + recipe.teacher, base["teacher"]), (recipe.student + " before", base["init"])] if base else []) + [(after, ret)]
+            print(f"retrieval: {ret['data']} {ret['split']}, {ret['queries']} queries, {ret['corpus']} passages (x100)")
+            print(format_report(rows))
         dev = results.get("dev_task", "STS-B-dev")
         print(f"best {DEV_LABELS.get(dev, dev)} {results['best_dev']:.2f} at step {results['best_step']} of {results['steps']}; "
               f"{results['train_sentences_per_s']:.0f} sentences/s on {results['device']}; run folder {recipe.output.dir}")

@@ -97,4 +97,6 @@ class WandbCallback(Callback):
         if scores:
             self.run.log({"final": self.wandb.Table(columns=list(scores), data=[list(scores.values())])}, step=state.step)
             self.run.summary.update({f"final/{k}": v for k, v in scores.items()})
+        retrieval = results.get("retrieval") or {}  # eval.final_retrieval, x100
+        self.run.summary.update({f"final_retrieval/{k}": v for k, v in retrieval.items() if k.startswith(("nDCG@", "MRR@", "Recall@"))})
         self.run.finish()

@@ -5,13 +5,20 @@ merges the scores; the evaluator built with `select=True` names the score that p
 student (RUN/best). The built-in ones:
 
     STSEvaluator       STS sets (STS-B dev by default: the selection metric)
-    RetrievalEvaluator MRR@10 / nDCG@10 / Recall@k of `evaluate_retrieval` on a small retrieval set
-    Baselines          the teacher and the untrained student on the final tasks, once (baselines.json)
+    RetrievalEvaluator MRR@10 / nDCG@10 / Recall@k of `evaluate_retrieval` on a retrieval set
+                       (a recipe's eval.retrieval; with select, its metric picks RUN/best)
+    Baselines          the teacher and the untrained student on the final tasks (and the final
+                       retrieval split), once (baselines.json)
 
 and, not callbacks but steps the trainer's `finish()` takes explicitly:
 
-    FinalReport        the best student on the final tasks -> results["best"]
-    Baselines.table()  -> results["baselines"]
+    FinalReport        the best student on the final tasks -> results["best"], and on
+                       eval.final_retrieval -> results["retrieval"]
+    Baselines.table()  -> results["baselines"]; Baselines.retrieval_table() -> results["retrieval_baselines"]
+
+Units: every score a run records is x100 (STS: Spearman x100; retrieval: nDCG@10, MRR@10 and
+Recall@k x100), in log.jsonl, results.json/.md, baselines.json and the compare tables alike;
+`evaluate_retrieval` itself returns fractions.
 
 Any callable `fn(embed) -> dict` passed in `callbacks` (e.g. functools.partial(evaluate_retrieval,
 queries=..., corpus=..., qrels=...)) is wrapped as an evaluator: `embed` maps a list of sentences
@@ -27,7 +34,7 @@ from pathlib import Path
 from distill.eval.sts import evaluate_sts
 from distill.eval.sts_data import load_sts
 from distill.io import write_json_atomic
-from distill.tasks import DEV_TASKS, resolve_tasks, selection_task
+from distill.tasks import DEV_TASKS, recipe_tasks, selection_task
 from distill.training.callbacks import Callback
 
 # How scores are computed (SentEval whitespace, full length, fp32): a baselines.json from an older
@@ -52,7 +59,7 @@ class Evaluator(Callback):
 class STSEvaluator(Evaluator):
     def __init__(self, tasks: Sequence[str] = ("STS-B-dev",), sts_dir=None, data: dict | None = None,
                  batch_size: int = 128, select: bool = True):
-        self.tasks = resolve_tasks(tasks)
+        self.tasks = recipe_tasks(tasks)
         self.data = data if data is not None else {t: load_sts(t, sts_dir) for t in self.tasks}
         self.batch_size, self.select = batch_size, select
 
@@ -65,20 +72,79 @@ class STSEvaluator(Evaluator):
         return selection_task(self.tasks)  # STS-B-dev, or STS-B-zh-dev for a Chinese recipe
 
 
-class RetrievalEvaluator(Evaluator):
-    """`evaluate_retrieval` on (queries, corpus, qrels) loaded once; scores as fractions, prefixed."""
+class RetrievalSet:
+    """One retrieval split loaded once per run (queries, corpus, qrels: `load_retrieval_data`), scored
+    with any model: `score(model)` -> {nDCG@10, MRR@10, Recall@k...: x100, "queries", "corpus",
+    "max_length"}. Only the queries with a relevant doc are encoded; the corpus is encoded at every
+    call (the student changes between calls).
 
-    def __init__(self, queries, corpus, qrels, k: Sequence[int] = (10,), batch_size: int = 128, select: bool = False,
-                 prefix: str = "retrieval/", key: str = "MRR@10"):
-        self.queries, self.corpus, self.qrels, self.k = queries, corpus, qrels, tuple(k)
-        self.batch_size, self.select, self.prefix, self.key = batch_size, select, prefix, key
+    Length: `max_length` for every model, or by default each model's own (`own_max_length`): a
+    teacher's declared max_seq_length, a student's position limit (what `distill export` declares
+    for it). Precision: fp32 (`full_length`), as the STS scores.
+    """
 
-    def evaluate(self, state, head: bool = True) -> dict[str, float]:
+    def __init__(self, data, k: Sequence[int] = (100,), batch_size: int = 128, max_length: int | None = None,
+                 beir: str | None = None, split: str | None = None):
+        self.data, self.k, self.batch_size, self.max_length = data, tuple(k), batch_size, max_length
+        self.beir, self.split = beir, split
+
+    @classmethod
+    def load(cls, beir: str, split: str, **kwargs) -> RetrievalSet:
+        from distill.eval.retrieval import load_retrieval_data
+
+        return cls(load_retrieval_data(beir=beir, split=split), beir=str(beir), split=split, **kwargs)
+
+    def score(self, model) -> dict:
+        """`model`: an Embedder (a student's: built with this set's max_length) or an Encoder / name."""
+        from distill.embedding import OWN, Embedder
         from distill.eval.retrieval import evaluate_retrieval
 
-        embed = state.embedder(head)
-        r = evaluate_retrieval(lambda s: embed(s, batch_size=self.batch_size), self.queries, self.corpus, self.qrels, k=self.k)
-        return {self.prefix + m: float(v) for m, v in r.items() if m.startswith(("MRR@", "nDCG@", "Recall@"))}
+        embed = model if isinstance(model, Embedder) else Embedder(model, full_length=True, max_length=self.max_length or OWN)
+        d = self.data
+        r = evaluate_retrieval(lambda s: embed(s, batch_size=self.batch_size), d.queries, d.corpus, d.qrels, k=self.k)
+        out = {m: 100.0 * float(v) for m, v in r.items() if m.startswith(("MRR@", "nDCG@", "Recall@"))}
+        return {**out, "queries": r["queries"], "corpus": r["corpus"], "max_length": embed.max_length}
+
+    def describe(self) -> dict:
+        return {"data": self.beir, "split": self.split}
+
+
+class RetrievalEvaluator(Evaluator):
+    """`evaluate_retrieval` on (queries, corpus, qrels) loaded once; scores x100 (as STS), prefixed.
+
+    `key`: the metric that selects with `select=True` (any case: "nDCG@10", "mrr@10", "recall@100";
+    a Recall cutoff it names is added to `k`). `max_length`: tokens per query and passage (default:
+    the student's own length, its position limit). `from_recipe`: a recipe's eval.retrieval.
+    """
+
+    def __init__(self, queries, corpus, qrels, k: Sequence[int] = (10,), batch_size: int = 128, select: bool = False,
+                 prefix: str = "retrieval/", key: str = "MRR@10", max_length: int | None = None):
+        from distill.eval.retrieval import RetrievalData, metric_key
+
+        self.key, cut = metric_key(key)
+        k = tuple(sorted(set(k) | ({cut} if cut else set())))
+        self.set = RetrievalSet(RetrievalData(queries, corpus, qrels), k=k, batch_size=batch_size, max_length=max_length)
+        self.select, self.prefix = select, prefix
+
+    @classmethod
+    def from_recipe(cls, cfg, batch_size: int) -> RetrievalEvaluator:
+        """eval.retrieval (a RetrievalEvalConfig): its BEIR split, logged as retrieval/nDCG@10,
+        retrieval/MRR@10, retrieval/Recall@100 (and the Recall@K its metric names)."""
+        from distill.eval.retrieval import load_retrieval_data
+
+        data = load_retrieval_data(beir=cfg.beir, split=cfg.split)
+        ev = cls(data.queries, data.corpus, data.qrels, k=(100,), batch_size=cfg.batch_size or batch_size, select=cfg.select,
+                 key=cfg.metric, max_length=cfg.max_length)
+        ev.set.beir, ev.set.split = str(cfg.beir), cfg.split
+        return ev
+
+    def evaluate(self, state, head: bool = True) -> dict[str, float]:
+        return self.score_model(state.embedder(head, max_length=self.set.max_length))
+
+    def score_model(self, model) -> dict[str, float]:
+        """The prefixed scores of any model `RetrievalSet.score` takes (a baseline: the teacher)."""
+        r = self.set.score(model)
+        return {self.prefix + m: v for m, v in r.items() if m.startswith(("MRR@", "nDCG@", "Recall@"))}
 
     @property
     def selection_key(self) -> str:
@@ -104,26 +170,51 @@ def as_callback(cb):
     return cb if isinstance(cb, Callback) or any(hasattr(cb, h) for h in HOOKS) else FunctionEvaluator(cb)
 
 
-def baseline_scores(teacher: str, student, tasks: Sequence[str], data: dict, batch_size: int, max_length: int | None = None) -> dict:
+def baseline_scores(teacher: str, student, tasks: Sequence[str], data: dict, batch_size: int, max_length: int | None = None,
+                    retrieval: RetrievalSet | None = None, dev_retrieval: RetrievalEvaluator | None = None) -> dict:
     """{"key", "teacher": {...}, "init": {...}}, each with name, scores, params, dim, device: the
-    teacher and the untrained student on `tasks`. `student`: a name to load, or (name, encoder,
-    embed) for the student a run already holds. Shared by training (Baselines) and `distill compare`."""
+    teacher and the untrained student on `tasks` (none: empty scores); with `retrieval` (a
+    RetrievalSet: eval.final_retrieval) their scores there too ("retrieval"), and with
+    `dev_retrieval` (the recipe's selecting RetrievalEvaluator) its prefixed scores among "scores",
+    as a run logs them. `student`: a name to load, or (name, encoder, embed) for the student a run
+    already holds. Shared by training (Baselines) and `distill compare`."""
     from distill.encoder import Encoder
     from distill.student import load_model
+    from distill.training.student_folder import StudentEmbedder
 
-    out: dict = {"key": {"teacher": teacher, "tasks": list(tasks), "scoring": SCORING}}
+    out: dict = {"key": {"teacher": teacher, "tasks": list(tasks), "scoring": SCORING, **retrieval_key(retrieval, dev_retrieval)}}
     device = None if isinstance(student, str) else student[1].device  # the run's device, else the best one
     t_enc = Encoder.load(teacher, device=device, role="teacher")
-    out["teacher"] = _describe(teacher, t_enc, evaluate_sts(t_enc, tasks=tasks, data=data, batch_size=batch_size, progress=False))
+    scores = evaluate_sts(t_enc, tasks=tasks, data=data, batch_size=batch_size, progress=False) if tasks else {}
+    if dev_retrieval is not None:
+        scores.update(dev_retrieval.score_model(t_enc))
+    out["teacher"] = _describe(teacher, t_enc, scores)
+    if retrieval is not None:
+        out["teacher"]["retrieval"] = retrieval.score(t_enc)
     del t_enc
     if isinstance(student, str):
         name, enc = student, load_model(student, max_length=max_length, role="student", teacher=teacher)
-        scores = evaluate_sts(enc, tasks=tasks, data=data, batch_size=batch_size, progress=False)
+        scores = evaluate_sts(enc, tasks=tasks, data=data, batch_size=batch_size, progress=False) if tasks else {}
     else:
         name, enc, embed = student
-        scores = evaluate_sts(lambda s: embed(s, batch_size=batch_size), tasks=tasks, data=data, progress=False)
+        scores = evaluate_sts(lambda s: embed(s, batch_size=batch_size), tasks=tasks, data=data, progress=False) if tasks else {}
+    # retrieval without a head, as the run scores its untrained student, at the student's own length
+    if dev_retrieval is not None:
+        scores.update(dev_retrieval.score_model(StudentEmbedder(enc, max_length=dev_retrieval.set.max_length)))
     out["key"]["student"] = name
     out["init"] = _describe(name, enc, scores)
+    if retrieval is not None:
+        out["init"]["retrieval"] = retrieval.score(StudentEmbedder(enc, max_length=retrieval.max_length))
+    return out
+
+
+def retrieval_key(retrieval: RetrievalSet | None, dev_retrieval: RetrievalEvaluator | None = None) -> dict:
+    """What a saved baselines.json must match to be reused: the retrieval splits and lengths (none: {})."""
+    out = {}
+    if retrieval is not None:
+        out["retrieval"] = {**retrieval.describe(), "max_length": retrieval.max_length}
+    if dev_retrieval is not None:
+        out["dev_retrieval"] = {**dev_retrieval.set.describe(), "max_length": dev_retrieval.set.max_length, "key": dev_retrieval.selection_key}
     return out
 
 
@@ -135,8 +226,8 @@ def _describe(name: str, enc, scores: dict) -> dict:
 
 
 def table_scores(scores: Mapping[str, float]) -> dict[str, float]:
-    """Scores without the selection sets (they are not report columns)."""
-    return {k: v for k, v in scores.items() if k not in DEV_TASKS}
+    """Scores without the selection sets (they are not report columns): STS dev, retrieval dev."""
+    return {k: v for k, v in scores.items() if k not in DEV_TASKS and "/" not in k}
 
 
 class Baselines(Callback):
@@ -144,30 +235,50 @@ class Baselines(Callback):
     noise) on the final tasks; RUN/baselines.json, computed once. `table()`: their scores for
     results["baselines"] (the trainer's finish() asks for them)."""
 
-    def __init__(self, run_dir: Path, teacher: str, student_name: str, tasks: Sequence[str], data: dict, batch_size: int):
+    def __init__(self, run_dir: Path, teacher: str, student_name: str, tasks: Sequence[str], data: dict, batch_size: int,
+                 retrieval: RetrievalSet | None = None):
         self.path, self.teacher, self.student_name = Path(run_dir) / "baselines.json", teacher, student_name
-        self.tasks, self.data, self.batch_size = list(tasks), data, batch_size
+        self.tasks, self.data, self.batch_size, self.retrieval = list(tasks), data, batch_size, retrieval
 
     def on_train_begin(self, state) -> None:
         if self.path.is_file():
             return
         student = (self.student_name, state.student, state.embedder(head=False))
-        write_json_atomic(self.path, baseline_scores(self.teacher, student, self.tasks, self.data, self.batch_size))
+        write_json_atomic(self.path, baseline_scores(self.teacher, student, self.tasks, self.data, self.batch_size, retrieval=self.retrieval))
+
+    def _saved(self) -> dict | None:
+        return json.loads(self.path.read_text()) if self.path.is_file() else None
 
     def table(self) -> dict | None:
         """{"teacher": scores, "init": scores} without the selection sets; None before on_train_begin wrote them."""
-        if not self.path.is_file():
+        saved = self._saved()
+        if saved is None:
             return None
-        saved = json.loads(self.path.read_text())
         return {role: table_scores(saved[role]["scores"]) for role in ("teacher", "init")}
+
+    def retrieval_table(self) -> dict | None:
+        """{"teacher": scores, "init": scores} on the final retrieval split; None without one."""
+        saved = self._saved()
+        if saved is None or self.retrieval is None or "retrieval" not in saved["teacher"]:
+            return None
+        return {role: saved[role]["retrieval"] for role in ("teacher", "init")}
 
 
 class FinalReport:
-    """The best student (in `state.student` at the end) on the final tasks: results["best"]."""
+    """The best student (in `state.student` at the end) on the final tasks: results["best"] ({}
+    without any), and on the final retrieval split: results["retrieval"]."""
 
-    def __init__(self, tasks: Sequence[str], data: dict, batch_size: int):
-        self.tasks, self.data, self.batch_size = list(tasks), data, batch_size
+    def __init__(self, tasks: Sequence[str], data: dict, batch_size: int, retrieval: RetrievalSet | None = None):
+        self.tasks, self.data, self.batch_size, self.retrieval = list(tasks), data, batch_size, retrieval
 
     def scores(self, state) -> dict[str, float]:
+        if not self.tasks:
+            return {}
         embed = state.embedder()
         return evaluate_sts(lambda s: embed(s, batch_size=self.batch_size), tasks=self.tasks, data=self.data, progress=False)
+
+    def retrieval_scores(self, state) -> dict | None:
+        """{"data", "split", nDCG@10, MRR@10, Recall@100 (x100), "queries", "corpus", "max_length"}; None without a split."""
+        if self.retrieval is None:
+            return None
+        return {**self.retrieval.describe(), **self.retrieval.score(state.embedder(max_length=self.retrieval.max_length))}

@@ -99,9 +99,10 @@ class StudentEmbedder(Embedder):
     """What evaluation scores: the pooled vector, or for HPD the pooled vector through its head.
 
     Scored as SentEval does (`full_length`): fp32, and at the model's own length limit, not the
-    (often shorter) length the student was trained at. `StudentEmbedder(enc, head)(sentences,
-    batch_size=...)`; the one adapter is `distill.embedding.Embedder`.
+    (often shorter) length the student was trained at, or at `max_length` when given (a recipe's
+    eval.retrieval.max_length). `StudentEmbedder(enc, head)(sentences, batch_size=...)`; the one
+    adapter is `distill.embedding.Embedder`.
     """
 
-    def __init__(self, encoder: EmbeddingModel, head: nn.Module | None = None):
-        super().__init__(encoder, head=head, batch_size=256, full_length=True)
+    def __init__(self, encoder: EmbeddingModel, head: nn.Module | None = None, max_length: int | None = None):
+        super().__init__(encoder, head=head, batch_size=256, full_length=True, max_length=max_length)

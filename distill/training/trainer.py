@@ -32,11 +32,11 @@ from distill.io import write_json_atomic, write_text_atomic
 from distill.lock import folder_lock
 from distill.model_files import check_recipe_lengths
 from distill.precision import autocast_for
-from distill.tasks import resolve_tasks
+from distill.tasks import recipe_tasks
 from distill.training import checkpoint as ckpt_io
 from distill.training.callbacks import Callback, JsonlLog, ProgressBar, WandbCallback
 from distill.training.distributed import barrier, init_distributed, is_main_process_env, teardown
-from distill.training.evaluators import Baselines, FinalReport, STSEvaluator, as_callback
+from distill.training.evaluators import Baselines, FinalReport, RetrievalEvaluator, RetrievalSet, STSEvaluator, as_callback
 from distill.training.stages import Stage, stage1, stage2
 from distill.training.student_folder import StudentEmbedder, load_saved_student, save_student, stage_meta
 
@@ -66,9 +66,10 @@ class TrainState:
         """The progress fields, for the checkpoint (not the run folder, not the live student)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("run_dir", "student", "head")}
 
-    def embedder(self, head: bool = True) -> StudentEmbedder:
-        """sentences -> embeddings of the student as it is now (through the head, unless head=False)."""
-        return StudentEmbedder(self.student, self.head if head else None)
+    def embedder(self, head: bool = True, max_length: int | None = None) -> StudentEmbedder:
+        """sentences -> embeddings of the student as it is now (through the head, unless head=False),
+        at its own length limit or at `max_length`."""
+        return StudentEmbedder(self.student, self.head if head else None, max_length=max_length)
 
 
 def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callbacks: list | None = None) -> dict:
@@ -153,10 +154,15 @@ class Trainer:
         self.model = nn.parallel.DistributedDataParallel(self.module, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else self.module
         # What rank 0 evaluates, logs and reports (the other ranks only train).
         ev = recipe.eval
-        dev_tasks, final_tasks = resolve_tasks(ev.tasks), resolve_tasks(ev.final_tasks)
+        dev_tasks, final_tasks = recipe_tasks(ev.tasks), recipe_tasks(ev.final_tasks)  # [] = no STS (retrieval instead)
         sts = {t: load_sts(t, ev.sts_dir) for t in dict.fromkeys(dev_tasks + final_tasks)} if self.main else {}
-        self.report = FinalReport(final_tasks, sts, ev.batch_size) if self.main else None  # results["best"]
-        self.baselines = (Baselines(stage.run_dir, recipe.teacher, recipe.student, final_tasks, sts, ev.batch_size)
+        # Retrieval splits, each read once: eval.retrieval (every evaluation), eval.final_retrieval (the end)
+        fr = ev.final_retrieval
+        final_ret = (RetrievalSet.load(fr.beir, fr.split, batch_size=fr.batch_size or ev.batch_size, max_length=fr.max_length)
+                     if self.main and fr.beir else None)
+        self.retrieval = RetrievalEvaluator.from_recipe(ev.retrieval, ev.batch_size) if self.main and ev.retrieval.beir else None
+        self.report = FinalReport(final_tasks, sts, ev.batch_size, retrieval=final_ret) if self.main else None  # results["best"], ["retrieval"]
+        self.baselines = (Baselines(stage.run_dir, recipe.teacher, recipe.student, final_tasks, sts, ev.batch_size, retrieval=final_ret)
                           if self.main and baselines and ev.baselines else None)
         self.callbacks = self._build_callbacks(progress, callbacks or []) if self.main else []
         self.selector = self._selector(dev_tasks, sts)  # the evaluator whose score picks RUN/best
@@ -185,16 +191,24 @@ class Trainer:
         return cbs + [as_callback(cb) for cb in user]
 
     def _selector(self, dev_tasks: list[str], sts: dict):
-        """The first callback built with select=True; else the recipe's eval.tasks (STS-B dev by
-        default), added as the first evaluator."""
+        """The evaluator that picks RUN/best: the recipe's eval.retrieval with select; else the first
+        callback built with select=True; else the recipe's eval.tasks (STS-B dev by default). The
+        recipe's evaluators come first (STS dev, then retrieval); when retrieval selects, STS dev is
+        still scored and logged (unless eval.tasks is [])."""
         if not self.main:
             return None
         selecting = [cb for cb in self.callbacks if getattr(cb, "select", False)]
-        if selecting:
-            return selecting[0]
-        selector = STSEvaluator(dev_tasks, data=sts, batch_size=self.recipe.eval.batch_size)
-        self.callbacks.insert(0, selector)
-        return selector
+        ret = self.retrieval
+        if ret is not None and ret.select and selecting:
+            raise DistillError("eval.retrieval selects the best student (select: true) and so does a callback passed to train(): "
+                               "keep one of them (set eval.retrieval.select: false to only log retrieval)")
+        retrieval_selects = ret is not None and ret.select
+        sts_selects = not selecting and not retrieval_selects
+        own = ([STSEvaluator(dev_tasks, data=sts, batch_size=self.recipe.eval.batch_size, select=sts_selects)]
+               if dev_tasks and (sts_selects or retrieval_selects) else [])  # a user's selector runs without STS, as always
+        own += [ret] if ret is not None else []
+        self.callbacks[:0] = own
+        return next(cb for cb in self.callbacks if getattr(cb, "select", False))
 
     def _selection_key(self) -> str:
         key = self.selector.selection_key
@@ -359,17 +373,37 @@ class Trainer:
                 "peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
                 "init_dev": state.init_score, "warnings": _collapse_warnings(state, self.tcfg),
             }
+            retrieval = self.report.retrieval_scores(state)  # eval.final_retrieval: the selected student
+            if retrieval is not None:
+                results["retrieval"] = retrieval
             baselines = self.baselines.table() if self.baselines is not None else None
             if baselines:
                 results["baselines"] = baselines
+            ret_baselines = self.baselines.retrieval_table() if self.baselines is not None else None
+            if ret_baselines:
+                results["retrieval_baselines"] = ret_baselines
             results.update(self.module.loss.run_summary(stage.run_dir / "log.jsonl"))  # e.g. IBKD's "ib"
             for cb in self.callbacks:  # they see the finished results (wandb logs the final table)
                 cb.on_train_end(state, results)
             write_json_atomic(stage.run_dir / "results.json", results)
-            write_text_atomic(stage.run_dir / "results.md", format_table(results["best"], title=f"{self.recipe.student} ({stage.meta['loss']['name']})") + "\n"
-                              + "".join(f"\n**Warning:** {w}\n" for w in results["warnings"]))
+            write_text_atomic(stage.run_dir / "results.md", results_markdown(results, f"{self.recipe.student} ({stage.meta['loss']['name']})"))
         barrier(self.world)
         return results
+
+
+def results_markdown(results: dict, title: str) -> str:
+    """results.md: the STS table (Spearman x100), the retrieval table of eval.final_retrieval
+    (x100; with the baselines when scored), then the warnings."""
+    from distill.eval.retrieval import format_report
+
+    parts = [format_table(results["best"], title=title)] if results.get("best") else []
+    ret = results.get("retrieval")
+    if ret:
+        base = results.get("retrieval_baselines") or {}
+        rows = ([("teacher", base["teacher"]), ("student before", base["init"])] if base else []) + [(title, ret)]
+        parts.append(f"Retrieval, {ret.get('data')} {ret['split']} ({ret['queries']} queries, {ret['corpus']} passages), x100:\n\n"
+                     + format_report(rows))
+    return "\n\n".join(parts) + "\n" + "".join(f"\n**Warning:** {w}\n" for w in results["warnings"])
 
 
 def _collapse_warnings(state: TrainState, tcfg) -> list[str]:

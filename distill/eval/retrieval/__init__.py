@@ -61,8 +61,10 @@ from distill.eval.retrieval.metrics import (
     DEFAULT_K,
     MRR_CUTOFF,
     NDCG_CUTOFF,
+    SELECTABLE,
     _check_k,
     compute_metrics,
+    metric_key,
     mrr_at_k,
     ndcg_at_k,
     parse_k,
@@ -71,9 +73,9 @@ from distill.eval.retrieval.metrics import (
 from distill.eval.retrieval.search import DEFAULT_CHUNK_SIZE, TopK, exact_search
 
 __all__ = [
-    "DEFAULT_CHUNK_SIZE", "DEFAULT_K", "ENCODE_BLOCK", "RetrievalData", "TopK", "check_qrels", "compute_metrics",
-    "evaluate_retrieval", "exact_search", "format_table", "load_beir", "load_hub", "load_qrels",
-    "load_retrieval_data", "load_texts", "mrr_at_k", "ndcg_at_k", "parse_k", "recall_at_k",
+    "DEFAULT_CHUNK_SIZE", "DEFAULT_K", "ENCODE_BLOCK", "RetrievalData", "SELECTABLE", "TopK", "check_qrels", "compute_metrics",
+    "REPORT_METRICS", "evaluate_retrieval", "exact_search", "format_report", "format_table", "load_beir", "load_hub", "load_qrels",
+    "load_retrieval_data", "load_texts", "metric_key", "mrr_at_k", "ndcg_at_k", "parse_k", "recall_at_k",
 ]
 
 # Corpus passages embedded per block before scoring. Fixed (not tied to chunk_size), so that the
@@ -97,6 +99,7 @@ def evaluate_retrieval(
     backend: str = "torch",
     onnx_file=None,
     quantized: bool = False,
+    max_length: int | None = None,
 ) -> dict:
     """Embed, search exactly, and score: {"MRR@10", "nDCG@10", "Recall@<k>"..., counts, warnings}.
 
@@ -105,15 +108,20 @@ def evaluate_retrieval(
     `corpus`: doc id -> text or BEIR's {"title", "text"}; `qrels`: query id -> doc id -> grade.
     Only the queries with a relevant doc are embedded and evaluated. `chunk_size`: passages
     scored per matrix product (memory, not results). `metric`: cosine (default), dot or l2.
-    `return_run=True` adds "run": query id -> ranked doc ids (top max(k)). Metric definitions,
+    `return_run=True` adds "run": query id -> ranked doc ids (top max(k)), and "run_scores": their
+    similarities (cosine / dot; l2: distances). Metric definitions,
     tie-breaking and the unknown-id policy: see the module docstring. Values are fractions in
     [0, 1]. Usable as a training callback: load the data once (`load_retrieval_data`), call this
     with the model being trained. `backend="onnx"` (`quantized`, `onnx_file`): embed with the
-    folder's onnx/ graph through onnxruntime.
+    folder's onnx/ graph through onnxruntime. `max_length`: tokens per query and passage, default
+    the model's own declared length (`distill.embedding.own_max_length`: a sentence-transformers
+    folder's max_seq_length, else the position limit), not a preset's training length; a given
+    length is checked against the model's limit. A callable model encodes however it does.
+    `results["max_length"]`: the length used (None for a callable).
     """
     from tqdm.auto import tqdm
 
-    from distill.embedding import embedder
+    from distill.embedding import OWN, embedder
 
     ks = _check_k(k)
     queries = _as_text_map(queries, "queries")
@@ -125,7 +133,8 @@ def evaluate_retrieval(
     student_mod = sys.modules.get("distill.student")
     if device is None and student_mod is not None and isinstance(model, student_mod.EmbeddingModel):
         device = model.device
-    embed = embedder(model, batch_size=batch_size, progress=progress, device=device, backend=backend, onnx_file=onnx_file, quantized=quantized)
+    embed = embedder(model, batch_size=batch_size, progress=progress, device=device, backend=backend, onnx_file=onnx_file,
+                     quantized=quantized, max_length=OWN if max_length is None else max_length)
     q_emb = embed([queries[q] for q in qids])
     kmax = max(max(ks), MRR_CUTOFF, NDCG_CUTOFF)
     top = TopK(q_emb, kmax, metric=metric, chunk_size=chunk_size, device=device)
@@ -134,7 +143,7 @@ def evaluate_retrieval(
     blocks = range(0, len(texts), ENCODE_BLOCK)
     for start in tqdm(blocks, desc="corpus blocks", disable=not progress or len(blocks) < 2, leave=False):
         top.add(embed(texts[start : start + ENCODE_BLOCK]))
-    _, index = top.result()
+    top_scores, index = top.result()
     run = {q: [doc_ids[i] for i in row] for q, row in zip(qids, index)}
     results: dict = compute_metrics(run, evaluable, ks)
     results.update(
@@ -142,13 +151,30 @@ def evaluate_retrieval(
             "corpus": len(doc_ids),
             "queries_total": len(queries),
             "metric": top.metric,
+            "max_length": embed.max_length,
             "k": ks,
             "warnings": warnings,
         }
     )
     if return_run:
         results["run"] = run
+        results["run_scores"] = {q: [float(x) for x in row] for q, row in zip(qids, top_scores)}
     return results
+
+
+# What a training run reports of a retrieval split (eval.final_retrieval), x100 like its STS scores.
+REPORT_METRICS = ("nDCG@10", "MRR@10", "Recall@100")
+
+
+def format_report(rows: Sequence[tuple[str, Mapping]]) -> str:
+    """A markdown table of REPORT_METRICS, one row per (model name, scores x100), 2 decimals as the
+    STS tables; a metric missing from a row shows as "–"."""
+    head = "| | " + " | ".join(REPORT_METRICS) + " |"
+    sep = "|---|" + "---:|" * len(REPORT_METRICS)
+    lines = [head, sep]
+    for name, scores in rows:
+        lines.append(f"| {name} | " + " | ".join(f"{scores[m]:.2f}" if scores.get(m) is not None else "–" for m in REPORT_METRICS) + " |")
+    return "\n".join(lines)
 
 
 def format_table(results: Mapping, title: str | None = None) -> str:

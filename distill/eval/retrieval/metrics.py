@@ -76,6 +76,25 @@ def _check_k(k) -> list[int]:
     return ks
 
 
+# The metrics a recipe may select on (eval.retrieval.metric), as written there (any case).
+SELECTABLE = ("ndcg@10", "mrr@10", "recall@K")
+
+
+def metric_key(name: str) -> tuple[str, int | None]:
+    """A metric name as a recipe writes it (any case: "ndcg@10", "MRR@10", "recall@100") -> the key
+    `compute_metrics` returns ("nDCG@10", "MRR@10", "Recall@100") and the Recall cutoff it needs
+    (None for the others). Unknown names are a DistillError listing SELECTABLE."""
+    text = str(name).strip().lower()
+    if text == f"ndcg@{NDCG_CUTOFF}":
+        return f"nDCG@{NDCG_CUTOFF}", None
+    if text == f"mrr@{MRR_CUTOFF}":
+        return f"MRR@{MRR_CUTOFF}", None
+    head, _, cut = text.partition("@")
+    if head == "recall" and cut.isdigit() and int(cut) >= 1:
+        return f"Recall@{int(cut)}", int(cut)
+    raise DistillError(f"unknown retrieval metric {name!r} (known: {', '.join(SELECTABLE)}, K a positive number)")
+
+
 def parse_k(text: str) -> list[int]:
     """"10,100,1000" (or spaces) -> [10, 100, 1000]."""
     parts = [p for p in str(text).replace(",", " ").split() if p]
