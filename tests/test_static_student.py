@@ -184,3 +184,18 @@ def test_a_static_preset_names_the_teacher_it_needs(tiny_home, monkeypatch):
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     with pytest.raises(DistillError, match="static student: it is built from a teacher"):
         load_model("tiny-static", role="student")
+
+
+def test_compare_takes_a_static_student(tmp_path, tiny_home, monkeypatch, capsys):
+    """`distill compare --student tiny-static`: the same recipe's losses on the static student,
+    HPD's head on top of the table included; the untrained row is the distilled init."""
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(tiny_recipe_text(tmp_path, loss="name: infonce", steps=4, every=4))
+    out = tmp_path / "cmp"
+    assert main(["compare", str(recipe), "--student", "tiny-static", "--losses", "mse,hpd", "--loss-set", "hpd.k=8",
+                 "--out", str(out), "--quiet"]) == 0
+    rows = json.loads((out / "compare.json").read_text())
+    assert [r["loss"] for r in rows] == ["teacher", "init", "mse", "hpd"]
+    assert all(r["student"] == "tiny-static" for r in rows[1:]) and rows[1]["dim"] == 16 and rows[3]["dim"] == 8
+    assert "student init (tiny-static)" in (out / "compare.md").read_text()

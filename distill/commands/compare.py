@@ -29,7 +29,7 @@ def _cmd_compare(args) -> int:
         raise DistillError("--seed-losses needs --seeds (the seeds those losses run over)")
     losses = parse_losses(default_losses() if args.losses is None else args.losses)  # checked before any model is loaded
     overrides = parse_loss_overrides(args.loss_set)
-    recipe = load_recipe(args.config, args.set)
+    recipe = load_recipe(args.config, [*args.set, *([f"student={args.student}"] if args.student else [])])
     out = args.out or f"{recipe.output.dir}-compare"
     rows = compare(recipe, losses, out, overrides, _seeds(args.seeds), progress=not args.quiet,
                    seed_losses=parse_losses(args.seed_losses) if args.seed_losses else None)
@@ -44,6 +44,7 @@ def register(sub) -> None:
     # the default comes from the loss registry when the command runs: `--help` must not import torch
     p.add_argument("--losses", help="comma-separated losses, e.g. mse,ibkd (default: every distillation loss of distill.losses.LOSSES, "
                                     "in its order; not IBKD's stage 2)")
+    p.add_argument("--student", help="the student preset or folder to compare the losses on (e.g. static-256), instead of the recipe's")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. train.max_steps=200")
     p.add_argument("--loss-set", action="append", default=[], metavar="LOSS.KEY=VALUE",
                    help="override one loss's parameter, e.g. hpd.k=64 (others keep the recipe's or the defaults)")
