@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override for every static run")
     ap.add_argument("--model2vec-python", help="a Python with model2vec[distill] (a separate venv): adds model2vec's row")
     ap.add_argument("--tokenlearn-model", help="a static model folder tokenlearn made (adds its row)")
+    ap.add_argument("--tokenlearn-label", default="tokenlearn", help="its row's name (say what it was trained on)")
     ap.add_argument("--n", type=int, default=2000, help="sentences for the speed rows")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
@@ -140,12 +141,14 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from distill.cli import quiet_third_party
     from distill.encoder import Encoder
     from distill.presets import load_teacher
     from distill.resolve import resolve_model
     from distill.static_student import StaticStudent
     from distill.training.student_folder import load_saved_student
 
+    quiet_third_party()  # our lines only, as the CLI prints
     torch.set_num_threads(os.cpu_count() or 1)
     out = Path(args.out)
     sentences, sts = sts_sentences(args.sts_dir, args.n, seed=0)
@@ -174,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                         st_sentences_per_s=round(st_speed(folder, sentences, args.batch_size, args.repeats), 1)))
     if args.tokenlearn_model:
         tl = StaticStudent.load_folder(args.tokenlearn_model, device="cpu")
-        rows.append(row("tokenlearn", score(tl, sts), measure(tl), tl.num_parameters(), []))
+        rows.append(row(args.tokenlearn_label, score(tl, sts), measure(tl), tl.num_parameters(), []))
 
     common = [f"eval.sts_dir={args.sts_dir}", *args.set]
     runs: dict[str, dict[int, dict]] = {}
