@@ -265,6 +265,13 @@ def model_card(run_dir: Path, meta: dict, model, projection: str | None, normali
         "## STS (Spearman x100 of cosine similarity)",
         "",
     ]
+    served = getattr(model, "truncate_dim", None)
+    if scores and served:  # the run's own scores at the served width (eval.dims), else say they are the full vector's
+        at = {k.removesuffix(f"@{served}"): v for k, v in scores.items() if k.endswith(f"@{served}")}
+        lines.append(f"At the {served} dimensions this folder serves (the run's eval.dims):" if at else
+                     f"Of the full vector (the run did not score {served} dimensions: add {served} to eval.dims); this folder serves its first {served}:")
+        lines.append("")
+        scores = at or scores
     if scores:
         cols = [c for c in (*TEST_TASKS, "Avg", ZH_TEST_TASK) if c in scores]
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), "| " + " | ".join(f"{scores[c]:.2f}" for c in cols) + " |"]

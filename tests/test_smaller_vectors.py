@@ -142,6 +142,8 @@ def test_export_dims_is_what_plain_sentence_transformers_and_distill_eval_serve(
     out = tmp_path / "at8"
     assert main(["export", str(root / "run"), "--out", str(out), "--dims", "8"]) == 0
     assert json.loads((out / "config_sentence_transformers.json").read_text())["truncate_dim"] == 8
+    card = (out / "README.md").read_text()
+    assert "first 8 dimensions (truncate_dim)" in card and f"| {results['best']['STS-B@8']:.2f} |" in card  # the run's score at 8
     plain = _plain_st(out, SENTS)
     assert plain["dim"] == 8 and np.asarray(plain["emb"]).shape == (4, 8)
     full = Embedder(str(out), dims=32)(SENTS)  # --dims overrides the folder's truncate_dim, as encode(truncate_dim=) does
@@ -220,3 +222,18 @@ def test_static_student_trains_prefixes_and_serves_them(tmp_path, tiny_home, mon
 
     with pytest.raises(DistillError, match=r"eval.dims \[64, 8\]: 64 is more than the 32 dimensions"):
         STSEvaluator(["STS-B-dev"], sts_dir=STS_DIR, dims=[64, 8], width=32)
+
+
+def test_onnx_export_refuses_a_dense_after_a_normalize(tiny_bert_dir, tmp_path):
+    """The graph normalizes once, at the end: a folder that normalizes before a Dense would be exported wrong."""
+    pytest.importorskip("onnxruntime")
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules as m
+
+    from distill.onnx.export import export_onnx
+
+    t = m.Transformer(str(tiny_bert_dir), max_seq_length=16)
+    folder = tmp_path / "norm-then-dense"
+    SentenceTransformer(modules=[t, m.Pooling(32, pooling_mode="mean"), m.Normalize(), m.Dense(32, 8), m.Normalize()], device="cpu").save(str(folder))
+    with pytest.raises(DistillError, match="Dense module 3 comes after a Normalize"):
+        export_onnx(folder, log=lambda msg: None)
