@@ -91,6 +91,9 @@ class EvalConfig:
     baselines: bool = False  # also score the teacher and the untrained student on final_tasks (and final_retrieval)
     retrieval: RetrievalEvalConfig = field(default_factory=RetrievalEvalConfig)
     final_retrieval: FinalRetrievalConfig = field(default_factory=FinalRetrievalConfig)
+    # widths the STS sets are also scored at (the vector truncated to its first k coordinates, then
+    # L2-normalized), logged as "STS-B-dev@128"...; the first selects; [] = the full vector only
+    dims: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -242,7 +245,18 @@ def _check_loss(loss: dict) -> dict:
     name = loss["name"]
     if not isinstance(name, str) or name not in _stage1_names():
         raise DistillError(f"loss.name {name!r} is not one of {', '.join(_stage1_names())}")
+    _refuse_matryoshka("loss", name, loss)
     return {"name": name, **_check_params("loss", name, {k: v for k, v in loss.items() if k != "name"}, loss_defaults(name))}
+
+
+def _refuse_matryoshka(where: str, name: str, given: dict) -> None:
+    """matryoshka_dims / _weights on a loss that cannot take them: its own reason, not "unknown key"."""
+    from distill.losses import loss_class
+    from distill.losses.base import MATRYOSHKA_DEFAULTS
+
+    cls = loss_class(name)
+    if not cls.matryoshka:
+        cls.check({k: v for k, v in given.items() if k in MATRYOSHKA_DEFAULTS}, where)
 
 
 def _check_stage2_loss(loss: dict) -> dict:
@@ -251,6 +265,7 @@ def _check_stage2_loss(loss: dict) -> dict:
     name = loss.get("name", STAGE2_LOSS)
     if not isinstance(name, str) or name not in names:
         raise DistillError(f"stage2.loss.name {name!r} is not one of {', '.join(names)}")
+    _refuse_matryoshka("stage2.loss", name, loss)
     params = _check_params("stage2.loss", name, {k: v for k, v in loss.items() if k != "name"}, loss_defaults(name))
     return {"name": name, **params}
 

@@ -23,6 +23,21 @@ Otherwise an Encoder encodes at its own `max_length` with its default precision 
 sentence-transformers folder says, else its position limit), which retrieval evaluation uses: a
 preset's `max_length` is the length it was trained and cached at, not a property of the model.
 
+`dims=N` serves the model at N dimensions (`truncate`): the first N coordinates of each vector,
+then L2-normalized, as a Matryoshka-trained student is meant to be served (losses/matryoshka.py).
+N is checked against the model's width (1 <= N <= width) before anything is encoded when the
+width is known, else on the first output. A folder named by its path that declares
+sentence-transformers' `truncate_dim` (config_sentence_transformers.json, what `distill export
+--dims N` writes) is served at that width unless `dims` says otherwise, as
+`SentenceTransformer(folder)` serves it (its `encode(truncate_dim=...)` overrides it the same
+way); a SentenceTransformer object's own `truncate_dim` likewise. Unlike sentence-transformers,
+which truncates after the folder's Normalize, the truncated vector is re-normalized (cosine
+scores are the same either way; dot products then equal cosines).
+
+A folder named by its path whose sentence-transformers pipeline has modules our Encoder does not
+reproduce (a Dense layer: HPD's head, the PCA of `distill export --pca`) is loaded as a
+`SentenceTransformer` on the torch backend, so that what is scored is what the folder serves.
+
 Imports neither torch nor sentence-transformers itself: an Encoder or a SentenceTransformer is
 recognized only when its module is already loaded, so `--backend onnx` stays torch-free.
 """
@@ -30,6 +45,7 @@ recognized only when its module is already loaded, so `--backend onnx` stays tor
 from __future__ import annotations
 
 import inspect
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,15 +67,22 @@ class Embedder:
 
     def __init__(self, model, *, head=None, batch_size: int = 128, progress: bool = False, device=None,
                  backend: str = "torch", onnx_file=None, quantized: bool = False, full_length: bool = False,
-                 max_length: int | str | None = None, desc: str = "encode"):
+                 max_length: int | str | None = None, desc: str = "encode", dims: int | None = None):
         from distill.onnx.runtime import OnnxEncoder, check_backend
 
         self.batch_size, self.progress, self.full_length, self.desc, self.head = batch_size, progress, full_length, desc, head
+        declared = None  # the width a named folder declares it is served at (truncate_dim)
+        if isinstance(model, (str, Path)) and Path(model).expanduser().is_dir():
+            declared = declared_dims(model)
         if check_backend(backend, onnx_file, quantized) == "onnx":
             if isinstance(model, (str, Path)):
                 model = OnnxEncoder.load(model, quantized=quantized, onnx_file=onnx_file)
             elif not isinstance(model, OnnxEncoder):
                 raise DistillError(f"backend 'onnx' needs a model folder with onnx/ files, not a {type(model).__name__}")
+        if isinstance(model, (str, Path)) and Path(model).expanduser().is_dir() and beyond_encoder(model):
+            from sentence_transformers import SentenceTransformer  # the folder's own pipeline, Dense layers included
+
+            model = SentenceTransformer(str(Path(model).expanduser()), device=str(device) if device is not None else None)
         if isinstance(model, (str, Path)):
             from distill.student import load_model
 
@@ -74,6 +97,31 @@ class Embedder:
         if head is not None and self.kind != "encoder":
             raise DistillError(f"a head module is applied to an Encoder's vectors, not to a {type(model).__name__}'s")
         self.max_length = self._length(max_length)
+        if self.kind == "sentence-transformers" and declared is None:
+            declared = getattr(model, "truncate_dim", None)
+        self.width = self._width()  # the full vector's width (None: known only from an output)
+        if dims is None and declared is not None and self.width is not None and declared > self.width:
+            raise DistillError(f"{self.source}: its truncate_dim {declared} ({ST_CONFIG}) is more than the model's {self.width} dimensions")
+        self.dims = check_dims(dims if dims is not None else declared, self.width, self.source)
+
+    def _width(self) -> int | None:
+        model = self.model
+        if self.kind == "encoder":
+            if self.head is None:
+                return int(model.dim)
+            linears = [m for m in self.head.modules() if type(m).__name__ == "Linear"]
+            return int(linears[-1].out_features) if linears else None
+        if self.kind == "onnx":
+            return int(model.dim)
+        if self.kind == "sentence-transformers":
+            was = getattr(model, "truncate_dim", None)
+            model.truncate_dim = None  # the full width; dims (or the model's own truncate_dim) truncates after
+            try:
+                width = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
+            finally:
+                model.truncate_dim = was
+            return int(width) if width else None
+        return None
 
     def _length(self, max_length) -> int | None:
         """The truncation length asked for, checked against the model's limit; None: the model's default."""
@@ -101,6 +149,15 @@ class Embedder:
         batch_size = self.batch_size if batch_size is None else batch_size
         progress = self.progress if progress is None else progress
         sentences = list(sentences)
+        out = self._full(sentences, batch_size, progress)
+        if self.dims is None:
+            return out
+        if self.width is None:  # a callable: its width shows only now
+            check_dims(self.dims, out.shape[1], self.source)
+        return truncate(out, self.dims)
+
+    def _full(self, sentences: list[str], batch_size: int, progress: bool) -> np.ndarray:
+        """The model's full vectors (for a SentenceTransformer: before its own truncate_dim)."""
         model = self.model
         if self.kind == "encoder":
             return self._encoder(sentences, batch_size, progress)
@@ -108,13 +165,14 @@ class Embedder:
             length = {"max_length": self.max_length} if self.max_length else {}
             out = model.encode(sentences, batch_size=batch_size, progress=progress, desc=self.desc, **length)
         elif self.kind == "sentence-transformers":
-            was = model.max_seq_length
+            was, was_dims = model.max_seq_length, getattr(model, "truncate_dim", None)
             if self.max_length:
                 model.max_seq_length = self.max_length
+            model.truncate_dim = None  # self.dims holds it (declared or asked for): truncated and re-normalized in __call__
             try:
                 out = model.encode(sentences, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
             finally:
-                model.max_seq_length = was
+                model.max_seq_length, model.truncate_dim = was, was_dims
         elif self.kind == "encode":
             out = model.encode(sentences, **_accepted(model.encode, batch_size=batch_size, show_progress_bar=progress))
         else:
@@ -139,7 +197,71 @@ class Embedder:
         return emb.numpy()
 
     def __repr__(self) -> str:
-        return f"Embedder({self.source!r}, kind={self.kind!r}{', head' if self.head is not None else ''})"
+        return (f"Embedder({self.source!r}, kind={self.kind!r}{', head' if self.head is not None else ''}"
+                f"{f', dims={self.dims}' if self.dims else ''})")
+
+
+def check_dims(dims, width: int | None, source="the model") -> int | None:
+    """`dims` (None: the full vector) checked: a whole number from 1 to the model's `width` (when known)."""
+    if dims is None:
+        return None
+    if isinstance(dims, bool) or not isinstance(dims, int) or dims < 1:
+        raise DistillError(f"dims {dims!r}: expected a whole number of dimensions >= 1")
+    if width is not None and dims > width:
+        raise DistillError(f"dims {dims}: more than the {width} dimensions of {source}; use 1 to {width}")
+    return dims
+
+
+def truncate(emb: np.ndarray, dims: int) -> np.ndarray:
+    """The first `dims` coordinates of every row, L2-normalized (a zero row stays zero), float32:
+    a vector served at a smaller width. The one implementation of `--dims`."""
+    emb = np.asarray(emb)
+    check_dims(dims, emb.shape[-1])
+    head = emb[..., :dims].astype(np.float32)
+    norms = np.linalg.norm(head.astype(np.float64), axis=-1, keepdims=True)
+    return (head / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+ST_CONFIG = "config_sentence_transformers.json"
+# sentence-transformers modules our Encoder / StaticStudent reproduce from a folder (distill.encoder)
+_REPRODUCED = ("Transformer", "Pooling", "Normalize", "StaticEmbedding")
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def declared_dims(folder) -> int | None:
+    """The `truncate_dim` a sentence-transformers folder declares in config_sentence_transformers.json
+    (None: none); a value that is not a positive whole number is an error naming the file."""
+    path = Path(folder).expanduser() / ST_CONFIG
+    cfg = _read_json(path)
+    value = cfg.get("truncate_dim") if isinstance(cfg, dict) else None
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise DistillError(f"{path}: truncate_dim {value!r} is not a positive whole number")
+    return value
+
+
+def beyond_encoder(folder) -> list[str]:
+    """The module types of a sentence-transformers folder (modules.json) that our Encoder does not
+    reproduce, e.g. ["Dense"]; [] for any other folder."""
+    modules = _read_json(Path(folder).expanduser() / "modules.json")
+    if not isinstance(modules, list):
+        return []
+    kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]
+    return [k for k in kinds if k not in _REPRODUCED]
+
+
+DIMS_HELP = ("serve the model at N dimensions: the first N of each vector, then L2-normalized (for Matryoshka-trained "
+             "students; 1 <= N <= the model's width; default: the folder's truncate_dim, else the full vector)")
+
+
+def add_dims_arg(parser) -> None:
+    """--dims N for the commands that embed."""
+    parser.add_argument("--dims", type=int, metavar="N", help=DIMS_HELP)
 
 
 def own_max_length(model) -> int | None:
@@ -207,7 +329,7 @@ def _accepted(fn, **kwargs) -> dict:
 
 def embedder(model, batch_size: int = 128, progress: bool = False, device=None, *, backend: str = "torch",
              onnx_file=None, quantized: bool = False, head=None, full_length: bool = False,
-             max_length: int | str | None = None, desc: str = "encode") -> Embedder:
+             max_length: int | str | None = None, desc: str = "encode", dims: int | None = None) -> Embedder:
     """A function list[str] -> (n, d) float32 array, rows in input order: an `Embedder`."""
     return Embedder(model, head=head, batch_size=batch_size, progress=progress, device=device, backend=backend,
-                    onnx_file=onnx_file, quantized=quantized, full_length=full_length, max_length=max_length, desc=desc)
+                    onnx_file=onnx_file, quantized=quantized, full_length=full_length, max_length=max_length, desc=desc, dims=dims)

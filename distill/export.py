@@ -3,8 +3,19 @@
 The folder loads with plain `SentenceTransformer(DIR)` and its transformer with `AutoModel`:
 Transformer -> Pooling (or, for a static student, StaticEmbedding) [-> Dense (the loss's embedding head, e.g. HPD's K-d tanh head, which is
 part of the embedding)] [-> Dense (with --keep-projection, the loss's training-only student-side
-head, its `export_head()`)] -> Normalize (cosine is unchanged by it; dot product then
+head, its `export_head()`; or with --pca N, the PCA of the student's vectors of its training
+sentences)] -> Normalize (cosine is unchanged by it; dot product then
 equals cosine, as with the teachers). Written to a temp folder and renamed at the end.
+
+Smaller vectors: `dims=N` (--dims) writes sentence-transformers' `truncate_dim` into
+config_sentence_transformers.json, so that `SentenceTransformer(DIR)` returns the first N
+dimensions (sentence-transformers truncates after the Normalize: cosine is what the truncated
+vector is for; `distill eval/encode/similarity --model DIR` serve it at N too, re-normalized).
+Meant for a student trained with loss.matryoshka_dims. `pca=N` (--pca) fits a PCA on the
+student's own vectors of (a sample of) the run's training sentences, its teacher cache's
+sentences.txt, and appends it as a Dense(d -> N) layer, W = the top N principal directions, b =
+-W mean: the usual way to shrink a student that was not trained for prefixes. Its coordinates are
+in order of variance, so --pca 384 --dims N and --pca N serve the same vectors.
 
 An export never deletes what this tool did not create: every export folder carries a marker
 (EXPORT_MARKER: tool, version, source run, time), and an existing --out is replaced only when
@@ -32,6 +43,7 @@ from distill.training.student_folder import META, load_saved_student
 
 POOLING_MODES = {"mean": "mean", "cls_before_pooler": "cls"}
 EXPORT_MARKER = ".distill-export.json"
+PCA_SAMPLE = 65_536  # training sentences the export's PCA is fitted on at most (a seeded random sample)
 
 
 def check_out(run_dir: Path, out: Path, overwrite: bool) -> None:
@@ -97,11 +109,14 @@ def _saved_loss(meta: dict, dim: int, heads: dict, student_dir: Path):
 
 
 def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best", keep_projection: bool = False, normalize: bool = True,
-                   max_seq_length: int | None = None, overwrite: bool = False, finish: Callable[[Path], None] | None = None) -> Path:
+                   max_seq_length: int | None = None, overwrite: bool = False, finish: Callable[[Path], None] | None = None,
+                   dims: int | None = None, pca: int | None = None) -> Path:
     """Write a run's student as a sentence-transformers folder.
 
     `max_seq_length` defaults to the model's own limit (`max_positions`), the length the run's
     scores were computed at, not the (often shorter) training length; a static student has none.
+    `dims`: the folder's truncate_dim (served at N dimensions); `pca`: a PCA Dense(d -> N) fitted
+    on the student's vectors of the run's training sentences (module docstring).
     """
     from sentence_transformers import SentenceTransformer
 
@@ -127,23 +142,77 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
     if head is not None:  # part of the embedding (HPD's K-d tanh output), and scored as such
         modules.append(_dense_from(head, f"{loss_name} embedding head"))
     projection = None
+    if dims is not None and keep_projection:
+        raise DistillError("--dims and --keep-projection: give one of them (Matryoshka prefixes are of the student's own vector, "
+                           "not of its training head's output)")
+    if pca is not None and keep_projection:
+        raise DistillError("--pca and --keep-projection: give one of them (the PCA reduces the student's own vector, not a head's)")
+    if pca is not None:
+        modules.append(_pca_dense(enc, head, meta, pca, student_dir))
+        projection = f"a PCA to {pca} dimensions (--pca, fitted on the student's vectors of its training sentences)"
     if keep_projection:
         kept = loss.export_head() if loss is not None else None
         if kept is None:
             raise DistillError(f"--keep-projection: the {loss_name or 'unknown'} loss of this run has no student-side head to keep")
         _prefix, module, projection = kept
         modules.append(_dense_from(module, f"--keep-projection: {loss_name}"))
+        projection += " (--keep-projection)"
     if normalize:
         modules.append(models.Normalize())
     model = SentenceTransformer(modules=modules, device="cpu")
+    if dims is not None:
+        _check_dims(dims, model, meta, pca)
+        model.truncate_dim = dims  # saved in config_sentence_transformers.json; SentenceTransformer(DIR) reads it back
 
     with atomic_dir(out, publish=lambda tmp, target: _publish(tmp, target, run_dir, overwrite)) as tmp:
         model.save(str(tmp), safe_serialization=True)
         (tmp / "README.md").write_text(model_card(run_dir, meta, model, projection, normalize), encoding="utf-8")
-        (tmp / EXPORT_MARKER).write_text(json.dumps(_marker(run_dir, which, student_dir), indent=2) + "\n")
+        (tmp / EXPORT_MARKER).write_text(json.dumps({**_marker(run_dir, which, student_dir), "dims": dims, "pca": pca}, indent=2) + "\n")
         if finish is not None:  # e.g. the ONNX files: written before the rename, so the export appears complete or not at all
             finish(tmp)
     return out
+
+
+def _check_dims(dims: int, model, meta: dict, pca: int | None) -> None:
+    """--dims: 1..the exported width; a note when the student was not trained for prefixes."""
+    width = (getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)()
+    if isinstance(dims, bool) or not isinstance(dims, int) or not 1 <= dims <= width:
+        raise DistillError(f"--dims {dims}: must be between 1 and the exported width {width}")
+    trained = (meta.get("loss") or {}).get("matryoshka_dims")
+    if pca is None and not trained and dims < width:
+        print(f"distill: note: --dims {dims}: this student was not trained with loss.matryoshka_dims, so its first {dims} "
+              f"dimensions were not trained to stand alone (--pca {dims} is the usual way to shrink it)", file=sys.stderr)
+
+
+def _pca_dense(enc, head, meta: dict, k: int, student_dir: Path):
+    """A sentence-transformers Dense(d -> k): the PCA of the student's vectors (through its embedding
+    head, if any) of at most PCA_SAMPLE of the run's training sentences (its cache's sentences.txt).
+    W = the top k principal directions (rows), b = -W mean, so the layer centers and projects."""
+    import numpy as np
+
+    from distill.data.cache import TeacherCache
+    from distill.training.student_folder import StudentEmbedder
+
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise DistillError(f"--pca {k!r}: expected a whole number of dimensions >= 1")
+    cache = meta.get("cache")
+    if not cache or not (Path(cache) / "sentences.txt").is_file():
+        raise DistillError(f"--pca: the run's training sentences are not at {cache!r} (its teacher cache, recorded in "
+                           f"{student_dir / META}); run the export from the folder the run was trained in")
+    sentences = TeacherCache.open(cache).sentences()
+    rows = np.sort(np.random.default_rng(0).choice(len(sentences), size=min(PCA_SAMPLE, len(sentences)), replace=False))
+    emb = StudentEmbedder(enc, head)([sentences[i] for i in rows], batch_size=256).astype(np.float64)
+    d = emb.shape[1]
+    if k > min(d, len(rows)):
+        raise DistillError(f"--pca {k}: must be at most the student's width {d} (and the {len(rows)} sentences it is fitted on)")
+    mean = emb.mean(0)
+    _, _, vt = np.linalg.svd(emb - mean, full_matrices=False)
+    weight = vt[:k]
+    dense = st_module_classes().Dense(d, k, bias=True, activation_function=nn.Identity())
+    with torch.no_grad():
+        dense.linear.weight.copy_(torch.from_numpy(weight))
+        dense.linear.bias.copy_(torch.from_numpy(-weight @ mean))
+    return dense
 
 
 def _marker(run_dir: Path, which: str, student_dir: Path) -> dict:
@@ -189,12 +258,20 @@ def model_card(run_dir: Path, meta: dict, model, projection: str | None, normali
         f"- Schedule: `{json.dumps(recipe.get('train', {}))}`",
         f"- Checkpoint: step {meta.get('step')} (selected by {meta.get('selected_by', 'the last step')}"
         + (f" = {meta['score']:.2f})" if "score" in meta else ")"),
-        f"- Output: {f'the student embedding through {projection} (--keep-projection)' if projection else 'the student embedding'}"
-        + (", L2-normalized" if normalize else ""),
+        f"- Output: {f'the student embedding through {projection}' if projection else 'the student embedding'}"
+        + (", L2-normalized" if normalize else "")
+        + (f"; served at its first {model.truncate_dim} dimensions (truncate_dim)" if getattr(model, "truncate_dim", None) else ""),
         "",
         "## STS (Spearman x100 of cosine similarity)",
         "",
     ]
+    served = getattr(model, "truncate_dim", None)
+    if scores and served:  # the run's own scores at the served width (eval.dims), else say they are the full vector's
+        at = {k.removesuffix(f"@{served}"): v for k, v in scores.items() if k.endswith(f"@{served}")}
+        lines.append(f"At the {served} dimensions this folder serves (the run's eval.dims):" if at else
+                     f"Of the full vector (the run did not score {served} dimensions: add {served} to eval.dims); this folder serves its first {served}:")
+        lines.append("")
+        scores = at or scores
     if scores:
         cols = [c for c in (*TEST_TASKS, "Avg", ZH_TEST_TASK) if c in scores]
         lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), "| " + " | ".join(f"{scores[c]:.2f}" for c in cols) + " |"]

@@ -67,9 +67,11 @@ def check_values(recipe) -> None:
             resolve_tasks(tasks)
         except DistillError as exc:
             raise DistillError(f"eval.{key}: {exc}") from None
+    _need(_widths_ok(e.dims), "eval.dims", e.dims, "a list of widths in descending order, no repeats, each >= 1 ([] = the full vector only)")
     name = recipe.loss["name"]
     loss = loss_class(name)
     loss.check(recipe.loss, "loss")
+    _check_prefix_widths(recipe)
     if recipe.train.batch_size < 2 and loss.needs_batch_negatives(recipe.loss):
         raise DistillError(f"train.batch_size {recipe.train.batch_size}: loss {name} is contrastive, its negatives are the other "
                            "sentences of the batch; it needs at least 2 per device (one gives a loss of exactly 0)")
@@ -83,6 +85,23 @@ def check_values(recipe) -> None:
     _need(s2.neg_samples >= 0, "stage2.neg_samples", s2.neg_samples, ">= 0")
     _need(len(s2.columns) >= 2 and all(s2.columns), "stage2.columns", s2.columns,
           "two or more names (anchor, positive, then any negatives)")
+
+
+def _widths_ok(dims) -> bool:
+    return all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims) and all(a > b for a, b in zip(dims, dims[1:]))
+
+
+def _check_prefix_widths(recipe) -> None:
+    """loss.matryoshka_dims against the student preset's width (a folder is checked when the loss is built)."""
+    from distill.losses.matryoshka import check_prefix_widths
+    from distill.presets import find_preset
+
+    dims = recipe.loss.get("matryoshka_dims")
+    if dims is None or Path(recipe.student).expanduser().is_dir():
+        return
+    preset = find_preset(recipe.student, "student")
+    if preset is not None:
+        check_prefix_widths(dims, preset.dim)
 
 
 def _check_retrieval(e) -> None:

@@ -26,6 +26,7 @@ from loss_refs import (  # noqa: F401 (module fixtures: one torch thread, the Mi
 from sentences import CONTRADICTIONS, PARAPHRASES, SENTENCES
 
 from distill.data.cache import fit_pca
+from distill.losses.base import MATRYOSHKA_DEFAULTS
 from distill.errors import DistillError
 from distill.losses import (
     LOSSES,
@@ -49,6 +50,8 @@ def test_constructor_defaults_match_loss_defaults():
         assert cls.name == name
         params = inspect.signature(cls.__init__).parameters
         keywords = {k: p.default for k, p in params.items() if p.kind is p.KEYWORD_ONLY and k not in cls.internal}
+        if cls.matryoshka:  # taken by build_loss's MatryoshkaLoss around the class (losses/matryoshka.py)
+            keywords.update(MATRYOSHKA_DEFAULTS)
         assert list(params)[1:3] == ["student_dim", "teacher_dim"]
         defaults = cls.defaults()
         assert defaults == keywords and all(type(defaults[k]) is type(v) for k, v in keywords.items()), name

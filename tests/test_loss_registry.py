@@ -31,9 +31,13 @@ def _write(tmp_path, loss: str, extra: str = "") -> Path:
 
 
 def test_defaults_are_the_constructor_keywords():
+    """...plus matryoshka_dims / matryoshka_weights for a class that compares student vectors."""
+    from distill.losses.base import MATRYOSHKA_DEFAULTS
+
     for name, cls in LOSSES.items():
         params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # self, student_dim, teacher_dim
-        assert cls.defaults() == {p.name: p.default for p in params if p.name not in cls.internal}, name
+        extra = MATRYOSHKA_DEFAULTS if cls.matryoshka else {}
+        assert cls.defaults() == {**{p.name: p.default for p in params if p.name not in cls.internal}, **extra}, name
 
 
 @pytest.mark.parametrize("name", ["mse", "cosine"])
@@ -52,7 +56,8 @@ def test_a_recipe_can_set_the_projection(tmp_path, name):
 
 def test_saved_recipe_gets_the_new_defaults():
     out = saved_recipe_with_defaults({"loss": {"name": "mse", "standardize": "zscore"}, "stage2": {"loss": {"lam": 0.5}}})
-    assert out["loss"] == {"name": "mse", "standardize": "zscore", "projection": None}
+    # a run saved before Matryoshka prefixes existed resumes as the plain objective it was
+    assert out["loss"] == {"name": "mse", "standardize": "zscore", "projection": None, "matryoshka_dims": None, "matryoshka_weights": None}
     assert out["stage2"]["loss"] == {"name": "ibkd_supervised", **loss_class("ibkd_supervised").defaults(), "lam": 0.5}
 
 

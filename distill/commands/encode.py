@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+from distill.embedding import add_dims_arg
 from distill.errors import DistillError
 from distill.onnx.runtime import add_backend_args, backend_kwargs
 
@@ -116,16 +117,15 @@ def _cmd_encode(args) -> int:
     empty = sum(1 for s in sentences if not s.strip())
     if empty:
         print(f"distill: warning: {empty} empty sentence(s) in {source}; encoded as they are, so row i stays line i", file=sys.stderr)
-    if backend_kwargs(args)["backend"] == "onnx":  # onnxruntime on CPU, no torch (distill/onnx/runtime.py)
-        from distill.onnx.runtime import OnnxEncoder
+    from distill.embedding import Embedder
 
-        enc = OnnxEncoder.load(args.model, quantized=args.quantized, onnx_file=args.onnx_file, max_length=args.max_length)
-    else:
-        from distill.student import load_model
-
-        enc = load_model(args.model, max_length=args.max_length, device=args.device)
+    # onnx: onnxruntime on CPU, no torch (distill/onnx/runtime.py); torch: the model's own
+    # precision and length; a folder with a Dense layer through sentence-transformers (embedding.py)
+    embed = Embedder(args.model, batch_size=args.batch_size, progress=not args.quiet, device=args.device, desc="encode",
+                     max_length=args.max_length, dims=args.dims, **backend_kwargs(args))
+    enc = embed.model
     start = time.perf_counter()
-    emb = enc.encode(sentences, batch_size=args.batch_size, progress=not args.quiet, desc="encode")
+    emb = embed(sentences)
     seconds = time.perf_counter() - start
     if args.dtype == "float16":
         emb = emb.astype(np.float16)
@@ -133,11 +133,14 @@ def _cmd_encode(args) -> int:
         save_embeddings(
             args.out, emb,
             metadata={"model": args.model, "input": source, "rows": len(sentences), "dim": emb.shape[1],
-                      "pooling": enc.pooling, "normalize": enc.normalize, "max_length": enc.max_length},
+                      "pooling": getattr(enc, "pooling", "(the folder's modules)"),
+                      "normalize": True if embed.dims else getattr(enc, "normalize", "(the folder's modules)"),
+                      "max_length": embed.max_length or getattr(enc, "max_length", None) or getattr(enc, "max_seq_length", None),
+                      **({"dims": embed.dims, "full_dim": embed.width} if embed.dims else {})},
         )
     print(
         f"wrote {args.out}: {emb.shape[0]} x {emb.shape[1]} {emb.dtype} "
-        f"({len(sentences) / max(seconds, 1e-9):,.0f} sentences/s on {enc.device})",
+        f"({len(sentences) / max(seconds, 1e-9):,.0f} sentences/s on {getattr(enc, 'device', 'cpu')})",
         file=sys.stderr,
     )
     return 0
@@ -165,5 +168,6 @@ def register(sub) -> None:
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored dtype (default float32)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the GPU when there is one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dims_arg(p)
     add_backend_args(p)
     p.set_defaults(func=_cmd_encode)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from distill.embedding import add_dims_arg
 from distill.onnx.runtime import add_backend_args
 
 
@@ -16,12 +17,12 @@ def _cmd_eval(args) -> int:
         check_writable(args.json, "--json")  # before the model loads: not after the evaluation
     results = evaluate_sts(
         args.model, tasks=args.tasks, sts_dir=args.sts_dir, batch_size=args.batch_size, progress=not args.quiet,
-        **backend_kwargs(args),
+        dims=args.dims, **backend_kwargs(args),
     )
-    print(format_table(results, title=args.model))
+    print(format_table(results, title=args.model if args.dims is None else f"{args.model} @{args.dims}"))
     if args.json:
         with write_errors(args.json, "--json", "; not written, the scores are in the table above"):
-            write_json_atomic(args.json, {"model": args.model, "sts_dir": args.sts_dir, "scores": results})
+            write_json_atomic(args.json, {"model": args.model, "sts_dir": args.sts_dir, "dims": args.dims, "scores": results})
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
@@ -35,5 +36,6 @@ def register(sub) -> None:
     ev.add_argument("--json", help="also write the scores to this JSON file")
     ev.add_argument("--batch-size", type=int, default=128)
     ev.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_dims_arg(ev)
     add_backend_args(ev)
     ev.set_defaults(func=_cmd_eval)

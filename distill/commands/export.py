@@ -21,7 +21,7 @@ def _cmd_export(args) -> int:
 
     onnx_step = _onnx_step(args)  # before the export: a missing onnxruntime fails first
     out = export_student(args.run_dir, args.out, which=args.which, keep_projection=args.keep_projection, normalize=not args.no_normalize,
-                         max_seq_length=args.max_seq_length, overwrite=args.overwrite, finish=onnx_step)
+                         max_seq_length=args.max_seq_length, overwrite=args.overwrite, finish=onnx_step, dims=args.dims, pca=args.pca)
     print(out)
     return 0
 
@@ -35,6 +35,12 @@ def register(sub) -> None:
                    help="append the loss's student-side head: the decoder/projection into the teacher's space (ibkd, infonce, mse, cosine) "
                         "or CRD's head into its proj_dim contrastive space")
     p.add_argument("--max-seq-length", type=int, help="truncation length of the exported model (default: the model's own limit, which the run was scored at)")
+    p.add_argument("--dims", type=int, metavar="N",
+                   help="serve at N dimensions: writes sentence-transformers' truncate_dim, so SentenceTransformer(OUT) returns the "
+                        "first N (for a student trained with loss.matryoshka_dims)")
+    p.add_argument("--pca", type=int, metavar="N",
+                   help="append a PCA to N dimensions (a Dense layer) fitted on the student's vectors of the run's training sentences "
+                        "(the teacher cache's sentences.txt; at most 65,536 of them)")
     p.add_argument("--no-normalize", action="store_true", help="do not append a Normalize module")
     p.add_argument("--overwrite", action="store_true", help="replace a previous export in --out (only a folder this tool exported)")
     p.add_argument("--onnx", action="store_true", help="also write onnx/model.onnx for CPU serving (`--backend onnx`); needs distill[onnx]")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+from distill.embedding import add_dims_arg
 from distill.errors import DistillError
 from distill.eval.retrieval.search import DEFAULT_CHUNK_SIZE
 from distill.onnx.runtime import add_backend_args, backend_kwargs
@@ -29,7 +30,7 @@ def _cmd_eval_retrieval(args) -> int:
     results = evaluate_retrieval(
         args.model, data.queries, data.corpus, data.qrels, k=ks, batch_size=args.batch_size,
         chunk_size=args.chunk_size, metric=args.metric, progress=not args.quiet, max_length=args.max_length,
-        return_run=bool(args.save_run), **backend_kwargs(args),
+        return_run=bool(args.save_run), dims=args.dims, **backend_kwargs(args),
     )
     run, scores = results.pop("run", None), results.pop("run_scores", None)
     for w in data.warnings + results["warnings"]:
@@ -88,5 +89,6 @@ def register(sub) -> None:
     p.add_argument("--json", metavar="FILE", help="also write the results to this JSON file")
     p.add_argument("--save-run", metavar="FILE", help="also write the ranking (top max(k) per query) as a TREC run file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_dims_arg(p)
     add_backend_args(p)
     p.set_defaults(func=_cmd_eval_retrieval)

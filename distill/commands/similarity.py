@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from distill.embedding import add_dims_arg
 from distill.errors import DistillError
 from distill.onnx.runtime import add_backend_args, backend_kwargs
 
@@ -69,7 +70,7 @@ def _cmd_similarity(args) -> int:
     source, compare = parse_inputs(inputs)  # checked before the model loads
     with warnings.catch_warnings():  # the note is printed below, once
         warnings.filterwarnings("ignore", message=r".*further source sentence", category=UserWarning)
-        result = pipeline(args.model, metric=metric, batch_size=args.batch_size, **backend_kwargs(args))(inputs)
+        result = pipeline(args.model, metric=metric, batch_size=args.batch_size, dims=args.dims, **backend_kwargs(args))(inputs)
     candidates = compare if compare is not None else source[1:]
     order = rank(result["scores"], metric)
     rows = [
@@ -120,5 +121,6 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--embeddings", action="store_true", help="with --json: include the text_embedding rows")
     p.add_argument("--batch-size", type=int, default=128)
+    add_dims_arg(p)
     add_backend_args(p)
     p.set_defaults(func=_cmd_similarity)

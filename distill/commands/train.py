@@ -8,7 +8,7 @@ import sys
 def _cmd_train(args) -> int:
     from distill.config import load_recipe
     from distill.eval.retrieval import format_report
-    from distill.eval.sts import DEV_LABELS, format_table
+    from distill.eval.sts import DEV_LABELS, by_width, format_rows
     from distill.io import write_errors
     from distill.training.trainer import train
 
@@ -22,8 +22,8 @@ def _cmd_train(args) -> int:
         if results["best"]:  # STS, Spearman x100 (none when eval.final_tasks is [])
             rows = [("teacher " + recipe.teacher, results["baselines"]["teacher"]), (recipe.student + " before", results["baselines"]["init"])] if "baselines" in results else []
             rows.append((after, results["best"]))
-            tables = [format_table(scores, title=name).splitlines() for name, scores in rows]
-            print("\n".join(tables[0][:2] + [t[2] for t in tables]))
+            rows += [(f"{after} @{k}", scores) for k, scores in by_width(results["best"])]  # eval.dims
+            print(format_rows(rows))
         ret = results.get("retrieval")
         if ret:  # eval.final_retrieval, x100
             base = results.get("retrieval_baselines")

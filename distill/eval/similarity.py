@@ -120,11 +120,11 @@ class SimilarityPipeline:
     """Callable returned by `pipeline()`; see the module docstring for the input and output."""
 
     def __init__(self, model, metric: str = "cosine", batch_size: int = 128, progress: bool = False, device=None, *,
-                 backend: str = "torch", onnx_file=None, quantized: bool = False):
+                 backend: str = "torch", onnx_file=None, quantized: bool = False, dims: int | None = None):
         self.metric = normalize_metric(metric)
         self.model = model
         self._embed = embedder(model, batch_size=batch_size, progress=progress, device=device,
-                               backend=backend, onnx_file=onnx_file, quantized=quantized)
+                               backend=backend, onnx_file=onnx_file, quantized=quantized, dims=dims)
 
     def __call__(self, input: Mapping, metric: str | None = None) -> dict:
         """`{"source_sentence": [...], "sentences_to_compare": [...]}` -> text_embedding and scores.
@@ -168,7 +168,7 @@ class SimilarityPipeline:
 
 
 def pipeline(model, metric: str = "cosine", *, batch_size: int = 128, progress: bool = False, device=None,
-             backend: str = "torch", onnx_file=None, quantized: bool = False) -> SimilarityPipeline:
+             backend: str = "torch", onnx_file=None, quantized: bool = False, dims: int | None = None) -> SimilarityPipeline:
     """A sentence-similarity pipeline over `model` (name / folder / preset, Encoder, SentenceTransformer).
 
     `backend="onnx"`: onnxruntime on CPU over the folder's onnx/model.onnx (`quantized=True`:
@@ -177,9 +177,13 @@ def pipeline(model, metric: str = "cosine", *, batch_size: int = 128, progress: 
     `metric`: "cosine" (default), "dot" (inner product of the model's own embeddings: equal to
     cosine for models that normalize) or "l2" (Euclidean distance: smaller is closer; the result
     says so with "higher_is_closer": False). It can also be given per call.
+
+    `dims=N`: serve the model at N dimensions, the first N of each vector then L2-normalized (a
+    Matryoshka-trained student; `distill.embedding.truncate`); default: a named folder's
+    truncate_dim, else the full vector. "text_embedding" then has N columns.
     """
     return SimilarityPipeline(model, metric=metric, batch_size=batch_size, progress=progress, device=device,
-                              backend=backend, onnx_file=onnx_file, quantized=quantized)
+                              backend=backend, onnx_file=onnx_file, quantized=quantized, dims=dims)
 
 
 def rank(scores: Sequence[float], metric: str = "cosine") -> list[int]:

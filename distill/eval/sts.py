@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import spearmanr
 
-from distill.embedding import embedder
+from distill.embedding import embedder, truncate
 from distill.errors import DistillError
 from distill.eval.sts_data import STSPairs, load_sts
 from distill.tasks import DEV_LABELS, DEV_TASK, TEST_TASKS, ZH_DEV_TASK, ZH_TEST_TASK, resolve_tasks, selection_task  # noqa: F401 (re-exported)
@@ -49,6 +49,8 @@ def evaluate_sts(
     backend: str = "torch",
     onnx_file=None,
     quantized: bool = False,
+    dims: int | None = None,
+    prefix_dims: Sequence[int] = (),
 ) -> dict[str, float]:
     """Spearman x100 per task, plus "Avg" over the English test sets evaluated (STS12-16, STS-B,
     SICK-R; the selection sets and Chinese STS-B never enter it, and without an English test set
@@ -60,7 +62,10 @@ def evaluate_sts(
     "STS-B-dev" for the selection metric. `data`: already loaded pairs (the trainer loads them
     once per run and scores the student with them at every evaluation step: there is no STS
     callback class, see `distill.training.trainer`). `backend="onnx"` (`quantized`, `onnx_file`): a folder's onnx/ graph through
-    onnxruntime, see `distill.onnx.runtime.OnnxEncoder`.
+    onnxruntime, see `distill.onnx.runtime.OnnxEncoder`. `dims`: score the model served at that
+    many dimensions (`distill.embedding.truncate`: the first `dims`, L2-normalized). `prefix_dims`:
+    also score each of these widths from the same encoding, as "TASK@k" and "Avg@k" (a width
+    equal to the vector's own is the plain "TASK"); what a run's `eval.dims` reports.
     """
     names = resolve_tasks(tasks)
     pairs = data if data is not None else {t: load_sts(t, sts_dir) for t in names}
@@ -69,11 +74,19 @@ def evaluate_sts(
         raise DistillError(f"no data for STS tasks {missing}")
     sentences = sorted({s for t in names for s in (*pairs[t].sentences1, *pairs[t].sentences2)})
     embed = embedder(model, batch_size=batch_size, progress=progress, backend=backend, onnx_file=onnx_file, quantized=quantized,
-                     full_length=True, desc="STS encode")
+                     full_length=True, desc="STS encode", dims=dims)
     emb = embed(sentences)
     if emb.shape[0] != len(sentences):
         raise DistillError(f"the model returned {emb.shape[0]} embeddings for {len(sentences)} sentences")
     row = {s: i for i, s in enumerate(sentences)}
+    results = _score(emb, names, pairs, row, "")
+    for k in prefix_dims:
+        if int(k) != emb.shape[1]:
+            results.update(_score(truncate(emb, int(k)), names, pairs, row, f"@{int(k)}"))
+    return results
+
+
+def _score(emb: np.ndarray, names: list[str], pairs: dict, row: dict, suffix: str) -> dict[str, float]:
     results: dict[str, float] = {}
     for t in names:
         p = pairs[t]
@@ -82,12 +95,29 @@ def evaluate_sts(
         sims = cosine_rows(a, b)
         if np.ptp(p.scores) == 0 or np.ptp(sims) == 0:  # Spearman is undefined (NaN) when one side is constant
             what = "every gold score is the same" if np.ptp(p.scores) == 0 else "the model gives every pair the same similarity"
-            raise DistillError(f"STS task {t}: no score can be computed, {what} ({len(p)} pairs)")
-        results[t] = spearman_x100(sims, p.scores)
-    tests = [results[t] for t in names if t in TEST_TASKS]
+            raise DistillError(f"STS task {t}{suffix}: no score can be computed, {what} ({len(p)} pairs)")
+        results[t + suffix] = spearman_x100(sims, p.scores)
+    tests = [results[t + suffix] for t in names if t in TEST_TASKS]
     if tests:
-        results["Avg"] = float(np.mean(tests))
+        results["Avg" + suffix] = float(np.mean(tests))
     return results
+
+
+def by_width(results: dict[str, float]) -> list[tuple[int, dict[str, float]]]:
+    """The "TASK@k" scores of `evaluate_sts(..., prefix_dims=...)`, per width k (widest first), with
+    their plain task names: [(128, {"STS12": ..., "Avg": ...}), ...]."""
+    widths: dict[int, dict[str, float]] = {}
+    for key, value in results.items():
+        name, at, k = key.rpartition("@")
+        if at and k.isdigit():
+            widths.setdefault(int(k), {})[name] = value
+    return sorted(widths.items(), reverse=True)
+
+
+def format_rows(rows: Sequence[tuple[str, dict[str, float]]]) -> str:
+    """One markdown table of several rows (title, scores), columns those of the first row."""
+    tables = [format_table(scores, title=name).splitlines() for name, scores in rows]
+    return "\n".join(tables[0][:2] + [t[2] for t in tables])
 
 
 def format_table(results: dict[str, float], title: str | None = None) -> str:

@@ -8,6 +8,10 @@
     parts = loss(out, teacher_vectors)      # {"loss": scalar, "infonce": ..., "hsic": ..., ...}
     parts["loss"].backward()
 
+With `matryoshka_dims=[384, 256, 128, 64]` (a recipe's loss.matryoshka_dims) a loss that compares
+student vectors comes back as a `MatryoshkaLoss` (losses/matryoshka.py): the same objective on
+each prefix s[:k], each with its own heads, summed with `matryoshka_weights`.
+
 `loss.embedding_head()` is the module to append to the student for evaluation/export (HPD's
 K-d tanh projection; None for the others). `STDistillLoss` (lazy import) wraps any of them as a
 sentence-transformers loss.
@@ -23,6 +27,8 @@ Adding a loss: one file, and three lines here (its import, its entry in `LOSSES`
    but the teacher's cached vectors, as HPD does for its PCA targets), `embedding_head()` (a
    head that is part of the sentence embedding) and `export_head()` (a training-only head that
    `distill export --keep-projection` may append).
+   If it compares student vectors with the teacher's, `matryoshka = True` lets recipes train it on
+   prefixes (matryoshka_dims); otherwise `matryoshka_refusal` says why not.
 2. here: its import, its entry in `LOSSES` below and its name in `__all__`. Its order is the order of `distill compare`'s default losses
    (every loss with `stage = 1`).
 
@@ -35,7 +41,7 @@ from __future__ import annotations
 from typing import Any
 
 from distill.errors import DistillError
-from distill.losses.base import DistillLoss
+from distill.losses.base import MATRYOSHKA_DEFAULTS, DistillLoss
 from distill.losses.cosine import CosineLoss
 from distill.losses.crd import CRDLoss
 from distill.losses.functional import (
@@ -51,6 +57,7 @@ from distill.losses.hpd import HPDLoss
 from distill.losses.ibkd import IBKDLoss
 from distill.losses.ibkd_supervised import IBKDSupervisedLoss
 from distill.losses.infonce import InfoNCELoss
+from distill.losses.matryoshka import MatryoshkaLoss
 from distill.losses.mnrl import MNRLLoss
 from distill.losses.mse import MSELoss
 
@@ -94,9 +101,18 @@ def build_loss(spec: str | dict[str, Any], student_dim: int, teacher_dim: int | 
     cls = loss_class(str(spec))
     cls.check(params, f"loss {cls.name}")  # the class's rules: the one check of its parameters
     try:
-        return cls(student_dim, teacher_dim, **params)
+        return _construct(cls, student_dim, teacher_dim, params)
     except TypeError as exc:
         raise DistillError(f"loss {spec!r}: {exc}") from None
+
+
+def _construct(cls: type[DistillLoss], student_dim: int, teacher_dim: int | None, params: dict[str, Any]) -> DistillLoss:
+    """The class itself, or with `matryoshka_dims` set a MatryoshkaLoss over one instance per prefix."""
+    dims, weights = params.get("matryoshka_dims"), params.get("matryoshka_weights")
+    rest = {k: v for k, v in params.items() if k not in MATRYOSHKA_DEFAULTS}
+    if dims is None:
+        return cls(student_dim, teacher_dim, **rest)
+    return MatryoshkaLoss(cls, student_dim, teacher_dim, dims=dims, weights=weights, **rest)
 
 
 def load_loss(spec: dict[str, Any], student_dim: int, state: dict[str, Any]) -> DistillLoss:
@@ -111,7 +127,7 @@ def load_loss(spec: dict[str, Any], student_dim: int, state: dict[str, Any]) -> 
     widths = sorted({int(d) for t in state.values() for d in t.shape} | {int(student_dim)})
     for teacher_dim in widths:
         try:
-            loss = cls(student_dim, teacher_dim, **params)
+            loss = _construct(cls, student_dim, teacher_dim, params)
             loss.load_state_dict(state, strict=True)
         except (RuntimeError, DistillError):  # heads of another width, or a width the loss refuses
             continue
@@ -139,6 +155,7 @@ __all__ = [
     "InfoNCELoss",
     "MNRLLoss",
     "MSELoss",
+    "MatryoshkaLoss",
     "STDistillLoss",
     "build_loss",
     "comparable_losses",

@@ -14,11 +14,17 @@ A loss class declares:
   supervised stage that follows (rows of anchor, positive and negatives; IBKD's NLI triplets).
 - `targets(params)`: what the training targets are: the teacher's cached vectors, or their PCA.
 - `embedding_head()` / `export_head()`: what evaluation and `distill export` append.
+- `matryoshka`: True when the objective compares student vectors, so that it can be trained on
+  every prefix s[:k] of the student vector (losses/matryoshka.py): its recipe parameters then
+  also hold `matryoshka_dims` and `matryoshka_weights` (MATRYOSHKA_DEFAULTS), which `build_loss`
+  turns into a `MatryoshkaLoss` over one instance of the class per prefix; False, with
+  `matryoshka_refusal` saying why, for the others.
 """
 
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -44,6 +50,29 @@ def whole_number(minimum: int) -> Rule:
     return (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum, f"a whole number >= {minimum}")
 
 
+def _is_whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _descending_widths(v) -> bool:
+    return v is None or (isinstance(v, list) and len(v) > 0 and all(_is_whole(d) and d >= 1 for d in v)
+                         and all(a > b for a, b in zip(v, v[1:])))
+
+
+def _prefix_weights(v) -> bool:
+    return v is None or (isinstance(v, list) and len(v) > 0 and all(isinstance(w, (int, float)) and not isinstance(w, bool)
+                                                                    and math.isfinite(w) and w >= 0 for w in v) and any(w > 0 for w in v))
+
+
+# The Matryoshka parameters of every class with `matryoshka = True` (unset: the plain objective).
+MATRYOSHKA_DEFAULTS: dict[str, Any] = {"matryoshka_dims": None, "matryoshka_weights": None}
+MATRYOSHKA_RULES: dict[str, Rule] = {
+    "matryoshka_dims": (_descending_widths, "unset, or a list of widths in descending order, no repeats, each >= 1, "
+                                            "the first the student's own (e.g. [384, 256, 128, 64])"),
+    "matryoshka_weights": (_prefix_weights, "unset (all 1), or one number >= 0 per matryoshka_dims entry, not all 0"),
+}
+
+
 
 class DistillLoss(nn.Module):
     """A distillation objective that owns its trainable heads.
@@ -67,13 +96,17 @@ class DistillLoss(nn.Module):
     rules: ClassVar[dict[str, Rule]] = {}
     # Constructor keywords that are not recipe parameters, each with the reason.
     internal: ClassVar[dict[str, str]] = {}
+    # Trainable on every prefix s[:k] of the student vector (losses/matryoshka.py); if not, why not.
+    matryoshka: ClassVar[bool] = False
+    matryoshka_refusal: ClassVar[str] = "it does not compare the student's vectors with a teacher's"
 
     # ---------------------------------------------------------------- what a recipe may set
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """The recipe parameters and their defaults: the constructor's keywords after
-        (student_dim, teacher_dim), minus `internal`."""
+        (student_dim, teacher_dim), minus `internal`; plus MATRYOSHKA_DEFAULTS when the class is
+        `matryoshka` (those two are taken by `build_loss`'s MatryoshkaLoss, not the constructor)."""
         params = list(inspect.signature(cls.__init__).parameters.values())[3:]  # self, student_dim, teacher_dim
         out = {}
         for p in params:
@@ -82,13 +115,18 @@ class DistillLoss(nn.Module):
             if p.default is p.empty:
                 raise TypeError(f"{cls.__name__}: recipe parameter {p.name!r} needs a default")
             out[p.name] = p.default
-        return out
+        return {**out, **MATRYOSHKA_DEFAULTS} if cls.matryoshka else out
 
     @classmethod
     def check(cls, params: dict[str, Any], prefix: str = "loss") -> None:
-        """Value rules of `params` (a recipe's loss section); a bad value is a DistillError naming the key."""
+        """Value rules of `params` (a recipe's loss section); a bad value is a DistillError naming the key.
+        A Matryoshka key given to a class that is not `matryoshka` is refused with the class's reason."""
+        rules = {**cls.rules, **MATRYOSHKA_RULES} if cls.matryoshka else cls.rules
         for key, value in params.items():
-            rule = cls.rules.get(key)
+            if key in MATRYOSHKA_DEFAULTS and not cls.matryoshka:
+                raise DistillError(f"{prefix}.{key}: loss {cls.name} cannot be trained on prefixes of the student vector: "
+                                   f"{cls.matryoshka_refusal}")
+            rule = rules.get(key)
             if rule is None or key == "name":
                 continue
             try:
@@ -97,6 +135,12 @@ class DistillLoss(nn.Module):
                 ok = False
             if not ok:
                 raise DistillError(f"{prefix}.{key}: must be {rule[1]}, got {value!r}")
+        dims, weights = params.get("matryoshka_dims"), params.get("matryoshka_weights")
+        if weights is not None and dims is None:
+            raise DistillError(f"{prefix}.matryoshka_weights: given without {prefix}.matryoshka_dims (the widths they weigh)")
+        if weights is not None and len(weights) != len(dims):
+            raise DistillError(f"{prefix}.matryoshka_weights: {len(weights)} weights for {len(dims)} matryoshka_dims {dims}: "
+                               "give one per width")
 
     @classmethod
     def needs_batch_negatives(cls, params: dict[str, Any]) -> bool:

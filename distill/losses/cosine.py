@@ -26,6 +26,7 @@ class CosineLoss(DistillLoss):
     """
 
     name = "cosine"
+    matryoshka = True  # matryoshka_dims: one projection Linear(k, d_t) per prefix (losses/matryoshka.py)
     rules = {"projection": OPTIONAL_BOOL}
     citation = """
 @article{kim2023embeddistill,

@@ -38,6 +38,7 @@ class CRDLoss(DistillLoss):
 
     name = "crd"
     contrastive = True
+    matryoshka = True  # matryoshka_dims: a student and a teacher head per prefix (losses/matryoshka.py)
     rules = {"proj_dim": whole_number(1), "tau": POSITIVE, "queue_size": whole_number(0)}
 
     @classmethod

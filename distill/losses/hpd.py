@@ -54,6 +54,8 @@ class HPDLoss(DistillLoss):
 """
 
     INITS = ("lstsq", "random")
+    matryoshka_refusal = ("its head is the product: the k-d tanh output is the embedding, not a prefix of the student vector "
+                          "(set loss.k for its width; train prefixes with mse, cosine, crd, infonce or ibkd)")
     rules = {"k": whole_number(1), "init": one_of(*INITS)}
 
     @classmethod

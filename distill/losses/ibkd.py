@@ -140,6 +140,8 @@ class IBKDLoss(DistillLoss):
     name = "ibkd"
     citation = IBKD_CITATION
     contrastive = True
+    # matryoshka_dims: a decoder Linear(k, d_t) and the HSIC term HSIC(X, s[:k]) per prefix (losses/matryoshka.py)
+    matryoshka = True
     rules = {
         **INFONCE_HSIC_RULES,
         "hsic_estimator": one_of(*ESTIMATORS),

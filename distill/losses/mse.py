@@ -61,6 +61,7 @@ class MSELoss(DistillLoss):
     """
 
     name = "mse"
+    matryoshka = True  # matryoshka_dims: one projection Linear(k, d_t) per prefix (losses/matryoshka.py)
     rules = {"standardize": one_of(*STANDARDIZE_MODES), "projection": OPTIONAL_BOOL}
     citation = """
 @inproceedings{reimers-2020-multilingual-sentence-bert,

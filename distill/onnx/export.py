@@ -96,6 +96,8 @@ def _head_from(st_model, folder: Path):
             if pooling not in POOLINGS:
                 raise DistillError(f"{folder}: module {i} pools with {pooling!r}; the ONNX export handles {', '.join(POOLINGS)}")
         elif kind == "Dense":
+            if normalize:  # the graph normalizes once, at the end
+                raise DistillError(f"{folder}: Dense module {i} comes after a Normalize; the ONNX export normalizes only at the end")
             act = type(module.activation_function).__name__
             if act not in ACTIVATIONS:
                 raise DistillError(f"{folder}: Dense module {i} uses activation {act}; the ONNX export handles {', '.join(sorted(ACTIVATIONS))}")

@@ -31,6 +31,7 @@ import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from distill.errors import DistillError
 from distill.eval.sts import evaluate_sts
 from distill.eval.sts_data import load_sts
 from distill.io import write_json_atomic
@@ -57,19 +58,32 @@ class Evaluator(Callback):
 
 
 class STSEvaluator(Evaluator):
+    """STS sets scored on the student (STS-B dev by default: the selection metric).
+
+    `dims` (a recipe's eval.dims): also score the vector truncated to each of these widths and
+    re-normalized, from the same encoding, as "STS-B-dev@128"...; the width equal to the
+    embedding's own (`width`) keeps the plain name. The first of `dims` selects.
+    """
+
     def __init__(self, tasks: Sequence[str] = ("STS-B-dev",), sts_dir=None, data: dict | None = None,
-                 batch_size: int = 128, select: bool = True):
+                 batch_size: int = 128, select: bool = True, dims: Sequence[int] = (), width: int | None = None):
         self.tasks = recipe_tasks(tasks)
         self.data = data if data is not None else {t: load_sts(t, sts_dir) for t in self.tasks}
         self.batch_size, self.select = batch_size, select
+        self.dims, self.width = [int(k) for k in dims], width
+        wider = [k for k in self.dims if width is not None and k > width]
+        if wider:
+            raise DistillError(f"eval.dims {self.dims}: {wider[0]} is more than the {width} dimensions of the student's embedding")
 
     def evaluate(self, state, head: bool = True) -> dict[str, float]:
         embed = state.embedder(head)
-        return evaluate_sts(lambda s: embed(s, batch_size=self.batch_size), tasks=self.tasks, data=self.data, progress=False)
+        return evaluate_sts(lambda s: embed(s, batch_size=self.batch_size), tasks=self.tasks, data=self.data, progress=False,
+                            prefix_dims=self.dims)
 
     @property
     def selection_key(self) -> str:
-        return selection_task(self.tasks)  # STS-B-dev, or STS-B-zh-dev for a Chinese recipe
+        task = selection_task(self.tasks)  # STS-B-dev, or STS-B-zh-dev for a Chinese recipe
+        return task if not self.dims or self.dims[0] == self.width else f"{task}@{self.dims[0]}"
 
 
 class RetrievalSet:
@@ -266,16 +280,19 @@ class Baselines(Callback):
 
 class FinalReport:
     """The best student (in `state.student` at the end) on the final tasks: results["best"] ({}
-    without any), and on the final retrieval split: results["retrieval"]."""
+    without any; with `dims`, eval.dims, also "TASK@k" and "Avg@k" per width, from the same
+    encoding), and on the final retrieval split: results["retrieval"]."""
 
-    def __init__(self, tasks: Sequence[str], data: dict, batch_size: int, retrieval: RetrievalSet | None = None):
-        self.tasks, self.data, self.batch_size, self.retrieval = list(tasks), data, batch_size, retrieval
+    def __init__(self, tasks: Sequence[str], data: dict, batch_size: int, retrieval: RetrievalSet | None = None,
+                 dims: Sequence[int] = ()):
+        self.tasks, self.data, self.batch_size, self.retrieval, self.dims = list(tasks), data, batch_size, retrieval, list(dims)
 
     def scores(self, state) -> dict[str, float]:
         if not self.tasks:
             return {}
         embed = state.embedder()
-        return evaluate_sts(lambda s: embed(s, batch_size=self.batch_size), tasks=self.tasks, data=self.data, progress=False)
+        return evaluate_sts(lambda s: embed(s, batch_size=self.batch_size), tasks=self.tasks, data=self.data, progress=False,
+                            prefix_dims=self.dims)
 
     def retrieval_scores(self, state) -> dict | None:
         """{"data", "split", nDCG@10, MRR@10, Recall@100 (x100), "queries", "corpus", "max_length"}; None without a split."""

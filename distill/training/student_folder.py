@@ -50,7 +50,7 @@ def _save_student(path: Path, encoder: EmbeddingModel, loss: nn.Module | None, m
             "max_length": encoder.max_length,
             "dim": encoder.dim,
             "embedding_head": type(head).__name__ if head is not None else None,
-            "embedding_dim": _head_out_dim(head) if head is not None else encoder.dim,
+            "embedding_dim": head_out_dim(head) if head is not None else encoder.dim,
         }
         if loss is not None:
             state = {k: v.detach().contiguous().cpu() for k, v in loss.state_dict().items()}
@@ -59,7 +59,7 @@ def _save_student(path: Path, encoder: EmbeddingModel, loss: nn.Module | None, m
         (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
 
 
-def _head_out_dim(head: nn.Module) -> int:
+def head_out_dim(head: nn.Module) -> int:
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     return int(linears[-1].out_features)
 

@@ -26,7 +26,6 @@ from torch import nn
 from distill.config import Recipe, saved_recipe_with_defaults
 from distill.data.batches import epoch_batches
 from distill.errors import DistillError
-from distill.eval.sts import format_table
 from distill.eval.sts_data import load_sts
 from distill.io import write_json_atomic, write_text_atomic
 from distill.lock import folder_lock
@@ -38,7 +37,7 @@ from distill.training.callbacks import Callback, JsonlLog, ProgressBar, WandbCal
 from distill.training.distributed import barrier, init_distributed, is_main_process_env, teardown
 from distill.training.evaluators import Baselines, FinalReport, RetrievalEvaluator, RetrievalSet, STSEvaluator, as_callback
 from distill.training.stages import Stage, stage1, stage2
-from distill.training.student_folder import StudentEmbedder, load_saved_student, save_student, stage_meta
+from distill.training.student_folder import StudentEmbedder, head_out_dim, load_saved_student, save_student, stage_meta
 
 LOG_EVERY = 10  # steps between reads of the loss values from the device (each read is a sync)
 
@@ -161,7 +160,8 @@ class Trainer:
         final_ret = (RetrievalSet.load(fr.beir, fr.split, batch_size=fr.batch_size or ev.batch_size, max_length=fr.max_length)
                      if self.main and fr.beir else None)
         self.retrieval = RetrievalEvaluator.from_recipe(ev.retrieval, ev.batch_size) if self.main and ev.retrieval.beir else None
-        self.report = FinalReport(final_tasks, sts, ev.batch_size, retrieval=final_ret) if self.main else None  # results["best"], ["retrieval"]
+        self.report = (FinalReport(final_tasks, sts, ev.batch_size, retrieval=final_ret, dims=ev.dims)  # results["best"], ["retrieval"]
+                       if self.main else None)
         self.baselines = (Baselines(stage.run_dir, recipe.teacher, recipe.student, final_tasks, sts, ev.batch_size, retrieval=final_ret)
                           if self.main and baselines and ev.baselines else None)
         self.callbacks = self._build_callbacks(progress, callbacks or []) if self.main else []
@@ -204,11 +204,17 @@ class Trainer:
                                "keep one of them (set eval.retrieval.select: false to only log retrieval)")
         retrieval_selects = ret is not None and ret.select
         sts_selects = not selecting and not retrieval_selects
-        own = ([STSEvaluator(dev_tasks, data=sts, batch_size=self.recipe.eval.batch_size, select=sts_selects)]
+        own = ([STSEvaluator(dev_tasks, data=sts, batch_size=self.recipe.eval.batch_size, select=sts_selects,
+                             dims=self.recipe.eval.dims, width=self._embedding_width())]
                if dev_tasks and (sts_selects or retrieval_selects) else [])  # a user's selector runs without STS, as always
         own += [ret] if ret is not None else []
         self.callbacks[:0] = own
         return next(cb for cb in self.callbacks if getattr(cb, "select", False))
+
+    def _embedding_width(self) -> int:
+        """The width of what evaluation scores: the student's vector, or its embedding head's output (HPD)."""
+        head = self.module.loss.embedding_head()
+        return head_out_dim(head) if head is not None else int(self.module.student.dim)
 
     def _selection_key(self) -> str:
         key = self.selector.selection_key
@@ -392,11 +398,13 @@ class Trainer:
 
 
 def results_markdown(results: dict, title: str) -> str:
-    """results.md: the STS table (Spearman x100), the retrieval table of eval.final_retrieval
+    """results.md: the STS table (Spearman x100; a row per eval.dims width), the retrieval table of eval.final_retrieval
     (x100; with the baselines when scored), then the warnings."""
     from distill.eval.retrieval import format_report
+    from distill.eval.sts import by_width, format_rows
 
-    parts = [format_table(results["best"], title=title)] if results.get("best") else []
+    best = results.get("best")
+    parts = [format_rows([(title, best)] + [(f"{title} @{k}", s) for k, s in by_width(best)])] if best else []
     ret = results.get("retrieval")
     if ret:
         base = results.get("retrieval_baselines") or {}

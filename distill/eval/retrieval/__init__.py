@@ -100,6 +100,7 @@ def evaluate_retrieval(
     onnx_file=None,
     quantized: bool = False,
     max_length: int | None = None,
+    dims: int | None = None,
 ) -> dict:
     """Embed, search exactly, and score: {"MRR@10", "nDCG@10", "Recall@<k>"..., counts, warnings}.
 
@@ -117,7 +118,9 @@ def evaluate_retrieval(
     the model's own declared length (`distill.embedding.own_max_length`: a sentence-transformers
     folder's max_seq_length, else the position limit), not a preset's training length; a given
     length is checked against the model's limit. A callable model encodes however it does.
-    `results["max_length"]`: the length used (None for a callable).
+    `results["max_length"]`: the length used (None for a callable). `dims`: serve the model at
+    that many dimensions (`distill.embedding.truncate`); `results["dims"]`: the width searched at
+    (None: the full vector).
     """
     from tqdm.auto import tqdm
 
@@ -134,7 +137,7 @@ def evaluate_retrieval(
     if device is None and student_mod is not None and isinstance(model, student_mod.EmbeddingModel):
         device = model.device
     embed = embedder(model, batch_size=batch_size, progress=progress, device=device, backend=backend, onnx_file=onnx_file,
-                     quantized=quantized, max_length=OWN if max_length is None else max_length)
+                     quantized=quantized, max_length=OWN if max_length is None else max_length, dims=dims)
     q_emb = embed([queries[q] for q in qids])
     kmax = max(max(ks), MRR_CUTOFF, NDCG_CUTOFF)
     top = TopK(q_emb, kmax, metric=metric, chunk_size=chunk_size, device=device)
@@ -152,6 +155,7 @@ def evaluate_retrieval(
             "queries_total": len(queries),
             "metric": top.metric,
             "max_length": embed.max_length,
+            "dims": embed.dims,
             "k": ks,
             "warnings": warnings,
         }
