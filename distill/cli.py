@@ -11,7 +11,7 @@ import sys
 from distill.errors import DistillError
 
 # Order = order in --help. Add a module here to add a subcommand.
-COMMANDS = ("eval", "models", "config", "cache", "train", "export", "export_onnx", "similarity", "encode", "retrieval", "compare")
+COMMANDS = ("eval", "models", "config", "cache", "train", "export", "export_onnx", "similarity", "encode", "retrieval", "mine", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -33,6 +33,9 @@ class DataConfig:
     cache_dir: str | None = None  # teacher cache (built by `distill cache` or on demand)
     max_sentences: int | None = None  # take only the first N distinct sentences
     max_length: int = 128
+    # tokens the teacher cache encodes at; unset: the teacher preset's max_length. Long passages
+    # (retrieval) need the teacher's own length, e.g. 256 for all-MiniLM-L6-v2's abstracts.
+    teacher_max_length: int | None = None
     column: str | None = None  # text column of JSONL/CSV/hub corpora (default: text, sentence, ...)
     # length: batches of similar length (little padding; the default); random: plain shuffled
     # batches (the authors'), so in-batch negatives and HSIC batches mix lengths.

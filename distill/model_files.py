@@ -94,12 +94,15 @@ def check_length(key: str, length: int, name: str, role: str, *, fetch: bool = F
 
 
 def check_recipe_lengths(recipe, *, fetch: bool = False) -> None:
-    """data.max_length against the student, and the teacher preset's max_length against the
-    teacher (the cache encodes at it); see `check_length` for `fetch`."""
+    """data.max_length against the student, and the length the cache encodes at (data.teacher_max_length,
+    else the teacher preset's max_length) against the teacher; see `check_length` for `fetch`."""
     from distill.presets import find_preset, repo_root
 
     check_length("data.max_length", recipe.data.max_length, recipe.student, "student", fetch=fetch)
     teacher = find_preset(recipe.teacher, "teacher")
     if teacher is not None and not fetch:  # the cache may already exist: no teacher to fetch
-        where = repo_root() / "teachers" / f"{recipe.teacher}.yaml"
-        check_length(f"{where}: max_length", teacher.max_length, recipe.teacher, "teacher")
+        if recipe.data.teacher_max_length is not None:
+            check_length("data.teacher_max_length", recipe.data.teacher_max_length, recipe.teacher, "teacher")
+        else:
+            where = repo_root() / "teachers" / f"{recipe.teacher}.yaml"
+            check_length(f"{where}: max_length", teacher.max_length, recipe.teacher, "teacher")

@@ -50,6 +50,8 @@ def check_values(recipe) -> None:
     _need(d.max_sentences is None or d.max_sentences >= 1, "data.max_sentences", d.max_sentences, "unset or >= 1")
     # 2 tokens are the tokenizer's [CLS] and [SEP]; below 2 a tokenizer silently ignores the limit
     _need(d.max_length >= 3, "data.max_length", d.max_length, ">= 3 (two special tokens and one word piece)")
+    _need(d.teacher_max_length is None or d.teacher_max_length >= 3, "data.teacher_max_length", d.teacher_max_length,
+          "unset (the teacher preset's max_length) or >= 3")
     _need(d.column is None or bool(d.column), "data.column", d.column, "unset or a column name")
     _check_train("train", recipe.train)
     e = recipe.eval

@@ -12,7 +12,7 @@ def _cmd_cache(args) -> int:
     with write_errors(args.out, "--out", "; once the disk takes it (or with another --out), the same command "
                                           "resumes the build at the first missing shard"):
         cache = build_cache(
-            args.teacher, args.corpus, args.out, pca=args.pca, column=args.column, max_sentences=args.max_sentences,
+            _teacher(args.teacher, args.max_length), args.corpus, args.out, pca=args.pca, column=args.column, max_sentences=args.max_sentences,
             batch_size=args.batch_size, shard_size=args.shard_size, progress=not args.quiet, precision=args.precision,
         )
     m = cache.manifest
@@ -22,6 +22,23 @@ def _cmd_cache(args) -> int:
     return 0
 
 
+def _teacher(name: str, max_length: int | None):
+    """The teacher preset, at --max-length tokens when given (a recipe's data.teacher_max_length)."""
+    import dataclasses
+
+    from distill.errors import DistillError
+    from distill.model_files import check_length
+    from distill.presets import load_teacher
+
+    spec = load_teacher(name)
+    if max_length is None:
+        return spec
+    if max_length < 3:
+        raise DistillError(f"--max-length {max_length}: must be at least 3 (two special tokens and one word piece)")
+    check_length("--max-length", max_length, name, "teacher")
+    return dataclasses.replace(spec, max_length=max_length)
+
+
 def register(sub) -> None:
     p = sub.add_parser("cache", help="encode a corpus with a teacher once (float16, memory-mapped, resumable)")
     p.add_argument("--teacher", required=True, help="teacher preset (teachers/*.yaml)")
@@ -29,6 +46,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="cache folder")
     p.add_argument("--pca", type=int, help="also store the targets projected to K PCA dims (HPD; the paper uses 128)")
     p.add_argument("--column", help="text column of JSONL/CSV/hub sources (default: text, sentence, ...)")
+    p.add_argument("--max-length", type=int, metavar="N",
+                   help="encode at N tokens instead of the preset's max_length (a recipe's data.teacher_max_length)")
     p.add_argument("--max-sentences", type=int, help="keep only the first N distinct sentences")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--shard-size", type=int, default=16384, help="rows per resumable shard")

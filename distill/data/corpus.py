@@ -2,7 +2,8 @@
 
 Sources: plain text or .gz (one sentence per line), JSONL (.jsonl[.gz], one object per line,
 text under `column`), CSV/TSV (.csv/.tsv[.gz], header line, text under `column`), or a hub
-dataset name (owner/name, split "train", text under `column`). Empty lines and exact duplicates
+dataset name (owner/name, split "train", text under `column`), or a BEIR folder's passages and
+one split's queries (`beir:FOLDER?queries=dev`, distill/data/beir_source.py). Empty lines and exact duplicates
 (after stripping surrounding whitespace) are dropped and counted; a sentence's inner newlines
 become spaces (the cache stores one sentence per line). Non-UTF-8 input is an error naming the
 file and line.
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from distill.data.beir_source import is_beir_source, iter_beir_source
 from distill.data.readers import check_text, iter_jsonl, iter_lines, open_binary
 from distill.errors import DistillError
 
@@ -103,6 +105,9 @@ def _iter_hub(name: str, column: str | None) -> Iterator[tuple[int, str]]:
 
 def iter_source(source: str, column: str | None = None) -> Iterator[tuple[int, str]]:
     """(line or row number, raw text) of one source."""
+    if is_beir_source(source):  # beir:FOLDER[?queries=SPLIT]: passages (and a split's queries) of a BEIR folder
+        yield from iter_beir_source(source)
+        return
     path = Path(source).expanduser()
     if not path.exists():
         file_like = path.name.lower().removesuffix(".gz").endswith((".txt", ".jsonl", ".ndjson", ".csv", ".tsv")) or source.endswith(".gz")

@@ -10,6 +10,7 @@ The loop (trainer.py) is the same for both: only `Stage` differs.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from distill.data.corpus import read_corpus
 from distill.data.tokens import tokenize_corpus
 from distill.errors import DistillError
 from distill.losses import build_loss, loss_class
-from distill.presets import load_teacher
+from distill.presets import TeacherSpec, load_teacher
 from distill.student import EmbeddingModel, load_model
 from distill.training.distributed import barrier
 
@@ -80,9 +81,17 @@ class RowsModule(nn.Module):
         return self.loss(*(part(i) for i in range(self.width)))
 
 
+def recipe_teacher(recipe: Recipe) -> TeacherSpec:
+    """The teacher preset as the recipe's cache encodes with it: at data.teacher_max_length when set
+    (the manifest pins the length, so a cache of another length is refused, naming max_length)."""
+    spec = load_teacher(recipe.teacher)
+    length = recipe.data.teacher_max_length
+    return spec if length is None else dataclasses.replace(spec, max_length=length)
+
+
 def open_or_build_cache(recipe: Recipe, progress: bool = True) -> TeacherCache:
     """The recipe's teacher cache; built when missing (needs data.corpus), refused when it disagrees."""
-    spec = load_teacher(recipe.teacher)
+    spec = recipe_teacher(recipe)
     if not recipe.data.cache_dir:
         raise DistillError("data.cache_dir is not set: name the folder of the teacher cache")
     cache_dir = Path(recipe.data.cache_dir)

@@ -40,6 +40,10 @@ from distill.training.stages import Stage, stage1, stage2
 from distill.training.student_folder import StudentEmbedder, head_out_dim, load_saved_student, save_student, stage_meta
 
 LOG_EVERY = 10  # steps between reads of the loss values from the device (each read is a sync)
+# The recipe sections a finished stage 1 depends on: `--resume` of a run whose stage 1 is over may
+# change the others (stage2, eval, output), so one stage 1 serves several stage-2 runs (copy the
+# folder without stage2/, resume with another stage2.* or output.dir).
+STAGE1_KEYS = ("teacher", "student", "loss", "data", "train")
 
 
 @dataclass
@@ -103,8 +107,8 @@ def _train(recipe: Recipe, resume: bool, progress: bool, callbacks: list | None)
     # Stage 1's finish() writes RUN/results.json last: when it is there, stage 1 is over and a resume
     # goes straight to stage 2 (no cache, tokens or loss setup for a stage that will not train).
     stage1_done = resume and (run_dir / "results.json").is_file()
-    if stage1_done:
-        check_resumed_recipe(ckpt_io.load_checkpoint(run_dir / ckpt_io.NAME), recipe, run_dir / ckpt_io.NAME)
+    if stage1_done:  # what trained stage 1 must match; stage 2, evaluation and the folder may differ (a copied run)
+        check_resumed_recipe(ckpt_io.load_checkpoint(run_dir / ckpt_io.NAME), recipe, run_dir / ckpt_io.NAME, only=STAGE1_KEYS)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
@@ -132,9 +136,12 @@ def _train(recipe: Recipe, resume: bool, progress: bool, callbacks: list | None)
     return results2
 
 
-def check_resumed_recipe(ckpt: dict, recipe: Recipe, ckpt_file: Path) -> None:
-    """--resume continues only the recipe the checkpoint was written with (keys added since take their defaults)."""
+def check_resumed_recipe(ckpt: dict, recipe: Recipe, ckpt_file: Path, only: tuple[str, ...] | None = None) -> None:
+    """--resume continues only the recipe the checkpoint was written with (keys added since take their
+    defaults); `only`: the recipe sections compared (a finished stage 1: those that trained it)."""
     saved, now = saved_recipe_with_defaults(ckpt["recipe"]), recipe.to_dict()
+    if only is not None:
+        saved, now = {k: saved.get(k) for k in only}, {k: now[k] for k in only}
     if saved != now:
         raise DistillError(f"--resume: the recipe differs from the checkpoint's ({ckpt_file}) in "
                            + ", ".join(k for k in now if saved.get(k) != now[k]))

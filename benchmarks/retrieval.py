@@ -1,0 +1,349 @@
+"""Retrieval: distill all-MiniLM-L6-v2 into its first three layers for BEIR SciFact, fine-tune the
+student on the dev claims with teacher-mined hard negatives (with and without IBKD's IB term),
+and distill m3e-small into its first two layers for the two Chinese sets; tabulate test scores.
+
+Every step is a `distill` command run in the repository root, one after the other; a step whose
+output exists is reused (a run folder with results.json, a rows file, a json), one with a
+checkpoint is resumed, so an interrupted benchmark just starts again. Parts (--parts, default all):
+
+    untrained  the untrained L3 on SciFact test (distill eval-retrieval, 256 tokens)
+    stage1     configs/scifact-minilm-l3.yaml, stage 1 only (the distilled L3)  -> OUT/stage1
+    mine       distill mine: 4 negatives per dev (claim, abstract) pair           -> OUT/mined-dev.jsonl
+    stage2     for loss in (ibkd_supervised, mnrl), seed in --seeds: a copy of OUT/stage1 resumed
+               with that stage 2                                                 -> OUT/s2-<loss>-s<seed>
+    static     configs/scifact-static-256.yaml (the static student, same corpus and cache) -> OUT/static
+    compare    distill compare of the six objectives on the same recipe, reduced budget
+               (--compare-steps steps, one evaluation at the end)               -> OUT/compare
+    zh         configs/cmrc2018-m3e-l2.yaml, configs/dureader-m3e-l2.yaml       -> OUT/zh-<set>
+
+The teacher's SciFact row is the recorded measurement (README: `distill eval-retrieval --model
+all-minilm-l6-v2 --beir ../shared/data/retrieval/scifact`, 2026-12-02, commit ff18e23: 64.51 /
+60.47 / 92.50, = MTEB's 64.51), not re-run (~30 CPU minutes); --teacher-json FILE reads another
+eval-retrieval json instead. The Chinese teachers are scored by their runs (eval.baselines).
+
+Writes OUT/retrieval.json and benchmarks/retrieval.json (rows: name, stage, set, ndcg@10, mrr@10,
+recall@100 (test, x100), seeds, sd, dev ndcg@10; the IB decision and the targets), prints the
+table and, unless --no-bench-md, adds it to BENCHMARKS.md with date, device, command and commit.
+
+    python benchmarks/retrieval.py                       # everything (many CPU hours on 2 cores)
+    python benchmarks/retrieval.py --parts stage1,mine,stage2 --seeds 1,2,3
+    python benchmarks/retrieval.py --report-only         # tabulate what is finished
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+RECIPE = "configs/scifact-minilm-l3.yaml"
+STATIC_RECIPE = "configs/scifact-static-256.yaml"
+ZH_RECIPES = {"cmrc2018": "configs/cmrc2018-m3e-l2.yaml", "dureader-robust": "configs/dureader-m3e-l2.yaml"}
+SCIFACT = "../shared/data/retrieval/scifact"
+PARTS = ("untrained", "stage1", "mine", "stage2", "static", "compare", "zh")
+STAGE2_LOSSES = {"ibkd_supervised": "with the IB term (ibkd_supervised, head none)", "mnrl": "without (mnrl)"}
+COMPARE_LOSSES = "mse,cosine,crd,hpd,infonce,ibkd"
+# The teacher on SciFact test at its own 256 tokens, as recorded (README, "Retrieval"): x100.
+TEACHER_RECORD = {"nDCG@10": 64.51, "MRR@10": 60.47, "Recall@100": 92.50,
+                  "source": "recorded: distill eval-retrieval --model all-minilm-l6-v2 --beir ../shared/data/retrieval/scifact "
+                            "(2026-12-02, commit ff18e23; = MTEB's published 64.51)"}
+# The teacher on SciFact dev (independent sentence-transformers scorer, ../shared/data/retrieval/README.md).
+TEACHER_DEV_NDCG = 66.02
+SECTION = "## Retrieval: distill and fine-tune on SciFact (benchmarks/retrieval.py)"
+INTRO = (
+    "Test split scores x100 (SciFact: 300 claims, 5,183 abstracts; cmrc2018 / dureader-robust: their test qrels) of the student "
+    "selected on the dev split's nDCG@10; stage 2 rows: mean ± sample sd over seeds (stage 1 shared). Queries and passages at 256 "
+    "tokens (SciFact) / 512 (Chinese). The SciFact teacher row is the recorded measurement (README), not re-run."
+)
+COLUMNS = ["set", "model", "stage", "nDCG@10", "MRR@10", "Recall@100", "best dev nDCG@10", "seeds", "date", "device", "command", "commit"]
+
+
+def git_commit() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO, capture_output=True, check=False).returncode != 0
+    return rev + ("+dirty" if dirty else "")
+
+
+class Runner:
+    """Runs `distill` subcommands in the repository root, logging each to OUT/<name>.log with its wall time."""
+
+    def __init__(self, out: Path, dry: bool = False):
+        self.out, self.dry, self.seconds = out, dry, {}
+
+    def distill(self, name: str, *args: str) -> bool:
+        cmd = [sys.executable, "-m", "distill.cli", *args]
+        env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), "HF_HUB_OFFLINE": "1"}
+        print(f"[retrieval] {name}: {shlex.join(cmd[1:])}", flush=True)
+        if self.dry:
+            return False
+        self.out.mkdir(parents=True, exist_ok=True)
+        start = time.time()
+        with open(self.out / f"{name}.log", "a", encoding="utf-8") as log:
+            log.write(f"$ {shlex.join(cmd)}\n")
+            log.flush()
+            rc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+        self.seconds[name] = round(time.time() - start)
+        if rc != 0:
+            print(f"[retrieval] {name} failed (exit {rc}); see {self.out / (name + '.log')}", flush=True)
+        return rc == 0
+
+    def train(self, name: str, recipe: str, run_dir: Path, sets: list[str], done: Path | None = None) -> None:
+        """`distill train` unless `done` (default RUN/results.json) exists; --resume when a checkpoint does."""
+        if (done or run_dir / "results.json").is_file():
+            return
+        args = ["train", recipe, "--quiet", "--set", f"output.dir={run_dir}"]
+        for s in sets:
+            args += ["--set", s]
+        if (run_dir / "checkpoint.pt").is_file():
+            args.append("--resume")
+        self.distill(name, *args)
+
+
+def copy_stage1(stage1: Path, run_dir: Path) -> None:
+    """A finished stage-1 folder copied for one stage-2 run (without stage2/: a fresh stage 2)."""
+    if run_dir.exists():
+        return
+    tmp = run_dir.with_name(run_dir.name + ".copying")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(stage1, tmp, ignore=shutil.ignore_patterns("stage2", ".distill.lock"))
+    tmp.rename(run_dir)
+
+
+def _json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _test(scores: dict | None) -> dict:
+    """{ndcg@10, mrr@10, recall@100} x100 of a run's results["retrieval"] (already x100)."""
+    if not scores:
+        return {"ndcg@10": None, "mrr@10": None, "recall@100": None}
+    return {"ndcg@10": scores.get("nDCG@10"), "mrr@10": scores.get("MRR@10"), "recall@100": scores.get("Recall@100")}
+
+
+def _mean_row(name: str, stage: str, runs: dict[int, dict], seeds: list[int], extra: dict) -> dict:
+    """One row over seeds: means, sample sds, the per-seed test nDCG@10; unfinished seeds named."""
+    done = sorted(runs)
+    row = {"name": name, "stage": stage, **extra, "seeds": done, "missing_seeds": [s for s in seeds if s not in runs]}
+    for key, metric in (("ndcg@10", "nDCG@10"), ("mrr@10", "MRR@10"), ("recall@100", "Recall@100")):
+        values = [runs[s]["retrieval"][metric] for s in done]
+        row[key] = statistics.mean(values) if values else None
+        row[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else None
+    row["per_seed_ndcg@10"] = {str(s): runs[s]["retrieval"]["nDCG@10"] for s in done}
+    devs = [runs[s]["best_dev"] for s in done]
+    row["dev_ndcg@10"] = statistics.mean(devs) if devs else None
+    row["dev_ndcg@10_sd"] = statistics.stdev(devs) if len(devs) > 1 else None
+    row["stage2_epochs_best_step"] = {str(s): runs[s].get("best_step") for s in done}
+    return row
+
+
+def ib_decision(with_ib: dict, without: dict) -> dict:
+    """With beats without only if by more than 2 sd (the larger of the two seed sds) and by at least 0.5 nDCG@10."""
+    a, b = with_ib.get("ndcg@10"), without.get("ndcg@10")
+    if a is None or b is None or len(with_ib["seeds"]) < 2 or len(without["seeds"]) < 2:
+        return {"verdict": "not decided: fewer than 2 finished seeds on a side"}
+    sd = max(with_ib["ndcg@10_sd"], without["ndcg@10_sd"])
+    diff = a - b
+    beats = diff > 2 * sd and diff >= 0.5
+    return {"with_minus_without": diff, "sd": sd, "threshold": max(2 * sd, 0.5), "with_beats_without": beats,
+            "verdict": (f"with the IB term {'beats' if beats else 'does not beat'} without: {diff:+.2f} nDCG@10 "
+                        f"(rule: > 2 sd = {2 * sd:.2f} and >= 0.5)")}
+
+
+def collect(out: Path, seeds: list[int], teacher_json: str | None) -> dict:
+    """Every finished result under OUT as rows, the IB decision and the targets."""
+    rows = []
+    if teacher_json:
+        t = _json(Path(teacher_json))
+        teacher = {"ndcg@10": 100 * t["nDCG@10"], "mrr@10": 100 * t["MRR@10"], "recall@100": 100 * t["Recall@100"], "source": teacher_json}
+    else:
+        teacher = {"ndcg@10": TEACHER_RECORD["nDCG@10"], "mrr@10": TEACHER_RECORD["MRR@10"], "recall@100": TEACHER_RECORD["Recall@100"],
+                   "source": TEACHER_RECORD["source"]}
+    rows.append({"name": "all-MiniLM-L6-v2 (teacher)", "stage": "teacher", "set": "scifact", **teacher, "seeds": [],
+                 "dev_ndcg@10": TEACHER_DEV_NDCG})
+    u = _json(out / "untrained-l3-test.json")
+    if u:
+        rows.append({"name": "all-minilm-l3-v2 untrained", "stage": "untrained", "set": "scifact", "ndcg@10": 100 * u["nDCG@10"],
+                     "mrr@10": 100 * u["MRR@10"], "recall@100": 100 * u["Recall@100"], "seeds": [], "dev_ndcg@10": None})
+    s1 = _json(out / "stage1" / "results.json")
+    if s1:
+        rows.append({"name": "L3 distilled (stage 1, infonce)", "stage": "distilled", "set": "scifact", **_test(s1.get("retrieval")),
+                     "seeds": [42], "dev_ndcg@10": s1["best_dev"], "dev_ndcg@10_untrained": s1.get("init_dev"),
+                     "sts_avg": (s1.get("best") or {}).get("Avg"), "best_step": s1.get("best_step"), "steps": s1.get("steps")})
+    stage2 = {}
+    for loss, label in STAGE2_LOSSES.items():
+        runs = {s: r for s in seeds if (r := _json(out / f"s2-{loss}-s{s}" / "stage2" / "results.json"))}
+        if runs:
+            stage2[loss] = _mean_row(f"L3 + stage 2, mined negatives, {label}", "supervised", runs, seeds,
+                                     {"set": "scifact", "loss": loss,
+                                      "sts_avg": statistics.mean([r["best"]["Avg"] for r in runs.values() if "Avg" in r.get("best", {})] or [float("nan")])})
+            rows.append(stage2[loss])
+    st = _json(out / "static" / "results.json")
+    if st:
+        rows.append({"name": "static-256 (static student, infonce)", "stage": "distilled (static)", "set": "scifact", **_test(st.get("retrieval")),
+                     "seeds": [42], "dev_ndcg@10": st["best_dev"], "sts_avg": (st.get("best") or {}).get("Avg")})
+    cmp_rows = _json(out / "compare" / "compare.json")
+    if cmp_rows:
+        for r in cmp_rows if isinstance(cmp_rows, list) else cmp_rows.get("rows", []):
+            if r["loss"] in ("teacher", "init"):
+                continue
+            ret = r.get("retrieval") or {}
+            rows.append({"name": f"compare: {r['loss']} (reduced budget)", "stage": "distilled (compare)", "set": "scifact",
+                         **_test(ret), "seeds": [r["seed"]], "dev_ndcg@10": r.get("best_dev"), "steps": r.get("steps")})
+    for name in ZH_RECIPES:
+        z = _json(out / f"zh-{name}" / "results.json")
+        if not z:
+            continue
+        base = z.get("retrieval_baselines") or {}
+        if base:
+            rows.append({"name": "m3e-small (teacher)", "stage": "teacher", "set": name, **_test(base["teacher"]), "seeds": []})
+            rows.append({"name": "m3e-small-l2 untrained", "stage": "untrained", "set": name, **_test(base["init"]), "seeds": []})
+        rows.append({"name": "m3e-small-l2 distilled (infonce)", "stage": "distilled", "set": name, **_test(z.get("retrieval")),
+                     "seeds": [42], "dev_ndcg@10": z["best_dev"], "dev_ndcg@10_untrained": z.get("init_dev")})
+
+    def find(stage, set_="scifact", name=None):
+        return next((r for r in rows if r["stage"] == stage and r["set"] == set_ and (name is None or r.get("loss") == name)), None)
+
+    targets = {}
+    t, d = find("teacher"), find("distilled")
+    if d and d["ndcg@10"] is not None:
+        targets["distilled >= 95% of the teacher (scifact test nDCG@10)"] = _target(d["ndcg@10"], 0.95 * t["ndcg@10"])
+    for loss in STAGE2_LOSSES:
+        if loss in stage2 and stage2[loss]["ndcg@10"] is not None:
+            targets[f"stage 2 ({loss}) >= the teacher"] = _target(stage2[loss]["ndcg@10"], t["ndcg@10"])
+            targets[f"stage 2 ({loss}) >= 70 (stretch)"] = _target(stage2[loss]["ndcg@10"], 70.0)
+    for name in ZH_RECIPES:
+        zt, zd = find("teacher", name), find("distilled", name)
+        if zt and zd and zd["ndcg@10"] is not None:
+            targets[f"{name}: distilled >= 90% of the teacher (test nDCG@10)"] = _target(zd["ndcg@10"], 0.9 * zt["ndcg@10"])
+    decision = ib_decision(stage2["ibkd_supervised"], stage2["mnrl"]) if len(stage2) == 2 else {"verdict": "not run"}
+    return {"rows": rows, "ib_decision": decision, "targets": targets}
+
+
+def _target(value: float, goal: float) -> dict:
+    return {"value": round(value, 2), "goal": round(goal, 2), "met": value >= goal}
+
+
+def _fmt(x, sd=None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.2f} ± {sd:.2f}" if sd is not None else f"{x:.2f}"
+
+
+def table_rows(report: dict) -> list[dict]:
+    out = []
+    for r in report["rows"]:
+        seeds = r.get("seeds") or []
+        out.append({"set": r["set"], "model": r["name"], "stage": r["stage"], "nDCG@10": _fmt(r["ndcg@10"], r.get("ndcg@10_sd")),
+                    "MRR@10": _fmt(r["mrr@10"], r.get("mrr@10_sd")), "Recall@100": _fmt(r["recall@100"], r.get("recall@100_sd")),
+                    "best dev nDCG@10": _fmt(r.get("dev_ndcg@10"), r.get("dev_ndcg@10_sd")),
+                    "seeds": ",".join(map(str, seeds)) + (f" (missing {','.join(map(str, r['missing_seeds']))})" if r.get("missing_seeds") else "")
+                    if seeds else ("recorded" if r["stage"] == "teacher" and r["set"] == "scifact" else "–")})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, any of {', '.join(PARTS)} (default: all)")
+    p.add_argument("--seeds", default="1,2,3", help="stage-2 seeds (default 1,2,3)")
+    p.add_argument("--out", default="runs/retrieval", help="run folders and logs (default runs/retrieval)")
+    p.add_argument("--compare-steps", type=int, default=32, help="the compare's training steps per objective (default 32: a reduced budget)")
+    p.add_argument("--teacher-json", help="an eval-retrieval --json of the teacher on SciFact test, instead of the recorded numbers")
+    p.add_argument("--report-only", action="store_true", help="run nothing: tabulate the finished outputs")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--bench-md", default=str(REPO / "BENCHMARKS.md"))
+    p.add_argument("--no-bench-md", action="store_true")
+    p.add_argument("--json", default=str(REPO / "benchmarks" / "retrieval.json"), help="the report's copy in the repository")
+    args = p.parse_args(argv)
+    parts = [x.strip() for x in args.parts.split(",") if x.strip()]
+    unknown = [x for x in parts if x not in PARTS]
+    if unknown:
+        p.error(f"--parts: unknown {', '.join(unknown)} (known: {', '.join(PARTS)})")
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    commit = git_commit()  # the code that runs: read before training, not after
+    out = Path(args.out).resolve()  # the commands run in the repository root
+    run = Runner(out, dry=args.dry_run)
+    rows_file = out / "mined-dev.jsonl"
+    if not args.report_only:
+        if "untrained" in parts and not (out / "untrained-l3-test.json").is_file():
+            run.distill("untrained-l3-test", "eval-retrieval", "--model", "all-minilm-l3-v2", "--beir", SCIFACT, "--split", "test",
+                        "--max-length", "256", "--quiet", "--json", str(out / "untrained-l3-test.json"))
+        if "stage1" in parts or "stage2" in parts:
+            run.train("stage1", RECIPE, out / "stage1", ["stage2.rows=[]"])
+        if ("mine" in parts or "stage2" in parts) and not rows_file.is_file():
+            run.distill("mine", "mine", "--teacher", "all-minilm-l6-v2", "--beir", SCIFACT, "--split", "dev", "--negatives", "4",
+                        "--out", str(rows_file), "--embeddings-cache", str(out / "mine-embeddings"))
+        if "stage2" in parts and (out / "stage1" / "results.json").is_file() and rows_file.is_file():
+            for seed in seeds:
+                for loss in STAGE2_LOSSES:
+                    run_dir = out / f"s2-{loss}-s{seed}"
+                    if (run_dir / "stage2" / "results.json").is_file():
+                        continue
+                    copy_stage1(out / "stage1", run_dir)
+                    loss_set = "stage2.loss={name: ibkd_supervised, head: none}" if loss == "ibkd_supervised" else "stage2.loss={name: mnrl}"
+                    run.train(f"s2-{loss}-s{seed}", RECIPE, run_dir, [f"stage2.rows=[{rows_file}]", loss_set, f"stage2.train.seed={seed}"],
+                              done=run_dir / "stage2" / "results.json")
+        if "static" in parts:
+            run.train("static", STATIC_RECIPE, out / "static", [])
+        if "zh" in parts:
+            for name, recipe in ZH_RECIPES.items():
+                run.train(f"zh-{name}", recipe, out / f"zh-{name}", [])
+        if "compare" in parts:
+            n = str(args.compare_steps)
+            cmd = ["compare", RECIPE, "--losses", COMPARE_LOSSES, "--out", str(out / "compare"), "--quiet",
+                   "--set", "stage2.rows=[]", "--set", f"train.max_steps={n}", "--set", f"eval.every_steps={n}"]
+            if not (out / "compare" / "compare.json").is_file():
+                run.distill("compare", *cmd)
+
+    report = collect(out, seeds, args.teacher_json)
+    from bench_md import command_line
+
+    command = command_line("retrieval.py", sys.argv[1:] if argv is None else argv)
+    device = f"{os.cpu_count()}-core CPU machine"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            device = torch.cuda.get_device_name(0)
+    except Exception:  # noqa: BLE001 - a label only
+        pass
+    report.update({"date": dt.date.today().isoformat(), "device": device, "command": command, "commit": commit,
+                   "compare_steps": args.compare_steps, "stage2_seeds": seeds, "seconds": run.seconds})
+    if args.dry_run:
+        return 0
+    from distill.io import write_json_atomic
+
+    write_json_atomic(out / "retrieval.json", report)
+    write_json_atomic(args.json, report)
+    rows = table_rows(report)
+    print("\n| " + " | ".join(COLUMNS[:8]) + " |\n|" + "|".join("---" for _ in COLUMNS[:8]) + "|")
+    for r in rows:
+        print("| " + " | ".join(str(r[c]) for c in COLUMNS[:8]) + " |")
+    print(f"\nIB term: {report['ib_decision']['verdict']}")
+    for k, v in report["targets"].items():
+        print(f"target {k}: {v['value']} vs {v['goal']}: {'met' if v['met'] else 'NOT met'}")
+    if not args.no_bench_md and rows:
+        from bench_md import add_row
+
+        stamp = {"date": report["date"], "device": device, "command": f"`{command}`", "commit": commit}
+        for r in rows:
+            add_row(Path(args.bench_md), SECTION, INTRO, COLUMNS, {**r, **stamp})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""A BEIR folder as training text: its passages and one split's queries, never a test query.
+
+Used two ways:
+
+- as a distillation corpus source (`data.corpus`, `distill cache --corpus`): `beir:FOLDER` reads
+  every passage of FOLDER/corpus.jsonl ("title text", BEIR's join); `beir:FOLDER?queries=SPLIT`
+  adds the queries judged in FOLDER/qrels/SPLIT.tsv after them. No file is written: the teacher
+  cache's manifest records the source string and the sha256 of what it read.
+- by `distill mine` (distill/data/mining.py): the split's (query, positive) pairs.
+
+Test queries never enter training: `queries=test` is refused, and a query of another split whose
+text is also a query judged in qrels/test.tsv is left out (SciFact has two: dev claims 871 and
+1291 are test claims 870 and 1292 word for word, with the same relevant abstract).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from distill.data.readers import is_jsonl, iter_jsonl, join_title
+from distill.errors import DistillError
+
+PREFIX = "beir:"
+TEST_SPLIT = "test"  # BEIR's reporting split: its queries are never trained on
+
+
+@dataclass(frozen=True)
+class BeirSource:
+    folder: Path
+    queries: str | None  # the split whose queries follow the passages; None: passages only
+
+    def __str__(self) -> str:
+        return f"{PREFIX}{self.folder}" + (f"?queries={self.queries}" if self.queries else "")
+
+
+def is_beir_source(source: str) -> bool:
+    return source.startswith(PREFIX)
+
+
+def parse_source(source: str) -> BeirSource:
+    """`beir:FOLDER` or `beir:FOLDER?queries=SPLIT` -> BeirSource; anything else is an error naming the source."""
+    if not is_beir_source(source):
+        raise DistillError(f"{source!r}: not a BEIR source (beir:FOLDER or beir:FOLDER?queries=SPLIT)")
+    body = source[len(PREFIX):]
+    folder, _, query = body.partition("?")
+    split = None
+    if query:
+        key, eq, value = query.partition("=")
+        if key != "queries" or not eq or not value.strip():
+            raise DistillError(f"corpus source {source!r}: after '?' expected queries=SPLIT (e.g. beir:{folder}?queries=dev), got {query!r}")
+        split = value.strip()
+    if not folder.strip():
+        raise DistillError(f"corpus source {source!r}: no folder after 'beir:'")
+    return BeirSource(Path(folder).expanduser(), split)
+
+
+def check_training_split(split: str, what: str) -> None:
+    """Refuse the test split: its queries are for reporting only."""
+    if split.strip().lower() == TEST_SPLIT:
+        raise DistillError(f"{what}: split {split!r} is the reporting split; its queries are never trained on or put in a "
+                           "training corpus (use the dev split: selection and supervised training)")
+
+
+def test_query_texts(folder: Path) -> set[str]:
+    """The texts of the queries judged in FOLDER/qrels/test.tsv, whitespace-normalized (empty without that file)."""
+    from distill.eval.retrieval.data import _find, load_qrels, load_texts
+
+    qrels_file = _find(folder / "qrels", TEST_SPLIT) if (folder / "qrels").is_dir() else None
+    if qrels_file is None:
+        return set()
+    queries = load_texts(_find(folder, "queries"), "queries")
+    return {_words(queries[q]) for q in load_qrels(qrels_file) if q in queries}
+
+
+def _words(text: str) -> str:
+    """Whitespace-normalized text: a query that differs from a test query only in spacing is the same query."""
+    return " ".join(text.split())
+
+
+@dataclass
+class TrainingSplit:
+    """A split's judged queries without the test-identical ones, the passages, and what was left out."""
+
+    queries: dict[str, str]  # id -> text, in queries-file order
+    passages: dict[str, tuple[str, str]]  # id -> (title, text) as in corpus.jsonl
+    qrels: dict[str, dict[str, int]]  # of the kept queries
+    dropped: dict[str, str]  # id -> text of the queries left out: the same text is a test query
+
+    def passage_text(self, doc_id: str) -> str:
+        """What a model reads: "title text" (BEIR's join), the text alone without a title."""
+        return join_title(*self.passages[doc_id])
+
+
+def load_passages(folder: Path) -> dict[str, tuple[str, str]]:
+    """id -> (title, text) of FOLDER's corpus file, read like the retrieval loader reads it."""
+    from distill.eval.retrieval.data import _ID_KEYS, _TEXT_KEYS, _find, load_texts
+
+    path = _find(folder, "corpus")
+    if path is None:
+        raise DistillError(f"{folder}: no corpus.jsonl (expected a BEIR folder: corpus.jsonl, queries.jsonl, qrels/)")
+    if not is_jsonl(path):  # a TSV corpus: load_texts has already joined any title column
+        return {d: ("", t) for d, t in load_texts(path, "corpus").items()}
+    load_texts(path, "corpus")  # every check (ids, texts, duplicates) with its file:line message
+    out = {}
+    for _, obj in iter_jsonl(path):
+        doc_id = str(obj[next(k for k in _ID_KEYS if k in obj)]).strip()
+        title = obj.get("title")
+        out[doc_id] = ("" if title is None else str(title), obj[next(k for k in _TEXT_KEYS if k in obj)])
+    return out
+
+
+def load_training_split(folder: str | Path, split: str) -> TrainingSplit:
+    """FOLDER's passages and SPLIT's judged queries, minus any query whose text is a test query."""
+    from distill.eval.retrieval.data import load_beir
+
+    folder = Path(folder)
+    check_training_split(split, str(folder))
+    data = load_beir(folder, split)
+    banned = test_query_texts(folder)
+    queries, dropped = {}, {}
+    for qid, text in data.queries.items():
+        if qid in data.qrels:
+            (dropped if _words(text) in banned else queries)[qid] = text
+    if not queries:
+        raise DistillError(f"{folder}: no query of split {split!r} is left once the test queries are taken out")
+    return TrainingSplit(queries, load_passages(folder), {q: data.qrels[q] for q in queries}, dropped)
+
+
+def iter_beir_source(source: str) -> Iterator[tuple[int, str]]:
+    """(position from 1, text): every passage of the folder ("title text"), then the split's queries (if named)."""
+    spec = parse_source(source)
+    if not spec.folder.is_dir():
+        raise DistillError(f"corpus source {source!r}: {spec.folder} is not a folder (expected a BEIR folder: corpus.jsonl, queries.jsonl, qrels/)")
+    if spec.queries is None:
+        texts = [join_title(title, text) for title, text in load_passages(spec.folder).values()]
+    else:
+        check_training_split(spec.queries, f"corpus source {source!r}")
+        data = load_training_split(spec.folder, spec.queries)
+        texts = [data.passage_text(d) for d in data.passages] + list(data.queries.values())
+    yield from enumerate(texts, start=1)

@@ -1,0 +1,136 @@
+"""Retrieval training data from a BEIR folder: the distillation corpus (`beir:DIR?queries=dev`, never a
+test query), `distill mine` (teacher-mined hard negatives as CoROM / Tevatron rows), the cache at
+data.teacher_max_length, and one finished stage 1 serving another stage 2 (the benchmark's seeds)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+
+import pytest
+from conftest import REPO, STS_DIR, tiny_recipe_text
+
+from distill.cli import main
+from distill.config import load_recipe
+from distill.data.corpus import read_corpus
+from distill.data.rows import read_rows
+from distill.errors import DistillError
+from distill.eval.retrieval import load_beir
+
+
+def _beir(folder, corpus, queries, qrels):
+    """A BEIR folder from dicts: corpus {id: (title, text)}, queries {id: text}, qrels {split: {qid: [docids]}}."""
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": d, "title": t, "text": x}) + "\n" for d, (t, x) in corpus.items()))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": x}) + "\n" for q, x in queries.items()))
+    for split, judged in qrels.items():
+        lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t1" for q, docs in judged.items() for d in docs]
+        (folder / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def test_beir_corpus_source_has_passages_and_dev_queries_never_a_test_query(tmp_path):
+    folder = _beir(tmp_path / "b", {"d1": ("Title one", "Text one."), "d2": ("", "Text two."), "d3": ("T3", "Text three.")},
+                   {"q1": "a dev claim", "q2": "a  test claim ", "q3": "a test claim", "q4": "a claim judged nowhere"},
+                   {"dev": {"q1": ["d1"], "q2": ["d2"]}, "test": {"q3": ["d3"]}})
+    corpus = read_corpus([f"beir:{folder}?queries=dev"])
+    # passages as BEIR joins them, then the dev queries; q2 is test query q3 up to spacing: left out
+    assert corpus.sentences == ["Title one Text one.", "Text two.", "T3 Text three.", "a dev claim"]
+    assert read_corpus([f"beir:{folder}"]).sentences == ["Title one Text one.", "Text two.", "T3 Text three."]
+    for source, message in [(f"beir:{folder}?queries=test", r"split 'test' is the reporting split"),
+                            (f"beir:{folder}?split=dev", r"expected queries=SPLIT"),
+                            (f"beir:{folder}?queries=train", r"no qrels/train\.tsv"),
+                            (f"beir:{tmp_path / 'none'}", r"is not a folder")]:
+        with pytest.raises(DistillError, match=message):
+            read_corpus([source])
+
+
+def test_the_scifact_recipes_corpus_holds_no_test_query(scifact_dir):
+    recipe = load_recipe(REPO / "configs" / "scifact-minilm-l3.yaml")
+    corpus = read_corpus(recipe.data.corpus, max_sentences=recipe.data.max_sentences)
+    test = load_beir(scifact_dir, "test")
+    test_texts = {" ".join(test.queries[q].split()) for q in test.qrels}
+    assert not test_texts & {" ".join(s.split()) for s in corpus.sentences}
+    dev = load_beir(scifact_dir, "dev")
+    kept = {dev.queries[q] for q in dev.qrels} - test_texts
+    assert len(kept) == 805 and kept <= set(corpus.sentences)  # 809 dev claims: 4 repeat texts, 2 of them test claims
+    assert set(dev.corpus.values()) <= set(corpus.sentences) and len(corpus.sentences) == 16384
+    assert recipe.data.teacher_max_length == recipe.data.max_length == 256
+    assert recipe.eval.retrieval.split == "dev" and recipe.eval.final_retrieval.split == "test"
+
+
+def test_mine_writes_card_rows_without_any_judged_passage_or_test_query(tmp_path, tiny_beir, minilm_path, capsys):
+    folder = tmp_path / "beir"
+    shutil.copytree(tiny_beir, folder)
+    test = load_beir(folder, "test")
+    test_qid = next(iter(test.qrels))
+    # a dev query that is a test query word for word: never mined
+    with open(folder / "queries.jsonl", "a") as f:
+        f.write(json.dumps({"_id": "dup", "text": test.queries[test_qid]}) + "\n")
+    with open(folder / "qrels" / "dev.tsv", "a") as f:
+        f.write(f"dup\t{next(iter(test.qrels[test_qid]))}\t1\n")
+    dev = load_beir(folder, "dev")
+    # a second relevant passage for the first dev query: it must not come back as its negative
+    first = next(q for q in dev.qrels if q != "dup")
+    extra = next(d for d in dev.corpus if d not in dev.qrels[first])
+    with open(folder / "qrels" / "dev.tsv", "a") as f:
+        f.write(f"{first}\t{extra}\t1\n")
+    dev = load_beir(folder, "dev")
+    out = tmp_path / "rows.jsonl"
+    args = ["mine", "--teacher", str(minilm_path), "--beir", str(folder), "--negatives", "4", "--out", str(out), "--quiet"]
+    assert main(args) == 0
+    stats = json.loads(capsys.readouterr().out)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    pairs = sum(len(d) for q, d in dev.qrels.items() if q != "dup")
+    assert stats["queries_left_out_as_test_queries"] == ["dup"] and stats["pairs"] == pairs == len(rows) + stats["pairs_without_enough_negatives"]
+    assert len(rows) >= pairs - 2 and stats["max_length"] == 256  # the teacher's own length
+    assert {(r["query_id"], r["positive_passages"][0]["docid"]) for r in rows} <= {(q, d) for q, ds in dev.qrels.items() for d in ds}
+    assert sum(r["query_id"] == first for r in rows) == 2
+    test_texts = {test.queries[q] for q in test.qrels}
+    for r in rows:
+        negs = [p["docid"] for p in r["negative_passages"]]
+        assert len(negs) == len(set(negs)) == 4 and not set(negs) & set(dev.qrels[r["query_id"]])  # no judged passage
+        assert r["query"] == dev.queries[r["query_id"]] and r["query"] not in test_texts
+        for p in r["positive_passages"] + r["negative_passages"]:
+            assert set(p) == {"docid", "title", "text"} and dev.corpus[p["docid"]] == (f"{p['title']} {p['text']}" if p["title"] else p["text"])
+    # the rows read through the seed cards' path: (query, positive, 4 negatives)
+    read = read_rows([str(out)], ["anchor", "positive"], neg_samples=4)
+    assert len(read) == len(rows) and all(len(r) == 6 for r in read) and read[0][0] == rows[0]["query"]
+    # refusals: an existing file, the test split
+    assert main(args) == 2 and "the file exists" in capsys.readouterr().err
+    assert main([*args, "--split", "test", "--overwrite"]) == 2 and "reporting split" in capsys.readouterr().err
+
+
+def test_mine_without_datasets_says_what_to_install(tmp_path, tiny_beir, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # an import of it now raises ImportError
+    assert main(["mine", "--teacher", "all-minilm-l6-v2", "--beir", str(tiny_beir), "--out", str(tmp_path / "r.jsonl")]) == 2
+    assert "needs the 'datasets' package: pip install 'distill[hub]'" in capsys.readouterr().err
+
+
+def test_cache_at_teacher_max_length_and_a_finished_stage1_serves_another_stage2(tmp_path, tiny_home, tiny_beir, monkeypatch):
+    from distill.training.trainer import train
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    (tmp_path / "sts" / "stsb").mkdir(parents=True)  # the first 200 pairs of STS-B dev: seconds
+    dev = (STS_DIR / "stsb" / "sts-dev.csv").read_text(encoding="utf-8").splitlines(keepends=True)[:200]
+    (tmp_path / "sts" / "stsb" / "sts-dev.csv").write_text("".join(dev), encoding="utf-8")
+    (tmp_path / "recipe.yaml").write_text(tiny_recipe_text(tmp_path, steps=2, every=2))
+    sets = [f"eval.sts_dir={tmp_path / 'sts'}", "eval.final_tasks=[STS-B-dev]", "data.teacher_max_length=48", "data.max_length=48"]
+    with pytest.raises(DistillError, match=r"data\.teacher_max_length 200: the teacher tiny-teacher takes at most 128 tokens"):
+        load_recipe(tmp_path / "recipe.yaml", [*sets, "data.teacher_max_length=200"])
+    stage1 = train(load_recipe(tmp_path / "recipe.yaml", sets), progress=False)
+    assert json.loads((tmp_path / "cache" / "manifest.json").read_text())["max_length"] == 48
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"query": f"query {i}", "positive_passages": [{"text": f"passage {i}"}],
+                                        "negative_passages": [{"text": f"other {i} {k}"} for k in range(4)]}) + "\n" for i in range(16)))
+    copy = tmp_path / "copy"
+    shutil.copytree(tmp_path / "run", copy)
+    second = [*sets, f"output.dir={copy}", f"stage2.rows=[{rows}]", "stage2.loss.name=mnrl", "stage2.train.max_steps=2",
+              "stage2.train.batch_size=8", "stage2.train.seed=3", "eval.every_steps=1"]
+    with pytest.raises(DistillError, match=r"recipe differs from the checkpoint's .* in train"):  # stage 1's own keys still count
+        train(load_recipe(tmp_path / "recipe.yaml", [*second, "train.lr=0.5"]), resume=True, progress=False)
+    results = train(load_recipe(tmp_path / "recipe.yaml", second), resume=True, progress=False)
+    assert results["steps"] == 2 and results["stage1"]["best_dev"] == stage1["best_dev"]
+    assert [e["step"] for e in results["evals"]] == [1, 2]
+    assert not (tmp_path / "run" / "stage2").exists() and (copy / "stage2" / "results.json").is_file()
