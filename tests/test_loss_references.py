@@ -26,7 +26,6 @@ from loss_refs import (  # noqa: F401 (module fixtures: one torch thread, the Mi
 from sentences import CONTRADICTIONS, PARAPHRASES, SENTENCES
 
 from distill.data.cache import fit_pca
-from distill.losses.base import MATRYOSHKA_DEFAULTS
 from distill.errors import DistillError
 from distill.losses import (
     LOSSES,
@@ -39,6 +38,7 @@ from distill.losses import (
     MSELoss,
     build_loss,
 )
+from distill.losses.base import MATRYOSHKA_DEFAULTS
 
 # ----------------------------------------------------------------------------------------------
 # the registry: a recipe's parameters are each class's constructor keywords
