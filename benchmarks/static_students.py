@@ -45,6 +45,7 @@ from encode_speed import device_name, git_commit  # noqa: E402
 
 TEST = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R")
 STATIC_RECIPE = "configs/static-minilm-256.yaml"
+RECIPE_LOSS = "infonce"  # configs/static-minilm-256.yaml's loss
 L3_RECIPE = "configs/cpu-minilm-l3.yaml"
 M2V_SCRIPT = """
 import sys, time
@@ -180,15 +181,20 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row(args.tokenlearn_label, score(tl, sts), measure(tl), tl.num_parameters(), []))
 
     common = [f"eval.sts_dir={args.sts_dir}", *args.set]
+
+    def loss_set(name: str) -> str:
+        # the recipe's own loss keeps its settings (tau 0.05); another gets its own defaults, as `distill compare` does
+        return f"loss.name={name}" if name == RECIPE_LOSS else f"loss={{name: {name}}}"
+
     runs: dict[str, dict[int, dict]] = {}
     for loss in losses:
-        runs[loss] = {seeds[0]: train_run(STATIC_RECIPE, out / f"static-{loss}-s{seeds[0]}", [*common, f"loss.name={loss}", f"train.seed={seeds[0]}"])}
+        runs[loss] = {seeds[0]: train_run(STATIC_RECIPE, out / f"static-{loss}-s{seeds[0]}", [*common, loss_set(loss), f"train.seed={seeds[0]}"])}
     first = runs[losses[0]][seeds[0]]
     init = json.loads((out / f"static-{losses[0]}-s{seeds[0]}" / "baselines.json").read_text())["init"]
     best_two = sorted(losses, key=lambda n: -runs[n][seeds[0]]["best_dev"])[:2]  # by STS-B dev: selection, not test
     for loss in best_two:
         for seed in seeds[1:]:
-            runs[loss][seed] = train_run(STATIC_RECIPE, out / f"static-{loss}-s{seed}", [*common, f"loss.name={loss}", f"train.seed={seed}"])
+            runs[loss][seed] = train_run(STATIC_RECIPE, out / f"static-{loss}-s{seed}", [*common, loss_set(loss), f"train.seed={seed}"])
     static, _, _ = load_saved_student(out / f"static-{best_two[0]}-s{seeds[0]}" / "best", device="cpu")
     static_speed = measure(static)
     rows.append(row("ours static-256, init: distill, no training", init["scores"], static_speed, init["params"], []))
