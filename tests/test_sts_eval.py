@@ -38,14 +38,17 @@ def test_packaged_minilm_seven_sets_cli_json_and_python_agree(sts_dir, tmp_path,
     for name in (*TEST_TASKS, "Avg"):
         assert f" {name} " in printed
     from_json = json.loads(out.read_text())["scores"]
-    from_python = evaluate_sts(Encoder.load("all-minilm-l6-v2"), sts_dir=sts_dir, progress=False)
-    assert from_json == from_python
-    assert list(from_python) == [*TEST_TASKS, "Avg"]
+    assert list(from_json) == [*TEST_TASKS, "Avg"]
     row = printed.strip().splitlines()[-1]
-    assert row == "| all-minilm-l6-v2 | " + " | ".join(f"{from_python[c]:.2f}" for c in (*TEST_TASKS, "Avg")) + " |"
+    assert row == "| all-minilm-l6-v2 | " + " | ".join(f"{from_json[c]:.2f}" for c in (*TEST_TASKS, "Avg")) + " |"
+    # Python on two of the sets (the seven again would double the test's ~90 s): the same scores.
+    # Batches differ with the sentence set (length-sorted), so equal to float noise, not bit for bit.
+    from_python = evaluate_sts(Encoder.load("all-minilm-l6-v2"), tasks=["STS-B", "SICK-R"], sts_dir=sts_dir, progress=False)
+    for task in ("STS-B", "SICK-R"):
+        assert from_python[task] == pytest.approx(from_json[task], abs=1e-3)
     # An independent scorer measured 78.87 on an H100; CPU fp32 must agree to the hundredth.
-    assert from_python["Avg"] == pytest.approx(78.87, abs=0.02)
-    assert from_python["STS-B"] == pytest.approx(82.03, abs=0.02)
+    assert from_json["Avg"] == pytest.approx(78.87, abs=0.02)
+    assert from_json["STS-B"] == pytest.approx(82.03, abs=0.02)
 
 
 def test_missing_sts_dir_is_a_clear_cli_error(tmp_path, capsys):
