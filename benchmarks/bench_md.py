@@ -1,11 +1,23 @@
-"""BENCHMARKS.md tables: add a row to a script's own table, creating the section on first use."""
+"""BENCHMARKS.md records: the commit, a portable command line, a row added to a script's own table
+(creating the section on first use)."""
 
 from __future__ import annotations
 
 import shlex
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def git_commit() -> str:
+    """The checkout's short commit, "+dirty" when tracked files differ from it (read before a run starts)."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO, capture_output=True, check=False).returncode != 0
+    return rev + ("+dirty" if dirty else "")
 
 
 def portable_arg(arg: str) -> str:

@@ -26,8 +26,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_md import add_row, command_line  # noqa: E402
-from encode_speed import DEFAULT_CORPUS, device_name, git_commit, read_sentences, sync  # noqa: E402
+from bench_md import add_row, command_line, git_commit  # noqa: E402
+from encode_speed import DEFAULT_CORPUS, device_name, read_sentences, sync  # noqa: E402
 
 SECTION = "## Teacher cache speed (benchmarks/cache_speed.py)"
 INTRO = "Goal: cache sentences/s >= 2 x SentenceTransformer.encode at its best batch size, same teacher and GPU."

@@ -36,6 +36,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_md import git_commit  # noqa: E402
+
 RECIPE = "configs/cpu-minilm-l3.yaml"
 STATIC_RECIPE = "configs/static-minilm-256.yaml"
 DIMS = [384, 256, 128, 64]
@@ -45,15 +47,6 @@ SECTION = "## Smaller vectors: Matryoshka vs truncation vs PCA vs HPD (benchmark
 
 def dims_set(dims: list[int]) -> str:
     return "[" + ",".join(map(str, dims)) + "]"
-
-
-def git_commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO, capture_output=True, check=False).returncode != 0
-    return rev + ("+dirty" if dirty else "")
 
 
 def run(cmd: list[str], log: Path) -> int:

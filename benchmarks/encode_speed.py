@@ -24,7 +24,6 @@ import datetime as dt
 import gzip
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -33,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_md import add_row, command_line  # noqa: E402
+from bench_md import add_row, command_line, git_commit  # noqa: E402
 
 DEFAULT_CORPUS = REPO.parent / "shared" / "data" / "corpus" / "wordnet-glosses.txt.gz"
 SECTION = "## Encode speed (benchmarks/encode_speed.py)"
@@ -76,15 +75,6 @@ def device_name(device) -> str:
         pass
     load = f", load avg {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
     return f"CPU {cpu}, {torch.get_num_threads()} threads{load}"
-
-
-def git_commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], check=False, cwd=REPO, capture_output=True).returncode != 0
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def sync(device) -> None:

@@ -33,6 +33,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_md import git_commit  # noqa: E402
+
 DEFAULT_RECIPE = "configs/cpu-minilm-l3.yaml"
 SECTION = "## Does the IB term act? (benchmarks/ib_ablation.py)"
 INTRO = (
@@ -62,15 +64,6 @@ for _share in ("0.03", "0.1", "0.3"):
     SETTINGS[f"rel{_share}-nhsic-med-random"] = SETTINGS[f"rel{_share}-med-random"] + ["loss.hsic_estimator=normalized"]
     SETTINGS[f"rel{_share}-med-layer2-random"] = SETTINGS[f"rel{_share}-med-random"] + ["loss.hsic_layer=2"]
     SETTINGS[f"rel{_share}-gamma1-random"] = _IBKD + ["loss.lam_mode=relative", "loss.gamma=1.0", f"loss.lam={_share}", "data.batching=random"]
-
-
-def git_commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO, capture_output=True, check=False).returncode != 0
-    return rev + ("+dirty" if dirty else "")
 
 
 def parse_runs(items: list[str], settings: dict[str, list[str]]) -> list[tuple[str, list[int]]]:

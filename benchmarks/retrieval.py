@@ -48,6 +48,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_md import git_commit  # noqa: E402
+
 RECIPE = "configs/scifact-minilm-l3.yaml"
 STATIC_RECIPE = "configs/scifact-static-256.yaml"
 ZH_RECIPES = {"cmrc2018": "configs/cmrc2018-m3e-l2.yaml", "dureader-robust": "configs/dureader-m3e-l2.yaml"}
@@ -68,15 +70,6 @@ INTRO = (
     "tokens (SciFact) / 512 (Chinese). The SciFact teacher row is the recorded measurement (README), not re-run."
 )
 COLUMNS = ["set", "model", "stage", "nDCG@10", "MRR@10", "Recall@100", "best dev nDCG@10", "seeds", "date", "device", "command", "commit"]
-
-
-def git_commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO, capture_output=True, check=False).returncode != 0
-    return rev + ("+dirty" if dirty else "")
 
 
 class Runner:

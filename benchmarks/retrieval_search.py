@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_md import add_row, command_line  # noqa: E402
-from encode_speed import device_name, git_commit  # noqa: E402
+from bench_md import add_row, command_line, git_commit  # noqa: E402
+from encode_speed import device_name  # noqa: E402
 
 SECTION = "## Exact retrieval search (benchmarks/retrieval_search.py)"
 INTRO = ("Seconds for the top-k of every query by exact cosine search over random vectors: ours (chunked matrix "

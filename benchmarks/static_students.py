@@ -39,9 +39,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_md import command_line  # noqa: E402
+from bench_md import command_line, git_commit  # noqa: E402
 from cpu_serving import speed, sts_sentences  # noqa: E402
-from encode_speed import device_name, git_commit  # noqa: E402
+from encode_speed import device_name  # noqa: E402
 
 TEST = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS-B", "SICK-R")
 STATIC_RECIPE = "configs/static-minilm-256.yaml"
