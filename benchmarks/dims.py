@@ -168,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-bench-md", action="store_true")
     p.add_argument("--device-label", default=None)
     args = p.parse_args(argv)
+    from distill.cli import quiet_third_party
+
+    quiet_third_party()  # the folders it scores in-process load quietly, as the CLI's do
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     out = Path(args.out).resolve()
     commit = git_commit()  # the code that runs, read before anything trains
