@@ -245,8 +245,10 @@ def test_cache_refuses_a_folder_with_user_files(tmp_path, tiny_home, monkeypatch
     # an empty folder is fine, and a cache of ours is reused
     (tmp_path / "c1").mkdir()
     assert main([*args, "--out", str(tmp_path / "c1")]) == 0
+    assert "the slow step, done once" in capsys.readouterr().out  # the long pole says so before it starts
     assert main([*args, "--out", str(tmp_path / "c1")]) == 0
-    assert "complete and matches: reused" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "complete and matches: reused" in out and "the slow step" not in out
 
 
 def test_corpus_mismatch_says_how_to_rebuild_and_names_max_sentences(tmp_path, tiny_home, monkeypatch, capsys):
