@@ -212,7 +212,6 @@ def main(argv: list[str] | None = None) -> int:
     for loss in losses:
         runs[loss] = {seeds[0]: train_run(STATIC_RECIPE, out / f"static-{loss}-s{seeds[0]}", [*common, loss_set(loss), f"train.seed={seeds[0]}"])}
     first = runs[losses[0]][seeds[0]]
-    init = json.loads((out / f"static-{losses[0]}-s{seeds[0]}" / "baselines.json").read_text())["init"]
     best_two = sorted(losses, key=lambda n: -runs[n][seeds[0]]["best_dev"])[:2]  # by STS-B dev: selection, not test
     for loss in best_two:
         for seed in seeds[1:]:
@@ -221,8 +220,14 @@ def main(argv: list[str] | None = None) -> int:
     static_speed = measure(static)
     import yaml
 
-    data = yaml.safe_load((REPO / STATIC_RECIPE).read_text())["data"]
+    from distill.presets import load_student
+
+    recipe = yaml.safe_load((REPO / STATIC_RECIPE).read_text())
+    data = recipe["data"]
     vocab = vocabulary(static, REPO / data["cache_dir"] / "sentences.txt", sts, max_length=data["max_length"])
+    # the untrained row: the preset's init (the distilled table the runs started from, read from the cache)
+    untrained = StaticStudent.from_spec(load_student(recipe["student"]), recipe["teacher"], cache_dir=REPO / data["cache_dir"], device="cpu")
+    init = {"scores": score(untrained, sts), "params": untrained.num_parameters()}
     rows.append(row("ours static-256, init: distill, no training", init["scores"], static_speed, init["params"], []))
     for loss in losses:
         rows.append(seeds_row(f"ours static-256 + {loss}", runs[loss], static_speed, first["params"],
