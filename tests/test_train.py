@@ -37,7 +37,8 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_hom
     assert not (b / "run" / "results.json").exists()
     with pytest.raises(DistillError, match="already holds a run.*--resume"):
         train(recipe_b, progress=False)
-    resumed = train(recipe_b, resume=True, progress=False)
+    monkeypatch.chdir(b)  # the same folder spelled another way (relative here, absolute before) resumes
+    resumed = train(load_recipe(_recipe(b, steps=9, every=3), ["output.dir=run"]), resume=True, progress=False)
     assert resumed["steps"] == straight["steps"] == 9
     assert [e["step"] for e in resumed["evals"]] == [e["step"] for e in straight["evals"]]
     assert abs(resumed["best"]["STS-B"] - straight["best"]["STS-B"]) < 0.1

@@ -139,7 +139,11 @@ def _train(recipe: Recipe, resume: bool, progress: bool, callbacks: list | None)
 def check_resumed_recipe(ckpt: dict, recipe: Recipe, ckpt_file: Path, only: tuple[str, ...] | None = None) -> None:
     """--resume continues only the recipe the checkpoint was written with (keys added since take their
     defaults); `only`: the recipe sections compared (a finished stage 1: those that trained it)."""
-    saved, now = saved_recipe_with_defaults(ckpt["recipe"]), recipe.to_dict()
+    saved, now = dict(saved_recipe_with_defaults(ckpt["recipe"])), recipe.to_dict()
+    # output.dir is the folder being resumed, however it is spelled (relative, absolute, moved): not compared
+    for r in (saved, now):
+        if isinstance(r.get("output"), dict):
+            r["output"] = {k: v for k, v in r["output"].items() if k != "dir"}
     if only is not None:
         saved, now = {k: saved.get(k) for k in only}, {k: now[k] for k in only}
     if saved != now:
