@@ -257,6 +257,9 @@ class Baselines(Callback):
     def on_train_begin(self, state) -> None:
         if self.path.is_file():
             return
+        # minutes on a CPU with no bar of its own (the scores print at the end): say what runs
+        print(f"[distill] baselines: the teacher {self.teacher} and the untrained {self.student_name} on {', '.join(self.tasks)} "
+              f"(once per run folder: {self.path.name})", flush=True)
         student = (self.student_name, state.student, state.embedder(head=False))
         write_json_atomic(self.path, baseline_scores(self.teacher, student, self.tasks, self.data, self.batch_size, retrieval=self.retrieval))
 
