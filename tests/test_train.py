@@ -10,6 +10,7 @@ from conftest import CORPUS_DIR, REPO, STS_DIR, StopAt, recipe_at, tiny_recipe_t
 
 from distill.cli import main
 from distill.config import load_recipe
+from distill.embedding import Embedder
 from distill.errors import DistillError
 from distill.training.trainer import train
 
@@ -80,6 +81,8 @@ def test_every_objective_trains_from_the_cache_and_exports(tmp_path, tiny_home, 
     # the exported folder scores what the run reported for its best checkpoint
     again = evaluate_sts(model, tasks=["STS-B"], sts_dir=STS_DIR, progress=False)
     assert again["STS-B"] == pytest.approx(results["best"]["STS-B"], abs=0.05)
+    # ... and so does the run's best/ folder itself (distill eval --model RUN/best): HPD through its head
+    assert Embedder(str(tmp_path / "run" / "best"))(["a test"]).shape == (1, dim)
     name = loss.split()[1].rstrip(",")
     if name in ("ibkd", "infonce", "crd"):  # their heads exist whatever the widths
         proj = export_student(tmp_path / "run", tmp_path / "export-proj", keep_projection=True)

@@ -59,6 +59,18 @@ def _save_student(path: Path, encoder: EmbeddingModel, loss: nn.Module | None, m
         (tmp / META).write_text(json.dumps(info, indent=2) + "\n")
 
 
+def saved_embedding_head(path: str | Path) -> nn.Module | None:
+    """The embedding head a saved student holds (HPD's k-d layer, the Matryoshka PCA head), with its
+    trained weights, in eval mode; None when its vectors are the student's own."""
+    meta = json.loads((Path(path) / META).read_text())
+    if not meta.get("embedding_head"):
+        return None
+    from distill.losses import load_loss
+
+    state = load_file(str(Path(path) / "heads.safetensors"))
+    return load_loss(meta["loss"], int(meta["dim"]), state).embedding_head().eval()
+
+
 def head_out_dim(head: nn.Module) -> int:
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
     return int(linears[-1].out_features)
