@@ -8,6 +8,8 @@ Rows (7-set avg STS, Spearman x100, of the student each run selects on STS-B dev
                            scored at --dims k (PCA coordinates are ordered: the same vectors as
                            --pca k); k = 128 also from a literal `--pca 128` folder, as a check
   (c) matryoshka           the recipe with loss.matryoshka_dims [384, 256, 128, 64], truncated
+  (c') matryoshka + PCA head the same with loss.matryoshka_head pca: the prefixes are of a trained
+                           384 x 384 layer started at the PCA of the untrained student's vectors
   (d) hpd k=128            loss hpd, k 128: the compact head of Zhao et al., at its one width
 and, with --static (students/static-256.yaml on the same 16,384 sentences: configs/static-minilm-256.yaml
 with the CPU recipe's cache, one seed): the static student truncated and Matryoshka-trained at 256/128/64.
@@ -104,21 +106,29 @@ def row(method: str, dim: int, values: dict[int, float], note: str = "") -> dict
             "values": [round(x, 2) for x in v], "sd": round(statistics.stdev(v), 2) if len(v) > 1 else None, **({"note": note} if note else {})}
 
 
+MRL_PCA = "matryoshka + PCA head"
+
+
 def targets(rows: list[dict]) -> list[str]:
+    """The issue's targets, for each Matryoshka variant."""
+    return [line for method in ("matryoshka", MRL_PCA) for line in _targets(rows, method)]
+
+
+def _targets(rows: list[dict], method: str) -> list[str]:
     def get(method, dim):
         return next((r["avg"] for r in rows if r["method"] == method and r["dim"] == dim), None)
 
-    m384, m128, m64 = get("matryoshka", 384), get("matryoshka", 128), get("matryoshka", 64)
+    m384, m128, m64 = get(method, 384), get(method, 128), get(method, 64)
     p128, a384, h128 = get("infonce + PCA", 128), get("infonce, truncated", 384), get("hpd k=128", 128)
     out = []
     if None not in (m128, p128, m384):
-        out.append(f"Matryoshka@128 {m128:.2f} >= PCA-128 {p128:.2f}: {'met' if m128 >= p128 else f'not met, short by {p128 - m128:.2f}'}; "
+        out.append(f"[{method}] Matryoshka@128 {m128:.2f} >= PCA-128 {p128:.2f}: {'met' if m128 >= p128 else f'not met, short by {p128 - m128:.2f}'}; "
                    f"within 1.5 of Matryoshka@384 {m384:.2f}: {'met' if m384 - m128 <= 1.5 else 'not met'} (gap {m384 - m128:.2f})")
     if None not in (m384, a384):
-        out.append(f"Matryoshka@384 {m384:.2f} within 0.5 of the plain student@384 {a384:.2f}: "
+        out.append(f"[{method}] Matryoshka@384 {m384:.2f} within 0.5 of the plain student@384 {a384:.2f}: "
                    f"{'met' if m384 >= a384 - 0.5 else 'not met'} (difference {m384 - a384:+.2f})")
     if None not in (m64, h128):
-        out.append(f"Matryoshka@64 {m64:.2f} >= HPD@128 {h128:.2f}: {'met' if m64 >= h128 else f'not met, short by {h128 - m64:.2f}'}")
+        out.append(f"[{method}] Matryoshka@64 {m64:.2f} >= HPD@128 {h128:.2f}: {'met' if m64 >= h128 else f'not met, short by {h128 - m64:.2f}'}")
     return out
 
 
@@ -178,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
 
     plain = {s: train(RECIPE, [*every, f"train.seed={s}"], out / f"infonce-s{s}") for s in seeds}
     mrl = {s: train(RECIPE, [*every, f"loss.matryoshka_dims={dims_set(DIMS)}", f"train.seed={s}"], out / f"matryoshka-s{s}") for s in seeds}
+    mrl_pca = {s: train(RECIPE, [*every, f"loss.matryoshka_dims={dims_set(DIMS)}", "loss.matryoshka_head=pca", f"train.seed={s}"],
+                        out / f"matryoshka-pca-s{s}") for s in seeds}
     hpd = train(RECIPE, ["loss={name: hpd, k: 128}", f"train.seed={seeds[0]}"], out / f"hpd-k128-s{seeds[0]}")
     pca = {}
     for s in seeds:
@@ -193,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row("infonce + PCA", k, {s: at(v, k, 384) for s, v in pca.items()}))
     for k in DIMS:
         rows.append(row("matryoshka", k, {s: at(r["best"], k, 384) for s, r in mrl.items()}))
+    for k in DIMS:
+        rows.append(row(MRL_PCA, k, {s: at(r["best"], k, 384) for s, r in mrl_pca.items()}))
     rows.append(row("hpd k=128", 128, {seeds[0]: hpd["best"]["Avg"]}))
     check = [abs(v["Avg@128"] - v["Avg@128 (literal --pca 128)"]) for v in pca.values()]
     print(f"[dims] PCA-384 at --dims 128 vs a literal --pca 128 export: largest difference {max(check):.4f} avg points")
@@ -202,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"eval.dims={dims_set(STATIC_DIMS)}", f"train.seed={seeds[0]}"]
         st_plain = train(STATIC_RECIPE, base, out / f"static-infonce-s{seeds[0]}")
         st_mrl = train(STATIC_RECIPE, [*base, f"loss.matryoshka_dims={dims_set(STATIC_DIMS)}"], out / f"static-matryoshka-s{seeds[0]}")
-        for name, r in (("static-256, truncated", st_plain), ("static-256 matryoshka", st_mrl)):
+        st_pca = train(STATIC_RECIPE, [*base, f"loss.matryoshka_dims={dims_set(STATIC_DIMS)}", "loss.matryoshka_head=pca"],
+                       out / f"static-matryoshka-pca-s{seeds[0]}")
+        for name, r in (("static-256, truncated", st_plain), ("static-256 matryoshka", st_mrl), ("static-256 matryoshka + PCA head", st_pca)):
             for k in STATIC_DIMS:
                 rows.append(row(name, k, {seeds[0]: at(r["best"], k, 256)}, "16,384 sentences, 64 steps of 256"))
 

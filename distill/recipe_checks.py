@@ -78,6 +78,10 @@ def check_values(recipe) -> None:
         raise DistillError(f"train.batch_size {recipe.train.batch_size}: loss {name} is contrastive, its negatives are the other "
                            "sentences of the batch; it needs at least 2 per device (one gives a loss of exactly 0)")
     s2 = recipe.stage2
+    what = loss.head_in_embedding(recipe.loss)
+    if s2.rows and what:
+        raise DistillError(f"stage2.rows with loss {name}: stage 2 trains the student's own vector, and {what} is part of stage 1's "
+                           "embedding; it would be dropped. Train stage 1 with a loss whose heads are training-only, or leave stage2.rows empty")
     _need(s2.init in STAGE2_INITS, "stage2.init", s2.init, f"one of {', '.join(STAGE2_INITS)}")
     _check_train("stage2.train", s2.train)
     stage2 = loss_class(s2.loss["name"])

@@ -31,7 +31,7 @@ def _write(tmp_path, loss: str, extra: str = "") -> Path:
 
 
 def test_defaults_are_the_constructor_keywords():
-    """...plus matryoshka_dims / matryoshka_weights for a class that compares student vectors."""
+    """...plus matryoshka_dims / matryoshka_weights / matryoshka_head for a class that compares student vectors."""
     from distill.losses.base import MATRYOSHKA_DEFAULTS
 
     for name, cls in LOSSES.items():
@@ -57,7 +57,7 @@ def test_a_recipe_can_set_the_projection(tmp_path, name):
 def test_saved_recipe_gets_the_new_defaults():
     out = saved_recipe_with_defaults({"loss": {"name": "mse", "standardize": "zscore"}, "stage2": {"loss": {"lam": 0.5}}})
     # a run saved before Matryoshka prefixes existed resumes as the plain objective it was
-    assert out["loss"] == {"name": "mse", "standardize": "zscore", "projection": None, "matryoshka_dims": None, "matryoshka_weights": None}
+    assert out["loss"] == {"name": "mse", "standardize": "zscore", "projection": None, "matryoshka_dims": None, "matryoshka_weights": None, "matryoshka_head": "none"}
     assert out["stage2"]["loss"] == {"name": "ibkd_supervised", **loss_class("ibkd_supervised").defaults(), "lam": 0.5}
 
 

@@ -140,6 +140,8 @@ def test_the_recipe_checks_prefixes_and_refuses_hpd(tmp_path):
         ("{name: crd, matryoshka_dims: [384, 64], matryoshka_weights: [1]}", r"1 weights for 2 matryoshka_dims"),
         ("{name: crd, matryoshka_weights: [1, 2]}", r"matryoshka_weights: given without loss.matryoshka_dims"),
         ("{name: cosine, matryoshka_dims: [384, 64], matryoshka_weights: [1, -1]}", r"one number >= 0 per matryoshka_dims entry"),
+        ("{name: infonce, matryoshka_head: pca}", r"loss.matryoshka_head: 'pca' given without loss.matryoshka_dims"),
+        ("{name: infonce, matryoshka_dims: [384, 64], matryoshka_head: svd}", r"loss.matryoshka_head: must be none .* or pca"),
     ]:
         with pytest.raises(DistillError, match=message):
             recipe(loss)
@@ -148,3 +150,55 @@ def test_the_recipe_checks_prefixes_and_refuses_hpd(tmp_path):
     with pytest.raises(DistillError, match=r"loss .*: a 16-d student cannot be compared with a 24-d teacher without a projection"):
         build_loss({"name": "mse", "projection": False, "matryoshka_dims": [24, 16]}, 24, 24)
     assert all(not cls.matryoshka for name, cls in LOSSES.items() if name not in REFS)
+
+
+# ------------------------------------------------------------------------ matryoshka_head: pca
+
+
+def test_the_pca_head_starts_as_the_pca_of_every_width_and_the_prefixes_are_of_its_output():
+    g = torch.Generator().manual_seed(7)
+    sample = torch.randn(40, 6, generator=g, dtype=torch.float64) * torch.tensor([0.5, 3.0, 1.0, 0.1, 2.0, 0.7], dtype=torch.float64) + 4.0
+    loss = build_loss({"name": "infonce", "tau": 0.07, "matryoshka_dims": DIMS, "matryoshka_weights": WEIGHTS,
+                       "matryoshka_head": "pca"}, 6, D_T).double()
+    assert loss.needs_prepare and isinstance(loss.embedding_head(), torch.nn.Linear)
+    loss.prepare(sample, torch.randn(40, D_T, dtype=torch.float64))
+    # independent: the eigen-decomposition of the sample covariance, largest variance first
+    x = np_(sample)
+    centered = x - x.mean(0)
+    values, vectors = np.linalg.eigh(centered.T @ centered / len(x))
+    values, vectors = values[::-1], vectors[:, ::-1]
+    y = np_(loss.embedding_head()(sample).detach())
+    np.testing.assert_allclose(y.mean(0), 0, atol=1e-10)  # the head centers ...
+    np.testing.assert_allclose(y.T @ y / len(y), np.diag(values), atol=1e-9)  # ... and decorrelates, variance descending
+    np.testing.assert_allclose(np.abs(y), np.abs(centered @ vectors), atol=1e-9)  # each axis is a principal axis (up to sign)
+    # the loss is the weighted sum over prefixes of the head's output (not of the student vector)
+    out, t = _inputs()
+    got = loss(out, t)
+    w, b = _linear(loss.rotation)
+    z = np_(out["embedding"]) @ w.T + b
+    expected = sum(wj * ref_infonce(z[:, :k].copy(), p, t.numpy()) for k, wj, p in zip(DIMS, WEIGHTS, loss.prefixes))
+    assert got["loss"].item() == pytest.approx(expected, rel=1e-10)
+    got["loss"].backward()
+    assert loss.rotation.weight.grad.abs().sum() > 0  # trained with the student
+    # fewer vectors than dimensions: the axes are still an orthonormal basis
+    few = build_loss({"name": "cosine", "matryoshka_dims": [6, 2], "matryoshka_head": "pca"}, 6, D_T).double()
+    few.prepare(sample[:3], torch.randn(3, D_T, dtype=torch.float64))
+    r = np_(few.rotation.weight)
+    np.testing.assert_allclose(r @ r.T, np.eye(6), atol=1e-10)
+    # saved and loaded with the prefixes' heads; the config says which head
+    state = {k: v.detach().clone() for k, v in loss.state_dict().items()}
+    assert {"rotation.weight", "rotation.bias"} <= set(state)
+    again = load_loss({"name": "infonce", "tau": 0.07, "matryoshka_dims": DIMS, "matryoshka_head": "pca"}, 6, state)
+    assert torch.equal(again.rotation.weight, state["rotation.weight"].float()) and again.get_config_dict()["matryoshka_head"] == "pca"
+    assert build_loss({"name": "infonce", "matryoshka_dims": DIMS}, 6, D_T).embedding_head() is None  # default: no head
+
+
+def test_stage_two_refuses_a_stage_one_whose_head_is_part_of_the_embedding(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"query": "q", "positive_passages": [{"text": "p"}], "negative_passages": []}\n')
+    path = tmp_path / "r.yaml"
+    for loss, what in [("{name: infonce, matryoshka_dims: [384, 64], matryoshka_head: pca}", "the Matryoshka head"),
+                       ("{name: hpd, k: 128}", "HPD's k-d head")]:
+        path.write_text(f"teacher: all-minilm-l6-v2\nstudent: all-minilm-l3-v2\nloss: {loss}\nstage2: {{rows: [{rows}]}}\n")
+        with pytest.raises(DistillError, match=f"stage2.rows with loss .*{what}.* would be dropped"):
+            load_recipe(path)

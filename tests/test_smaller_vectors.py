@@ -197,6 +197,31 @@ def test_pca_export_is_one_folder_and_pca_then_dims_equals_a_smaller_pca(trained
     assert "not trained with loss.matryoshka_dims" in capsys.readouterr().err
 
 
+def test_a_pca_head_run_serves_prefixes_of_the_head_through_plain_sentence_transformers(tmp_path, tiny_home, monkeypatch):
+    """matryoshka_head pca: the head is fitted before step 1, trained, saved with the student,
+    scored by the run and written by export as a Dense layer, so the folder's 8-d vectors are the
+    first 8 of the head's output, in this process and in plain sentence-transformers."""
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    recipe = recipe_at(tmp_path, [*MRL, "loss.matryoshka_head=pca"], loss="name: infonce", steps=2, every=2)
+    results = train(recipe, progress=False)
+    assert {"STS-B", "STS-B@8"} <= set(results["best"]) and results["embedding_dim"] == 32
+    run = tmp_path / "run"
+    student, meta, state = load_saved_student(run / "best", device="cpu")
+    assert meta["embedding_head"] == "Linear" and state["rotation.weight"].shape == (32, 32)
+    head = load_loss(meta["loss"], student.dim, state).embedding_head()
+    own = student.encode(SENTS, batch_size=4, progress=False).astype(np.float64)  # the student's own vectors
+    out = export_student(run, tmp_path / "at8", dims=8)
+    plain = _plain_st(out, SENTS)
+    assert plain["dim"] == 8
+    full = Embedder(str(out), dims=32)(SENTS)
+    np.testing.assert_allclose(Embedder(str(run / "best"), dims=32)(SENTS), full, atol=1e-5)  # the run's vectors = the export's
+    y = own @ head.weight.detach().double().numpy().T + head.bias.detach().double().numpy()
+    np.testing.assert_allclose(truncate(y, 32), full, atol=1e-4)  # the head is applied ...
+    assert np.abs(truncate(own, 32) - full).max() > 1e-2  # ... and is not the identity
+    e = np.asarray(plain["emb"])
+    np.testing.assert_allclose(e / np.linalg.norm(e, axis=1, keepdims=True), truncate(full, 8), atol=1e-5)  # prefixes of the head
+
+
 # ------------------------------------------------------------------------------- static student
 
 

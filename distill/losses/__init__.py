@@ -112,7 +112,8 @@ def _construct(cls: type[DistillLoss], student_dim: int, teacher_dim: int | None
     rest = {k: v for k, v in params.items() if k not in MATRYOSHKA_DEFAULTS}
     if dims is None:
         return cls(student_dim, teacher_dim, **rest)
-    return MatryoshkaLoss(cls, student_dim, teacher_dim, dims=dims, weights=weights, **rest)
+    return MatryoshkaLoss(cls, student_dim, teacher_dim, dims=dims, weights=weights,
+                          head=params.get("matryoshka_head", "none"), **rest)
 
 
 def load_loss(spec: dict[str, Any], student_dim: int, state: dict[str, Any]) -> DistillLoss:

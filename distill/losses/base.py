@@ -65,11 +65,14 @@ def _prefix_weights(v) -> bool:
 
 
 # The Matryoshka parameters of every class with `matryoshka = True` (unset: the plain objective).
-MATRYOSHKA_DEFAULTS: dict[str, Any] = {"matryoshka_dims": None, "matryoshka_weights": None}
+MATRYOSHKA_DEFAULTS: dict[str, Any] = {"matryoshka_dims": None, "matryoshka_weights": None, "matryoshka_head": "none"}
 MATRYOSHKA_RULES: dict[str, Rule] = {
     "matryoshka_dims": (_descending_widths, "unset, or a list of widths in descending order, no repeats, each >= 1, "
                                             "the first the student's own (e.g. [384, 256, 128, 64])"),
     "matryoshka_weights": (_prefix_weights, "unset (all 1), or one number >= 0 per matryoshka_dims entry, not all 0"),
+    # none: prefixes of the student's own vector; pca: of a trained d x d layer on it, started at
+    # the PCA of the untrained student's vectors (losses/matryoshka.py says why)
+    "matryoshka_head": (lambda v: v in ("none", "pca"), "none (prefixes of the student's own vector) or pca"),
 }
 
 
@@ -138,6 +141,9 @@ class DistillLoss(nn.Module):
         dims, weights = params.get("matryoshka_dims"), params.get("matryoshka_weights")
         if weights is not None and dims is None:
             raise DistillError(f"{prefix}.matryoshka_weights: given without {prefix}.matryoshka_dims (the widths they weigh)")
+        if params.get("matryoshka_head", "none") != "none" and dims is None:
+            raise DistillError(f"{prefix}.matryoshka_head: {params['matryoshka_head']!r} given without {prefix}.matryoshka_dims "
+                               "(the head orders the vector for its prefixes)")
         if weights is not None and len(weights) != len(dims):
             raise DistillError(f"{prefix}.matryoshka_weights: {len(weights)} weights for {len(dims)} matryoshka_dims {dims}: "
                                "give one per width")
@@ -146,6 +152,14 @@ class DistillLoss(nn.Module):
     def needs_batch_negatives(cls, params: dict[str, Any]) -> bool:
         """True when, with these parameters, the only negatives are the batch's other sentences."""
         return cls.contrastive
+
+    @classmethod
+    def head_in_embedding(cls, params: dict[str, Any]) -> str | None:
+        """What, with these parameters, is a head that is part of the embedding (evaluation and
+        export apply it; stage 2, which trains the student's own vector, would drop it), or None."""
+        if cls.matryoshka and params.get("matryoshka_head", "none") != "none":
+            return "the Matryoshka head (loss.matryoshka_head)"
+        return None
 
     @classmethod
     def targets(cls, params: dict[str, Any]):

@@ -59,6 +59,10 @@ class HPDLoss(DistillLoss):
     rules = {"k": whole_number(1), "init": one_of(*INITS)}
 
     @classmethod
+    def head_in_embedding(cls, params: dict[str, Any]) -> str | None:
+        return "HPD's k-d head"
+
+    @classmethod
     def targets(cls, params: dict[str, Any]):
         """The teacher's vectors reduced to k dimensions by PCA (the cache fits and stores it)."""
         return ("pca", int(params["k"]))

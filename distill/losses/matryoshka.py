@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from distill.errors import DistillError
@@ -55,6 +56,19 @@ class MatryoshkaLoss(DistillLoss):
     weighted by lam in each prefix's loss (so by lam * w_j in L). CRD's queue is held per prefix
     (the same raw teacher rows in each).
 
+    `matryoshka_head: pca` (default none) puts a trained layer in front of the prefixes,
+    y = R s + b with R a d x d matrix, and takes the prefixes of y: L = sum_j w_j L_inner(y[:, :k_j], t).
+    It is started at the PCA of the untrained student's vectors (the PREPARE_SAMPLE sentences of
+    training/stages.py: R = their principal axes, largest variance first, b = -R mean), so that
+    at step 0 every prefix is already the PCA of that width, the best linear k-d summary of the
+    student, and training refines it. Why: a student cut from a pretrained model spreads its
+    information over all coordinates, and a short run cannot rotate a transformer's last layer to
+    put the most in the first 64 (measured: plain Matryoshka at 128 stayed 3 points under a PCA
+    of the plain student). The layer is part of the embedding (`embedding_head`): evaluation
+    applies it and export writes it as a Dense layer, so --dims N prefixes are of y. It centers
+    the vector (b), which changes full-width cosines a little at step 0 (the PCA export at full
+    width: -0.26 avg STS on the CPU recipe).
+
     The first width must be the student's (`check_prefix_widths`). A loss whose head is the
     product (HPD: its k-d tanh output is the embedding) is refused when the recipe is read: a
     prefix of the student vector is not what it serves.
@@ -68,7 +82,8 @@ class MatryoshkaLoss(DistillLoss):
 
     stage = 1
 
-    def __init__(self, inner: type[DistillLoss], student_dim: int, teacher_dim: int | None, *, dims, weights=None, **params: Any):
+    def __init__(self, inner: type[DistillLoss], student_dim: int, teacher_dim: int | None, *, dims, weights=None,
+                 head: str = "none", **params: Any):
         super().__init__()
         if not inner.matryoshka:
             raise DistillError(f"loss.matryoshka_dims: loss {inner.name} cannot be trained on prefixes of the student vector: "
@@ -86,7 +101,12 @@ class MatryoshkaLoss(DistillLoss):
             except DistillError as exc:
                 raise DistillError(f"loss {inner.name}, Matryoshka prefix {k}: {exc}") from None
         self.prefixes = nn.ModuleList(prefixes)
-        self.needs_prepare = any(p.needs_prepare for p in self.prefixes)
+        if head not in ("none", "pca"):
+            raise DistillError(f"loss.matryoshka_head: {head!r}, expected none or pca")
+        self.head = head
+        # registered only when asked for, so a plain Matryoshka student's saved heads are unchanged
+        self.rotation = nn.Linear(self.student_dim, self.student_dim) if head == "pca" else None
+        self.needs_prepare = head == "pca" or any(p.needs_prepare for p in self.prefixes)
         if any(p.embedding_head() is not None for p in self.prefixes):  # a new loss that forgot matryoshka = False
             raise DistillError(f"loss {inner.name}: its head is part of the embedding; prefixes of the student vector are not what it serves")
 
@@ -106,11 +126,34 @@ class MatryoshkaLoss(DistillLoss):
                 p.fit_targets(teacher_all)
 
     def prepare(self, student_embeddings: Tensor, teacher: Tensor) -> None:
+        if self.rotation is not None:
+            self._fit_pca(student_embeddings)
+            with torch.no_grad():
+                student_embeddings = self.rotation(student_embeddings.to(self.rotation.weight))
         for k, p in zip(self.dims, self.prefixes):
-            p.prepare(student_embeddings[:, :k], teacher)
+            if p.needs_prepare:
+                p.prepare(student_embeddings[:, :k], teacher)
+
+    @torch.no_grad()
+    def _fit_pca(self, s: Tensor) -> None:
+        """R = the principal axes of the untrained student's vectors (rows, largest variance first),
+        b = -R mean: the PCA of every width at once. In float64; with fewer vectors than
+        dimensions the trailing axes complete an orthonormal basis (any completion, of no variance)."""
+        s = s.detach().double().cpu()
+        if s.ndim != 2 or s.shape[1] != self.student_dim or len(s) < 2:
+            raise DistillError(f"matryoshka_head pca: needs (n >= 2, {self.student_dim}) untrained student vectors, got {tuple(s.shape)}")
+        mean = s.mean(0)
+        _, _, vh = torch.linalg.svd(s - mean, full_matrices=True)
+        self.rotation.weight.copy_(vh.to(self.rotation.weight.dtype))
+        self.rotation.bias.copy_((-vh @ mean).to(self.rotation.bias.dtype))
+
+    def embedding_head(self) -> nn.Module | None:
+        """matryoshka_head pca: the trained layer, part of the embedding (evaluation, export)."""
+        return self.rotation
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {**self.prefixes[0].get_config_dict(), "matryoshka_dims": list(self.dims), "matryoshka_weights": list(self.weights)}
+        return {**self.prefixes[0].get_config_dict(), "matryoshka_dims": list(self.dims), "matryoshka_weights": list(self.weights),
+                "matryoshka_head": self.head}
 
     def export_head(self):
         """The full-width prefix's head (it maps the whole exported vector), if the inner loss has one."""
@@ -129,6 +172,8 @@ class MatryoshkaLoss(DistillLoss):
         s = student_out["embedding"]
         if s.shape[-1] != self.student_dim:
             raise DistillError(f"{self.name}: a {s.shape[-1]}-d student vector, the Matryoshka widths {self.dims} are for {self.student_dim}")
+        if self.rotation is not None:
+            s = self.rotation(s)
         total, out = None, {}
         for j, (k, w, loss) in enumerate(zip(self.dims, self.weights, self.prefixes)):
             parts = loss({**student_out, "embedding": s[..., :k]}, teacher)
@@ -140,5 +185,5 @@ class MatryoshkaLoss(DistillLoss):
         return out
 
     def extra_repr(self) -> str:
-        return f"inner={self.inner.__name__}, dims={self.dims}, weights={self.weights}"
+        return f"inner={self.inner.__name__}, dims={self.dims}, weights={self.weights}, head={self.head}"
 
