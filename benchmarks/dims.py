@@ -10,6 +10,8 @@ Rows (7-set avg STS, Spearman x100, of the student each run selects on STS-B dev
   (c) matryoshka           the recipe with loss.matryoshka_dims [384, 256, 128, 64], truncated
   (c') matryoshka + PCA head the same with loss.matryoshka_head pca: the prefixes are of a trained
                            384 x 384 layer started at the PCA of the untrained student's vectors
+  (c'') ... detached       the same with loss.matryoshka_detach true: the student learns from the
+                           full width only, the smaller prefixes train the head and their decoders
   (d) hpd k=128            loss hpd, k 128: the compact head of Zhao et al., at its one width
 and, with --static (students/static-256.yaml on the same 16,384 sentences: configs/static-minilm-256.yaml
 with the CPU recipe's cache, one seed): the static student truncated and Matryoshka-trained at 256/128/64.
@@ -107,11 +109,12 @@ def row(method: str, dim: int, values: dict[int, float], note: str = "") -> dict
 
 
 MRL_PCA = "matryoshka + PCA head"
+MRL_DETACH = "matryoshka + PCA head, detached"
 
 
 def targets(rows: list[dict]) -> list[str]:
     """The issue's targets, for each Matryoshka variant."""
-    return [line for method in ("matryoshka", MRL_PCA) for line in _targets(rows, method)]
+    return [line for method in ("matryoshka", MRL_PCA, MRL_DETACH) for line in _targets(rows, method)]
 
 
 def _targets(rows: list[dict], method: str) -> list[str]:
@@ -190,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     mrl = {s: train(RECIPE, [*every, f"loss.matryoshka_dims={dims_set(DIMS)}", f"train.seed={s}"], out / f"matryoshka-s{s}") for s in seeds}
     mrl_pca = {s: train(RECIPE, [*every, f"loss.matryoshka_dims={dims_set(DIMS)}", "loss.matryoshka_head=pca", f"train.seed={s}"],
                         out / f"matryoshka-pca-s{s}") for s in seeds}
+    mrl_detach = {s: train(RECIPE, [*every, f"loss.matryoshka_dims={dims_set(DIMS)}", "loss.matryoshka_head=pca",
+                                    "loss.matryoshka_detach=true", f"train.seed={s}"], out / f"matryoshka-pca-detach-s{s}") for s in seeds}
     hpd = train(RECIPE, ["loss={name: hpd, k: 128}", f"train.seed={seeds[0]}"], out / f"hpd-k128-s{seeds[0]}")
     pca = {}
     for s in seeds:
@@ -207,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row("matryoshka", k, {s: at(r["best"], k, 384) for s, r in mrl.items()}))
     for k in DIMS:
         rows.append(row(MRL_PCA, k, {s: at(r["best"], k, 384) for s, r in mrl_pca.items()}))
+    for k in DIMS:
+        rows.append(row(MRL_DETACH, k, {s: at(r["best"], k, 384) for s, r in mrl_detach.items()}))
     rows.append(row("hpd k=128", 128, {seeds[0]: hpd["best"]["Avg"]}))
     check = [abs(v["Avg@128"] - v["Avg@128 (literal --pca 128)"]) for v in pca.values()]
     print(f"[dims] PCA-384 at --dims 128 vs a literal --pca 128 export: largest difference {max(check):.4f} avg points")
@@ -216,9 +223,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"eval.dims={dims_set(STATIC_DIMS)}", f"train.seed={seeds[0]}"]
         st_plain = train(STATIC_RECIPE, base, out / f"static-infonce-s{seeds[0]}")
         st_mrl = train(STATIC_RECIPE, [*base, f"loss.matryoshka_dims={dims_set(STATIC_DIMS)}"], out / f"static-matryoshka-s{seeds[0]}")
-        st_pca = train(STATIC_RECIPE, [*base, f"loss.matryoshka_dims={dims_set(STATIC_DIMS)}", "loss.matryoshka_head=pca"],
-                       out / f"static-matryoshka-pca-s{seeds[0]}")
-        for name, r in (("static-256, truncated", st_plain), ("static-256 matryoshka", st_mrl), ("static-256 matryoshka + PCA head", st_pca)):
+        st_detach = train(STATIC_RECIPE, [*base, f"loss.matryoshka_dims={dims_set(STATIC_DIMS)}", "loss.matryoshka_head=pca",
+                                           "loss.matryoshka_detach=true"], out / f"static-matryoshka-pca-detach-s{seeds[0]}")
+        for name, r in (("static-256, truncated", st_plain), ("static-256 matryoshka", st_mrl),
+                        ("static-256 " + MRL_DETACH, st_detach)):
             for k in STATIC_DIMS:
                 rows.append(row(name, k, {seeds[0]: at(r["best"], k, 256)}, "16,384 sentences, 64 steps of 256"))
 

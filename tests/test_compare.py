@@ -166,7 +166,7 @@ def test_unknown_loss_or_loss_key_is_named(tmp_path, setup, capsys):
     specs = loss_specs(recipe, ["ibkd", "crd"], parse_loss_overrides(["crd.tau=0.1", "ibkd.lam=0.5"]))
     assert specs["ibkd"]["bandwidth"] == "median" and specs["ibkd"]["lam"] == 0.5  # recipe's params kept
     assert specs["crd"] == {"name": "crd", "proj_dim": 128, "tau": 0.1, "queue_size": 0,
-                            "matryoshka_dims": None, "matryoshka_weights": None, "matryoshka_head": "none"}  # defaults: the plain objective
+                            "matryoshka_dims": None, "matryoshka_weights": None, "matryoshka_head": "none", "matryoshka_detach": False}  # defaults: the plain objective
     # the CLI reports them as errors, before training anything
     assert main(["compare", str(setup), "--losses", "mse,foo", "--out", str(tmp_path / "x")]) == 2
     assert "unknown loss 'foo'" in capsys.readouterr().err

@@ -202,3 +202,24 @@ def test_stage_two_refuses_a_stage_one_whose_head_is_part_of_the_embedding(tmp_p
         path.write_text(f"teacher: all-minilm-l6-v2\nstudent: all-minilm-l3-v2\nloss: {loss}\nstage2: {{rows: [{rows}]}}\n")
         with pytest.raises(DistillError, match=f"stage2.rows with loss .*{what}.* would be dropped"):
             load_recipe(path)
+
+
+def test_detach_trains_the_student_from_the_full_width_only_and_the_head_from_every_prefix():
+    sample = torch.randn(30, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    spec = {"name": "cosine", "matryoshka_dims": DIMS, "matryoshka_weights": WEIGHTS, "matryoshka_head": "pca"}
+    joint = build_loss(spec, 6, D_T).double()
+    joint.prepare(sample, torch.randn(30, D_T, dtype=torch.float64))
+    detached = build_loss({**spec, "matryoshka_detach": True}, 6, D_T).double()
+    detached.load_state_dict(joint.state_dict())
+    out, t = _inputs()
+    got = detached(out, t)
+    assert got["loss"].item() == pytest.approx(joint(out, t)["loss"].item(), rel=1e-12)  # the same value ...
+    got["loss"].backward()
+    # ... but the student's gradient is the full width's term alone (w_1 L_1(R s + b)), computed apart
+    s = out["embedding"].detach().clone().requires_grad_()
+    (WEIGHTS[0] * detached.prefixes[0]({**out, "embedding": detached.rotation(s)}, t)["loss"]).backward()
+    np.testing.assert_allclose(np_(out["embedding"].grad), np_(s.grad), rtol=1e-10, atol=1e-14)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in detached.prefixes[-1].parameters())  # the small prefixes train their heads
+    assert detached.get_config_dict()["matryoshka_detach"] is True
+    with pytest.raises(DistillError, match="matryoshka_detach: true needs .*matryoshka_head: pca"):
+        build_loss({"name": "cosine", "matryoshka_dims": DIMS, "matryoshka_detach": True}, 6, D_T)

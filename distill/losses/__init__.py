@@ -113,7 +113,7 @@ def _construct(cls: type[DistillLoss], student_dim: int, teacher_dim: int | None
     if dims is None:
         return cls(student_dim, teacher_dim, **rest)
     return MatryoshkaLoss(cls, student_dim, teacher_dim, dims=dims, weights=weights,
-                          head=params.get("matryoshka_head", "none"), **rest)
+                          head=params.get("matryoshka_head", "none"), detach=bool(params.get("matryoshka_detach", False)), **rest)
 
 
 def load_loss(spec: dict[str, Any], student_dim: int, state: dict[str, Any]) -> DistillLoss:

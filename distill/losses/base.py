@@ -65,7 +65,8 @@ def _prefix_weights(v) -> bool:
 
 
 # The Matryoshka parameters of every class with `matryoshka = True` (unset: the plain objective).
-MATRYOSHKA_DEFAULTS: dict[str, Any] = {"matryoshka_dims": None, "matryoshka_weights": None, "matryoshka_head": "none"}
+MATRYOSHKA_DEFAULTS: dict[str, Any] = {"matryoshka_dims": None, "matryoshka_weights": None, "matryoshka_head": "none",
+                                       "matryoshka_detach": False}
 MATRYOSHKA_RULES: dict[str, Rule] = {
     "matryoshka_dims": (_descending_widths, "unset, or a list of widths in descending order, no repeats, each >= 1, "
                                             "the first the student's own (e.g. [384, 256, 128, 64])"),
@@ -73,6 +74,8 @@ MATRYOSHKA_RULES: dict[str, Rule] = {
     # none: prefixes of the student's own vector; pca: of a trained d x d layer on it, started at
     # the PCA of the untrained student's vectors (losses/matryoshka.py says why)
     "matryoshka_head": (lambda v: v in ("none", "pca"), "none (prefixes of the student's own vector) or pca"),
+    # true: the smaller prefixes' gradients stop at the head's input (the student learns from the full width)
+    "matryoshka_detach": (lambda v: isinstance(v, bool), "true or false"),
 }
 
 
@@ -144,6 +147,9 @@ class DistillLoss(nn.Module):
         if params.get("matryoshka_head", "none") != "none" and dims is None:
             raise DistillError(f"{prefix}.matryoshka_head: {params['matryoshka_head']!r} given without {prefix}.matryoshka_dims "
                                "(the head orders the vector for its prefixes)")
+        if params.get("matryoshka_detach") and params.get("matryoshka_head", "none") == "none":
+            raise DistillError(f"{prefix}.matryoshka_detach: true needs {prefix}.matryoshka_head: pca (without a head, prefixes whose "
+                               "gradient stops at the student are the plain student truncated)")
         if weights is not None and len(weights) != len(dims):
             raise DistillError(f"{prefix}.matryoshka_weights: {len(weights)} weights for {len(dims)} matryoshka_dims {dims}: "
                                "give one per width")
