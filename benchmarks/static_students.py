@@ -129,12 +129,13 @@ def vocabulary(static, corpus_file: Path, sts: dict, max_length: int) -> dict:
     table to the corpus' tokens is worth it: its size on disk against what it would lose."""
     import numpy as np
 
+    from distill.data.tokens import tokenize_corpus
+
     tok = static.tokenizer
     sentences = corpus_file.read_text(encoding="utf-8").splitlines()
     seen = np.zeros(static.embedding.weight.shape[0], dtype=bool)
-    for i in range(0, len(sentences), 8192):
-        for ids in tok(sentences[i:i + 8192], truncation=True, max_length=max_length)["input_ids"]:
-            seen[ids] = True
+    # the run's own tokenization, stored in its cache folder (tokens/*.npz): read back, not redone
+    seen[tokenize_corpus(tok, sentences, max_length, corpus_file.parent, progress=False).ids] = True
     sts_ids = [i for p in sts.values() for s in (*p.sentences1, *p.sentences2) for i in tok(s)["input_ids"]]
     unseen = [i for i in sts_ids if not seen[i]]
     rows, dim = static.embedding.weight.shape
