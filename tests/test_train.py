@@ -179,7 +179,7 @@ def _write_triplets(path):
     path.write_text("\n".join(rows) + "\n")
 
 
-def test_two_stage_ibkd_chains_stage1_and_supervised_triplets(tmp_path, tiny_home, monkeypatch):
+def test_two_stage_ibkd_chains_stage1_and_supervised_triplets(tmp_path, tiny_home, monkeypatch, capsys):
     from sentence_transformers import SentenceTransformer
 
     from distill.export import export_student
@@ -192,6 +192,12 @@ def test_two_stage_ibkd_chains_stage1_and_supervised_triplets(tmp_path, tiny_hom
     ])
     results = train(recipe, progress=False)
     assert results["stage1"]["steps"] == 2 and results["steps"] == 3
+    from distill.commands.train import print_report
+
+    print_report(recipe, results)  # what `distill train` prints: stage 1's row, then the final one named by both losses
+    table = capsys.readouterr().out
+    assert f"| tiny-student after (ibkd) | {results['stage1']['best']['STS-B']:.2f} |" in table
+    assert f"| tiny-student after (ibkd) + stage 2 (ibkd_supervised) | {results['best']['STS-B']:.2f} |" in table
     s2 = tmp_path / "run" / "stage2"
     assert (s2 / "best" / "distill_student.json").is_file() and (s2 / "results.json").is_file()
     meta = json.loads((s2 / "best" / "distill_student.json").read_text())

@@ -128,7 +128,7 @@ def _train(recipe: Recipe, resume: bool, progress: bool, callbacks: list | None)
     resume2 = resume and (second.run_dir / ckpt_io.NAME).is_file()
     results2 = Trainer(second, recipe, rank, world, device, progress, callbacks, baselines=False).fit(resume2)
     if rank == 0:
-        results2["stage1"] = {k: results[k] for k in ("best", "best_step", "best_dev", "steps", "train_sentences_per_s")}
+        results2["stage1"] = {k: results[k] for k in ("best", "best_step", "best_dev", "steps", "train_sentences_per_s", "retrieval") if k in results}
         results2["warnings"] = [f"stage 1: {w}" for w in results.get("warnings", [])] + [f"stage 2: {w}" for w in results2.get("warnings", [])]
         if "baselines" in results:
             results2["baselines"] = results["baselines"]
