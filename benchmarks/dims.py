@@ -210,12 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row("infonce, truncated", k, {s: at(r["best"], k, 384) for s, r in plain.items()}))
     for k in DIMS:
         rows.append(row("infonce + PCA", k, {s: at(v, k, 384) for s, v in pca.items()}))
-    for k in DIMS:
-        rows.append(row("matryoshka", k, {s: at(r["best"], k, 384) for s, r in mrl.items()}))
-    for k in DIMS:
-        rows.append(row(MRL_PCA, k, {s: at(r["best"], k, 384) for s, r in mrl_pca.items()}))
-    for k in DIMS:
-        rows.append(row(MRL_DETACH, k, {s: at(r["best"], k, 384) for s, r in mrl_detach.items()}))
+    for name, runs in (("matryoshka", mrl), (MRL_PCA, mrl_pca), (MRL_DETACH, mrl_detach)):
+        for k in DIMS:
+            rows.append(row(name, k, {s: at(r["best"], k, 384) for s, r in runs.items()}))
     rows.append(row("hpd k=128", 128, {seeds[0]: hpd["best"]["Avg"]}))
     check = [abs(v["Avg@128"] - v["Avg@128 (literal --pca 128)"]) for v in pca.values()]
     print(f"[dims] PCA-384 at --dims 128 vs a literal --pca 128 export: largest difference {max(check):.4f} avg points")

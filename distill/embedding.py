@@ -83,17 +83,15 @@ class Embedder:
             from sentence_transformers import SentenceTransformer  # the folder's own pipeline, Dense layers included
 
             model = SentenceTransformer(str(Path(model).expanduser()), device=str(device) if device is not None else None)
-        if isinstance(model, (str, Path)) and (Path(model).expanduser() / "distill_student.json").is_file():
-            # a run's best/ or final/: score what the run scored, through its embedding head if it has one
+        if isinstance(model, (str, Path)):
+            from distill.student import load_model
             from distill.training.student_folder import saved_embedding_head
 
+            # a run's best/ or final/: score what the run scored, through its embedding head if it has one
             saved = saved_embedding_head(Path(model).expanduser())
             if saved is not None and head is not None:
                 raise DistillError(f"{model}: this saved student has its own embedding head; give no other")
             self.head = head = saved if saved is not None else head
-        if isinstance(model, (str, Path)):
-            from distill.student import load_model
-
             model = load_model(str(model), device=device)
         self.model = model
         self.kind = _kind(model)

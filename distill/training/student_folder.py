@@ -61,8 +61,12 @@ def _save_student(path: Path, encoder: EmbeddingModel, loss: nn.Module | None, m
 
 def saved_embedding_head(path: str | Path) -> nn.Module | None:
     """The embedding head a saved student holds (HPD's k-d layer, the Matryoshka PCA head), with its
-    trained weights, in eval mode; None when its vectors are the student's own."""
-    meta = json.loads((Path(path) / META).read_text())
+    trained weights, in eval mode; None when its vectors are the student's own, or `path` is not a
+    saved student (a name, a hub id, another folder)."""
+    meta_file = Path(path) / META
+    if not meta_file.is_file():
+        return None
+    meta = json.loads(meta_file.read_text())
     if not meta.get("embedding_head"):
         return None
     from distill.losses import load_loss

@@ -37,7 +37,7 @@ from distill.training.callbacks import Callback, JsonlLog, ProgressBar, WandbCal
 from distill.training.distributed import barrier, init_distributed, is_main_process_env, teardown
 from distill.training.evaluators import Baselines, FinalReport, RetrievalEvaluator, RetrievalSet, STSEvaluator, as_callback
 from distill.training.stages import Stage, stage1, stage2
-from distill.training.student_folder import StudentEmbedder, head_out_dim, load_saved_student, save_student, stage_meta
+from distill.training.student_folder import META, StudentEmbedder, head_out_dim, load_saved_student, save_student, stage_meta
 
 LOG_EVERY = 10  # steps between reads of the loss values from the device (each read is a sync)
 # The recipe sections a finished stage 1 depends on: `--resume` of a run whose stage 1 is over may
@@ -331,7 +331,7 @@ class Trainer:
             raise DistillError(
                 f"{self.stage.name}: the loss became nan or inf between steps {self.checked_at + 1} and {self.state.step}: stopped; "
                 + (f"the last good checkpoint is {self.ckpt_file}" if self.ckpt_file.is_file() else "no checkpoint was written yet")
-                + (f" and the best student is in {best}" if (best / "distill_student.json").is_file() else ", no best student yet")
+                + (f" and the best student is in {best}" if (best / META).is_file() else ", no best student yet")
                 + "; try a lower train.lr"
             )
         self.checked_at = self.state.step
