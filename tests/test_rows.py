@@ -106,6 +106,43 @@ def test_mnrl_is_sentence_transformers_multiple_negatives_ranking_loss(tiny_bert
         assert STDistillLoss.build(model, "mnrl")(features, None).item() == pytest.approx(st(features, None).item(), rel=1e-5)
 
 
+def test_anchors_padded_apart_from_the_passages_change_no_loss():
+    """Stage 2 runs the anchors and the other columns as two forwards, each padded to its own
+    longest text (short queries beside long passages). Against each text embedded alone, with no
+    padding at all (the contrast), and against one forward padded to the longest text of the
+    whole batch (the contrast plus the HSIC term over masked hidden states), in float64."""
+    from loss_refs import minilm_tokenizer, tiny_encoder
+
+    from distill.training.stages import RowsModule
+
+    enc = tiny_encoder(minilm_tokenizer()).double().eval()
+    n = 4
+    anchors = [s.split()[0] + " " + s.split()[1] for s in SENTENCES[:n]]  # queries of two words
+    columns = [anchors, *([" ".join([p, *SENTENCES[i:i + 2]]) for i, p in enumerate(col[:n])] for col in (PARAPHRASES, CONTRADICTIONS, SENTENCES[4:]))]
+    a = enc.tokenize(anchors)
+    r = enc.tokenize([t for col in columns[1:] for t in col])
+    assert a["input_ids"].shape[1] < r["input_ids"].shape[1] // 2  # the anchors really are padded apart
+
+    with torch.no_grad():
+        alone = [enc(**{k: v for k, v in enc.tokenize([t]).items() if k in ("input_ids", "attention_mask")})["embedding"][0].numpy()
+                 for col in columns for t in col]
+        got = RowsModule(enc, MNRLLoss(32), 4)(a["input_ids"], a["attention_mask"], r["input_ids"], r["attention_mask"], n)
+        ref = ref_row_contrast(alone[:n], alone[n:2 * n], [alone[2 * n:3 * n], alone[3 * n:]], 0.05)
+        assert got["loss"].item() == pytest.approx(ref, rel=1e-10)
+
+        ib = IBKDSupervisedLoss(32, lam=1.0, gamma=0.1, hsic_layer=-2, head="none").double()
+        got = RowsModule(enc, ib, 4)(a["input_ids"], a["attention_mask"], r["input_ids"], r["attention_mask"], n)
+        one = enc.tokenize([t for col in columns for t in col])  # the old way: one forward, one padding
+        out = enc(one["input_ids"], one["attention_mask"], output_hidden_states=True)
+        parts = [{"embedding": out["embedding"][i * n:(i + 1) * n], "attention_mask": one["attention_mask"][i * n:(i + 1) * n],
+                  "hidden_states": tuple(h[i * n:(i + 1) * n] for h in out["hidden_states"])} for i in range(4)]
+        want = ib(*parts)
+        assert got["hsic"].item() == pytest.approx(want["hsic"].item(), rel=1e-9)
+        assert got["loss"].item() == pytest.approx(want["loss"].item(), rel=1e-10)
+    with pytest.raises(DistillError, match="not 4 columns of 4 rows"):
+        RowsModule(enc, MNRLLoss(32), 4)(a["input_ids"], a["attention_mask"], r["input_ids"][:-1], r["attention_mask"][:-1], n)
+
+
 def test_stage2_losses_are_chosen_by_name_and_checked_by_their_rules(tmp_path):
     assert [n for n, cls in LOSSES.items() if cls.stage == 2] == ["ibkd_supervised", "mnrl"]
     assert MNRLLoss.defaults() == {"tau": 0.05}
@@ -306,8 +343,9 @@ def test_stage2_trains_on_rows_with_two_negatives(tmp_path, tiny_home, monkeypat
     save_student(run / "final", student, None, {"student": recipe.student})  # what stage 1 leaves for stage 2
     stage = stage2(recipe, run, {"student": recipe.student}, 0, 1, cpu, progress=False)
     assert stage.sentences_per_row == 4 and len(stage.lengths) == 32
-    ids, mask, n = stage.make_batch(np.array([0, 5]))
-    assert ids.shape[0] == 8 and n == 2  # anchors, positives, negative_1s, negative_2s stacked
+    a_ids, a_mask, r_ids, r_mask, n = stage.make_batch(np.array([0, 5]))
+    assert a_ids.shape[0] == 2 and r_ids.shape[0] == 6 and n == 2  # anchors; positives, negative_1s, negative_2s stacked
+    assert a_ids.shape[1] == int(a_mask.sum(1).max()) and r_ids.shape[1] == int(r_mask.sum(1).max())  # each padded to its own longest
     results = Trainer(stage, recipe, 0, 1, cpu, False, None, baselines=False).fit(False)
     assert results["steps"] == 3 and results["sentences"] == 32 * 4
     meta = json.loads((run / "stage2" / "final" / "distill_student.json").read_text())

@@ -59,26 +59,33 @@ class DistillModule(nn.Module):
 
 
 class RowsModule(nn.Module):
-    """Stage 2: one student forward over the rows' texts stacked column by column (width x n
-    rows: anchors, positives, then each negative column), split into `width` parts for the loss."""
+    """Stage 2: the rows' anchors in one student forward, the other columns (positives, then each
+    negative column) stacked column by column in a second, split into `width` parts for the loss.
+
+    Two forwards, each padded to its own longest text, because the anchor column is often much
+    shorter than the rest: a retrieval row is a ~30-token query beside five 256-token passages,
+    and one forward padded every query to 256 (about a sixth of a SciFact step's tokens). Padding
+    does not change a vector (masked attention, masked pooling; test_rows checks it in float64)."""
 
     def __init__(self, student: EmbeddingModel, loss: nn.Module, width: int):
         super().__init__()
         self.student, self.loss, self.width = student, loss, int(width)
 
-    def forward(self, input_ids, attention_mask, n: int):
-        if input_ids.shape[0] != self.width * n:
-            raise DistillError(f"stage 2: a batch of {input_ids.shape[0]} texts is not {self.width} columns of {n} rows")
-        out = self.student(input_ids, attention_mask, output_hidden_states=self.loss.needs_hidden_states)
+    def forward(self, anchor_ids, anchor_mask, rest_ids, rest_mask, n: int):
+        if anchor_ids.shape[0] != n or rest_ids.shape[0] != (self.width - 1) * n:
+            raise DistillError(f"stage 2: a batch of {anchor_ids.shape[0]} anchors and {rest_ids.shape[0]} other texts is not "
+                               f"{self.width} columns of {n} rows")
+        hidden = self.loss.needs_hidden_states
+        outs = [self.student(ids, mask, output_hidden_states=hidden) for ids, mask in ((anchor_ids, anchor_mask), (rest_ids, rest_mask))]
 
-        def part(i):
-            rows = slice(i * n, (i + 1) * n)
-            d = {"embedding": out["embedding"][rows], "attention_mask": attention_mask[rows]}
+        def part(out, mask, rows=slice(None)):
+            d = {"embedding": out["embedding"][rows], "attention_mask": mask[rows]}
             if "hidden_states" in out:
                 d["hidden_states"] = tuple(h[rows] for h in out["hidden_states"])
             return d
 
-        return self.loss(*(part(i) for i in range(self.width)))
+        rest = [part(outs[1], rest_mask, slice(i * n, (i + 1) * n)) for i in range(self.width - 1)]
+        return self.loss(part(outs[0], anchor_mask), *rest)
 
 
 def recipe_teacher(recipe: Recipe) -> TeacherSpec:
@@ -198,8 +205,10 @@ def stage2(recipe: Recipe, run_dir: Path, meta1: dict, rank: int, world: int, de
     lengths = np.maximum.reduce([tokens.lengths[c * n : (c + 1) * n] for c in range(width)])
 
     def make_batch(batch):
-        ids, mask = tokens.collate(np.concatenate([batch + c * n for c in range(width)]))
-        return ids.to(device, non_blocking=True), mask.to(device, non_blocking=True), len(batch)
+        # anchors (column 0) padded apart from the other columns: RowsModule's two forwards
+        anchor = tokens.collate(batch)
+        rest = tokens.collate(np.concatenate([batch + c * n for c in range(1, width)]))
+        return (*(t.to(device, non_blocking=True) for t in (*anchor, *rest)), len(batch))
 
     loss = cls(student.dim, None, **{k: v for k, v in s2.loss.items() if k != "name"}).to(device)
     meta = {**meta1, "loss": dict(s2.loss), "stage": 2, "init": s2.init, "rows": s2.rows, "row_count": n, "row_width": width}
