@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     from distill.data.rows import read_rows
     from distill.losses import IBKDSupervisedLoss, MNRLLoss
     from distill.student import load_model
-    from distill.training.stages import RowsModule
+    from distill.training.stages import RowsModule, rows_part
 
     rows = read_rows([args.rows], ["anchor", "positive", "negative"], neg_samples=args.neg_samples)
     width, n = len(rows[0]), args.rows_per_step
@@ -69,13 +69,7 @@ def main(argv=None) -> int:
     def one_forward(batch):  # before: all columns in one forward, padded together
         ids, mask = tokenize([row[c] for c in range(width) for row in batch])
         out = student(ids, mask, output_hidden_states=loss.needs_hidden_states)
-        parts = []
-        for i in range(width):
-            d = {"embedding": out["embedding"][i * n:(i + 1) * n], "attention_mask": mask[i * n:(i + 1) * n]}
-            if "hidden_states" in out:
-                d["hidden_states"] = tuple(h[i * n:(i + 1) * n] for h in out["hidden_states"])
-            parts.append(d)
-        return loss(*parts)["loss"], int(ids.numel())
+        return loss(*(rows_part(out, mask, slice(i * n, (i + 1) * n)) for i in range(width)))["loss"], int(ids.numel())
 
     def anchors_apart(batch):
         a = tokenize([row[0] for row in batch])
@@ -83,7 +77,6 @@ def main(argv=None) -> int:
         return module(*a, *r, n)["loss"], int(a[0].numel() + r[0].numel())
 
     def timed(fn, batch):
-        torch.manual_seed(0)  # the same dropout draws where the shapes agree; the loss is compared in eval mode below
         student.zero_grad(set_to_none=True)
         t0 = time.perf_counter()
         value, tokens = fn(batch)

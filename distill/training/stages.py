@@ -77,15 +77,16 @@ class RowsModule(nn.Module):
                                f"{self.width} columns of {n} rows")
         hidden = self.loss.needs_hidden_states
         outs = [self.student(ids, mask, output_hidden_states=hidden) for ids, mask in ((anchor_ids, anchor_mask), (rest_ids, rest_mask))]
+        rest = [rows_part(outs[1], rest_mask, slice(i * n, (i + 1) * n)) for i in range(self.width - 1)]
+        return self.loss(rows_part(outs[0], anchor_mask), *rest)
 
-        def part(out, mask, rows=slice(None)):
-            d = {"embedding": out["embedding"][rows], "attention_mask": mask[rows]}
-            if "hidden_states" in out:
-                d["hidden_states"] = tuple(h[rows] for h in out["hidden_states"])
-            return d
 
-        rest = [part(outs[1], rest_mask, slice(i * n, (i + 1) * n)) for i in range(self.width - 1)]
-        return self.loss(part(outs[0], anchor_mask), *rest)
+def rows_part(out: dict, mask, rows: slice = slice(None)) -> dict:
+    """The loss input of some rows of a student forward: their embeddings, mask and hidden states."""
+    d = {"embedding": out["embedding"][rows], "attention_mask": mask[rows]}
+    if "hidden_states" in out:
+        d["hidden_states"] = tuple(h[rows] for h in out["hidden_states"])
+    return d
 
 
 def recipe_teacher(recipe: Recipe) -> TeacherSpec:
