@@ -120,6 +120,7 @@ class EmbeddingModel(nn.Module):
         to_numpy: bool = True,
         max_length: int | None = None,
         precision: str = "auto",
+        bar=None,
     ):
         """Embed sentences; row i of the result is sentence i, whatever order they ran in.
 
@@ -131,6 +132,9 @@ class EmbeddingModel(nn.Module):
         next batches while the model runs the current one. On GPU: pinned memory, non-blocking
         copies, bf16/fp16 autocast, and embeddings stay on the GPU until a large block is copied
         back at once (no sync per batch).
+
+        `bar`: a tqdm bar of the caller's to advance batch by batch instead of opening one (the
+        teacher cache keeps one bar over all its shards; a shard is 16,384 sentences, minutes on CPU).
         """
         sentences = list(sentences)
         if not sentences:
@@ -143,7 +147,9 @@ class EmbeddingModel(nn.Module):
         batches = self._batches(sentences, batch_size, max_length)
         if len(sentences) > padding.FIRST_CHUNK:
             batches = padding.Prefetch(batches, depth=_PREFETCH_BATCHES)
-        bar = tqdm(total=len(sentences), desc=desc, unit="sent", disable=not progress, leave=False)
+        own_bar = bar is None
+        if own_bar:
+            bar = tqdm(total=len(sentences), desc=desc, unit="sent", disable=not progress, leave=False)
         done_idx: list[np.ndarray] = []
         done_emb: list[torch.Tensor] = []
         held = 0
@@ -164,7 +170,8 @@ class EmbeddingModel(nn.Module):
             close = getattr(batches, "close", None)
             if close is not None:
                 close()
-            bar.close()
+            if own_bar:
+                bar.close()
         return out.numpy() if to_numpy else out
 
 

@@ -378,3 +378,23 @@ def test_a_disk_that_fills_up_mid_build_is_named_and_the_build_resumes(tmp_path,
     assert main(cmd) == 0
     assert "10 of 10 shards already encoded" in capsys.readouterr().out
     assert len(TeacherCache.open(out)) == 1000
+
+
+def test_the_progress_bar_moves_within_a_shard(tmp_path, tiny_bert_dir, monkeypatch):
+    """A corpus under one shard (16,384 rows: SciFact's whole recipe) is one encode call: the bar
+    must still move batch by batch, not sit at 0% for the minutes the teacher takes on a CPU."""
+    import distill.data.cache as cache_module
+
+    updates: list[int] = []
+
+    class Recording(cache_module.tqdm):
+        def update(self, n=1):
+            updates.append(n)
+            return super().update(n)
+
+    monkeypatch.setattr(cache_module, "tqdm", Recording)
+    home, spec = _tiny_teacher_home(tmp_path, tiny_bert_dir)
+    enc = Encoder.load(str(tiny_bert_dir), pooling="mean", normalize=True, max_length=32, device="cpu")
+    cache = build_cache(spec, [str(_corpus_file(tmp_path, 300))], tmp_path / "cache", batch_size=32, encoder=enc, progress=True)
+    assert cache.build_stats["shards_encoded"] == 1
+    assert len(updates) == 10 and sum(updates) == 300  # one update per batch of 32 (the last one 12)

@@ -377,9 +377,9 @@ def _encode_shards(spec, sentences: list[str], shards: Path, shard_size: int, mo
     bar = tqdm(total=n, initial=min(stats["shards_reused"] * shard_size, n), desc=f"cache {spec.name}", unit="sent", disable=not progress)
     for i in todo:
         chunk = sentences[i * shard_size : (i + 1) * shard_size]
-        emb = enc.encode(chunk, batch_size=batch_size, progress=False, precision=precision)
+        # The bar moves batch by batch: a shard is minutes of CPU, and a 16k corpus is one shard.
+        emb = enc.encode(chunk, batch_size=batch_size, progress=False, precision=precision, bar=bar)
         _save_npy_atomic(shards / f"{i:05d}.npy", emb.astype(np.float16))
-        bar.update(len(chunk))
     bar.close()
     return stats
 
