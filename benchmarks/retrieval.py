@@ -8,9 +8,10 @@ checkpoint is resumed, so an interrupted benchmark just starts again. Parts (--p
 
     untrained  the untrained L3 on SciFact test (distill eval-retrieval, 256 tokens)
     stage1     configs/scifact-minilm-l3.yaml, stage 1 only (the distilled L3)  -> OUT/stage1
+               with --stage1-loss L (not the recipe's infonce): loss={name: L}  -> OUT/stage1-L
     mine       distill mine: 4 negatives per dev (claim, abstract) pair           -> OUT/mined-dev.jsonl
-    stage2     for loss in (ibkd_supervised, mnrl), seed in --seeds: a copy of OUT/stage1 resumed
-               with that stage 2                                                 -> OUT/s2-<loss>-s<seed>
+    stage2     for loss in (ibkd_supervised, mnrl), seed in --seeds: a copy of that stage 1
+               resumed with that stage 2                      -> OUT/s2-<loss>-s<seed>[-from-L]
     static     configs/scifact-static-256.yaml (the static student, same corpus and cache) -> OUT/static
     compare    distill compare of the six objectives on the same recipe, reduced budget
                (--compare-steps steps, one evaluation at the end)               -> OUT/compare
@@ -23,10 +24,14 @@ eval-retrieval json instead. The Chinese teachers are scored by their runs (eval
 
 Writes OUT/retrieval.json and benchmarks/retrieval.json (rows: name, stage, set, ndcg@10, mrr@10,
 recall@100 (test, x100), seeds, sd, dev ndcg@10; the IB decision and the targets), prints the
-table and, unless --no-bench-md, adds it to BENCHMARKS.md with date, device, command and commit.
+table and, unless --no-bench-md, adds its new rows to BENCHMARKS.md with date, device, command and
+commit. A row of the previous benchmarks/retrieval.json whose run is not under OUT (another
+machine's, or a lost folder) is carried over with its own date and commit under "recorded", never
+re-stamped; it is in BENCHMARKS.md already. Targets and the IB decisions are taken over all rows.
 
     python benchmarks/retrieval.py                       # everything (many CPU hours on 2 cores)
     python benchmarks/retrieval.py --parts stage1,mine,stage2 --seeds 1,2,3
+    python benchmarks/retrieval.py --parts stage1,mine,stage2 --stage1-loss mse --seeds 1
     python benchmarks/retrieval.py --report-only         # tabulate what is finished
 """
 
@@ -57,6 +62,7 @@ SCIFACT = "../shared/data/retrieval/scifact"
 PARTS = ("untrained", "stage1", "mine", "stage2", "static", "compare", "zh")
 STAGE2_LOSSES = {"ibkd_supervised": "with the IB term (ibkd_supervised, head none)", "mnrl": "without (mnrl)"}
 COMPARE_LOSSES = "mse,cosine,crd,hpd,infonce,ibkd"
+RECIPE_LOSS = "infonce"  # configs/scifact-minilm-l3.yaml's stage-1 loss: its runs keep the plain folder names
 # The teacher on SciFact test at its own 256 tokens, as recorded (README, "Retrieval"): x100.
 TEACHER_RECORD = {"nDCG@10": 64.51, "MRR@10": 60.47, "Recall@100": 92.50,
                   "source": "recorded: distill eval-retrieval --model all-minilm-l6-v2 --beir ../shared/data/retrieval/scifact "
@@ -157,8 +163,8 @@ def ib_decision(with_ib: dict, without: dict) -> dict:
                         f"(rule: > 2 sd = {2 * sd:.2f} and >= 0.5)")}
 
 
-def collect(out: Path, seeds: list[int], teacher_json: str | None) -> dict:
-    """Every finished result under OUT as rows, the IB decision and the targets."""
+def collect(out: Path, seeds: list[int], teacher_json: str | None) -> list[dict]:
+    """Every finished result under OUT as rows."""
     rows = []
     if teacher_json:
         t = _json(Path(teacher_json))
@@ -172,19 +178,21 @@ def collect(out: Path, seeds: list[int], teacher_json: str | None) -> dict:
     if u:
         rows.append({"name": "all-minilm-l3-v2 untrained", "stage": "untrained", "set": "scifact", "ndcg@10": 100 * u["nDCG@10"],
                      "mrr@10": 100 * u["MRR@10"], "recall@100": 100 * u["Recall@100"], "seeds": [], "dev_ndcg@10": None})
-    s1 = _json(out / "stage1" / "results.json")
-    if s1:
-        rows.append({"name": "L3 distilled (stage 1, infonce)", "stage": "distilled", "set": "scifact", **_test(s1.get("retrieval")),
-                     "seeds": [42], "dev_ndcg@10": s1["best_dev"], "dev_ndcg@10_untrained": s1.get("init_dev"),
-                     "sts_avg": (s1.get("best") or {}).get("Avg"), "best_step": s1.get("best_step"), "steps": s1.get("steps")})
-    stage2 = {}
-    for loss, label in STAGE2_LOSSES.items():
-        runs = {s: r for s in seeds if (r := _json(out / f"s2-{loss}-s{s}" / "stage2" / "results.json"))}
-        if runs:
-            stage2[loss] = _mean_row(f"L3 + stage 2, mined negatives, {label}", "supervised", runs, seeds,
-                                     {"set": "scifact", "loss": loss,
-                                      "sts_avg": statistics.mean([r["best"]["Avg"] for r in runs.values() if "Avg" in r.get("best", {})] or [float("nan")])})
-            rows.append(stage2[loss])
+    for stage1_loss in _stage1_losses(out):
+        s1 = _json(stage1_dir(out, stage1_loss) / "results.json")
+        if s1:
+            rows.append({"name": f"L3 distilled (stage 1, {stage1_loss})", "stage": "distilled", "set": "scifact",
+                         **_test(s1.get("retrieval")), "stage1_loss": stage1_loss, "seeds": [42], "dev_ndcg@10": s1["best_dev"],
+                         "dev_ndcg@10_untrained": s1.get("init_dev"), "sts_avg": (s1.get("best") or {}).get("Avg"),
+                         "best_step": s1.get("best_step"), "steps": s1.get("steps")})
+        for loss, label in STAGE2_LOSSES.items():
+            runs = {s: r for s in seeds if (r := _json(stage2_dir(out, loss, s, stage1_loss) / "stage2" / "results.json"))}
+            if runs:
+                origin = "" if stage1_loss == RECIPE_LOSS else f" (from the {stage1_loss} stage 1)"
+                rows.append(_mean_row(f"L3 + stage 2, mined negatives, {label}{origin}", "supervised", runs, seeds,
+                                      {"set": "scifact", "loss": loss, "stage1_loss": stage1_loss,
+                                       "sts_avg": statistics.mean([r["best"]["Avg"] for r in runs.values() if "Avg" in r.get("best", {})]
+                                                                  or [float("nan")])}))
     st = _json(out / "static" / "results.json")
     if st:
         rows.append({"name": "static-256 (static student, infonce)", "stage": "distilled (static)", "set": "scifact", **_test(st.get("retrieval")),
@@ -208,23 +216,61 @@ def collect(out: Path, seeds: list[int], teacher_json: str | None) -> dict:
         rows.append({"name": "m3e-small-l2 distilled (infonce)", "stage": "distilled", "set": name, **_test(z.get("retrieval")),
                      "seeds": [42], "dev_ndcg@10": z["best_dev"], "dev_ndcg@10_untrained": z.get("init_dev")})
 
-    def find(stage, set_="scifact", name=None):
-        return next((r for r in rows if r["stage"] == stage and r["set"] == set_ and (name is None or r.get("loss") == name)), None)
+    return rows
+
+
+def _stage1_losses(out: Path) -> list[str]:
+    """The stage-1 losses with a folder under OUT: the recipe's (OUT/stage1) first, then OUT/stage1-<loss>."""
+    found = sorted(p.name.removeprefix("stage1-") for p in out.glob("stage1-*") if p.is_dir() and not p.name.endswith(".copying"))
+    return [RECIPE_LOSS, *found]
+
+
+def stage1_dir(out: Path, loss: str) -> Path:
+    return out / ("stage1" if loss == RECIPE_LOSS else f"stage1-{loss}")
+
+
+def stage2_dir(out: Path, loss: str, seed: int, stage1_loss: str) -> Path:
+    return out / (f"s2-{loss}-s{seed}" + ("" if stage1_loss == RECIPE_LOSS else f"-from-{stage1_loss}"))
+
+
+def merge_recorded(rows: list[dict], previous: dict | None) -> list[dict]:
+    """`rows` plus each row of the previous report that `rows` lacks (same set and name): carried
+    with the date and commit it was recorded under (its own "recorded", else the old report's)."""
+    if not previous:
+        return rows
+    have = {(r["set"], r["name"]) for r in rows}
+    stamp = {"date": previous.get("date"), "commit": previous.get("commit"), "device": previous.get("device")}
+    carried = [{**r, "recorded": r.get("recorded") or stamp} for r in previous.get("rows", []) if (r["set"], r["name"]) not in have]
+    return rows + carried
+
+
+def summarize(rows: list[dict]) -> dict:
+    """The targets (each on the best row that stands for it) and the IB decision of each stage 1's stage-2 pair."""
+
+    def best(stage, set_="scifact", **match):
+        pick = [r for r in rows if r["stage"] == stage and r["set"] == set_ and r.get("ndcg@10") is not None
+                and all(r.get(k, RECIPE_LOSS if k == "stage1_loss" else None) == v for k, v in match.items())]
+        return max(pick, key=lambda r: r["ndcg@10"], default=None)
 
     targets = {}
-    t, d = find("teacher"), find("distilled")
-    if d and d["ndcg@10"] is not None:
-        targets["distilled >= 95% of the teacher (scifact test nDCG@10)"] = _target(d["ndcg@10"], 0.95 * t["ndcg@10"])
+    t, d = best("teacher"), best("distilled")
+    if d:
+        targets["distilled >= 95% of the teacher (scifact test nDCG@10)"] = {**_target(d["ndcg@10"], 0.95 * t["ndcg@10"]), "row": d["name"]}
     for loss in STAGE2_LOSSES:
-        if loss in stage2 and stage2[loss]["ndcg@10"] is not None:
-            targets[f"stage 2 ({loss}) >= the teacher"] = _target(stage2[loss]["ndcg@10"], t["ndcg@10"])
-            targets[f"stage 2 ({loss}) >= 70 (stretch)"] = _target(stage2[loss]["ndcg@10"], 70.0)
+        s2 = best("supervised", loss=loss)
+        if s2:
+            targets[f"stage 2 ({loss}) >= the teacher"] = {**_target(s2["ndcg@10"], t["ndcg@10"]), "row": s2["name"]}
+            targets[f"stage 2 ({loss}) >= 70 (stretch)"] = {**_target(s2["ndcg@10"], 70.0), "row": s2["name"]}
     for name in ZH_RECIPES:
-        zt, zd = find("teacher", name), find("distilled", name)
-        if zt and zd and zd["ndcg@10"] is not None:
+        zt, zd = best("teacher", name), best("distilled", name)
+        if zt and zd:
             targets[f"{name}: distilled >= 90% of the teacher (test nDCG@10)"] = _target(zd["ndcg@10"], 0.9 * zt["ndcg@10"])
-    decision = ib_decision(stage2["ibkd_supervised"], stage2["mnrl"]) if len(stage2) == 2 else {"verdict": "not run"}
-    return {"rows": rows, "ib_decision": decision, "targets": targets}
+    decisions = {}
+    for origin in dict.fromkeys(r.get("stage1_loss", RECIPE_LOSS) for r in rows if r["stage"] == "supervised"):
+        pair = [best("supervised", loss=loss, stage1_loss=origin) for loss in STAGE2_LOSSES]
+        decisions[origin] = ib_decision(*pair) if all(pair) else {"verdict": "not run"}
+    decision = decisions.get(RECIPE_LOSS, {"verdict": "not run"})
+    return {"ib_decision": decision, "ib_decisions_by_stage1": decisions, "targets": targets}
 
 
 def _target(value: float, goal: float) -> dict:
@@ -255,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="1,2,3", help="stage-2 seeds (default 1,2,3)")
     p.add_argument("--out", default="runs/retrieval", help="run folders and logs (default runs/retrieval)")
     p.add_argument("--compare-steps", type=int, default=32, help="the compare's training steps per objective (default 32: a reduced budget)")
+    p.add_argument("--stage1-loss", default=RECIPE_LOSS,
+                   help=f"stage 1's loss for the stage1 and stage2 parts (default {RECIPE_LOSS}, the recipe's; another runs in OUT/stage1-LOSS)")
     p.add_argument("--teacher-json", help="an eval-retrieval --json of the teacher on SciFact test, instead of the recorded numbers")
     p.add_argument("--report-only", action="store_true", help="run nothing: tabulate the finished outputs")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -275,20 +323,22 @@ def main(argv: list[str] | None = None) -> int:
         if "untrained" in parts and not (out / "untrained-l3-test.json").is_file():
             run.distill("untrained-l3-test", "eval-retrieval", "--model", "all-minilm-l3-v2", "--beir", SCIFACT, "--split", "test",
                         "--max-length", "256", "--quiet", "--json", str(out / "untrained-l3-test.json"))
+        s1_dir, s1_loss = stage1_dir(out, args.stage1_loss), args.stage1_loss
         if "stage1" in parts or "stage2" in parts:
-            run.train("stage1", RECIPE, out / "stage1", ["stage2.rows=[]"])
+            run.train(s1_dir.name, RECIPE, s1_dir, ["stage2.rows=[]"] + ([] if s1_loss == RECIPE_LOSS else [f"loss={{name: {s1_loss}}}"]))
         if ("mine" in parts or "stage2" in parts) and not rows_file.is_file():
             run.distill("mine", "mine", "--teacher", "all-minilm-l6-v2", "--beir", SCIFACT, "--split", "dev", "--negatives", "4",
                         "--out", str(rows_file), "--embeddings-cache", str(out / "mine-embeddings"))
-        if "stage2" in parts and (out / "stage1" / "results.json").is_file() and rows_file.is_file():
+        if "stage2" in parts and (s1_dir / "results.json").is_file() and rows_file.is_file():
+            loss1 = [] if s1_loss == RECIPE_LOSS else [f"loss={{name: {s1_loss}}}"]
             for seed in seeds:
                 for loss in STAGE2_LOSSES:
-                    run_dir = out / f"s2-{loss}-s{seed}"
+                    run_dir = stage2_dir(out, loss, seed, s1_loss)
                     if (run_dir / "stage2" / "results.json").is_file():
                         continue
-                    copy_stage1(out / "stage1", run_dir)
+                    copy_stage1(s1_dir, run_dir)
                     loss_set = "stage2.loss={name: ibkd_supervised, head: none}" if loss == "ibkd_supervised" else "stage2.loss={name: mnrl}"
-                    run.train(f"s2-{loss}-s{seed}", RECIPE, run_dir, [f"stage2.rows=[{rows_file}]", loss_set, f"stage2.train.seed={seed}"],
+                    run.train(run_dir.name, RECIPE, run_dir, [*loss1, f"stage2.rows=[{rows_file}]", loss_set, f"stage2.train.seed={seed}"],
                               done=run_dir / "stage2" / "results.json")
         if "static" in parts:
             run.train("static", STATIC_RECIPE, out / "static", [])
@@ -302,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
             if not (out / "compare" / "compare.json").is_file():
                 run.distill("compare", *cmd)
 
-    report = collect(out, seeds, args.teacher_json)
+    fresh = collect(out, seeds, args.teacher_json)
+    rows_all = merge_recorded(fresh, _json(Path(args.json)))
+    report = {"rows": rows_all, **summarize(rows_all)}
     from bench_md import command_line
 
     command = command_line("retrieval.py", sys.argv[1:] if argv is None else argv)
@@ -323,18 +375,21 @@ def main(argv: list[str] | None = None) -> int:
     write_json_atomic(out / "retrieval.json", report)
     write_json_atomic(args.json, report)
     rows = table_rows(report)
-    print("\n| " + " | ".join(COLUMNS[:8]) + " |\n|" + "|".join("---" for _ in COLUMNS[:8]) + "|")
-    for r in rows:
-        print("| " + " | ".join(str(r[c]) for c in COLUMNS[:8]) + " |")
-    print(f"\nIB term: {report['ib_decision']['verdict']}")
+    print("\n| " + " | ".join(COLUMNS[:8]) + " | recorded |\n|" + "|".join("---" for _ in range(9)) + "|")
+    for r, raw in zip(rows, rows_all):
+        old = raw.get("recorded")
+        print("| " + " | ".join(str(r[c]) for c in COLUMNS[:8]) + f" | {old['date'] + ' ' + old['commit'] if old else 'now'} |")
+    for origin, d in report["ib_decisions_by_stage1"].items():
+        print(f"\nIB term (stage 2 from the {origin} stage 1): {d['verdict']}")
     for k, v in report["targets"].items():
-        print(f"target {k}: {v['value']} vs {v['goal']}: {'met' if v['met'] else 'NOT met'}")
-    if not args.no_bench_md and rows:
+        print(f"target {k}: {v['value']} vs {v['goal']}: {'met' if v['met'] else 'NOT met'}" + (f" ({v['row']})" if "row" in v else ""))
+    if not args.no_bench_md:
         from bench_md import add_row
 
         stamp = {"date": report["date"], "device": device, "command": f"`{command}`", "commit": commit}
-        for r in rows:
-            add_row(Path(args.bench_md), SECTION, INTRO, COLUMNS, {**r, **stamp})
+        for r, raw in zip(rows, rows_all):
+            if not raw.get("recorded"):  # a carried row is in BENCHMARKS.md already, under its own date and commit
+                add_row(Path(args.bench_md), SECTION, INTRO, COLUMNS, {**r, **stamp})
     return 0
 
 
