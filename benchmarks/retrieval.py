@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare-steps", type=int, default=32, help="the compare's training steps per objective (default 32: a reduced budget)")
     p.add_argument("--stage1-loss", default=RECIPE_LOSS,
                    help=f"stage 1's loss for the stage1 and stage2 parts (default {RECIPE_LOSS}, the recipe's; another runs in OUT/stage1-LOSS)")
+    p.add_argument("--stage2-losses", default=",".join(STAGE2_LOSSES),
+                   help=f"the stage-2 losses the stage2 part runs (default {','.join(STAGE2_LOSSES)}: with and without the IB term)")
     p.add_argument("--teacher-json", help="an eval-retrieval --json of the teacher on SciFact test, instead of the recorded numbers")
     p.add_argument("--report-only", action="store_true", help="run nothing: tabulate the finished outputs")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -315,6 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"--parts: unknown {', '.join(unknown)} (known: {', '.join(PARTS)})")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    stage2_losses = [x.strip() for x in args.stage2_losses.split(",") if x.strip()]
+    if not stage2_losses or any(x not in STAGE2_LOSSES for x in stage2_losses):
+        p.error(f"--stage2-losses {args.stage2_losses}: a comma-separated subset of {', '.join(STAGE2_LOSSES)}")
     commit = git_commit()  # the code that runs: read before training, not after
     out = Path(args.out).resolve()  # the commands run in the repository root
     run = Runner(out, dry=args.dry_run)
@@ -332,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         if "stage2" in parts and (s1_dir / "results.json").is_file() and rows_file.is_file():
             loss1 = [] if s1_loss == RECIPE_LOSS else [f"loss={{name: {s1_loss}}}"]
             for seed in seeds:
-                for loss in STAGE2_LOSSES:
+                for loss in stage2_losses:
                     run_dir = stage2_dir(out, loss, seed, s1_loss)
                     if (run_dir / "stage2" / "results.json").is_file():
                         continue
