@@ -79,9 +79,9 @@ def check_values(recipe) -> None:
                            "sentences of the batch; it needs at least 2 per device (one gives a loss of exactly 0)")
     s2 = recipe.stage2
     what = loss.head_in_embedding(recipe.loss)
-    if s2.rows and what:
-        raise DistillError(f"stage2.rows with loss {name}: stage 2 trains the student's own vector, and {what} is part of stage 1's "
-                           "embedding; it would be dropped. Train stage 1 with a loss whose heads are training-only, or leave stage2.rows empty")
+    if s2.rows and what and recipe.loss.get("matryoshka_dims"):  # HPD's head is carried into stage 2 (stages.stage2); this one is not
+        raise DistillError(f"stage2.rows with loss {name}: {what} is part of stage 1's embedding and stage 2 does not carry a "
+                           "Matryoshka head; train stage 1 without loss.matryoshka_head, or leave stage2.rows empty")
     _need(s2.init in STAGE2_INITS, "stage2.init", s2.init, f"one of {', '.join(STAGE2_INITS)}")
     _check_train("stage2.train", s2.train)
     stage2 = loss_class(s2.loss["name"])

@@ -37,6 +37,7 @@ from distill.losses import (
     InfoNCELoss,
     MSELoss,
     build_loss,
+    load_loss,
 )
 from distill.losses.base import MATRYOSHKA_DEFAULTS
 
@@ -325,6 +326,38 @@ def test_ibkd_supervised_reference(head):
     pair = loss(outs[0], outs[1])
     assert pair["infonce"].item() == pytest.approx(ref_ce(ref_cos_matrix(ha, hp) / 0.05, range(6)), rel=1e-10)
     assert loss.embedding_head() is None
+
+
+@pytest.mark.parametrize("name", ["ibkd_supervised", "mnrl"])
+def test_stage2_through_a_carried_hpd_head_reference(name):
+    """Stage 2 over an HPD stage 1: every vector goes through HPD's tanh(W s + b) before the
+    contrast (and the HSIC term); the head is the embedding's (embedding_head), trains, and is saved
+    in the loss's state so that the loaded loss rebuilds it."""
+    outs = [_student(seed=30 + i, layers=4) for i in range(3)]
+    hpd = {"name": "hpd", "k": 3, "init": "lstsq"}
+    params = {"lam": 1.0, "gamma": 0.1, "hsic_layer": -2, "head": "none"} if name == "ibkd_supervised" else {}
+    loss = build_loss({"name": name, **params, "stage1_head": hpd}, 5, None).double()
+    with torch.no_grad():  # stage 1's trained head, as stages.stage2 loads it
+        loss.carried.head[0].weight.copy_(torch.randn(3, 5, generator=torch.Generator().manual_seed(4), dtype=torch.float64))
+        loss.carried.head[0].bias.copy_(torch.randn(3, generator=torch.Generator().manual_seed(5), dtype=torch.float64))
+    w, b = _linear(loss.carried.head[0])
+    ha, hp, hn = (np.tanh(np_(o["embedding"]) @ w.T + b) for o in outs)
+    nce = ref_ce(np.concatenate([ref_cos_matrix(ha, hp), ref_cos_matrix(ha, hn)], axis=1) / 0.05, range(6))
+    got = loss(*outs)
+    assert got["infonce"].item() == pytest.approx(nce, rel=1e-10)
+    if name == "ibkd_supervised":  # S of the HSIC term is the served (head) vector
+        x = np.concatenate([ref_masked_mean(np_(o["hidden_states"][-2]), o["attention_mask"].numpy()) for o in outs])
+        hs = ref_hsic(x, np.concatenate([ha, hp, hn]), 0.1)
+        assert got["loss"].item() == pytest.approx(nce + hs, rel=1e-10)
+    got["loss"].backward()
+    assert loss.carried.head[0].weight.grad.abs().sum() > 0  # the head trains on in stage 2
+    assert loss.embedding_head() is loss.carried.head and loss.get_config_dict()["stage1_head"] == hpd
+    state = loss.state_dict()
+    assert {"carried.head.0.weight", "carried.head.0.bias"} <= set(state)
+    again = load_loss({"name": name, **params, "stage1_head": hpd}, 5, state)
+    assert torch.equal(again.embedding_head()[0].weight, state["carried.head.0.weight"].float())
+    with pytest.raises(DistillError, match="stage1_head: loss 'mse' has no head that is part of the embedding"):
+        build_loss({"name": name, "stage1_head": {"name": "mse"}}, 5, None)
 
 
 def test_ibkd_supervised_defaults_to_the_authors_stage2_head():

@@ -193,15 +193,18 @@ def test_the_pca_head_starts_as_the_pca_of_every_width_and_the_prefixes_are_of_i
     assert build_loss({"name": "infonce", "matryoshka_dims": DIMS}, 6, D_T).embedding_head() is None  # default: no head
 
 
-def test_stage_two_refuses_a_stage_one_whose_head_is_part_of_the_embedding(tmp_path):
+def test_stage_two_refuses_a_matryoshka_head_and_carries_hpds(tmp_path):
+    """A Matryoshka head is part of stage 1's embedding and stage 2 does not carry it: refused when
+    the recipe is read. HPD's head is carried (stages.stage2; tests/test_retrieval_training.py)."""
     rows = tmp_path / "rows.jsonl"
     rows.write_text('{"query": "q", "positive_passages": [{"text": "p"}], "negative_passages": []}\n')
     path = tmp_path / "r.yaml"
-    for loss, what in [("{name: infonce, matryoshka_dims: [384, 64], matryoshka_head: pca}", "the Matryoshka head"),
-                       ("{name: hpd, k: 128}", "HPD's k-d head")]:
-        path.write_text(f"teacher: all-minilm-l6-v2\nstudent: all-minilm-l3-v2\nloss: {loss}\nstage2: {{rows: [{rows}]}}\n")
-        with pytest.raises(DistillError, match=f"stage2.rows with loss .*{what}.* would be dropped"):
-            load_recipe(path)
+    head = "{name: infonce, matryoshka_dims: [384, 64], matryoshka_head: pca}"
+    path.write_text(f"teacher: all-minilm-l6-v2\nstudent: all-minilm-l3-v2\nloss: {head}\nstage2: {{rows: [{rows}]}}\n")
+    with pytest.raises(DistillError, match="stage2.rows with loss infonce: the Matryoshka head .* does not carry a Matryoshka head"):
+        load_recipe(path)
+    path.write_text(f"teacher: all-minilm-l6-v2\nstudent: all-minilm-l3-v2\nloss: {{name: hpd, k: 128}}\nstage2: {{rows: [{rows}]}}\n")
+    assert load_recipe(path).stage2.rows == [str(rows)]
 
 
 def test_detach_trains_the_student_from_the_full_width_only_and_the_head_from_every_prefix():

@@ -134,3 +134,48 @@ def test_cache_at_teacher_max_length_and_a_finished_stage1_serves_another_stage2
     assert results["steps"] == 2 and results["stage1"]["best_dev"] == stage1["best_dev"]
     assert [e["step"] for e in results["evals"]] == [1, 2]
     assert not (tmp_path / "run" / "stage2").exists() and (copy / "stage2" / "results.json").is_file()
+
+
+def test_stage2_carries_hpds_head_trains_it_and_exports_what_it_scored(tmp_path, tiny_home, monkeypatch):
+    """HPD's stage 1 serves its k-d head's output; stage 2 on rows starts from that head (its stage-1
+    weights), trains it with the student, and its saved student and export are k-d through it."""
+    import numpy as np
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from distill.export import export_student
+    from distill.training.student_folder import StudentEmbedder, load_saved_student, saved_embedding_head
+    from distill.training.trainer import train
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    (tmp_path / "sts" / "stsb").mkdir(parents=True)  # the first 200 pairs of STS-B dev: seconds
+    dev = (STS_DIR / "stsb" / "sts-dev.csv").read_text(encoding="utf-8").splitlines(keepends=True)[:200]
+    (tmp_path / "sts" / "stsb" / "sts-dev.csv").write_text("".join(dev), encoding="utf-8")
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"query": f"query {i}", "positive_passages": [{"text": f"passage {i}"}],
+                                        "negative_passages": [{"text": f"other {i} {k}"} for k in range(4)]}) + "\n" for i in range(16)))
+    (tmp_path / "recipe.yaml").write_text(tiny_recipe_text(tmp_path, loss="name: hpd, k: 8", steps=2, every=2))
+    sets = [f"eval.sts_dir={tmp_path / 'sts'}", "eval.tasks=[STS-B-dev]", "eval.final_tasks=[STS-B-dev]", f"stage2.rows=[{rows}]",
+            "stage2.loss.name=mnrl", "stage2.train.max_steps=2", "stage2.train.batch_size=8", "stage2.train.lr=0.01", "stage2.init=final"]
+    results = train(load_recipe(tmp_path / "recipe.yaml", sets), progress=False)
+    assert results["steps"] == 2
+    run = tmp_path / "run"
+    _, meta1, heads1 = load_saved_student(run / "final")
+    _, meta2, heads2 = load_saved_student(run / "stage2" / "final")
+    assert meta2["loss"] == {"name": "mnrl", "tau": 0.05, "stage1_head": meta1["loss"]} and meta2["embedding_dim"] == 8
+    assert set(heads2) == {"carried." + k for k in heads1}
+    assert not torch.equal(heads2["carried.head.0.weight"], heads1["head.0.weight"])  # trained on in stage 2
+    # stage 2 starts from stage 1's student as it served, head included: the same dev score
+    stage1 = json.loads((run / "results.json").read_text())
+    assert results["init_dev"] == pytest.approx(stage1["evals"][-1][stage1["dev_task"]], abs=1e-6)
+    head = saved_embedding_head(run / "stage2" / "final")
+    assert head is not None and head[0].out_features == 8
+    enc, _, _ = load_saved_student(run / "stage2" / "final")
+    sentences = ["a man is playing a guitar.", "the cat sits on the mat.", "stocks fell sharply on monday."]
+    ours = StudentEmbedder(enc, head)(sentences, batch_size=8)
+    out = export_student(run, tmp_path / "export")
+    st = SentenceTransformer(str(out), device="cpu")
+    theirs = st.encode(sentences, normalize_embeddings=False)
+    assert theirs.shape == (3, 8)
+    np.testing.assert_allclose(theirs / np.linalg.norm(theirs, axis=1, keepdims=True),
+                               ours / np.linalg.norm(ours, axis=1, keepdims=True), atol=1e-5)

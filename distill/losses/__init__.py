@@ -123,7 +123,7 @@ def load_loss(spec: dict[str, Any], student_dim: int, state: dict[str, Any]) -> 
     Parameters this version no longer knows are ignored (only the heads are wanted)."""
     cls = loss_class(spec.get("name", ""))
     known = cls.defaults()
-    params = {k: v for k, v in spec.items() if k in known}
+    params = {k: v for k, v in spec.items() if k in known or k in cls.internal}  # internal: e.g. stage 2's carried stage-1 head
     cls.check(params, f"saved loss {cls.name}")
     widths = sorted({int(d) for t in state.values() for d in t.shape} | {int(student_dim)})
     for teacher_dim in widths:

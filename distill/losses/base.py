@@ -214,3 +214,9 @@ class DistillLoss(nn.Module):
         # The teacher is frozen: cut any graph a caller might have attached; compute in the
         # (float32 or float64) precision of the student side.
         return teacher.detach().to(device=like.device, dtype=precise(like).dtype)
+
+
+def head_out_dim(head: nn.Module) -> int:
+    """The width of what an embedding head puts out: its last Linear's out_features."""
+    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    return int(linears[-1].out_features)

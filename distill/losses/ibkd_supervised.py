@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
-from distill.losses.base import DistillLoss, one_of
+from distill.losses.base import DistillLoss, head_out_dim, one_of
 from distill.losses.functional import gather_candidates, info_nce
 from distill.losses.ibkd import IBKD_CITATION, INFONCE_HSIC_RULES, HSICPenalty
 
@@ -41,6 +41,13 @@ class IBKDSupervisedLoss(DistillLoss):
     with average pooling, 384-d, no head. We select on dev with the student's own pooled vector,
     the vector that is exported and reported.
 
+    stage1_head: set by distill, not by hand, when stage 1's loss has a head that is part of the
+    embedding (HPD's k-d Dense + tanh): that loss's mapping. The stage-1 loss is rebuilt inside this
+    one ("carried", its trained weights loaded by the stage), every text's vector goes through its
+    head before the contrast, the head trains on with the student, and `embedding_head()` is that
+    head, so evaluation, the saved student and the export serve what stage 2 trained. Without it,
+    stage 2 would train the student's own vector and drop the head that stage 1's scores came from.
+
     Call: `loss(anchor_out, positive_out, *negative_outs)`, student forward dicts (each with
     "embedding" and, when lam > 0, "hidden_states" and "attention_mask"); no teacher. Parameter
     values are checked by `rules` when a recipe is read, not here. Returns {"loss", "infonce",
@@ -56,6 +63,7 @@ class IBKDSupervisedLoss(DistillLoss):
         "head": one_of(*HEADS),
         "head_dim": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1), "unset or a whole number >= 1"),
     }
+    internal = {"stage1_head": "distill sets it from a stage 1 whose head is part of the embedding (training/stages.py: stage2)"}
 
     def __init__(
         self,
@@ -70,8 +78,13 @@ class IBKDSupervisedLoss(DistillLoss):
         kernel_normalize: bool = False,
         head: str = "linear",
         head_dim: int | None = None,
+        stage1_head: dict | None = None,
     ):
         super().__init__()
+        self.stage1_head = dict(stage1_head) if stage1_head else None
+        self.carried = _carried_loss(self.stage1_head, int(student_dim), self.name) if self.stage1_head else None
+        if self.carried is not None:  # the contrast (and this loss's own head) sees the carried head's output
+            student_dim = head_out_dim(self.carried.embedding_head())
         # the one check `rules` cannot make: it needs the student's width
         if head == "none" and head_dim not in (None, student_dim):
             raise DistillError(f"{self.name}: head='none' keeps the {student_dim}-d student vector; head_dim must be unset")
@@ -95,10 +108,23 @@ class IBKDSupervisedLoss(DistillLoss):
         return self.lam > 0
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"tau": self.tau, "lam": self.lam, **self.hsic_term.config(), "head": self.head_kind, "head_dim": self.head_dim}
+        return {"tau": self.tau, "lam": self.lam, **self.hsic_term.config(), "head": self.head_kind, "head_dim": self.head_dim,
+                **({"stage1_head": self.stage1_head} if self.stage1_head else {})}
+
+    def embedding_head(self) -> nn.Module | None:
+        """The carried stage-1 head (part of the embedding), or None: stage 2's own head is training-only."""
+        return self.carried.embedding_head() if self.carried is not None else None
+
+    def through_carried_head(self, outs: list[dict]) -> list[dict]:
+        """Each output with its vector through the carried stage-1 head (unchanged without one)."""
+        if self.carried is None:
+            return outs
+        head = self.carried.embedding_head()
+        return [{**o, "embedding": head(o["embedding"])} for o in outs]
 
     def forward(self, anchor: dict, positive: dict, *negatives: dict) -> dict:  # type: ignore[override]
-        outs = [anchor, positive, *negatives]
+        outs = self.through_carried_head([anchor, positive, *negatives])
+        anchor, positive, negatives = outs[0], outs[1], outs[2:]
         n = anchor["embedding"].shape[0]
         if any(o["embedding"].shape[0] != n for o in outs):
             sizes = ", ".join(str(o["embedding"].shape[0]) for o in outs)
@@ -122,3 +148,13 @@ class IBKDSupervisedLoss(DistillLoss):
             return out
         out.update({k: v.detach() for k, v in parts.items()})
         return out
+
+
+def _carried_loss(spec: dict, student_dim: int, who: str) -> DistillLoss:
+    """The stage-1 loss whose embedding head stage 2 trains on (its weights are loaded by the caller)."""
+    from distill.losses import build_loss, loss_class  # the registry imports this module
+
+    if not loss_class(spec["name"]).head_in_embedding(spec) or spec.get("matryoshka_dims"):
+        raise DistillError(f"{who}.stage1_head: loss {spec['name']!r} has no head that is part of the embedding "
+                           "(or one stage 2 does not carry); leave it unset")
+    return build_loss(spec, student_dim, None)

@@ -28,7 +28,8 @@ class MNRLLoss(IBKDSupervisedLoss):
 
     on the student's own vectors: every positive and every negative of the batch is a candidate
     for every anchor, in sentence-transformers' order. tau = 0.05 is its default scale 20 (= 1 /
-    tau). That is IBKD stage 2 with head "none" and lam = 0 (the HSIC of the batch is still logged
+    tau). `stage1_head`: as IBKDSupervisedLoss's (HPD's head carried into stage 2, set by distill).
+    That is IBKD stage 2 with head "none" and lam = 0 (the HSIC of the batch is still logged
     when the outputs happen to carry hidden states, for watching only). One difference from
     sentence-transformers' default: under DDP the candidates are gathered from every rank, with
     gradient (its gather_across_devices=True).
@@ -40,8 +41,8 @@ class MNRLLoss(IBKDSupervisedLoss):
     citation = MNRL_CITATION
     rules = {"tau": POSITIVE}  # IBKD's head and HSIC parameters are not taken
 
-    def __init__(self, student_dim: int, teacher_dim: int | None = None, *, tau: float = 0.05):
-        super().__init__(student_dim, teacher_dim, tau=tau, lam=0.0, head="none")
+    def __init__(self, student_dim: int, teacher_dim: int | None = None, *, tau: float = 0.05, stage1_head: dict | None = None):
+        super().__init__(student_dim, teacher_dim, tau=tau, lam=0.0, head="none", stage1_head=stage1_head)
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"tau": self.tau}
+        return {"tau": self.tau, **({"stage1_head": self.stage1_head} if self.stage1_head else {})}

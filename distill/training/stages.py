@@ -191,7 +191,7 @@ def stage2(recipe: Recipe, run_dir: Path, meta1: dict, rank: int, world: int, de
         raise DistillError(f"stage2.loss.name {cls.name!r}: not a stage-2 loss")
     if not main_process:
         barrier(world)
-    student, _, _ = load_saved_student(run_dir / s2.init, device=device)
+    student, init_meta, init_heads = load_saved_student(run_dir / s2.init, device=device)
     student.max_length = recipe.data.max_length
     rows = read_rows(s2.rows, s2.columns, s2.subset, s2.max_rows, s2.neg_samples)
     n, width = len(rows), len(rows[0])
@@ -211,6 +211,14 @@ def stage2(recipe: Recipe, run_dir: Path, meta1: dict, rank: int, world: int, de
         rest = tokens.collate(np.concatenate([batch + c * n for c in range(1, width)]))
         return (*(t.to(device, non_blocking=True) for t in (*anchor, *rest)), len(batch))
 
-    loss = cls(student.dim, None, **{k: v for k, v in s2.loss.items() if k != "name"}).to(device)
-    meta = {**meta1, "loss": dict(s2.loss), "stage": 2, "init": s2.init, "rows": s2.rows, "row_count": n, "row_width": width}
+    params = {k: v for k, v in s2.loss.items() if k != "name"}
+    stage1_loss = init_meta.get("loss") or meta1.get("loss")  # none when stage 1 was not ours: no head to carry
+    if stage1_loss and loss_class(stage1_loss["name"]).head_in_embedding(stage1_loss):
+        # HPD's k-d head is what stage 1 serves: stage 2 trains on through it, from its stage-1 weights
+        params["stage1_head"] = dict(stage1_loss)
+    loss = cls(student.dim, None, **params)
+    if loss.carried is not None:
+        loss.carried.load_state_dict(init_heads)
+    loss = loss.to(device)
+    meta = {**meta1, "loss": {"name": cls.name, **params}, "stage": 2, "init": s2.init, "rows": s2.rows, "row_count": n, "row_width": width}
     return Stage("stage2", s2_dir, RowsModule(student, loss, width).to(device), lengths, make_batch, width, s2.train, meta)

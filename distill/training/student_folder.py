@@ -23,6 +23,7 @@ from distill.embedding import Embedder
 from distill.encoder import Encoder
 from distill.errors import DistillError
 from distill.io import atomic_dir, os_error_text
+from distill.losses.base import head_out_dim
 from distill.student import EmbeddingModel
 
 META = "distill_student.json"
@@ -73,11 +74,6 @@ def saved_embedding_head(path: str | Path) -> nn.Module | None:
 
     state = load_file(str(Path(path) / "heads.safetensors"))
     return load_loss(meta["loss"], int(meta["dim"]), state).embedding_head().eval()
-
-
-def head_out_dim(head: nn.Module) -> int:
-    linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
-    return int(linears[-1].out_features)
 
 
 def load_saved_student(path: str | Path, device=None) -> tuple[EmbeddingModel, dict, dict]:

@@ -271,7 +271,9 @@ class Trainer:
         for cb in self.callbacks:
             cb.on_train_begin(state)
         if self.main and state.step == 0 and state.init_score is None:
-            init = self.selector.evaluate(state, head=False)  # the untrained student: notice a run that makes it worse
+            # the untrained student (notice a run that makes it worse); stage 2's start is stage 1's student as it
+            # served, so through a carried head (HPD's) when there is one
+            init = self.selector.evaluate(state, head=self.stage.name == "stage2")
             state.init_score = init[self._selection_key()]
         self.module.train()
         metrics: dict = {}
