@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -39,7 +40,8 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_hom
     with pytest.raises(DistillError, match="already holds a run.*--resume"):
         train(recipe_b, progress=False)
     monkeypatch.chdir(b)  # the same folder spelled another way (relative here, absolute before) resumes
-    resumed = train(load_recipe(_recipe(b, steps=9, every=3), ["output.dir=run"]), resume=True, progress=False)
+    shutil.copytree(b / "cache", b / "moved-cache")  # and so does a teacher cache that moved (its manifest is checked)
+    resumed = train(load_recipe(_recipe(b, steps=9, every=3), ["output.dir=run", "data.cache_dir=moved-cache"]), resume=True, progress=False)
     assert resumed["steps"] == straight["steps"] == 9
     assert [e["step"] for e in resumed["evals"]] == [e["step"] for e in straight["evals"]]
     assert abs(resumed["best"]["STS-B"] - straight["best"]["STS-B"]) < 0.1
