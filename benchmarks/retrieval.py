@@ -15,7 +15,7 @@ checkpoint is resumed, so an interrupted benchmark just starts again. Parts (--p
     static     configs/scifact-static-256.yaml (the static student, same corpus and cache) -> OUT/static
     compare    distill compare of the six objectives on the same recipe, reduced budget
                (--compare-steps steps, one evaluation at the end)               -> OUT/compare
-    zh         configs/cmrc2018-m3e-l2.yaml, configs/dureader-m3e-l2.yaml       -> OUT/zh-<set>
+    zh         configs/cmrc2018-m3e-l2.yaml, configs/dureader-m3e-l2.yaml (--zh-sets) -> OUT/zh-<set>[-L]
 
 The teacher's SciFact row is the recorded measurement (README: `distill eval-retrieval --model
 all-minilm-l6-v2 --beir ../shared/data/retrieval/scifact`, 2026-12-02, commit ff18e23: 64.51 /
@@ -206,23 +206,28 @@ def collect(out: Path, seeds: list[int], teacher_json: str | None) -> list[dict]
             rows.append({"name": f"compare: {r['loss']} (reduced budget)", "stage": "distilled (compare)", "set": "scifact",
                          **_test(ret), "seeds": [r["seed"]], "dev_ndcg@10": r.get("best_dev"), "steps": r.get("steps")})
     for name in ZH_RECIPES:
-        z = _json(out / f"zh-{name}" / "results.json")
-        if not z:
-            continue
-        base = z.get("retrieval_baselines") or {}
-        if base:
-            rows.append({"name": "m3e-small (teacher)", "stage": "teacher", "set": name, **_test(base["teacher"]), "seeds": []})
-            rows.append({"name": "m3e-small-l2 untrained", "stage": "untrained", "set": name, **_test(base["init"]), "seeds": []})
-        rows.append({"name": "m3e-small-l2 distilled (infonce)", "stage": "distilled", "set": name, **_test(z.get("retrieval")),
-                     "seeds": [42], "dev_ndcg@10": z["best_dev"], "dev_ndcg@10_untrained": z.get("init_dev")})
+        for loss in _stage1_losses(out, f"zh-{name}"):
+            z = _json(zh_dir(out, name, loss) / "results.json")
+            if not z:
+                continue
+            base = z.get("retrieval_baselines") or {}
+            if base:
+                rows.append({"name": "m3e-small (teacher)", "stage": "teacher", "set": name, **_test(base["teacher"]), "seeds": []})
+                rows.append({"name": "m3e-small-l2 untrained", "stage": "untrained", "set": name, **_test(base["init"]), "seeds": []})
+            rows.append({"name": f"m3e-small-l2 distilled ({loss})", "stage": "distilled", "set": name, **_test(z.get("retrieval")),
+                         "stage1_loss": loss, "seeds": [42], "dev_ndcg@10": z["best_dev"], "dev_ndcg@10_untrained": z.get("init_dev")})
 
     return rows
 
 
-def _stage1_losses(out: Path) -> list[str]:
-    """The stage-1 losses with a folder under OUT: the recipe's (OUT/stage1) first, then OUT/stage1-<loss>."""
-    found = sorted(p.name.removeprefix("stage1-") for p in out.glob("stage1-*") if p.is_dir() and not p.name.endswith(".copying"))
+def _stage1_losses(out: Path, base: str = "stage1") -> list[str]:
+    """The stage-1 losses with a folder under OUT: the recipe's (OUT/<base>) first, then OUT/<base>-<loss>."""
+    found = sorted(p.name.removeprefix(f"{base}-") for p in out.glob(f"{base}-*") if p.is_dir() and not p.name.endswith(".copying"))
     return [RECIPE_LOSS, *found]
+
+
+def zh_dir(out: Path, name: str, loss: str) -> Path:
+    return out / (f"zh-{name}" if loss == RECIPE_LOSS else f"zh-{name}-{loss}")
 
 
 def stage1_dir(out: Path, loss: str) -> Path:
@@ -302,7 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/retrieval", help="run folders and logs (default runs/retrieval)")
     p.add_argument("--compare-steps", type=int, default=32, help="the compare's training steps per objective (default 32: a reduced budget)")
     p.add_argument("--stage1-loss", default=RECIPE_LOSS,
-                   help=f"stage 1's loss for the stage1 and stage2 parts (default {RECIPE_LOSS}, the recipe's; another runs in OUT/stage1-LOSS)")
+                   help=f"stage 1's loss for the stage1, stage2 and zh parts (default {RECIPE_LOSS}, the recipes'; another runs in "
+                        "OUT/stage1-LOSS, OUT/zh-SET-LOSS)")
+    p.add_argument("--zh-sets", help=f"the zh part's sets, comma-separated (default all: {','.join(ZH_RECIPES)})")
     p.add_argument("--stage2-losses", default=",".join(STAGE2_LOSSES),
                    help=f"the stage-2 losses the stage2 part runs (default {','.join(STAGE2_LOSSES)}: with and without the IB term)")
     p.add_argument("--teacher-json", help="an eval-retrieval --json of the teacher on SciFact test, instead of the recorded numbers")
@@ -349,7 +356,10 @@ def main(argv: list[str] | None = None) -> int:
             run.train("static", STATIC_RECIPE, out / "static", [])
         if "zh" in parts:
             for name, recipe in ZH_RECIPES.items():
-                run.train(f"zh-{name}", recipe, out / f"zh-{name}", [])
+                if args.zh_sets and name not in args.zh_sets.split(","):
+                    continue
+                z_dir = zh_dir(out, name, s1_loss)
+                run.train(z_dir.name, recipe, z_dir, [] if s1_loss == RECIPE_LOSS else [f"loss={{name: {s1_loss}}}"])
         if "compare" in parts:
             n = str(args.compare_steps)
             cmd = ["compare", RECIPE, "--losses", COMPARE_LOSSES, "--out", str(out / "compare"), "--quiet",
