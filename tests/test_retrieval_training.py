@@ -21,11 +21,18 @@ def _retrieval_sets(beir) -> list[str]:
 
 
 def test_recipe_selects_on_retrieval_and_reports_test_scores(tmp_path, tiny_home, tiny_beir, monkeypatch, capsys):
+    from distill.training import evaluators
+
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(tiny_recipe_text(tmp_path, loss="name: mse", steps=6, every=2))
     sets = ["eval.tasks=[]", "eval.final_tasks=[]", "eval.baselines=true", *_retrieval_sets(tiny_beir)]  # no STS at all
+    evaluators._corpus_memo.clear()
+    before = dict(evaluators.memo_stats)
     assert main(["train", str(recipe), "--quiet", *[a for s in sets for a in ("--set", s)]]) == 0
+    # the corpus (shared by dev and test) is embedded once per model state: the untrained student's dev
+    # vectors serve its test baseline, and the selected student's dev vectors its test report
+    assert evaluators.memo_stats["hits"] - before["hits"] == 2
     printed = capsys.readouterr().out
     run = tmp_path / "run"
     results = json.loads((run / "results.json").read_text())

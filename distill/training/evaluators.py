@@ -27,7 +27,9 @@ to an (n, d) array with the student as it is at that step. Its numeric results a
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -86,11 +88,50 @@ class STSEvaluator(Evaluator):
         return task if not self.dims or self.dims[0] == self.width else f"{task}@{self.dims[0]}"
 
 
+# Corpus vectors of the models scored last, by (model content digest, corpus digest): the dev and the
+# test split of a BEIR set share their corpus, and a run scores the selected student's state twice
+# (dev when it is evaluated, test at the end) and each baseline on both splits. Bounded in bytes;
+# least recently used first out. Only our torch models are digested (their state_dict, head, length,
+# width, pooling): a callable, an ONNX or a SentenceTransformer model is embedded every time.
+CORPUS_MEMO_BYTES = 256 * 2**20
+_corpus_memo: OrderedDict = OrderedDict()
+memo_stats = {"hits": 0, "misses": 0}
+
+
+def model_digest(embed) -> str | None:
+    """What decides an Embedder's vectors, hashed: its encoder's and head's tensors, the length,
+    width, pooling and tokenizer; None for a model that is not one of our torch models."""
+    if getattr(embed, "kind", None) != "encoder":
+        return None
+    from distill.data.tokens import tokenizer_fingerprint
+
+    model = embed.model
+    tok = getattr(model, "tokenizer", None)
+    h = hashlib.blake2b(digest_size=20)
+    # the tokenizer by content: a student reloaded from its best/ folder names another path, same ids
+    h.update(repr((type(model).__name__, embed.max_length, embed.dims, embed.full_length, getattr(model, "pooling", None),
+                   getattr(model, "normalize", None), str(getattr(model, "device", "")),
+                   tokenizer_fingerprint(tok, embed.max_length or 0) if tok is not None else None)).encode())
+    for part in (model, embed.head):
+        for name, tensor in (part.state_dict().items() if part is not None else ()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def corpus_digest(corpus: Mapping) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    for doc_id, text in corpus.items():
+        h.update(repr((doc_id, text)).encode())
+    return h.hexdigest()
+
+
 class RetrievalSet:
     """One retrieval split loaded once per run (queries, corpus, qrels: `load_retrieval_data`), scored
     with any model: `score(model)` -> {nDCG@10, MRR@10, Recall@k...: x100, "queries", "corpus",
-    "max_length"}. Only the queries with a relevant doc are encoded; the corpus is encoded at every
-    call (the student changes between calls).
+    "max_length"}. Only the queries with a relevant doc are encoded; the corpus is encoded unless
+    the same model (by content, `model_digest`) embedded the same corpus before (`_corpus_memo`):
+    a run's test report of its selected student reuses that state's dev-evaluation corpus vectors.
 
     Length: `max_length` for every model, or by default each model's own (`own_max_length`): a
     teacher's declared max_seq_length, a student's position limit (what `distill export` declares
@@ -101,6 +142,7 @@ class RetrievalSet:
                  beir: str | None = None, split: str | None = None):
         self.data, self.k, self.batch_size, self.max_length = data, tuple(k), batch_size, max_length
         self.beir, self.split = beir, split
+        self._corpus_digest: str | None = None  # computed once, when a model first asks for the memo
 
     @classmethod
     def load(cls, beir: str, split: str, **kwargs) -> RetrievalSet:
@@ -115,12 +157,33 @@ class RetrievalSet:
 
         embed = model if isinstance(model, Embedder) else Embedder(model, full_length=True, max_length=self.max_length or OWN)
         d = self.data
-        r = evaluate_retrieval(lambda s: embed(s, batch_size=self.batch_size), d.queries, d.corpus, d.qrels, k=self.k)
+        digest = model_digest(embed)
+        if digest is not None and self._corpus_digest is None:
+            self._corpus_digest = corpus_digest(d.corpus)
+        key = (digest, self._corpus_digest)
+        cached = _corpus_memo.get(key) if digest is not None else None
+        if digest is not None:
+            memo_stats["hits" if cached is not None else "misses"] += 1
+        r = evaluate_retrieval(lambda s: embed(s, batch_size=self.batch_size), d.queries, d.corpus, d.qrels, k=self.k,
+                               corpus_embeddings=cached, keep_corpus_embeddings=digest is not None and cached is None)
+        if cached is not None:
+            _corpus_memo.move_to_end(key)
+        elif digest is not None:
+            _remember(key, r.pop("corpus_embeddings"))
         out = {m: 100.0 * float(v) for m, v in r.items() if m.startswith(("MRR@", "nDCG@", "Recall@"))}
         return {**out, "queries": r["queries"], "corpus": r["corpus"], "max_length": embed.max_length}
 
     def describe(self) -> dict:
         return {"data": self.beir, "split": self.split}
+
+
+def _remember(key: tuple, vectors) -> None:
+    """Keep a model's corpus vectors in the memo within CORPUS_MEMO_BYTES (a corpus over it: not kept)."""
+    if vectors.nbytes > CORPUS_MEMO_BYTES:
+        return
+    _corpus_memo[key] = vectors
+    while sum(v.nbytes for v in _corpus_memo.values()) > CORPUS_MEMO_BYTES:
+        _corpus_memo.popitem(last=False)
 
 
 class RetrievalEvaluator(Evaluator):

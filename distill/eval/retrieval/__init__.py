@@ -101,6 +101,8 @@ def evaluate_retrieval(
     quantized: bool = False,
     max_length: int | None = None,
     dims: int | None = None,
+    corpus_embeddings=None,
+    keep_corpus_embeddings: bool = False,
 ) -> dict:
     """Embed, search exactly, and score: {"MRR@10", "nDCG@10", "Recall@<k>"..., counts, warnings}.
 
@@ -120,8 +122,12 @@ def evaluate_retrieval(
     length is checked against the model's limit. A callable model encodes however it does.
     `results["max_length"]`: the length used (None for a callable). `dims`: serve the model at
     that many dimensions (`distill.embedding.truncate`); `results["dims"]`: the width searched at
-    (None: the full vector).
+    (None: the full vector). `corpus_embeddings`: the corpus's vectors by this very model, row i
+    for the i-th passage (the corpus is not embedded again; a caller that knows the model has not
+    changed, `RetrievalSet`); `keep_corpus_embeddings=True` returns them as
+    results["corpus_embeddings"] (the whole corpus in memory: for small corpora).
     """
+    import numpy as np
     from tqdm.auto import tqdm
 
     from distill.embedding import OWN, embedder
@@ -144,8 +150,14 @@ def evaluate_retrieval(
     doc_ids = list(corpus)
     texts = list(corpus.values())
     blocks = range(0, len(texts), ENCODE_BLOCK)
-    for start in tqdm(blocks, desc="corpus blocks", disable=not progress or len(blocks) < 2, leave=False):
-        top.add(embed(texts[start : start + ENCODE_BLOCK]))
+    if corpus_embeddings is not None and len(corpus_embeddings) != len(texts):
+        raise DistillError(f"corpus_embeddings: {len(corpus_embeddings)} rows for a corpus of {len(texts)} passages")
+    kept = []
+    for start in tqdm(blocks, desc="corpus blocks", disable=not progress or len(blocks) < 2 or corpus_embeddings is not None, leave=False):
+        block = corpus_embeddings[start : start + ENCODE_BLOCK] if corpus_embeddings is not None else embed(texts[start : start + ENCODE_BLOCK])
+        top.add(block)
+        if keep_corpus_embeddings:
+            kept.append(np.asarray(block))
     top_scores, index = top.result()
     run = {q: [doc_ids[i] for i in row] for q, row in zip(qids, index)}
     results: dict = compute_metrics(run, evaluable, ks)
@@ -160,6 +172,8 @@ def evaluate_retrieval(
             "warnings": warnings,
         }
     )
+    if keep_corpus_embeddings:
+        results["corpus_embeddings"] = np.concatenate(kept)
     if return_run:
         results["run"] = run
         results["run_scores"] = {q: [float(x) for x in row] for q, row in zip(qids, top_scores)}
