@@ -7,15 +7,15 @@ output exists is reused (a run folder with results.json, a rows file, a json), o
 checkpoint is resumed, so an interrupted benchmark just starts again. Parts (--parts, default all):
 
     untrained  the untrained L3 on SciFact test (distill eval-retrieval, 256 tokens)
-    stage1     configs/scifact-minilm-l3.yaml, stage 1 only (the distilled L3)  -> OUT/stage1
-               with --stage1-loss L (not the recipe's infonce): loss={name: L}  -> OUT/stage1-L
+    stage1     configs/scifact-minilm-l3.yaml, stage 1 only (the distilled L3), with its loss L or
+               --stage1-loss L                                                     -> OUT/stage1-L
     mine       distill mine: 4 negatives per dev (claim, abstract) pair           -> OUT/mined-dev.jsonl
     stage2     for loss in (ibkd_supervised, mnrl), seed in --seeds: a copy of that stage 1
-               resumed with that stage 2                      -> OUT/s2-<loss>-s<seed>[-from-L]
+               resumed with that stage 2                      -> OUT/s2-<loss>-s<seed>-from-L
     static     configs/scifact-static-256.yaml (the static student, same corpus and cache) -> OUT/static
     compare    distill compare of the six objectives on the same recipe, reduced budget
                (--compare-steps steps, one evaluation at the end)               -> OUT/compare
-    zh         configs/cmrc2018-m3e-l2.yaml, configs/dureader-m3e-l2.yaml (--zh-sets) -> OUT/zh-<set>[-L]
+    zh         configs/cmrc2018-m3e-l2.yaml, configs/dureader-m3e-l2.yaml (--zh-sets) -> OUT/zh-<set>-L
 
 The teacher's SciFact row is the recorded measurement (README: `distill eval-retrieval --model
 all-minilm-l6-v2 --beir ../shared/data/retrieval/scifact`, 2026-12-02, commit ff18e23: 64.51 /
@@ -62,7 +62,9 @@ SCIFACT = "../shared/data/retrieval/scifact"
 PARTS = ("untrained", "stage1", "mine", "stage2", "static", "compare", "zh")
 STAGE2_LOSSES = {"ibkd_supervised": "with the IB term (ibkd_supervised, head none)", "mnrl": "without (mnrl)"}
 COMPARE_LOSSES = "mse,cosine,crd,hpd,infonce,ibkd"
-RECIPE_LOSS = "infonce"  # configs/scifact-minilm-l3.yaml's stage-1 loss: its runs keep the plain folder names
+# The stage-1 loss of reports before 2026-12-03 (OUT/stage1, OUT/s2-<loss>-s<seed>, OUT/zh-<set>): their carried
+# rows have no "stage1_loss" and are that loss's. Runs now name their stage-1 loss in every folder.
+EARLIER_LOSS = "infonce"
 # The teacher on SciFact test at its own 256 tokens, as recorded (README, "Retrieval"): x100.
 TEACHER_RECORD = {"nDCG@10": 64.51, "MRR@10": 60.47, "Recall@100": 92.50,
                   "source": "recorded: distill eval-retrieval --model all-minilm-l6-v2 --beir ../shared/data/retrieval/scifact "
@@ -188,7 +190,7 @@ def collect(out: Path, seeds: list[int], teacher_json: str | None) -> list[dict]
         for loss, label in STAGE2_LOSSES.items():
             runs = {s: r for s in seeds if (r := _json(stage2_dir(out, loss, s, stage1_loss) / "stage2" / "results.json"))}
             if runs:
-                origin = "" if stage1_loss == RECIPE_LOSS else f" (from the {stage1_loss} stage 1)"
+                origin = f" (from the {stage1_loss} stage 1)"
                 rows.append(_mean_row(f"L3 + stage 2, mined negatives, {label}{origin}", "supervised", runs, seeds,
                                       {"set": "scifact", "loss": loss, "stage1_loss": stage1_loss,
                                        "sts_avg": statistics.mean([r["best"]["Avg"] for r in runs.values() if "Avg" in r.get("best", {})]
@@ -221,21 +223,32 @@ def collect(out: Path, seeds: list[int], teacher_json: str | None) -> list[dict]
 
 
 def _stage1_losses(out: Path, base: str = "stage1") -> list[str]:
-    """The stage-1 losses with a folder under OUT: the recipe's (OUT/<base>) first, then OUT/<base>-<loss>."""
-    found = sorted(p.name.removeprefix(f"{base}-") for p in out.glob(f"{base}-*") if p.is_dir() and not p.name.endswith(".copying"))
-    return [RECIPE_LOSS, *found]
+    """The stage-1 losses with a folder OUT/<base>-<loss>."""
+    return sorted(p.name.removeprefix(f"{base}-") for p in out.glob(f"{base}-*") if p.is_dir() and not p.name.endswith(".copying"))
+
+
+def recipe_loss(recipe: str) -> str:
+    """The stage-1 loss a recipe file names."""
+    import yaml
+
+    return str(yaml.safe_load((REPO / recipe).read_text(encoding="utf-8"))["loss"]["name"])
+
+
+def loss_override(recipe: str, loss: str) -> list[str]:
+    """--set arguments that train `recipe` with `loss` at its defaults (none when it is the recipe's own)."""
+    return [] if loss == recipe_loss(recipe) else [f"loss={{name: {loss}}}"]
 
 
 def zh_dir(out: Path, name: str, loss: str) -> Path:
-    return out / (f"zh-{name}" if loss == RECIPE_LOSS else f"zh-{name}-{loss}")
+    return out / f"zh-{name}-{loss}"
 
 
 def stage1_dir(out: Path, loss: str) -> Path:
-    return out / ("stage1" if loss == RECIPE_LOSS else f"stage1-{loss}")
+    return out / f"stage1-{loss}"
 
 
 def stage2_dir(out: Path, loss: str, seed: int, stage1_loss: str) -> Path:
-    return out / (f"s2-{loss}-s{seed}" + ("" if stage1_loss == RECIPE_LOSS else f"-from-{stage1_loss}"))
+    return out / f"s2-{loss}-s{seed}-from-{stage1_loss}"
 
 
 def merge_recorded(rows: list[dict], previous: dict | None) -> list[dict]:
@@ -246,6 +259,9 @@ def merge_recorded(rows: list[dict], previous: dict | None) -> list[dict]:
     have = {(r["set"], r["name"]) for r in rows}
     stamp = {"date": previous.get("date"), "commit": previous.get("commit"), "device": previous.get("device")}
     carried = [{**r, "recorded": r.get("recorded") or stamp} for r in previous.get("rows", []) if (r["set"], r["name"]) not in have]
+    for r in carried:  # rows of the earlier reports were all of the infonce stage 1 (the recipes' loss then)
+        if r["stage"] in ("distilled", "supervised") and "stage1_loss" not in r:
+            r["stage1_loss"] = EARLIER_LOSS
     return rows + carried
 
 
@@ -254,7 +270,7 @@ def summarize(rows: list[dict]) -> dict:
 
     def best(stage, set_="scifact", **match):
         pick = [r for r in rows if r["stage"] == stage and r["set"] == set_ and r.get("ndcg@10") is not None
-                and all(r.get(k, RECIPE_LOSS if k == "stage1_loss" else None) == v for k, v in match.items())]
+                and all(r.get(k) == v for k, v in match.items())]
         return max(pick, key=lambda r: r["ndcg@10"], default=None)
 
     targets = {}
@@ -271,10 +287,13 @@ def summarize(rows: list[dict]) -> dict:
         if zt and zd:
             targets[f"{name}: distilled >= 90% of the teacher (test nDCG@10)"] = _target(zd["ndcg@10"], 0.9 * zt["ndcg@10"])
     decisions = {}
-    for origin in dict.fromkeys(r.get("stage1_loss", RECIPE_LOSS) for r in rows if r["stage"] == "supervised"):
+    for origin in dict.fromkeys(r.get("stage1_loss") for r in rows if r["stage"] == "supervised"):
         pair = [best("supervised", loss=loss, stage1_loss=origin) for loss in STAGE2_LOSSES]
         decisions[origin] = ib_decision(*pair) if all(pair) else {"verdict": "not run"}
-    decision = decisions.get(RECIPE_LOSS, {"verdict": "not run"})
+    # the decision on record: the stage 1 whose pair has the most seeds
+    pairs = [o for o, d in decisions.items() if "with_beats_without" in d]
+    most = max(pairs, key=lambda o: min(len(best("supervised", loss=x, stage1_loss=o)["seeds"]) for x in STAGE2_LOSSES), default=None)
+    decision = {**decisions[most], "stage1_loss": most} if most else {"verdict": "not run"}
     return {"ib_decision": decision, "ib_decisions_by_stage1": decisions, "targets": targets}
 
 
@@ -306,9 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="1,2,3", help="stage-2 seeds (default 1,2,3)")
     p.add_argument("--out", default="runs/retrieval", help="run folders and logs (default runs/retrieval)")
     p.add_argument("--compare-steps", type=int, default=32, help="the compare's training steps per objective (default 32: a reduced budget)")
-    p.add_argument("--stage1-loss", default=RECIPE_LOSS,
-                   help=f"stage 1's loss for the stage1, stage2 and zh parts (default {RECIPE_LOSS}, the recipes'; another runs in "
-                        "OUT/stage1-LOSS, OUT/zh-SET-LOSS)")
+    p.add_argument("--stage1-loss", help="stage 1's loss for the stage1, stage2 and zh parts (default: each recipe's own); "
+                                         "runs in OUT/stage1-LOSS, OUT/s2-*-from-LOSS, OUT/zh-SET-LOSS")
     p.add_argument("--zh-sets", help=f"the zh part's sets, comma-separated (default all: {','.join(ZH_RECIPES)})")
     p.add_argument("--stage2-losses", default=",".join(STAGE2_LOSSES),
                    help=f"the stage-2 losses the stage2 part runs (default {','.join(STAGE2_LOSSES)}: with and without the IB term)")
@@ -335,14 +353,15 @@ def main(argv: list[str] | None = None) -> int:
         if "untrained" in parts and not (out / "untrained-l3-test.json").is_file():
             run.distill("untrained-l3-test", "eval-retrieval", "--model", "all-minilm-l3-v2", "--beir", SCIFACT, "--split", "test",
                         "--max-length", "256", "--quiet", "--json", str(out / "untrained-l3-test.json"))
-        s1_dir, s1_loss = stage1_dir(out, args.stage1_loss), args.stage1_loss
+        s1_loss = args.stage1_loss or recipe_loss(RECIPE)
+        s1_dir = stage1_dir(out, s1_loss)
         if "stage1" in parts or "stage2" in parts:
-            run.train(s1_dir.name, RECIPE, s1_dir, ["stage2.rows=[]"] + ([] if s1_loss == RECIPE_LOSS else [f"loss={{name: {s1_loss}}}"]))
+            run.train(s1_dir.name, RECIPE, s1_dir, ["stage2.rows=[]", *loss_override(RECIPE, s1_loss)])
         if ("mine" in parts or "stage2" in parts) and not rows_file.is_file():
             run.distill("mine", "mine", "--teacher", "all-minilm-l6-v2", "--beir", SCIFACT, "--split", "dev", "--negatives", "4",
                         "--out", str(rows_file), "--embeddings-cache", str(out / "mine-embeddings"))
         if "stage2" in parts and (s1_dir / "results.json").is_file() and rows_file.is_file():
-            loss1 = [] if s1_loss == RECIPE_LOSS else [f"loss={{name: {s1_loss}}}"]
+            loss1 = loss_override(RECIPE, s1_loss)
             for seed in seeds:
                 for loss in stage2_losses:
                     run_dir = stage2_dir(out, loss, seed, s1_loss)
@@ -358,8 +377,9 @@ def main(argv: list[str] | None = None) -> int:
             for name, recipe in ZH_RECIPES.items():
                 if args.zh_sets and name not in args.zh_sets.split(","):
                     continue
-                z_dir = zh_dir(out, name, s1_loss)
-                run.train(z_dir.name, recipe, z_dir, [] if s1_loss == RECIPE_LOSS else [f"loss={{name: {s1_loss}}}"])
+                z_loss = args.stage1_loss or recipe_loss(recipe)
+                z_dir = zh_dir(out, name, z_loss)
+                run.train(z_dir.name, recipe, z_dir, loss_override(recipe, z_loss))
         if "compare" in parts:
             n = str(args.compare_steps)
             cmd = ["compare", RECIPE, "--losses", COMPARE_LOSSES, "--out", str(out / "compare"), "--quiet",
