@@ -213,10 +213,25 @@ def test_evaluate_retrieval_against_hand_computed_values(results):
     assert "1 queries have no relevant doc" in warnings
 
 
-def test_chunk_size_does_not_change_results(enc, results):
-    for chunk in (2,):
-        other = evaluate_retrieval(enc, QUERIES, CORPUS, QRELS, k=(1, 2, 10), chunk_size=chunk, return_run=True)
-        assert other == results
+def test_chunk_size_does_not_change_results(enc):
+    # Each text embedded once and reused: what is under test is the search, and two CPU encodings of
+    # one text can differ in the last bit when the BLAS library picks its threads by the load. The
+    # scores themselves may differ in the last float32 bit with the matrix product's shape (module
+    # docstring): rankings and metrics must be equal, the scores equal to float32 rounding.
+    texts = list(QUERIES.values()) + list(CORPUS.values())
+    vectors = dict(zip(texts, enc.encode(texts, progress=False)))
+
+    def embed(batch):
+        return np.stack([vectors[t] for t in batch])
+
+    results = evaluate_retrieval(embed, QUERIES, CORPUS, QRELS, k=(1, 2, 10), return_run=True)
+    for chunk in (2, 3):
+        other = evaluate_retrieval(embed, QUERIES, CORPUS, QRELS, k=(1, 2, 10), chunk_size=chunk, return_run=True)
+        scores, want = other.pop("run_scores"), results["run_scores"]
+        assert other == {k: v for k, v in results.items() if k != "run_scores"}
+        assert scores.keys() == want.keys()
+        for q in want:
+            np.testing.assert_allclose(scores[q], want[q], rtol=0, atol=1e-6)
 
 
 def test_other_input_shapes_and_metrics(enc, results):
