@@ -33,7 +33,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
 
-    recipe = load_recipe(args.recipe, args.set)
+    recipe = load_recipe(args.recipe, ["loss={name: ibkd}", *args.set])  # ibkd's targets: the full teacher vectors, whatever the recipe trains
     cache = open_or_build_cache(recipe, progress=False)
     student = load_model(recipe.student, role="student", max_length=recipe.data.max_length, device="cpu")
     targets = load_targets(recipe, cache, torch.device("cpu"))
