@@ -181,7 +181,6 @@ def _remember(key: tuple, vectors) -> None:
     """Keep a model's corpus vectors in the memo within CORPUS_MEMO_BYTES (a corpus over it: not kept)."""
     if vectors.nbytes > CORPUS_MEMO_BYTES:
         return
-    vectors.flags.writeable = False  # shared by every later score of this model: nothing may change it
     _corpus_memo[key] = vectors
     while sum(v.nbytes for v in _corpus_memo.values()) > CORPUS_MEMO_BYTES:
         _corpus_memo.popitem(last=False)
