@@ -181,7 +181,7 @@ def _remember(key: tuple, vectors) -> None:
     """Keep a model's corpus vectors in the memo within CORPUS_MEMO_BYTES (a corpus over it: not kept)."""
     if vectors.nbytes > CORPUS_MEMO_BYTES:
         return
-    _corpus_memo[key] = vectors
+    _corpus_memo[key] = vectors  # shared by later scores: TopK.add reads it, never writes (a read-only array makes torch warn)
     while sum(v.nbytes for v in _corpus_memo.values()) > CORPUS_MEMO_BYTES:
         _corpus_memo.popitem(last=False)
 
