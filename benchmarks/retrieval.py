@@ -213,7 +213,7 @@ def collect(out: Path, seeds: list[int], teacher_json: str | None) -> list[dict]
             if not z:
                 continue
             base = z.get("retrieval_baselines") or {}
-            if base:
+            if base and not any(r["set"] == name and r["stage"] == "teacher" for r in rows):  # once per set, from its first run
                 rows.append({"name": "m3e-small (teacher)", "stage": "teacher", "set": name, **_test(base["teacher"]), "seeds": []})
                 rows.append({"name": "m3e-small-l2 untrained", "stage": "untrained", "set": name, **_test(base["init"]), "seeds": []})
             rows.append({"name": f"m3e-small-l2 distilled ({loss})", "stage": "distilled", "set": name, **_test(z.get("retrieval")),
