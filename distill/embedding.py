@@ -113,10 +113,9 @@ class Embedder:
     def _width(self) -> int | None:
         model = self.model
         if self.kind == "encoder":
-            if self.head is None:
-                return int(model.dim)
-            linears = [m for m in self.head.modules() if type(m).__name__ == "Linear"]
-            return int(linears[-1].out_features) if linears else None
+            from distill.losses.base import head_out_dim
+
+            return int(model.dim) if self.head is None else head_out_dim(self.head)
         if self.kind == "onnx":
             return int(model.dim)
         if self.kind == "sentence-transformers":

@@ -216,7 +216,8 @@ class DistillLoss(nn.Module):
         return teacher.detach().to(device=like.device, dtype=precise(like).dtype)
 
 
-def head_out_dim(head: nn.Module) -> int:
-    """The width of what an embedding head puts out: its last Linear's out_features."""
+def head_out_dim(head: nn.Module) -> int | None:
+    """The width of what an embedding head puts out: its last Linear's out_features (None: a head
+    without a Linear, whose width only an output tells; every caller takes None as "not known yet")."""
     linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
-    return int(linears[-1].out_features)
+    return int(linears[-1].out_features) if linears else None
