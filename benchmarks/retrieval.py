@@ -65,6 +65,10 @@ COMPARE_LOSSES = "mse,cosine,crd,hpd,infonce,ibkd"
 # The stage-1 loss of reports before 2026-12-03 (OUT/stage1, OUT/s2-<loss>-s<seed>, OUT/zh-<set>): their carried
 # rows have no "stage1_loss" and are that loss's. Runs now name their stage-1 loss in every folder.
 EARLIER_LOSS = "infonce"
+# The students of reports before 2026-12-03 (the recipes' first-k layer cuts): carried rows without a
+# "student" are theirs. A row now names its student (read from its run's recipe.yaml), so runs of
+# another student (a recipe changed, or --set student=...) stand beside them, not over them.
+EARLIER_STUDENT = {"scifact": "all-minilm-l3-v2", "cmrc2018": "m3e-small-l2", "dureader-robust": "m3e-small-l2"}
 # The teacher on SciFact test at its own 256 tokens, as recorded (README, "Retrieval"): x100.
 TEACHER_RECORD = {"nDCG@10": 64.51, "MRR@10": 60.47, "Recall@100": 92.50,
                   "source": "recorded: distill eval-retrieval --model all-minilm-l6-v2 --beir ../shared/data/retrieval/scifact "
@@ -105,6 +109,9 @@ class Runner:
 
     def train(self, name: str, recipe: str, run_dir: Path, sets: list[str], done: Path | None = None) -> None:
         """`distill train` unless `done` (default RUN/results.json) exists; --resume when a checkpoint does."""
+        if (run_dir / "recipe.yaml").is_file() and run_student(run_dir) != recipe_student(recipe):
+            raise SystemExit(f"{run_dir}: trained {run_student(run_dir)}, the recipe {recipe} now names {recipe_student(recipe)}: "
+                             "give another --out (the report carries the earlier rows from benchmarks/retrieval.json)")
         if (done or run_dir / "results.json").is_file():
             return
         args = ["train", recipe, "--quiet", "--set", f"output.dir={run_dir}"]
@@ -176,14 +183,16 @@ def collect(out: Path, seeds: list[int], teacher_json: str | None) -> list[dict]
                    "source": TEACHER_RECORD["source"]}
     rows.append({"name": "all-MiniLM-L6-v2 (teacher)", "stage": "teacher", "set": "scifact", **teacher, "seeds": [],
                  "dev_ndcg@10": TEACHER_DEV_NDCG})
-    u = _json(out / "untrained-l3-test.json")
-    if u:
-        rows.append({"name": "all-minilm-l3-v2 untrained", "stage": "untrained", "set": "scifact", "ndcg@10": 100 * u["nDCG@10"],
+    for path in sorted(out.glob("untrained-*-test.json")):
+        u, student = _json(path), path.name.removeprefix("untrained-").removesuffix("-test.json")
+        student = "all-minilm-l3-v2" if student == "l3" else student  # the file's name before students were named
+        rows.append({"name": f"{student} untrained", "stage": "untrained", "set": "scifact", "student": student, "ndcg@10": 100 * u["nDCG@10"],
                      "mrr@10": 100 * u["MRR@10"], "recall@100": 100 * u["Recall@100"], "seeds": [], "dev_ndcg@10": None})
     for stage1_loss in _stage1_losses(out):
         s1 = _json(stage1_dir(out, stage1_loss) / "results.json")
+        student = run_student(stage1_dir(out, stage1_loss))
         if s1:
-            rows.append({"name": f"L3 distilled (stage 1, {stage1_loss})", "stage": "distilled", "set": "scifact",
+            rows.append({"name": f"{student} distilled (stage 1, {stage1_loss})", "stage": "distilled", "set": "scifact", "student": student,
                          **_test(s1.get("retrieval")), "stage1_loss": stage1_loss, "seeds": [42], "dev_ndcg@10": s1["best_dev"],
                          "dev_ndcg@10_untrained": s1.get("init_dev"), "sts_avg": (s1.get("best") or {}).get("Avg"),
                          "best_step": s1.get("best_step"), "steps": s1.get("steps")})
@@ -191,8 +200,8 @@ def collect(out: Path, seeds: list[int], teacher_json: str | None) -> list[dict]
             runs = {s: r for s in seeds if (r := _json(stage2_dir(out, loss, s, stage1_loss) / "stage2" / "results.json"))}
             if runs:
                 origin = f" (from the {stage1_loss} stage 1)"
-                rows.append(_mean_row(f"L3 + stage 2, mined negatives, {label}{origin}", "supervised", runs, seeds,
-                                      {"set": "scifact", "loss": loss, "stage1_loss": stage1_loss,
+                rows.append(_mean_row(f"{student} + stage 2, mined negatives, {label}{origin}", "supervised", runs, seeds,
+                                      {"set": "scifact", "loss": loss, "stage1_loss": stage1_loss, "student": student,
                                        "sts_avg": statistics.mean([r["best"]["Avg"] for r in runs.values() if "Avg" in r.get("best", {})]
                                                                   or [float("nan")])}))
     st = _json(out / "static" / "results.json")
@@ -213,11 +222,14 @@ def collect(out: Path, seeds: list[int], teacher_json: str | None) -> list[dict]
             if not z:
                 continue
             base = z.get("retrieval_baselines") or {}
+            student = run_student(zh_dir(out, name, loss))
             if base and not any(r["set"] == name and r["stage"] == "teacher" for r in rows):  # once per set, from its first run
                 rows.append({"name": "m3e-small (teacher)", "stage": "teacher", "set": name, **_test(base["teacher"]), "seeds": []})
-                rows.append({"name": "m3e-small-l2 untrained", "stage": "untrained", "set": name, **_test(base["init"]), "seeds": []})
-            rows.append({"name": f"m3e-small-l2 distilled ({loss})", "stage": "distilled", "set": name, **_test(z.get("retrieval")),
-                         "stage1_loss": loss, "seeds": [42], "dev_ndcg@10": z["best_dev"], "dev_ndcg@10_untrained": z.get("init_dev")})
+            if base and not any(r["set"] == name and r["stage"] == "untrained" and r["student"] == student for r in rows):
+                rows.append({"name": f"{student} untrained", "stage": "untrained", "set": name, "student": student,
+                             **_test(base["init"]), "seeds": []})
+            rows.append({"name": f"{student} distilled ({loss})", "stage": "distilled", "set": name, **_test(z.get("retrieval")),
+                         "student": student, "stage1_loss": loss, "seeds": [42], "dev_ndcg@10": z["best_dev"], "dev_ndcg@10_untrained": z.get("init_dev")})
 
     return rows
 
@@ -227,11 +239,24 @@ def _stage1_losses(out: Path, base: str = "stage1") -> list[str]:
     return sorted(p.name.removeprefix(f"{base}-") for p in out.glob(f"{base}-*") if p.is_dir() and not p.name.endswith(".copying"))
 
 
-def recipe_loss(recipe: str) -> str:
-    """The stage-1 loss a recipe file names."""
+def _recipe(path: Path) -> dict:
     import yaml
 
-    return str(yaml.safe_load((REPO / recipe).read_text(encoding="utf-8"))["loss"]["name"])
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def recipe_loss(recipe: str) -> str:
+    """The stage-1 loss a recipe file names."""
+    return str(_recipe(REPO / recipe)["loss"]["name"])
+
+
+def recipe_student(recipe: str) -> str:
+    return str(_recipe(REPO / recipe)["student"])
+
+
+def run_student(run_dir: Path) -> str:
+    """The student a run folder trained (its recipe.yaml, as the run resolved it)."""
+    return str(_recipe(run_dir / "recipe.yaml")["student"])
 
 
 def loss_override(recipe: str, loss: str) -> list[str]:
@@ -259,9 +284,11 @@ def merge_recorded(rows: list[dict], previous: dict | None) -> list[dict]:
     have = {(r["set"], r["name"]) for r in rows}
     stamp = {"date": previous.get("date"), "commit": previous.get("commit"), "device": previous.get("device")}
     carried = [{**r, "recorded": r.get("recorded") or stamp} for r in previous.get("rows", []) if (r["set"], r["name"]) not in have]
-    for r in carried:  # rows of the earlier reports were all of the infonce stage 1 (the recipes' loss then)
+    for r in carried:  # rows of the earlier reports were all of the infonce stage 1 (the recipes' loss then), first-k cuts
         if r["stage"] in ("distilled", "supervised") and "stage1_loss" not in r:
             r["stage1_loss"] = EARLIER_LOSS
+        if r["stage"] in ("untrained", "distilled", "supervised") and "student" not in r and r["set"] in EARLIER_STUDENT:
+            r["student"] = EARLIER_STUDENT[r["set"]]
     return rows + carried
 
 
@@ -286,14 +313,17 @@ def summarize(rows: list[dict]) -> dict:
         zt, zd = best("teacher", name), best("distilled", name)
         if zt and zd:
             targets[f"{name}: distilled >= 90% of the teacher (test nDCG@10)"] = _target(zd["ndcg@10"], 0.9 * zt["ndcg@10"])
-    decisions = {}
-    for origin in dict.fromkeys(r.get("stage1_loss") for r in rows if r["stage"] == "supervised"):
-        pair = [best("supervised", loss=loss, stage1_loss=origin) for loss in STAGE2_LOSSES]
-        decisions[origin] = ib_decision(*pair) if all(pair) else {"verdict": "not run"}
+    decisions, origins = {}, {}  # a stage 1 is its student and its loss: "all-minilm-l3-v2 infonce"
+    for r in rows:
+        if r["stage"] == "supervised":
+            origins.setdefault(f"{r.get('student')} {r.get('stage1_loss')}", {"student": r.get("student"), "stage1_loss": r.get("stage1_loss")})
+    for key, origin in origins.items():
+        pair = [best("supervised", loss=loss, **origin) for loss in STAGE2_LOSSES]
+        decisions[key] = ib_decision(*pair) if all(pair) else {"verdict": "not run"}
     # the decision on record: the stage 1 whose pair has the most seeds
     pairs = [o for o, d in decisions.items() if "with_beats_without" in d]
-    most = max(pairs, key=lambda o: min(len(best("supervised", loss=x, stage1_loss=o)["seeds"]) for x in STAGE2_LOSSES), default=None)
-    decision = {**decisions[most], "stage1_loss": most} if most else {"verdict": "not run"}
+    most = max(pairs, key=lambda o: min(len(best("supervised", loss=x, **origins[o])["seeds"]) for x in STAGE2_LOSSES), default=None)
+    decision = {**decisions[most], **origins[most]} if most else {"verdict": "not run"}
     return {"ib_decision": decision, "ib_decisions_by_stage1": decisions, "targets": targets}
 
 
@@ -350,9 +380,10 @@ def main(argv: list[str] | None = None) -> int:
     run = Runner(out, dry=args.dry_run)
     rows_file = out / "mined-dev.jsonl"
     if not args.report_only:
-        if "untrained" in parts and not (out / "untrained-l3-test.json").is_file():
-            run.distill("untrained-l3-test", "eval-retrieval", "--model", "all-minilm-l3-v2", "--beir", SCIFACT, "--split", "test",
-                        "--max-length", "256", "--quiet", "--json", str(out / "untrained-l3-test.json"))
+        student = recipe_student(RECIPE)
+        if "untrained" in parts and not (out / f"untrained-{student}-test.json").is_file():
+            run.distill(f"untrained-{student}-test", "eval-retrieval", "--model", student, "--beir", SCIFACT, "--split", "test",
+                        "--max-length", "256", "--quiet", "--json", str(out / f"untrained-{student}-test.json"))
         s1_loss = args.stage1_loss or recipe_loss(RECIPE)
         s1_dir = stage1_dir(out, s1_loss)
         if "stage1" in parts or "stage2" in parts:

@@ -75,6 +75,18 @@ def test_student_preset_brings_layers_and_no_normalization():
     assert norms.min() > 1.5  # un-normalized mean-pooled vectors, as the losses receive them
 
 
+def test_skip_preset_keeps_the_teachers_first_and_last_two_layers():
+    """students/all-minilm-l3-skip.yaml: three blocks that are the teacher's blocks 0, 4 and 5, weight for weight."""
+    import torch
+
+    skip, whole = Encoder.load("all-minilm-l3-skip", device="cpu"), Encoder.load("all-minilm-l6-v2", device="cpu")
+    assert len(skip.transformer.encoder.layer) == 3 == skip.transformer.config.num_hidden_layers
+    for mine, theirs in zip(skip.transformer.encoder.layer, [whole.transformer.encoder.layer[i] for i in (0, 4, 5)]):
+        for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items()):
+            assert torch.equal(a, b), name
+    assert not np.allclose(skip.encode(SENTENCES, progress=False), Encoder.load("all-minilm-l3-v2", device="cpu").encode(SENTENCES, progress=False))
+
+
 def test_max_positions_is_the_models_own_limit(tiny_bert_dir, minilm_path):
     """Evaluation encodes at the model's own limit: the tokenizer's, capped by the position
     embeddings (RoBERTa-style models reserve padding_idx + 1 of them)."""

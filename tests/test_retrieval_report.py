@@ -23,24 +23,31 @@ def test_carried_rows_keep_their_stamp_and_targets_use_the_best_row():
         _row("without", "supervised", 39.45, loss="mnrl", seeds=[1, 2, 3], **{"ndcg@10_sd": 0.61}),
         _row("old, recorded before", "distilled", 20.0, recorded={"date": "2026-11-30", "commit": "0000000"}),
     ]}
+    first3 = {"student": "all-minilm-l3-v2"}
     fresh = [_row("all-MiniLM-L6-v2 (teacher)", "teacher", 64.51),
-             _row("L3 distilled (stage 1, hpd)", "distilled", 43.31, stage1_loss="hpd"),
-             _row("from hpd", "supervised", 48.33, loss="mnrl", stage1_loss="hpd", seeds=[1])]
+             _row("L3 distilled (stage 1, hpd)", "distilled", 43.31, stage1_loss="hpd", **first3),
+             _row("from hpd", "supervised", 48.33, loss="mnrl", stage1_loss="hpd", seeds=[1], **first3),
+             # another student's stage 2 from the same loss: its own pair, not mixed with the first-k cut's
+             _row("spread with", "supervised", 60.0, loss="ibkd_supervised", stage1_loss="hpd", student="spread", seeds=[1, 2], **{"ndcg@10_sd": 0.1}),
+             _row("spread without", "supervised", 59.0, loss="mnrl", stage1_loss="hpd", student="spread", seeds=[1, 2], **{"ndcg@10_sd": 0.1})]
     rows = retrieval.merge_recorded(fresh, earlier)
     by_name = {r["name"]: r for r in rows}
-    assert len(rows) == 7 and "recorded" not in by_name["L3 distilled (stage 1, hpd)"]
+    assert len(rows) == 9 and "recorded" not in by_name["L3 distilled (stage 1, hpd)"]
     assert "recorded" not in by_name["all-MiniLM-L6-v2 (teacher)"]  # the fresh row replaces the earlier one
     assert by_name["L3 distilled (stage 1, infonce)"]["recorded"] == {"date": "2026-12-02", "commit": "ae375ec", "device": "2-core CPU machine"}
     assert by_name["old, recorded before"]["recorded"] == {"date": "2026-11-30", "commit": "0000000"}  # never re-stamped
     assert by_name["with"]["stage1_loss"] == "infonce"  # earlier reports' stage 1 was the recipe's infonce
+    assert by_name["with"]["student"] == "all-minilm-l3-v2"  # ... of the first-three-layers cut
 
     summary = retrieval.summarize(rows)
     distilled = summary["targets"]["distilled >= 95% of the teacher (scifact test nDCG@10)"]
     assert distilled == {"value": 43.31, "goal": round(0.95 * 64.51, 2), "met": False, "row": "L3 distilled (stage 1, hpd)"}
-    assert summary["targets"]["stage 2 (mnrl) >= the teacher"]["row"] == "from hpd"  # the best stage-2 row of that loss
-    # one decision per stage 1 that has both sides; the one on record has the most seeds
-    assert summary["ib_decisions_by_stage1"]["hpd"] == {"verdict": "not run"}
+    assert summary["targets"]["stage 2 (mnrl) >= the teacher"]["row"] == "spread without"  # the best stage-2 row of that loss
+    # one decision per stage 1 (student and loss) that has both sides; the one on record has the most seeds
+    decisions = summary["ib_decisions_by_stage1"]
+    assert decisions["all-minilm-l3-v2 hpd"] == {"verdict": "not run"}  # the spread student's with-IB row is not its pair
+    assert decisions["spread hpd"]["with_beats_without"] is True and abs(decisions["spread hpd"]["with_minus_without"] - 1.0) < 1e-9
     decision = summary["ib_decision"]
-    assert decision["stage1_loss"] == "infonce" and decision["with_beats_without"] is False
+    assert decision["stage1_loss"] == "infonce" and decision["student"] == "all-minilm-l3-v2" and decision["with_beats_without"] is False
     assert abs(decision["with_minus_without"] - 0.05) < 1e-9 and abs(decision["threshold"] - 1.22) < 1e-9
     assert retrieval.merge_recorded(fresh, None) == fresh
