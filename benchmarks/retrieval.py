@@ -1,13 +1,14 @@
-"""Retrieval: distill all-MiniLM-L6-v2 into its first three layers for BEIR SciFact, fine-tune the
+"""Retrieval: distill all-MiniLM-L6-v2 into three of its layers for BEIR SciFact, fine-tune the
 student on the dev claims with teacher-mined hard negatives (with and without IBKD's IB term),
-and distill m3e-small into its first two layers for the two Chinese sets; tabulate test scores.
+and distill m3e-small into two of its layers for the two Chinese sets; tabulate test scores.
+The students are the recipes' (layers 0, 4, 5 and 0, 3 since 2026-12-03; rows name them).
 
 Every step is a `distill` command run in the repository root, one after the other; a step whose
 output exists is reused (a run folder with results.json, a rows file, a json), one with a
 checkpoint is resumed, so an interrupted benchmark just starts again. Parts (--parts, default all):
 
-    untrained  the untrained L3 on SciFact test (distill eval-retrieval, 256 tokens)
-    stage1     configs/scifact-minilm-l3.yaml, stage 1 only (the distilled L3), with its loss L or
+    untrained  the recipe's untrained student on SciFact test (distill eval-retrieval, 256 tokens)
+    stage1     configs/scifact-minilm-l3.yaml, stage 1 only (the distilled student), with its loss L or
                --stage1-loss L                                                     -> OUT/stage1-L
     mine       distill mine: 4 negatives per dev (claim, abstract) pair           -> OUT/mined-dev.jsonl
     stage2     for loss in (ibkd_supervised, mnrl), seed in --seeds: a copy of that stage 1
