@@ -36,6 +36,7 @@ COLUMNS = ["recipe", "set", "vectors", "nDCG@10", "MRR@10", "Recall@100", "share
 
 def ceiling(recipe_path: str) -> list[dict]:
     from distill.config import load_recipe
+    from distill.data.cache import pca_projection
     from distill.encoder import Encoder
     from distill.eval.retrieval import evaluate_retrieval
     from distill.eval.retrieval.data import load_retrieval_data
@@ -63,13 +64,9 @@ def ceiling(recipe_path: str) -> list[dict]:
             out[todo] = teacher.encode([texts[i] for i in todo], progress=False)
         return out
 
-    def target(texts: list[str]) -> np.ndarray:
-        x = full(texts)
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)) @ components.T
-
     data = load_retrieval_data(beir=final.beir, split=final.split)
     rows = []
-    for label, fn in ((f"teacher, full width ({cache.embeddings.shape[1]})", full), (f"teacher through HPD's target (PCA-{k})", target)):
+    for label, fn in ((f"teacher, full width ({cache.embeddings.shape[1]})", full), (f"teacher through HPD's target (PCA-{k})", lambda texts: pca_projection(full(texts), components))):
         r = evaluate_retrieval(fn, data.queries, data.corpus, data.qrels, k=(100,))
         rows.append({"recipe": recipe_path, "set": f"{Path(final.beir).name} {final.split}", "vectors": label,
                      "nDCG@10": 100 * float(r["nDCG@10"]), "MRR@10": 100 * float(r["MRR@10"]), "Recall@100": 100 * float(r["Recall@100"])})
