@@ -191,12 +191,13 @@ def collect(out: Path, seeds: list[int], teacher_json: str | None) -> list[dict]
                      "mrr@10": 100 * u["MRR@10"], "recall@100": 100 * u["Recall@100"], "seeds": [], "dev_ndcg@10": None})
     for stage1_loss in _stage1_losses(out):
         s1 = _json(stage1_dir(out, stage1_loss) / "results.json")
+        if not s1:  # unfinished (maybe without its recipe.yaml yet); stage 2 copies only a finished stage 1
+            continue
         student = run_student(stage1_dir(out, stage1_loss))
-        if s1:
-            rows.append({"name": f"{student} distilled (stage 1, {stage1_loss})", "stage": "distilled", "set": "scifact", "student": student,
-                         **_test(s1.get("retrieval")), "stage1_loss": stage1_loss, "seeds": [42], "dev_ndcg@10": s1["best_dev"],
-                         "dev_ndcg@10_untrained": s1.get("init_dev"), "sts_avg": (s1.get("best") or {}).get("Avg"),
-                         "best_step": s1.get("best_step"), "steps": s1.get("steps")})
+        rows.append({"name": f"{student} distilled (stage 1, {stage1_loss})", "stage": "distilled", "set": "scifact", "student": student,
+                     **_test(s1.get("retrieval")), "stage1_loss": stage1_loss, "seeds": [42], "dev_ndcg@10": s1["best_dev"],
+                     "dev_ndcg@10_untrained": s1.get("init_dev"), "sts_avg": (s1.get("best") or {}).get("Avg"),
+                     "best_step": s1.get("best_step"), "steps": s1.get("steps")})
         for loss, label in STAGE2_LOSSES.items():
             runs = {s: r for s in seeds if (r := _json(stage2_dir(out, loss, s, stage1_loss) / "stage2" / "results.json"))}
             if runs:
