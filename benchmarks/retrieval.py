@@ -400,7 +400,8 @@ def main(argv: list[str] | None = None) -> int:
                     run_dir = stage2_dir(out, loss, seed, s1_loss)
                     if (run_dir / "stage2" / "results.json").is_file():
                         continue
-                    copy_stage1(s1_dir, run_dir)
+                    if not run.dry:  # a dry run prints the command and leaves OUT as it was
+                        copy_stage1(s1_dir, run_dir)
                     loss_set = "stage2.loss={name: ibkd_supervised, head: none}" if loss == "ibkd_supervised" else "stage2.loss={name: mnrl}"
                     run.train(run_dir.name, RECIPE, run_dir, [*loss1, f"stage2.rows=[{rows_file}]", loss_set, f"stage2.train.seed={seed}"],
                               done=run_dir / "stage2" / "results.json")

@@ -51,3 +51,16 @@ def test_carried_rows_keep_their_stamp_and_targets_use_the_best_row():
     assert decision["stage1_loss"] == "infonce" and decision["student"] == "all-minilm-l3-v2" and decision["with_beats_without"] is False
     assert abs(decision["with_minus_without"] - 0.05) < 1e-9 and abs(decision["threshold"] - 1.22) < 1e-9
     assert retrieval.merge_recorded(fresh, None) == fresh
+
+
+def test_dry_run_prints_stage2_commands_and_leaves_out_as_it_was(tmp_path, capsys):
+    # a finished stage 1 and a rows file: the stage-2 runs are next, and a dry run only names them
+    stage1 = retrieval.stage1_dir(tmp_path, retrieval.recipe_loss(retrieval.RECIPE))
+    stage1.mkdir()
+    (stage1 / "results.json").write_text("{}")
+    (tmp_path / "mined-dev.jsonl").write_text("")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert retrieval.main(["--parts", "stage2", "--seeds", "1,2", "--out", str(tmp_path), "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("stage2.train.seed=") == 2 * len(retrieval.STAGE2_LOSSES)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
