@@ -224,20 +224,22 @@ def collect(out: Path, seeds: list[int], teacher_json: str | None) -> list[dict]
             rows.append({"name": f"compare: {r['loss']} (reduced budget)", "stage": "distilled (compare)", "set": "scifact",
                          **_test(ret), "seeds": [r["seed"]], "dev_ndcg@10": r.get("best_dev"), "steps": r.get("steps")})
     for name in ZH_RECIPES:
+        baselines, distilled = [], []  # a set's teacher and untrained rows first, from whichever run scored them
         for loss in _stage1_losses(out, f"zh-{name}"):
             z = _json(zh_dir(out, name, loss) / "results.json")
             if not z:
                 continue
             base = z.get("retrieval_baselines") or {}
             student = run_student(zh_dir(out, name, loss))
-            if base and not any(r["set"] == name and r["stage"] == "teacher" for r in rows):  # once per set, from its first run
-                rows.append({"name": "m3e-small (teacher)", "stage": "teacher", "set": name, **_test(base["teacher"]), "seeds": []})
-            if base and not any(r["set"] == name and r["stage"] == "untrained" and r["student"] == student for r in rows):
-                rows.append({"name": f"{student} untrained", "stage": "untrained", "set": name, "student": student,
-                             **_test(base["init"]), "seeds": []})
-            rows.append({"name": f"{student} distilled ({loss}, {z.get('steps')} steps)", "stage": "distilled", "set": name,
-                         **_test(z.get("retrieval")), "student": student, "stage1_loss": loss, "seeds": [42], "steps": z.get("steps"),
-                         "dev_ndcg@10": z["best_dev"], "dev_ndcg@10_untrained": z.get("init_dev")})
+            if base and not any(r["stage"] == "teacher" for r in baselines):  # once per set, from its first run that has them
+                baselines.append({"name": "m3e-small (teacher)", "stage": "teacher", "set": name, **_test(base["teacher"]), "seeds": []})
+            if base and not any(r["stage"] == "untrained" and r["student"] == student for r in baselines):
+                baselines.append({"name": f"{student} untrained", "stage": "untrained", "set": name, "student": student,
+                                  **_test(base["init"]), "seeds": []})
+            distilled.append({"name": f"{student} distilled ({loss}, {z.get('steps')} steps)", "stage": "distilled", "set": name,
+                              **_test(z.get("retrieval")), "student": student, "stage1_loss": loss, "seeds": [42], "steps": z.get("steps"),
+                              "dev_ndcg@10": z["best_dev"], "dev_ndcg@10_untrained": z.get("init_dev")})
+        rows += baselines + distilled
 
     return rows
 
