@@ -89,7 +89,7 @@ def test_steps_label_names_a_budget_the_seeds_do_not_share():
     assert retrieval._steps([{"steps": 128}, {"steps": 48}]) == "48/128"
 
 
-def test_targets_pick_the_row_on_dev_not_on_test():
+def test_targets_pick_the_row_on_dev_not_on_test(monkeypatch):
     """Two recipes for one target: the one with the better dev nDCG@10 stands for it, even if the other scores higher on test."""
     rows = [_row("m3e-small (teacher)", "teacher", 90.0, set_="zh"),
             _row("hpd run", "distilled", 82.0, set_="zh", **{"dev_ndcg@10": 80.0}),
@@ -97,10 +97,7 @@ def test_targets_pick_the_row_on_dev_not_on_test():
             _row("all-MiniLM-L6-v2 (teacher)", "teacher", 64.51),
             _row("no dev score", "distilled", 70.0),
             _row("with a dev score", "distilled", 60.0, **{"dev_ndcg@10": 61.0})]
-    retrieval.ZH_RECIPES, saved = {"zh": "unused.yaml"}, retrieval.ZH_RECIPES
-    try:
-        targets = retrieval.summarize(rows)["targets"]
-    finally:
-        retrieval.ZH_RECIPES = saved
+    monkeypatch.setattr(retrieval, "ZH_RECIPES", {"zh": "unused.yaml"})
+    targets = retrieval.summarize(rows)["targets"]
     assert targets["zh: distilled >= 90% of the teacher (test nDCG@10)"] == {"value": 81.0, "goal": 81.0, "met": True, "row": "mse run"}
     assert targets["distilled >= 95% of the teacher (scifact test nDCG@10)"]["row"] == "with a dev score"
