@@ -322,16 +322,16 @@ def summarize(rows: list[dict]) -> dict:
     targets = {}
     t, d = best("teacher"), best("distilled")
     if d:
-        targets["distilled >= 95% of the teacher (scifact test nDCG@10)"] = {**_target(d["ndcg@10"], 0.95 * t["ndcg@10"]), "row": d["name"]}
+        targets["distilled >= 95% of the teacher (scifact test nDCG@10)"] = _target(d, 0.95 * t["ndcg@10"])
     for loss in STAGE2_LOSSES:
         s2 = best("supervised", loss=loss)
         if s2:
-            targets[f"stage 2 ({loss}) >= the teacher"] = {**_target(s2["ndcg@10"], t["ndcg@10"]), "row": s2["name"]}
-            targets[f"stage 2 ({loss}) >= 70 (stretch)"] = {**_target(s2["ndcg@10"], 70.0), "row": s2["name"]}
+            targets[f"stage 2 ({loss}) >= the teacher"] = _target(s2, t["ndcg@10"])
+            targets[f"stage 2 ({loss}) >= 70 (stretch)"] = _target(s2, 70.0)
     for name in ZH_RECIPES:
         zt, zd = best("teacher", name), best("distilled", name)
         if zt and zd:
-            targets[f"{name}: distilled >= 90% of the teacher (test nDCG@10)"] = {**_target(zd["ndcg@10"], 0.9 * zt["ndcg@10"]), "row": zd["name"]}
+            targets[f"{name}: distilled >= 90% of the teacher (test nDCG@10)"] = _target(zd, 0.9 * zt["ndcg@10"])
     # one decision per stage 1 (its student and loss) and stage-2 budget: "all-minilm-l3-v2 infonce, 48 steps"
     decisions, origins = {}, {}
     for r in rows:
@@ -348,8 +348,9 @@ def summarize(rows: list[dict]) -> dict:
     return {"ib_decision": decision, "ib_decisions_by_stage1": decisions, "targets": targets}
 
 
-def _target(value: float, goal: float) -> dict:
-    return {"value": round(value, 2), "goal": round(goal, 2), "met": value >= goal}
+def _target(row: dict, goal: float) -> dict:
+    """A target on the row that stands for it: its test nDCG@10 against the goal, and the row's name."""
+    return {"value": round(row["ndcg@10"], 2), "goal": round(goal, 2), "met": row["ndcg@10"] >= goal, "row": row["name"]}
 
 
 def _fmt(x, sd=None) -> str:
