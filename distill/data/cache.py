@@ -54,9 +54,10 @@ def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
 
 
 def reserve_blocks(path: Path) -> None:
-    """Allocate a (sparse) file's blocks now. A memory map of a sparse file takes disk space page by
-    page as it is written, and a full disk then kills the process with SIGBUS ("Bus error", no
-    message, measured); allocated up front, the full disk is an OSError (ENOSPC) naming the cause."""
+    """Allocate a (sparse) file's blocks now: a disk too small for it fails at once, with an OSError
+    (ENOSPC) naming the cause, not after the work of filling it. (A memory map of a sparse file
+    takes disk space page by page as it is written, and a full disk then kills the process with
+    SIGBUS, "Bus error", no message, measured.)"""
     if not hasattr(os, "posix_fallocate"):  # macOS: no such call; the map is written as before
         return
     with open(path, "r+b") as f:
@@ -311,6 +312,9 @@ def _build_locked(spec, corpus: list[str] | Corpus, column, max_sentences, out: 
 
     complete = (out / "manifest.json").is_file()
     staged = not isinstance(corpus, Corpus)
+    if not staged and corpus.sentences is None and not complete:
+        raise DistillError(f"the corpus {', '.join(corpus.sources)} was read for its identity only (keep_text=False): "
+                           "a cache needs its rows; pass the sources, or a corpus read with its rows")
     if staged:  # a complete cache needs the corpus's identity only; a build, its rows (read into the folder, then moved)
         corpus = read_corpus(list(corpus), column=column, max_sentences=max_sentences, folder=None if complete else out / STAGING,
                              keep_text=not complete, progress=progress)
@@ -457,21 +461,29 @@ def _encode_chunk(encoder, texts: list[str], roles: np.ndarray, *, batch_size: i
 
 
 def _assemble(path: Path, shards: Path, n: int, shard_size: int, dim: int) -> None:
-    """The N x dim float16 matrix from the shards, each checked for its shape, written atomically."""
-    with atomic_path(path, fixed=True) as tmp:
-        matrix = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, dim))
-        reserve_blocks(tmp)  # a full disk: ENOSPC now, not SIGBUS when the map is written
+    """The N x dim float16 matrix from the shards, each checked for its shape, written atomically.
+
+    Written shard after shard with plain writes, not through a memory map: the pages of a map
+    being written stay in the process's resident set (N x dim x 2 bytes, 6 GB for 4M rows of a
+    768-d teacher); these writes hold one shard at a time."""
+    with atomic_path(path, fixed=True) as tmp, open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float16)), "fortran_order": False,
+                                                 "shape": (n, dim)})
+        start = f.tell()
+        f.truncate(start + n * dim * 2)
+        f.flush()
+        reserve_blocks(tmp)  # a disk too small for the matrix: ENOSPC now, before the shards are read
         for i in range((n + shard_size - 1) // shard_size):
             file = shards / f"{i:05d}.npy"
             try:
                 part = np.load(file)
             except (ValueError, OSError, EOFError) as exc:
                 raise DistillError(f"{file}: damaged ({exc}); delete it and run again to recompute it") from None
-            if part.shape != (min(shard_size, n - i * shard_size), dim):
-                raise DistillError(f"{file}: shape {part.shape} does not fit row {i * shard_size}; delete it to recompute")
-            matrix[i * shard_size : i * shard_size + len(part)] = part
-        matrix.flush()
-        del matrix
+            if part.shape != (min(shard_size, n - i * shard_size), dim) or part.dtype != np.float16:
+                raise DistillError(f"{file}: shape {part.shape} ({part.dtype}) does not fit row {i * shard_size}; delete it to recompute")
+            f.write(np.ascontiguousarray(part).tobytes())
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def pca_projection(teacher: np.ndarray, components: np.ndarray, chunk: int = 65536) -> np.ndarray:
