@@ -107,7 +107,8 @@ def open_or_build_cache(recipe: Recipe, progress: bool = True) -> TeacherCache:
         # no corpus named: trust the cache's own, but still check the teacher
         return TeacherCache.open(cache_dir, expect=teacher_identity(spec))
     if (cache_dir / "manifest.json").is_file():  # the corpus's identity is enough: counted and hashed, not stored
-        corpus = read_corpus(recipe.data.corpus, column=recipe.data.column, max_sentences=recipe.data.max_sentences, keep_text=False)
+        corpus = read_corpus(recipe.data.corpus, column=recipe.data.column, max_sentences=recipe.data.max_sentences, keep_text=False,
+                             progress=progress)
         return TeacherCache.open(cache_dir, expect={**teacher_identity(spec), **corpus.identity()}, corpus=corpus)
     return build_cache(spec, recipe.data.corpus, cache_dir, pca=_pca_dim(recipe), column=recipe.data.column,
                        max_sentences=recipe.data.max_sentences, progress=progress)
