@@ -28,7 +28,8 @@ k mod G and gloss (k mod G + 1 + 7919 (k div G)) mod G (G distinct glosses: dist
 one and every 100th by an empty line, so the de-duplication has work (about 1.11 N rows read).
 
     python benchmarks/scale.py --sizes 200000,1000000,4000000 --work /big/disk/scale
-    git archive BASE | tar -x -C /tmp/base && python benchmarks/scale.py --code /tmp/base --label "main BASE" --sizes 200000,1000000
+    git archive BASE | tar -x -C /tmp/base && echo BASE > /tmp/base/COMMIT
+    python benchmarks/scale.py --code /tmp/base --label "main BASE" --sizes 200000,1000000
 
 `--code DIR` runs the stages against the distill package of another checkout (the before/after);
 results are merged into benchmarks/scale.json by (label, stage, sentences).
@@ -208,6 +209,7 @@ def stage_train(work: Path, n: int, corpus: Path, results: dict) -> None:
     from distill.training.stages import stage1
 
     recipe = load_recipe(recipe_file(work, n, corpus), [])
+    _import_models()
     torch.manual_seed(0)
     results["baseline_mb"] = round(_status("VmRSS") / 1e6, 1)
     stage = phase(results, "setup", lambda s: len(s.lengths),
@@ -226,6 +228,12 @@ def stage_train(work: Path, n: int, corpus: Path, results: dict) -> None:
         return len(batches) * BATCH
 
     phase(results, "epoch", lambda seen: seen, epoch)
+
+
+def _import_models() -> None:
+    """Import what loading the tiny student imports, before the clock: with PYTHONDONTWRITEBYTECODE
+    every process compiles transformers' modules again (about 10 s here), the same at every size."""
+    from transformers import BertModel  # noqa: F401
 
 
 def _count(corpus) -> int:
@@ -260,6 +268,9 @@ def run_stage(stage: str, n: int, corpus: Path, work: Path, code: Path) -> dict:
 
 
 def commit_of(code: Path) -> str:
+    """The checkout's short commit; for an exported tree (git archive) the one written in its COMMIT file."""
+    if (code / "COMMIT").is_file():
+        return (code / "COMMIT").read_text().strip()
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=code, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
