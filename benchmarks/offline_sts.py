@@ -106,11 +106,13 @@ def stage_home(models_dir: Path, home: Path) -> dict[str, Path]:
         raise DistillError(f"--models-dir {models_dir}: no model folder (config.json or modules.json) inside")
     source_root = repo_root()
     matched: dict[str, Path] = {}
-    for kind, field in (("teachers", "hub_id"), ("students", "base")):
+    for kind in ("teachers", "students"):
         for name in list_presets(kind):
             src = source_root / kind / f"{name}.yaml"
             data = yaml.safe_load(src.read_text(encoding="utf-8"))
-            for cand in _candidates(str(data[field]), data.get("offline_source"), name):
+            # the model's key: hub_id (a student's legacy name for it is base); a static student names none
+            field = next((k for k in ("hub_id", "base") if data.get(k)), None)
+            for cand in _candidates(str(data[field]), data.get("offline_source"), name) if field else ():
                 hit = next((p for rel, p in folders if rel == cand or rel.endswith("/" + cand)), None)
                 if hit is not None:
                     data[field], data["offline_source"] = str(hit.resolve()), None
