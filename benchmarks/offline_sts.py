@@ -47,11 +47,14 @@ DEFAULT_RECIPE = "configs/mpnet-to-minilm-l3-ibkd.yaml"
 DEFAULT_STUDENTS = "all-minilm-l3-v2,all-minilm-l6-v2"
 DEFAULT_LOSSES = "mse,cosine,crd,hpd,infonce,ibkd"
 SECTION_TITLE = "## Offline STS distillation (benchmarks/offline_sts.py)"
-JSON_KEYS = ("loss", "student", "seed", "tasks", "avg", "train_sentences_per_s", "device", "commit")
+JSON_KEYS = ("loss", "student", "seed", "tasks", "avg", "train_sentences_per_s", "peak_gpu_mem_gib", "device", "commit")
 
 
 def git_commit() -> tuple[str, bool]:
-    """(`git rev-parse --short HEAD`, whether the working tree has uncommitted changes)."""
+    """(`git rev-parse --short HEAD`, whether the working tree has uncommitted changes); $DISTILL_COMMIT
+    wins (a copy without .git, as on the GPU machine, is told its commit)."""
+    if os.environ.get("DISTILL_COMMIT"):
+        return os.environ["DISTILL_COMMIT"], False
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
