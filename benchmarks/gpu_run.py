@@ -484,7 +484,11 @@ def main(argv: list[str] | None = None) -> int:
     s = settings_from_env()
     s.out.mkdir(parents=True, exist_ok=True)
     rows = Rows(s.out / "rows.jsonl", s.t0)
-    matched = prepare(s)
+    try:
+        matched = prepare(s)
+    except Exception as exc:  # noqa: BLE001 - said in a row; gpu_run.sh then stops (every step needs this)
+        rows.add(0, "setup", "fail", why=f"{type(exc).__name__}: {str(exc)[:1500]}", models_dir=s.models_dir)
+        return 2
     for i, name in enumerate(STEPS):
         if i + 1 < args.from_step:
             continue

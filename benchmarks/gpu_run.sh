@@ -52,6 +52,8 @@ row() {  # a row written by the shell itself: step, name, status, why
     "$1" "$2" "$3" "$(date -u +%H:%M:%S)" "$(( $(date +%s) - GPU_T0 ))" "$4" >> "$OUT/rows.jsonl"
 }
 
+# a run here into an $OUT that holds an earlier run's rows keeps them aside (on the GPU machine $OUT starts empty)
+[ -s "$OUT/rows.jsonl" ] && mv "$OUT/rows.jsonl" "$OUT/rows.before-$(date +%Y%m%d-%H%M%S).jsonl"
 stamp "start: dry=$GPU_DRY total ${GPU_TOTAL_S}s models=${GPU_MODELS_DIR:-linked from this machine} corpus=$GPU_CORPUS_DIR sts=$GPU_STS_DIR work=$GPU_WORK python=$PY"
 rm -f "$GPU_WORK/current-step"
 from=1
@@ -61,9 +63,14 @@ while :; do
   # the outer guard: gpu_run.py stops each step itself; `timeout` catches a call that never returns
   timeout -k 10 "$left" "$PY" benchmarks/gpu_run.py --from-step "$from" 2>&1 | tee -a "$LOG"
   rc=${PIPESTATUS[0]}
-  current=$(cat "$GPU_WORK/current-step" 2>/dev/null || echo "0 unknown")
-  [ "$rc" -eq 0 ] && [ "${current%% *}" = "done" ] && break
+  current=$(cat "$GPU_WORK/current-step" 2>/dev/null || echo "0 setup")
   step=${current%% *}; name=${current#* }
+  [ "$step" = "done" ] && break
+  if [ "$step" = "0" ]; then  # it died before its first step (the staged files missing, say): a restart would too
+    stamp "driver failed before step 1 (exit $rc): see the lines above"
+    row 0 "setup" "fail" "the driver failed before step 1 (exit $rc): see run.log"
+    break
+  fi
   if [ "$(( GPU_DEADLINE - $(date +%s) ))" -le 5 ]; then
     stamp "driver stopped by the total budget (exit $rc) during step $step ($name)"
     row "$step" "$name" "stopped" "the whole command's budget of ${GPU_TOTAL_S}s ran out during this step (exit $rc)"
