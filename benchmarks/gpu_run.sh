@@ -14,6 +14,10 @@
 #   $OUT/offline-sts.md    its BENCHMARKS.md section(s);  $OUT/speed.md: the cache and encode speed rows
 #   $OUT/run.log           everything printed, time-stamped per step;  $OUT/nvidia-smi.txt
 # (at most 8 files come back from $OUT, so everything else stays under $GPU_WORK).
+# Environment: GPU_STAGE or GPU_MODELS_DIR / GPU_CORPUS_DIR / GPU_STS_DIR (where the files are), GPU_WORK,
+# GPU_TOTAL_S (540), GPU_COMMIT, PYTHON; GPU_SEEDS (42,43,44), GPU_SEED_LOSSES (infonce,ibkd),
+# GPU_OTHER_LOSSES (mse,cosine,crd,hpd), GPU_EXTRA (all-minilm-l6-v2:infonce; empty: none),
+# GPU_RESUME_TOL (0.1), GPU_DECODER_RECIPE; a dry run also GPU_TEACHER (all-minilm-l6-v2).
 set -u -o pipefail
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
