@@ -16,8 +16,10 @@ on that split, for the baselines too; with eval.retrieval selecting, "best dev" 
 its metric on its split.
 
 A run folder that already holds results.json is reused (an interrupted compare continues where it
-stopped); one that holds only a checkpoint is resumed. A folder whose recipe differs from this
-compare's is refused rather than silently mixed into the table.
+stopped); one that holds only a checkpoint is resumed, when it is a run folder distill wrote
+(its `.distill-run.json`, distill/training/run_folder.py) with its recipe.yaml. A folder whose recipe
+differs from this compare's, one without recipe.yaml, and one that is not distill's are refused,
+all before any training, rather than silently mixed into the table or written over.
 """
 
 from __future__ import annotations
@@ -150,10 +152,29 @@ def _comparable(d: dict) -> dict:
     return d
 
 
+def _check_run_folder(run: Run) -> None:
+    """Refuse a per-loss folder compare may not reuse, resume or write into: a run there (results.json
+    or checkpoint.pt) needs its recipe.yaml, matching; one to resume, distill's marker; an empty or
+    missing folder is trained in. What `train` itself refuses (a user's files) is refused here too,
+    before the first run starts."""
+    from distill.training.run_folder import RUN_MARKER, check_run_folder, is_run_folder
+
+    done, ckpt, recipe = ((run.dir / name).is_file() for name in ("results.json", "checkpoint.pt", "recipe.yaml"))
+    if not done and not ckpt:
+        check_run_folder(run.dir, resume=False)
+    elif not recipe:
+        raise DistillError(f"{run.dir}: holds {'results.json' if done else 'checkpoint.pt'} but no recipe.yaml, so it is not "
+                           "a run this compare wrote: move it away or choose another --out (nothing in it was read or changed)")
+    elif not done and not is_run_folder(run.dir):
+        raise DistillError(f"{run.dir}: holds checkpoint.pt but no {RUN_MARKER}, so compare did not write it and does not "
+                           f"resume it: move it away or choose another --out (a run of an older distill: "
+                           f"`distill train {run.dir / 'recipe.yaml'} --resume` finishes it, then compare reuses it)")
+    if recipe:
+        _check_same_recipe(run)
+
+
 def _check_same_recipe(run: Run) -> None:
     saved_file = run.dir / "recipe.yaml"
-    if not saved_file.is_file():
-        return
     # keys added since the folder was written (a loss parameter, a section key) count as their defaults
     saved = _comparable(saved_recipe_with_defaults(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}))
     want = _comparable(run.recipe.to_dict())
@@ -248,7 +269,7 @@ def _run_row(run: Run, results: dict, reused: bool) -> dict:
         "tasks": {t: best[t] for t in REPORT_TASKS if t in best}, "avg": best.get("Avg"),
         "train_sentences_per_s": results.get("train_sentences_per_s"), "params": results.get("params"),
         "dim": results.get("embedding_dim"), "best_dev": results.get("best_dev"), "dev_task": results.get("dev_task", _dev_task(run.recipe)),
-        "device": results.get("device"),
+        "device": results.get("device"), "peak_gpu_mem_gib": results.get("peak_gpu_memory_gib"),
         "steps": results.get("steps"), "best_step": results.get("best_step"), "sentences": results.get("sentences"),
         "run_dir": str(run.dir), "reused": reused, **_retrieval_cells(ret, ret.get("split") if ret else None),
     }
@@ -280,9 +301,8 @@ def compare(
         raise DistillError("compare runs its trainings one after another in one process: run it without torchrun")
     out_dir = Path(out_dir)
     runs = plan_runs(recipe, default_losses() if losses is None else losses, out_dir, loss_overrides, seeds, seed_losses)
-    for run in runs:  # refuse a mismatched folder before spending any time
-        if (run.dir / "results.json").is_file():
-            _check_same_recipe(run)
+    for run in runs:  # refuse a mismatched or foreign folder before spending any time
+        _check_run_folder(run)
     out_dir.mkdir(parents=True, exist_ok=True)
     base = _baselines(recipe, out_dir, log)
     rows = [_baseline_row("teacher", base["teacher"], recipe), _baseline_row("init", base["init"], recipe)]
@@ -295,7 +315,7 @@ def compare(
             log(f"[compare] {i}/{len(runs)} {tag}: reused {results_file} (not retrained)")
             reused = True
         else:
-            _check_same_recipe(run)
+            _check_run_folder(run)  # again: an earlier run of this loop may have taken hours
             resume = (run.dir / "checkpoint.pt").is_file()
             log(f"[compare] {i}/{len(runs)} {tag}: {'resuming' if resume else 'training'} in {run.dir}")
             results = train(run.recipe, resume=resume, progress=progress)

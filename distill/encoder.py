@@ -59,6 +59,19 @@ def keep_layers(model: nn.Module, layers: int | Sequence[int]) -> nn.Module:
     return model
 
 
+def float32_weights() -> dict:
+    """`from_pretrained` keywords that load the weights in float32, whatever dtype the files store.
+
+    transformers 5 loads a checkpoint in the dtype its files hold ("auto") when config.json names
+    none: an fp16 copy (the GPU run's staged teacher and students, many hub uploads) would come back
+    as fp16, and a student would then train fp16 master weights. Compute precision is autocast's
+    business (distill/precision.py); the weights stay float32. transformers 4 calls it torch_dtype.
+    """
+    import transformers
+
+    return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
+
+
 # A tokenizer_config.json model_max_length at or above this is transformers' "unset" placeholder.
 _SANE_MAX_LENGTH = 100_000
 
@@ -167,7 +180,7 @@ class Encoder(EmbeddingModel):
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(path))
             check_tokenizer_files(path, tokenizer)  # else an empty-vocabulary stand-in encodes silently wrong
-            transformer = AutoModel.from_pretrained(str(path))
+            transformer = AutoModel.from_pretrained(str(path), **float32_weights())
         except OSError as exc:
             raise DistillError(f"{path}: cannot load a transformer from it ({str(exc).splitlines()[0]})") from None
         limit = position_limit(transformer.config)

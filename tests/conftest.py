@@ -167,6 +167,17 @@ class StopAt:
             raise KeyboardInterrupt
 
 
+class Payload:
+    """What an attacker plants in a shared run folder: unpickling it runs a command (here: one that
+    makes the file `marker`, so a test sees whether it ran)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 @contextmanager
 def file_size_limit(nbytes: int):
     """While inside, no file of this process can grow past `nbytes`: a write past it fails with

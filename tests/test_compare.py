@@ -251,3 +251,38 @@ def test_compare_selects_on_retrieval_and_reports_test_retrieval(tmp_path, setup
     # the second call reuses the run and the baselines (their key holds the retrieval splits)
     assert main(argv) == 0
     assert capsys.readouterr().out.count("reused") == 2
+
+
+def test_compare_resumes_only_run_folders_it_wrote(tmp_path, setup, capsys):
+    """issue 38: compare resumed any OUT/<loss>/checkpoint.pt by itself (no --resume), unpickling a
+    planted one, and took a folder without recipe.yaml as its own. Now a per-loss folder is resumed
+    only with its recipe.yaml and distill's run marker; every refusal names the folder and comes
+    before any work (no baselines.json)."""
+    import pickle
+
+    from conftest import Payload
+
+    from distill.cli import main
+    from distill.training.run_folder import RUN_MARKER
+
+    out, ran = tmp_path / "cmp", tmp_path / "payload-ran"
+    mse = out / "mse"
+    mse.mkdir(parents=True)
+    argv = ["compare", str(setup), "--losses", "mse", "--out", str(out), "--quiet"]
+    (mse / "checkpoint.pt").write_bytes(pickle.dumps(Payload(ran), protocol=2))
+    assert main(argv) == 2
+    assert f"{mse}: holds checkpoint.pt but no recipe.yaml, so it is not a run this compare wrote" in capsys.readouterr().err
+    (mse / "recipe.yaml").write_text(setup.read_text())
+    assert main(argv) == 2
+    assert f"{mse}: holds checkpoint.pt but no {RUN_MARKER}, so compare did not write it" in capsys.readouterr().err
+    (mse / "checkpoint.pt").unlink()
+    (mse / "recipe.yaml").unlink()
+    (mse / "results.json").write_text('{"best": {"STS-B": 99.0}}')
+    assert main(argv) == 2
+    assert f"{mse}: holds results.json but no recipe.yaml" in capsys.readouterr().err
+    (mse / "results.json").unlink()
+    (mse / "notes.txt").write_text("a user's file")
+    assert main(argv) == 2
+    assert f"output.dir {mse}: a folder distill did not make" in capsys.readouterr().err
+    assert not ran.exists() and not (out / "baselines.json").exists()
+    assert sorted(p.name for p in mse.iterdir()) == ["notes.txt"]

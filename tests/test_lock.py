@@ -34,7 +34,7 @@ def test_second_run_is_refused_and_a_killed_holder_never_blocks_resume(tmp_path,
         train(recipe, progress=False, callbacks=[StopAt(3)])  # checkpoint at step 2
     run = tmp_path / "run"
     # a checkpoint saved before data.column existed still resumes: a missing key is its default
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     del ckpt["recipe"]["data"]["column"]
     torch.save(ckpt, run / "checkpoint.pt")
     holder = _hold(run)
@@ -92,4 +92,4 @@ def test_two_real_trainings_into_one_folder(tmp_path, tiny_home):
     assert first.returncode == 130, err[-2000:]
     assert second.returncode == 2 and f"in use by pid {first.pid}" in second.stderr and "Traceback" not in second.stderr
     assert "seed: 7" in (tmp_path / "run" / "recipe.yaml").read_text()  # the first run's recipe, not the second's
-    assert torch.load(ckpt, weights_only=False)["recipe"]["train"]["seed"] == 7
+    assert torch.load(ckpt, weights_only=True)["recipe"]["train"]["seed"] == 7

@@ -130,7 +130,7 @@ def test_a_matryoshka_run_logs_each_width_selects_on_the_first_and_saves_every_p
     student, meta, state = load_saved_student(run / "best", device="cpu")
     loss = load_loss(meta["loss"], student.dim, state)
     assert isinstance(loss, MatryoshkaLoss) and loss.dims == [32, 16, 8]
-    ckpt = torch.load(run / "checkpoint.pt", weights_only=False)["loss"]
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)["loss"]
     assert {k.split(".")[1] for k in ckpt} == {"0", "1", "2"}
 
 

@@ -23,7 +23,7 @@ def _recipe(tmp_path, **kw):
 
 
 def _weights(run):
-    return torch.load(run / "checkpoint.pt", weights_only=False)["student"]
+    return torch.load(run / "checkpoint.pt", weights_only=True)["student"]
 
 
 def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_home, monkeypatch):
@@ -35,7 +35,7 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_hom
     recipe_b = load_recipe(_recipe(b, steps=9, every=3))
     with pytest.raises(KeyboardInterrupt):
         train(recipe_b, progress=False, callbacks=[StopAt(5)])  # checkpoint at step 3, steps 4-5 lost
-    assert torch.load(b / "run" / "checkpoint.pt", weights_only=False)["state"]["step"] == 3
+    assert torch.load(b / "run" / "checkpoint.pt", weights_only=True)["state"]["step"] == 3
     assert not (b / "run" / "results.json").exists()
     with pytest.raises(DistillError, match="already holds a run.*--resume"):
         train(recipe_b, progress=False)
@@ -57,7 +57,7 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(
     recipe = load_recipe(_recipe(tmp_path, loss="name: mse, standardize: none", steps=20, every=1), ["train.lr=1e25", "train.grad_clip=0", "train.warmup_ratio=0"])
     with pytest.raises(DistillError, match=r"the loss became nan or inf between steps \d+ and \d+.*last good checkpoint is .*checkpoint\.pt"):
         train(recipe, progress=False)
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["state"]["step"] >= 1
     assert all(torch.isfinite(v).all() for v in ckpt["student"].values() if v.is_floating_point())
 
@@ -262,7 +262,7 @@ def test_sigkilled_training_resumes_to_the_same_end(tmp_path, tiny_home, monkeyp
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (b / "run" / "results.json").exists(), "the run ended before it could be killed"
-    killed_at = torch.load(ckpt, weights_only=False)["state"]["step"]
+    killed_at = torch.load(ckpt, weights_only=True)["state"]["step"]
     assert 0 < killed_at < 24
     resumed = train(load_recipe(recipe_file), resume=True, progress=False)
     assert resumed["steps"] == 24 and [e["step"] for e in resumed["evals"]] == [e["step"] for e in straight["evals"]]

@@ -3,12 +3,19 @@
 Student and loss-head weights, optimizer, scheduler, every RNG, the TrainState (step, epoch,
 position in the epoch, best score, evals) and the recipe. Written atomically, so a kill during
 the write leaves the previous checkpoint intact.
+
+Read without unpickling code: run folders are copied and shared, and `torch.load(weights_only=False)`
+of a planted checkpoint.pt would run whatever its pickle names. So everything in a checkpoint is
+tensors, dicts, lists, numbers and strings (the RNG states converted, see rng_state), read with
+`weights_only=True`. Checkpoints written before that hold numpy's RNG state as an ndarray: the
+four numpy names that rebuild a plain array are allowed while loading, nothing else.
 """
 
 from __future__ import annotations
 
 import pickle
 import random
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -28,17 +35,25 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
+    """Every RNG's state as lists, numbers, strings and tensors (what weights_only loading reads)."""
+    version, internal, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": [version, list(internal), gauss_next],
+        "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(cached_gaussian)},
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
 
 
 def set_rng_state(s: dict) -> None:
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
+    """Restore rng_state()'s dict, or the tuples a checkpoint written before it holds."""
+    version, internal, gauss_next = s["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    n = s["numpy"]
+    if isinstance(n, dict):
+        n = (n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["gauss"])
+    np.random.set_state(n)
     torch.set_rng_state(s["torch"])
     if s.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
@@ -68,10 +83,37 @@ def damaged(path: Path, exc: BaseException) -> DistillError:
                         f"--resume cannot continue from it: restore it from a copy, or move it away and train again without --resume")
 
 
-def load_checkpoint(path: Path) -> dict:
+def _older_numpy_state():
+    """While loading: the numpy names an older checkpoint's RNG state (a uint32 ndarray) is rebuilt from.
+    They make plain arrays only; any other global in the file is still refused."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, AttributeError, ImportError) as exc:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy 1
+        from numpy.core.multiarray import _reconstruct
+    allowed = [_reconstruct, np.ndarray, np.dtype, *([np.dtypes.UInt32DType] if hasattr(np, "dtypes") else [])]
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    return safe_globals(allowed) if safe_globals is not None else nullcontext()
+
+
+def refused(path: Path, exc: BaseException) -> DistillError:
+    """weights_only's refusal, with its reason ("Unsupported global: GLOBAL posix.system ...") and
+    without torch's advice to allowlist the global or load with weights_only=False."""
+    text = str(exc).split("Check the documentation", 1)[0].replace("WeightsUnpickler error:", "\n")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    reason = (lines[-1] if lines else type(exc).__name__).split(" Please use", 1)[0][:200]
+    return DistillError(f"{path}: refused, not a checkpoint distill can read without unpickling code ({reason}); it is not "
+                        "from distill, was altered, or an older distill wrote it, and distill never runs what a pickle names: "
+                        "--resume cannot continue from it: re-run without --resume (into a new output.dir)")
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The checkpoint's dict, read with weights_only=True: a file that needs any other unpickling is refused."""
+    try:
+        with _older_numpy_state():
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:  # weights_only's refusal of a global (a class, a function) in the pickle
+        raise refused(path, exc) from None
+    except (RuntimeError, EOFError, OSError, ValueError, AttributeError, ImportError) as exc:
         raise damaged(path, exc) from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("recipe"), dict):
         raise damaged(path, ValueError("no recipe in it"))

@@ -36,6 +36,7 @@ from distill.training import checkpoint as ckpt_io
 from distill.training.callbacks import Callback, JsonlLog, ProgressBar, WandbCallback
 from distill.training.distributed import barrier, init_distributed, is_main_process_env, teardown
 from distill.training.evaluators import Baselines, FinalReport, RetrievalEvaluator, RetrievalSet, STSEvaluator, as_callback
+from distill.training.run_folder import check_run_folder, mark_run_folder
 from distill.training.stages import Stage, stage1, stage2
 from distill.training.student_folder import META, StudentEmbedder, head_out_dim, load_saved_student, save_student, stage_meta
 
@@ -80,9 +81,11 @@ def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callba
 
     `callbacks`: `Callback`s (see training/callbacks.py, training/evaluators.py) or plain
     `fn(embed) -> dict` evaluators. The run folder is locked (distill/lock.py) by the main process
-    for the whole run: a second run into the same output.dir is refused at once.
+    for the whole run: a second run into the same output.dir is refused at once. A folder that is
+    not new, empty or this tool's run folder is refused before anything is written (run_folder.py).
     """
     owns_group = not torch.distributed.is_initialized()
+    check_run_folder(Path(recipe.output.dir), resume)  # every rank: rank 0 writes only after they all meet
     if is_main_process_env():
         # load_recipe checked data.max_length against a student already on this machine; one that
         # was not is fetched now (stage 1 would fetch it next), before the cache or the run folder
@@ -107,10 +110,13 @@ def _train(recipe: Recipe, resume: bool, progress: bool, callbacks: list | None)
     # Stage 1's finish() writes RUN/results.json last: when it is there, stage 1 is over and a resume
     # goes straight to stage 2 (no cache, tokens or loss setup for a stage that will not train).
     stage1_done = resume and (run_dir / "results.json").is_file()
-    if stage1_done:  # what trained stage 1 must match; stage 2, evaluation and the folder may differ (a copied run)
-        check_resumed_recipe(ckpt_io.load_checkpoint(run_dir / ckpt_io.NAME), recipe, run_dir / ckpt_io.NAME, only=STAGE1_KEYS)
+    if resume:  # read (without unpickling code) and matched before any file is written; a finished stage 1
+        # matches only what trained it: stage 2, evaluation and the folder may differ (a copied run)
+        check_resumed_recipe(ckpt_io.load_checkpoint(run_dir / ckpt_io.NAME), recipe, run_dir / ckpt_io.NAME,
+                             only=STAGE1_KEYS if stage1_done else None)
     run_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
+        mark_run_folder(run_dir)
         write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     ckpt_io.seed_everything(recipe.train.seed)
 
@@ -249,6 +255,11 @@ class Trainer:
         # fp16 needs loss scaling; a disabled scaler passes everything through unchanged
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and tcfg.precision == "fp16")
         self.state = TrainState(total_steps=total, steps_per_epoch=self.steps_per_epoch, run_dir=str(stage.run_dir))
+        if self.device.type == "cuda":
+            # results' peak_gpu_memory_gib is this stage's training (student, optimizer, batches, evaluations), not the
+            # largest of every run before it in the process (compare and the GPU run train many in one process) nor
+            # the teacher cache build that stage 1 may have just done
+            torch.cuda.reset_peak_memory_stats(self.device)
         if resume:
             self._resume()
         self.state.student, self.state.head = self.module.student, self.module.loss.embedding_head()
