@@ -79,6 +79,7 @@ class DigestSet:
             cap *= 2
         used = (self._hi != 0) | (self._lo != 0)
         old_hi, old_lo = self._hi[used], self._lo[used]
+        self._hi = self._lo = None  # the old table goes before the new one comes: the keys alone bridge the two
         self._hi = np.zeros(cap, dtype=np.uint64)
         self._lo = np.zeros(cap, dtype=np.uint64)
         self._insert(old_hi, old_lo)
