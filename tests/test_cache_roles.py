@@ -60,3 +60,18 @@ def test_a_cache_from_before_roles_reads_as_documents_or_is_refused_with_the_rea
     assert build_cache(spec, [str(tmp_path / "c.txt")], out, encoder=enc, progress=False).manifest == manifest  # reused as it is
     with pytest.raises(DistillError, match=r"corpus_roles_sha256 is None in the cache .*made before corpus rows had roles.*rebuild it"):
         build_cache(spec, [f"query:{tmp_path / 'c.txt'}"], out, encoder=enc, progress=False)
+
+
+def test_a_build_interrupted_before_roles_existed_resumes(tmp_path):
+    """build.json of a build begun before corpus_roles_sha256 existed: an all-document corpus
+    resumes it (a missing key reads as None), one with query rows is refused, naming the field."""
+    from distill.data.cache import _start_or_resume
+
+    params = {"teacher": "tiny", "corpus_sha256": "ab" * 32, "count": 10, "shard_size": 4, "precision": "fp32"}
+    (tmp_path / "build.json").write_text(json.dumps(params))
+    (tmp_path / "shards").mkdir()
+    (tmp_path / "shards" / "00000.npy").write_bytes(b"a shard of that build")
+    assert _start_or_resume(tmp_path, {**params, "corpus_roles_sha256": None}) == tmp_path / "shards"
+    assert (tmp_path / "shards" / "00000.npy").is_file()
+    with pytest.raises(DistillError, match=r"other parameters \(corpus_roles_sha256 differ\)"):
+        _start_or_resume(tmp_path, {**params, "corpus_roles_sha256": "cd" * 32})
