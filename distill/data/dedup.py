@@ -19,6 +19,7 @@ import numpy as np
 
 MAX_LOAD = 0.5  # table at most half full: linear probes stay short
 _MIN_CAPACITY = 1 << 16
+_REHASH_BATCH = 1 << 18  # keys moved to a grown table per vectorized insert: its temporaries stay a few MB
 
 
 def digest(data: bytes) -> bytes:
@@ -79,10 +80,11 @@ class DigestSet:
             cap *= 2
         used = (self._hi != 0) | (self._lo != 0)
         old_hi, old_lo = self._hi[used], self._lo[used]
-        self._hi = self._lo = None  # the old table goes before the new one comes: the keys alone bridge the two
+        self._hi = self._lo = used = None  # the old table goes before the new one comes: the keys alone bridge the two
         self._hi = np.zeros(cap, dtype=np.uint64)
         self._lo = np.zeros(cap, dtype=np.uint64)
-        self._insert(old_hi, old_lo)
+        for start in range(0, len(old_hi), _REHASH_BATCH):  # each insert round makes several arrays the size of its batch
+            self._insert(old_hi[start : start + _REHASH_BATCH], old_lo[start : start + _REHASH_BATCH])
 
     def _insert(self, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
         """Insert distinct keys; True where a key was absent (now present), False where present already.
