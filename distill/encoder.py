@@ -148,7 +148,7 @@ class Encoder(EmbeddingModel):
 
         from transformers import AutoModel, AutoTokenizer
 
-        from distill.model_files import check_tokenizer_files, position_limit
+        from distill.model_files import check_tokenizer_files, explain_load_error, position_limit
         from distill.presets import find_preset
         from distill.resolve import resolve_model
 
@@ -168,8 +168,8 @@ class Encoder(EmbeddingModel):
             tokenizer = AutoTokenizer.from_pretrained(str(path))
             check_tokenizer_files(path, tokenizer)  # else an empty-vocabulary stand-in encodes silently wrong
             transformer = AutoModel.from_pretrained(str(path))
-        except OSError as exc:
-            raise DistillError(f"{path}: cannot load a transformer from it ({str(exc).splitlines()[0]})") from None
+        except Exception as exc:  # a damaged or foreign file: one line naming it (model_files.explain_load_error)
+            raise explain_load_error(path, exc) from None
         limit = position_limit(transformer.config)
         if limit is not None and int(max_length) > limit:
             # Past its position embeddings a model fails (or reads garbage) on long inputs.

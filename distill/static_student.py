@@ -229,7 +229,7 @@ def distilled_table(teacher_spec, tokenizer, dim: int, weighting: str, cache_dir
                                     sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / "static" / f"{key}.npy" if cache_dir else None
     if path is not None and path.is_file():
-        table = np.load(path)
+        table = _load_table(path)
         if table.shape == (len(tokenizer.get_vocab()), dim):
             return table
     table = distill_table(teacher_spec, tokenizer, dim, weighting, batch_size=batch_size, progress=progress)
@@ -237,6 +237,19 @@ def distilled_table(teacher_spec, tokenizer, dim: int, weighting: str, cache_dir
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, table)
+    return table
+
+
+def _load_table(path: Path) -> np.ndarray:
+    """A kept init table, or one line naming it when it does not read as a float array (written
+    atomically, so damage came from elsewhere: a disk error, a copy cut short, another file)."""
+    try:
+        table = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DistillError(f"{path}: a damaged static init table ({str(exc).splitlines()[0][:200] or type(exc).__name__}); "
+                           "delete it and it is computed again") from None
+    if not isinstance(table, np.ndarray) or table.ndim != 2 or table.dtype.kind != "f" or not np.isfinite(table).all():
+        raise DistillError(f"{path}: a damaged static init table (not a finite 2-d float array); delete it and it is computed again")
     return table
 
 

@@ -41,6 +41,25 @@ def static_run(tmp_path_factory, tiny_home):
     return root, results
 
 
+def test_a_damaged_static_init_table_is_named(static_run, tmp_path, tiny_home, monkeypatch):
+    """Issue 38, failure 10: the init table kept in CACHE/static/ surfaced, damaged, as numpy's
+    ValueError ('cannot reshape array ...'). The run's own table, copied, is read back; cut short,
+    it is one line naming it."""
+    import shutil
+
+    from distill.resolve import resolve_model
+    from distill.static_student import distilled_table
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    shutil.copytree(static_run[0] / "cache" / "static", tmp_path / "static")
+    (kept,) = (tmp_path / "static").iterdir()
+    teacher, tokenizer = load_teacher("tiny-teacher"), static_tokenizer(resolve_model("tiny-teacher", role="teacher"))
+    np.testing.assert_array_equal(distilled_table(teacher, tokenizer, 16, "zipf", cache_dir=tmp_path, progress=False), np.load(kept))
+    kept.write_bytes(kept.read_bytes()[: kept.stat().st_size // 2])
+    with pytest.raises(DistillError, match=rf"^{kept}: a damaged static init table \(.*\); delete it and it is computed again$"):
+        distilled_table(teacher, tokenizer, 16, "zipf", cache_dir=tmp_path, progress=False)
+
+
 def test_static_preset_kind_is_read_and_checked(tiny_home, monkeypatch, tmp_path):
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     spec = load_student("tiny-static")

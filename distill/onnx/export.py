@@ -191,11 +191,16 @@ def export_onnx(folder: str | Path, *, quantize: str | None = None, overwrite: b
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel
 
-    st = SentenceTransformer(str(folder), device="cpu")
+    from distill.model_files import explain_load_error
+
+    try:
+        st = SentenceTransformer(str(folder), device="cpu")
+        # The transformer again, with eager attention (an additive 4-D mask, traceable for any shape).
+        transformer = AutoModel.from_pretrained(str(folder), attn_implementation="eager").eval()
+    except Exception as exc:  # a damaged or foreign file: one line naming it
+        raise explain_load_error(folder, exc) from None
     pooling, dense, normalize = _head_from(st, folder)
     max_length = int(st.max_seq_length)
-    # The transformer again, with eager attention (an additive 4-D mask, traceable for any shape).
-    transformer = AutoModel.from_pretrained(str(folder), attn_implementation="eager").eval()
     probe = probe_sentences(max_length)
     ref = st.encode(probe, batch_size=len(probe), convert_to_numpy=True, normalize_embeddings=False)
     # A full or read-only disk: one line naming it; the temp folder goes, onnx/'s files stay as they were.
