@@ -165,9 +165,11 @@ class Encoder(EmbeddingModel):
         normalize = found.get("normalize", False) if normalize is None else normalize
         max_length = max_length or found.get("max_length", 128)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            # trust_remote_code=False: a folder whose auto_map names its own code is refused at once
+            # (left unset, transformers asks "run the custom code? [y/N]" on a terminal)
+            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
             check_tokenizer_files(path, tokenizer)  # else an empty-vocabulary stand-in encodes silently wrong
-            transformer = AutoModel.from_pretrained(str(path))
+            transformer = AutoModel.from_pretrained(str(path), trust_remote_code=False)
         except Exception as exc:  # a damaged or foreign file: one line naming it (model_files.explain_load_error)
             raise explain_load_error(path, exc) from None
         limit = position_limit(transformer.config)

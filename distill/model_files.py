@@ -90,6 +90,10 @@ def explain_load_error(folder: str | Path, exc: BaseException) -> DistillError:
     damaged = damaged_json(folder)
     if damaged is not None:
         return DistillError(damaged)
+    if "contains custom code" in text or "trust_remote_code" in text:
+        named = next((folder / n for n in ("config.json", "tokenizer_config.json") if "auto_map" in _read_json(folder / n)), folder)
+        return DistillError(f"{named}: its auto_map names the model's own code, which distill never runs (trust_remote_code is off); "
+                            "use a model whose architecture transformers has")
     weights = sorted(folder.glob("pytorch_model*.bin")) or sorted(folder.glob("*.bin")) or [folder / "pytorch_model.bin"]
     if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
         return DistillError(f"{weights[0]}: refused, not weights torch can read without unpickling code ({weights_only_reason(exc)}); "

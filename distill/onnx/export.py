@@ -194,9 +194,9 @@ def export_onnx(folder: str | Path, *, quantize: str | None = None, overwrite: b
     from distill.model_files import explain_load_error
 
     try:
-        st = SentenceTransformer(str(folder), device="cpu")
+        st = SentenceTransformer(str(folder), device="cpu", trust_remote_code=False)
         # The transformer again, with eager attention (an additive 4-D mask, traceable for any shape).
-        transformer = AutoModel.from_pretrained(str(folder), attn_implementation="eager").eval()
+        transformer = AutoModel.from_pretrained(str(folder), attn_implementation="eager", trust_remote_code=False).eval()
     except Exception as exc:  # a damaged or foreign file: one line naming it
         raise explain_load_error(folder, exc) from None
     pooling, dense, normalize = _head_from(st, folder)
@@ -222,7 +222,7 @@ def _meta(transformer, folder: Path, st, ref, max_length: int, pooling: str, den
         "inputs": list(INPUTS),
         "output": OUTPUTS[1],
         "max_seq_length": max_length,
-        "max_positions": _max_positions(transformer.config, AutoTokenizer.from_pretrained(str(folder)), max_length),
+        "max_positions": _max_positions(transformer.config, AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False), max_length),
         "pad_token_id": int(st.tokenizer.pad_token_id if st.tokenizer.pad_token_id is not None else 0),
         "dim": int(ref.shape[1]),
         "pooling": pooling,
