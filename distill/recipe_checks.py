@@ -185,11 +185,21 @@ def _check_static_student(recipe) -> None:
     if not (tok_folder / "tokenizer.json").is_file():
         raise DistillError(f"{where}: {named}: {tok_folder} has no tokenizer.json; a static student needs a fast (Rust) tokenizer file")
     if spec.init == "distill" and spec.tokenizer is not None and teacher_folder is not None and (teacher_folder / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        if Tokenizer.from_file(str(tok_folder / "tokenizer.json")).get_vocab() != Tokenizer.from_file(str(teacher_folder / "tokenizer.json")).get_vocab():
+        if _vocabulary(tok_folder) != _vocabulary(teacher_folder):
             raise DistillError(f"{where}: tokenizer {spec.tokenizer} differs from the teacher {teacher.name}'s: init: distill needs the "
                                "teacher's own tokens (leave the preset's tokenizer unset, or use init: random)")
+
+
+def _vocabulary(folder: Path) -> dict:
+    """The token -> id map of a folder's tokenizer.json (a damaged file: one line naming it)."""
+    from tokenizers import Tokenizer
+
+    from distill.model_files import explain_load_error
+
+    try:
+        return Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab()
+    except Exception as exc:  # the Rust tokenizer raises a plain Exception
+        raise explain_load_error(folder, exc) from None
 
 
 def _check_corpus_sources(sources: list[str]) -> None:

@@ -271,6 +271,11 @@ def test_bad_inputs_are_clear_errors(tiny_mean, tiny_bert_dir, tmp_path, capsys,
     model_file.write_bytes(b"garbage")  # another size: not the file the record describes
     with pytest.raises(DistillError, match=r"model\.onnx: 7 bytes, not the \d+ that .*distill_onnx\.json records .*export-onnx"):
         OnnxEncoder.load(broken)
+    cut = tmp_path / "cut-tokenizer"  # a tokenizer.json cut short: named, not the Rust tokenizer's bare Exception
+    shutil.copytree(tiny_mean, cut)
+    (cut / "tokenizer.json").write_bytes((cut / "tokenizer.json").read_bytes()[:2000])
+    with pytest.raises(DistillError, match=rf"^{cut}/tokenizer\.json:\d+: not valid JSON"):
+        OnnxEncoder.load(cut)
     # sentences must be strings; the GPU is not the onnx backend's
     with pytest.raises(DistillError, match="sentence 1 is a int"):
         OnnxEncoder.load(tiny_mean).encode(["fine", 3])

@@ -127,7 +127,13 @@ class OnnxEncoder:
         if unknown:
             raise DistillError(f"{file}: inputs {unknown} are not ones distill feeds ({', '.join(INPUTS)})")
         max_length = _check_length(max_length or meta["max_seq_length"], meta)
-        return cls(folder, file, session, Tokenizer.from_file(str(tok_file)), meta, max_length)
+        try:
+            tokenizer = Tokenizer.from_file(str(tok_file))
+        except Exception as exc:  # noqa: BLE001 (the Rust tokenizer raises a plain Exception): one line naming the file
+            from distill.model_files import explain_load_error
+
+            raise explain_load_error(folder, exc) from None
+        return cls(folder, file, session, tokenizer, meta, max_length)
 
     def _batches(self, sentences: list[str], batch_size: int, max_length: int):
         """What `encode` feeds the session: (input positions, input_ids, attention_mask) numpy
