@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 from pathlib import Path
@@ -10,8 +11,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
+COMMIT_ENV = "DISTILL_COMMIT"
+
+
 def git_commit() -> str:
-    """The checkout's short commit, "+dirty" when tracked files differ from it (read before a run starts)."""
+    """The checkout's short commit, "+dirty" when tracked files differ from it (read before a run starts).
+    $DISTILL_COMMIT wins: a copy without .git (the GPU machine's) is told which commit it is."""
+    if os.environ.get(COMMIT_ENV):
+        return os.environ[COMMIT_ENV]
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):

@@ -108,8 +108,8 @@ def build_pair(name: str, device, st_dtype: str):
     enc = Encoder.load(name, device=device)
     preset = find_preset(name)
     path = resolve_model(name, offline_source=preset.offline_source if preset else None)
-    kwargs = {} if st_dtype == "float32" else {"model_kwargs": {"dtype": getattr(torch, st_dtype)}}
-    st = SentenceTransformer(str(path), device=str(device), **kwargs)
+    # the dtype is always named: from an fp16 folder (the GPU run's staged copies) transformers 5 would keep fp16
+    st = SentenceTransformer(str(path), device=str(device), model_kwargs={"dtype": getattr(torch, st_dtype)})
     if isinstance(preset, StudentSpec) and preset.layers is not None:
         keep_layers(st[0].auto_model, preset.layers)
     st.max_seq_length = enc.max_length
@@ -144,6 +144,13 @@ def record(path: Path, row: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    run(argv)
+    return 0
+
+
+def run(argv: list[str] | None = None) -> dict:
+    """Parse the arguments, measure, record the row (unless --no-record); returns the numbers:
+    {"device", "sentences", "teacher": {"st", "ours", "min_cos"}, "student": {...}, "student_over_teacher_ours", ...}."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--teacher", default="all-mpnet-base-v2", help="teacher model / preset (default all-mpnet-base-v2)")
     ap.add_argument("--student", default="all-minilm-l3-v2", help="student model / preset (default all-minilm-l3-v2)")
@@ -199,7 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         record(args.record, row)
         print(f"appended a row to {args.record}")
-    return 0
+    return {"device": device_name(device), "sentences": len(sentences), **res, "student_over_teacher_ours": ratio_ours,
+            "student_over_teacher_st": ratio_st, "student_ours_over_teacher_st": cross}
 
 
 if __name__ == "__main__":

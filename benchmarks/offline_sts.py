@@ -47,11 +47,14 @@ DEFAULT_RECIPE = "configs/mpnet-to-minilm-l3-ibkd.yaml"
 DEFAULT_STUDENTS = "all-minilm-l3-v2,all-minilm-l6-v2"
 DEFAULT_LOSSES = "mse,cosine,crd,hpd,infonce,ibkd"
 SECTION_TITLE = "## Offline STS distillation (benchmarks/offline_sts.py)"
-JSON_KEYS = ("loss", "student", "seed", "tasks", "avg", "train_sentences_per_s", "device", "commit")
+JSON_KEYS = ("loss", "student", "seed", "tasks", "avg", "train_sentences_per_s", "peak_gpu_mem_gib", "device", "commit")
 
 
 def git_commit() -> tuple[str, bool]:
-    """(`git rev-parse --short HEAD`, whether the working tree has uncommitted changes)."""
+    """(`git rev-parse --short HEAD`, whether the working tree has uncommitted changes); $DISTILL_COMMIT
+    wins (a copy without .git, as on the GPU machine, is told its commit)."""
+    if os.environ.get("DISTILL_COMMIT"):
+        return os.environ["DISTILL_COMMIT"], False
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
@@ -106,11 +109,13 @@ def stage_home(models_dir: Path, home: Path) -> dict[str, Path]:
         raise DistillError(f"--models-dir {models_dir}: no model folder (config.json or modules.json) inside")
     source_root = repo_root()
     matched: dict[str, Path] = {}
-    for kind, field in (("teachers", "hub_id"), ("students", "base")):
+    for kind in ("teachers", "students"):
         for name in list_presets(kind):
             src = source_root / kind / f"{name}.yaml"
             data = yaml.safe_load(src.read_text(encoding="utf-8"))
-            for cand in _candidates(str(data[field]), data.get("offline_source"), name):
+            # the model's key: hub_id (a student's legacy name for it is base); a static student names none
+            field = next((k for k in ("hub_id", "base") if data.get(k)), None)
+            for cand in _candidates(str(data[field]), data.get("offline_source"), name) if field else ():
                 hit = next((p for rel, p in folders if rel == cand or rel.endswith("/" + cand)), None)
                 if hit is not None:
                     data[field], data["offline_source"] = str(hit.resolve()), None

@@ -269,7 +269,7 @@ def _run_row(run: Run, results: dict, reused: bool) -> dict:
         "tasks": {t: best[t] for t in REPORT_TASKS if t in best}, "avg": best.get("Avg"),
         "train_sentences_per_s": results.get("train_sentences_per_s"), "params": results.get("params"),
         "dim": results.get("embedding_dim"), "best_dev": results.get("best_dev"), "dev_task": results.get("dev_task", _dev_task(run.recipe)),
-        "device": results.get("device"),
+        "device": results.get("device"), "peak_gpu_mem_gib": results.get("peak_gpu_memory_gib"),
         "steps": results.get("steps"), "best_step": results.get("best_step"), "sentences": results.get("sentences"),
         "run_dir": str(run.dir), "reused": reused, **_retrieval_cells(ret, ret.get("split") if ret else None),
     }

@@ -59,6 +59,19 @@ def keep_layers(model: nn.Module, layers: int | Sequence[int]) -> nn.Module:
     return model
 
 
+def float32_weights() -> dict:
+    """`from_pretrained` keywords that load the weights in float32, whatever dtype the files store.
+
+    transformers 5 loads a checkpoint in the dtype its files hold ("auto") when config.json names
+    none: an fp16 copy (the GPU run's staged teacher and students, many hub uploads) would come back
+    as fp16, and a student would then train fp16 master weights. Compute precision is autocast's
+    business (distill/precision.py); the weights stay float32. transformers 4 calls it torch_dtype.
+    """
+    import transformers
+
+    return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
+
+
 # A tokenizer_config.json model_max_length at or above this is transformers' "unset" placeholder.
 _SANE_MAX_LENGTH = 100_000
 
@@ -169,7 +182,7 @@ class Encoder(EmbeddingModel):
             # (left unset, transformers asks "run the custom code? [y/N]" on a terminal)
             tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
             check_tokenizer_files(path, tokenizer)  # else an empty-vocabulary stand-in encodes silently wrong
-            transformer = AutoModel.from_pretrained(str(path), trust_remote_code=False)
+            transformer = AutoModel.from_pretrained(str(path), trust_remote_code=False, **float32_weights())
         except Exception as exc:  # a damaged or foreign file: one line naming it (model_files.explain_load_error)
             raise explain_load_error(path, exc) from None
         limit = position_limit(transformer.config)

@@ -170,3 +170,26 @@ def test_load_honours_the_length_and_pooling_sentence_transformers_6_saves(tmp_p
     tok_cfg = folder / "tokenizer_config.json"
     tok_cfg.write_text(json.dumps({**json.loads(tok_cfg.read_text()), "model_max_length": int(1e30)}))
     assert Encoder.load(str(folder), device="cpu").max_length == 128
+
+
+def test_an_fp16_folder_loads_with_float32_weights(tmp_path, tiny_bert_dir):
+    """The GPU run stages fp16 copies of its models (benchmarks/gpu_stage.sh); transformers 5 would load
+    them as fp16 (its dtype "auto": config.json names no dtype in the hub's all-MiniLM-L6-v2 or
+    all-mpnet-base-v2, so the files' dtype wins) and a student would train fp16 weights. They load as
+    float32, and embed like the float32 model whose weights were rounded to fp16."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "fp16"
+    shutil.copytree(tiny_bert_dir, folder)
+    weights = load_file(folder / "model.safetensors")
+    save_file({k: v.half() for k, v in weights.items()}, folder / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((folder / "config.json").read_text())
+    config.pop("dtype", None), config.pop("torch_dtype", None)
+    (folder / "config.json").write_text(json.dumps(config))
+    enc = Encoder.load(str(folder), device="cpu")
+    assert {p.dtype for p in enc.transformer.parameters()} == {torch.float32}
+    rounded = Encoder.load(str(tiny_bert_dir), device="cpu")
+    rounded.transformer.load_state_dict({k: v.half().float() for k, v in rounded.transformer.state_dict().items()})
+    assert np.allclose(enc.encode(SENTENCES, progress=False), rounded.encode(SENTENCES, progress=False), atol=1e-6)

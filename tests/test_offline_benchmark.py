@@ -37,7 +37,8 @@ def test_offline_benchmark_script_on_tiny_models(tmp_path, tiny_bert_dir, sts_di
         ("init", "tiny-student2"), ("mse", "tiny-student2"), ("ibkd", "tiny-student2"),
     ]
     for r in rows:
-        assert {"loss", "student", "seed", "tasks", "avg", "train_sentences_per_s", "device", "commit"} <= set(r)
+        assert {"loss", "student", "seed", "tasks", "avg", "train_sentences_per_s", "peak_gpu_mem_gib", "device", "commit"} <= set(r)
+        assert r["peak_gpu_mem_gib"] is None  # CPU
         assert set(r["tasks"]) == {"STS-B"} and r["avg"] == r["tasks"]["STS-B"] and r["device"] == "cpu"
         assert r["commit"] and r["commit"] != "unknown"
         trained = r["loss"] not in ("teacher", "init")
@@ -78,3 +79,24 @@ def test_models_dir_without_the_recipes_models_is_refused_up_front(tmp_path, sts
     assert code == 2
     assert "no model folder found for tiny, tiny-student" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists() and not (tmp_path / "B.md").exists()
+
+
+def test_models_dir_serves_the_repositorys_own_presets(tmp_path, minilm_path):
+    """The GPU run stages all-MiniLM-L6-v2 as models/all-MiniLM-L6-v2: it serves the teacher preset and
+    both MiniLM students, whose presets name it by hub_id (only old presets said base), and the static
+    student, which names no model, is copied unchanged."""
+    import importlib.util
+
+    import yaml
+
+    spec = importlib.util.spec_from_file_location("offline_sts", REPO / "benchmarks" / "offline_sts.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "all-MiniLM-L6-v2").symlink_to(minilm_path, target_is_directory=True)
+    matched = script.stage_home(tmp_path / "models", tmp_path / "home")
+    assert {"all-minilm-l6-v2", "all-minilm-l3-v2"} <= set(matched)
+    staged = yaml.safe_load((tmp_path / "home" / "students" / "all-minilm-l3-v2.yaml").read_text())
+    assert staged["hub_id"] == str((tmp_path / "models" / "all-MiniLM-L6-v2").resolve()) and staged["offline_source"] is None
+    assert staged["layers"] == 3
+    assert (tmp_path / "home" / "students" / "static-256.yaml").is_file() and "static-256" not in matched

@@ -257,6 +257,11 @@ class Trainer:
         # fp16 needs loss scaling; a disabled scaler passes everything through unchanged
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda" and tcfg.precision == "fp16")
         self.state = TrainState(total_steps=total, steps_per_epoch=self.steps_per_epoch, run_dir=str(stage.run_dir))
+        if self.device.type == "cuda":
+            # results' peak_gpu_memory_gib is this stage's training (student, optimizer, batches, evaluations), not the
+            # largest of every run before it in the process (compare and the GPU run train many in one process) nor
+            # the teacher cache build that stage 1 may have just done
+            torch.cuda.reset_peak_memory_stats(self.device)
         if resume:
             self._resume()
         self.state.student, self.state.head = self.module.student, self.module.loss.embedding_head()
