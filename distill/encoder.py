@@ -161,7 +161,7 @@ class Encoder(EmbeddingModel):
 
         from transformers import AutoModel, AutoTokenizer
 
-        from distill.model_files import check_tokenizer_files, position_limit
+        from distill.model_files import check_tokenizer_files, explain_load_error, position_limit
         from distill.presets import find_preset
         from distill.resolve import resolve_model
 
@@ -178,11 +178,13 @@ class Encoder(EmbeddingModel):
         normalize = found.get("normalize", False) if normalize is None else normalize
         max_length = max_length or found.get("max_length", 128)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path))
+            # trust_remote_code=False: a folder whose auto_map names its own code is refused at once
+            # (left unset, transformers asks "run the custom code? [y/N]" on a terminal)
+            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
             check_tokenizer_files(path, tokenizer)  # else an empty-vocabulary stand-in encodes silently wrong
-            transformer = AutoModel.from_pretrained(str(path), **float32_weights())
-        except OSError as exc:
-            raise DistillError(f"{path}: cannot load a transformer from it ({str(exc).splitlines()[0]})") from None
+            transformer = AutoModel.from_pretrained(str(path), trust_remote_code=False, **float32_weights())
+        except Exception as exc:  # a damaged or foreign file: one line naming it (model_files.explain_load_error)
+            raise explain_load_error(path, exc) from None
         limit = position_limit(transformer.config)
         if limit is not None and int(max_length) > limit:
             # Past its position embeddings a model fails (or reads garbage) on long inputs.

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
-from distill.io import atomic_dir, replace_dir
+from distill.io import atomic_dir, check_writable, replace_dir, write_errors
 from distill.tasks import TEST_TASKS, ZH_TEST_TASK
 from distill.training.student_folder import META, load_saved_student
 
@@ -125,6 +125,7 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
     if not run_dir.is_dir():
         raise DistillError(f"{run_dir}: no such run folder")
     check_out(run_dir, out, overwrite)
+    check_writable(out, "--out")  # the temp folder is made beside it: a read-only disk fails now, not after the work
     if (run_dir / "stage2" / which / META).is_file():
         run_dir = run_dir / "stage2"  # a two-stage IBKD run ships its stage-2 student
     student_dir = run_dir / which if (run_dir / which / META).is_file() else run_dir
@@ -164,7 +165,9 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
         _check_dims(dims, model, meta, pca)
         model.truncate_dim = dims  # saved in config_sentence_transformers.json; SentenceTransformer(DIR) reads it back
 
-    with atomic_dir(out, publish=lambda tmp, target: _publish(tmp, target, run_dir, overwrite)) as tmp:
+    kept = "; nothing written" + (" (the previous export is kept)" if out.is_dir() and any(out.iterdir()) else "")
+    with write_errors(out, "--out", kept), \
+            atomic_dir(out, publish=lambda tmp, target: _publish(tmp, target, run_dir, overwrite)) as tmp:
         model.save(str(tmp), safe_serialization=True)
         (tmp / "README.md").write_text(model_card(run_dir, meta, model, projection, normalize), encoding="utf-8")
         (tmp / EXPORT_MARKER).write_text(json.dumps({**_marker(run_dir, which, student_dir), "dims": dims, "pca": pca}, indent=2) + "\n")

@@ -4,8 +4,12 @@ The one place that writes through a temp name and a rename:
   atomic_path(path)     a temp file beside `path` for any writer (np.save to an open file,
                         torch.save, safetensors' save_file, ...), renamed over `path` on success
   atomic_dir(path)      the same for a whole folder (a saved student, an export, a model)
+  temp_folder(path)     a marked work folder beside `path`, deleted on exit (files moved out of it
+                        are kept): several files made, checked, then renamed into place
   write_bytes_atomic / write_text_atomic / write_json_atomic   small files, fsync'ed
-and the two checks of a command that writes a user-named output:
+and the checks of a command that writes a user-named output:
+  check_new_file(path)  before the work: not a folder, not an existing file unless --overwrite,
+                        and `check_writable`
   check_writable(path)  before the work: the folder exists or can be made, and a file can be
                         created in it (a read-only disk fails here, not after an hour of encoding)
   write_errors(path)    around the write: an OSError (disk full, read-only, quota) becomes a
@@ -18,7 +22,9 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -28,6 +34,11 @@ from distill.errors import DistillError
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+# Inside every temp folder while this tool writes it (the pid and host of the writer), removed just
+# before the folder is renamed into place: a folder left by a process killed mid-write (kill -9,
+# power loss) is known as this tool's by it, and removed by the next write to the same path.
+PARTIAL_MARKER = ".distill-partial.json"
 
 
 @contextmanager
@@ -75,16 +86,83 @@ def replace_dir(new: Path, path: Path) -> None:
         os.replace(new, path)
 
 
-@contextmanager
-def atomic_dir(path: str | Path, *, publish: Callable[[Path, Path], None] | None = None) -> Iterator[Path]:
-    """Yield a new empty temp folder beside `path`; on success its tree gets the umask's permissions
-    (`apply_umask`) and `publish(tmp, path)` (default `replace_dir`) puts it in place; on error, or
-    when publish fails, the temp folder is deleted."""
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> list[Path]:
+    """Delete the temp folders of `path` that a distill process left when it died mid-write: the
+    folders `.NAME.*` beside it that hold PARTIAL_MARKER naming this host and a pid that no longer
+    runs. Nothing else is touched: a folder without the marker, one of another host (a shared
+    disk) or of a live process (a write still going on) stays. Returns what was removed."""
+    path = Path(path)
+    removed = []
+    host = socket.gethostname()
+    try:
+        candidates = [p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.")]
+    except OSError:  # no such folder yet, or not readable: nothing of ours in it
+        return removed
+    for folder in candidates:
+        marker = folder / PARTIAL_MARKER
+        if folder.is_symlink() or not marker.is_file():
+            continue
+        try:
+            info = json.loads(marker.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(info, dict) or info.get("tool") != "distill" or info.get("host") != host:
+            continue
+        pid = info.get("pid")
+        if not isinstance(pid, int) or isinstance(pid, bool) or _process_alive(pid):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder)
+    return removed
+
+
+def make_temp_dir(path: str | Path) -> Path:
+    """A new empty folder `.NAME.XXXXXXXX` beside `path`, marked as this process's (PARTIAL_MARKER),
+    after removing the ones a killed distill process left there (`remove_stale_temps`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
+        (tmp / PARTIAL_MARKER).write_text(json.dumps({"tool": "distill", "pid": os.getpid(), "host": socket.gethostname()}) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+@contextmanager
+def temp_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a marked work folder beside `path` (`make_temp_dir`); it is deleted on exit, success or
+    not: what the caller wants to keep, it renames out of it first."""
+    tmp = make_temp_dir(path)
+    try:
         yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextmanager
+def atomic_dir(path: str | Path, *, publish: Callable[[Path, Path], None] | None = None) -> Iterator[Path]:
+    """Yield a new empty temp folder beside `path` (`make_temp_dir`); on success its marker is
+    removed, its tree gets the umask's permissions (`apply_umask`) and `publish(tmp, path)`
+    (default `replace_dir`) puts it in place; on error, or when publish fails, the temp folder is
+    deleted. One left by a killed process is deleted by the next atomic_dir of the same path."""
+    path = Path(path)
+    tmp = make_temp_dir(path)
+    try:
+        yield tmp
+        (tmp / PARTIAL_MARKER).unlink()
         apply_umask(tmp)  # mkdtemp made it 0700, safetensors files are 0600
         (publish or replace_dir)(tmp, path)
     except BaseException:
@@ -169,6 +247,18 @@ def check_writable(path: str | Path, what: str, *, folder: bool = False) -> None
     os.unlink(probe)
 
 
+def check_new_file(path: str | Path, what: str, overwrite: bool) -> None:
+    """Before the work, an output file the user names (`what` is its flag): a folder is refused, and
+    an existing file (or link) unless `overwrite`: a JSON or text file carries no mark of who wrote
+    it, so any existing one may be the user's own. Then `check_writable`."""
+    path = Path(path)
+    if path.is_dir():
+        raise DistillError(f"{what} {path}: an existing folder; name a file")
+    if (path.exists() or path.is_symlink()) and not overwrite:
+        raise DistillError(f"{what} {path}: the file exists; pass --overwrite to replace it, or name a new file")
+    check_writable(path, what)
+
+
 @contextmanager
 def write_errors(path: str | Path, what: str, hint: str = ""):
     """Turn an OSError raised inside (disk full, read-only disk, quota, file too large) into a
@@ -179,3 +269,13 @@ def write_errors(path: str | Path, what: str, hint: str = ""):
     except OSError as exc:
         at = f" at {exc.filename}" if exc.filename and str(exc.filename) != str(path) else ""
         raise DistillError(f"{what} {path}: {os_error_text(exc)}{at}{hint}") from None
+    except Exception as exc:
+        found = _RUST_OS_ERROR.search(str(exc))
+        if found is None:
+            raise
+        # a Rust library's write (safetensors, tokenizers) fails with its own exception type,
+        # its io::Error's text ending in "(os error 27)"
+        raise DistillError(f"{what} {path}: {os_error_text(OSError(int(found.group(1)), ''))}{hint}") from None
+
+
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")

@@ -5,6 +5,12 @@ folder has no tokenizer files (AutoTokenizer -> TOKENIZER_MAPPING[BertConfig] = 
 constructed with no vocabulary: its 5 special tokens only), so every word becomes [UNK] and the
 model encodes silently wrong vectors. `check_tokenizer_files` refuses such a folder.
 
+Damaged or foreign files: transformers, tokenizers, safetensors and torch report a cut-short
+tokenizer.json, a damaged weights file or a pickle that weights-only loading refuses with their
+own exceptions, most of them not naming the file. `explain_load_error` turns such an exception
+into one line naming the file and what is wrong; `check_tokenizer_files` also refuses an empty
+vocabulary, which loads without a word and fails at the first sentence.
+
 Positions: the hard length limit is the position embeddings, max_position_embeddings less
 padding_idx + 1 for RoBERTa-like models (their positions start after the padding index), the
 rule of `Encoder.max_positions`. The tokenizer's model_max_length is left out here: it is a
@@ -35,6 +41,7 @@ def check_tokenizer_files(folder: str | Path, tokenizer) -> None:
     names.pop("tokenizer_file", None)
     vocab = sorted(set(names.values()))
     if (folder / TOKENIZER_FILE).is_file() or (vocab and all((folder / n).is_file() for n in vocab)):
+        _check_vocabulary(folder, tokenizer, vocab)
         return
     wanted = [TOKENIZER_FILE, *vocab, "tokenizer_config.json"]
     missing = [n for n in wanted if not (folder / n).is_file()]
@@ -44,6 +51,94 @@ def check_tokenizer_files(folder: str | Path, tokenizer) -> None:
         f"{type(tokenizer).__name__} from config.json's model_type {model_type!r} that reads every word as "
         "unknown. Copy the tokenizer files of the model it came from back into the folder"
     )
+
+
+def _check_vocabulary(folder: Path, tokenizer, vocab_files: list[str]) -> None:
+    """Refuse a tokenizer read from an empty vocabulary file, or a WordPiece one whose vocabulary
+    lacks its unknown token: both load, and fail (or read every word as unknown) at the first sentence."""
+    source = folder / TOKENIZER_FILE if (folder / TOKENIZER_FILE).is_file() else None
+    if source is None:
+        present = [folder / n for n in vocab_files if (folder / n).is_file()]
+        empty = [f for f in present if not f.read_bytes().strip()]
+        if empty:
+            raise DistillError(f"{empty[0]}: empty, a tokenizer vocabulary with no token in it; copy the file again "
+                               "from the model it came from")
+        source = present[0] if present else folder
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return
+    if backend.get_vocab_size(with_added_tokens=False) == 0:
+        raise DistillError(f"{source}: a tokenizer vocabulary with no token in it; copy the file again from the model it came from")
+    model = json.loads(backend.to_str()).get("model") or {}
+    unk = model.get("unk_token")
+    if model.get("type") == "WordPiece" and unk is not None and unk not in (model.get("vocab") or {}):
+        raise DistillError(f"{source}: the vocabulary has no {unk} token, which WordPiece needs for any word it does not "
+                           "know; the file is damaged or belongs to another model")
+
+
+def explain_load_error(folder: str | Path, exc: BaseException) -> DistillError:
+    """A library's exception while loading the model in `folder` -> a DistillError of one line
+    naming the file and what is wrong (a DistillError is returned as it is). Use: `except
+    Exception as exc: raise explain_load_error(folder, exc) from None` around the loads."""
+    import pickle
+
+    if isinstance(exc, DistillError):
+        return exc
+    folder = Path(folder)
+    text = str(exc)
+    first = (text.splitlines() or [type(exc).__name__])[0][:200]
+    damaged = damaged_json(folder)
+    if damaged is not None:
+        return DistillError(damaged)
+    if "contains custom code" in text or "trust_remote_code" in text:
+        named = next((folder / n for n in ("config.json", "tokenizer_config.json") if "auto_map" in _read_json(folder / n)), folder)
+        return DistillError(f"{named}: its auto_map names the model's own code, which distill never runs (trust_remote_code is off); "
+                            "use a model whose architecture transformers has")
+    weights = sorted(folder.glob("pytorch_model*.bin")) or sorted(folder.glob("*.bin")) or [folder / "pytorch_model.bin"]
+    if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+        return DistillError(f"{weights[0]}: refused, not weights torch can read without unpickling code ({weights_only_reason(exc)}); "
+                            "distill never runs what a pickle names. Use the model's model.safetensors, or re-save it "
+                            "with save_pretrained(..., safe_serialization=True) where you trust it")
+    if "PytorchStreamReader" in text or isinstance(exc, EOFError):
+        return DistillError(f"{weights[0]}: not a complete PyTorch weights file ({first.split('. ')[0]}); it is damaged or cut short: "
+                            "copy it again from where the model came from")
+    if type(exc).__name__ == "SafetensorError":
+        files = sorted(folder.glob("*.safetensors"))
+        where = files[0] if len(files) == 1 else folder / "model.safetensors" if not files else f"{folder} (*.safetensors)"
+        return DistillError(f"{where}: not a readable safetensors file ({first}); it is damaged or cut short: copy it again "
+                            "from where the model came from")
+    if type(exc).__module__ == "builtins" and type(exc) is Exception and (folder / TOKENIZER_FILE).is_file():
+        return DistillError(f"{folder / TOKENIZER_FILE}: the tokenizers library cannot read it ({first})")  # the Rust tokenizer's errors
+    if isinstance(exc, OSError):
+        return DistillError(f"{folder}: cannot load a model from it ({first})")
+    return DistillError(f"{folder}: cannot load the model ({type(exc).__name__}: {first})")
+
+
+def damaged_json(folder: str | Path) -> str | None:
+    """'FILE:LINE: not valid JSON (...)' for the first JSON file of a model folder (its module
+    folders included) that does not parse, else None."""
+    folder = Path(folder)
+    for path in sorted(folder.rglob("*.json")):
+        if "onnx" in path.relative_to(folder).parts[:-1] or path.name.startswith("."):
+            continue
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            return f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); the file is damaged or not the model's"
+        except json.JSONDecodeError as exc:
+            return (f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); the file is damaged or cut short: copy it again from "
+                    "where the model came from")
+        except OSError:
+            continue
+    return None
+
+
+def weights_only_reason(exc: BaseException) -> str:
+    """torch's weights-only refusal in a few words ("Unsupported global: GLOBAL posix.system ..."),
+    without its advice to allowlist the global or load with weights_only=False."""
+    text = str(exc).split("Check the documentation", 1)[0].replace("WeightsUnpickler error:", "\n")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[-1] if lines else type(exc).__name__).split(" Please use", 1)[0][:200]
 
 
 def _read_json(path: Path) -> dict:

@@ -73,6 +73,9 @@ LEGACY_KEYS = {StudentSpec: {"base": "hub_id", "hidden_dim": "dim"}}
 
 def _load(kind: str, cls, name: str):
     folder = repo_root() / kind
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith("."):
+        # a preset is a file of that folder: a name with a path in it would read a YAML file from anywhere
+        raise DistillError(f"{kind[:-1]} preset {name!r}: not a preset name (the name of a file in {folder}, without .yaml)")
     path = folder / f"{name}.yaml"
     if not path.is_file():
         known = ", ".join(list_presets(kind)) or "(none)"

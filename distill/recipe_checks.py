@@ -45,6 +45,8 @@ def check_values(recipe) -> None:
 
     _check_presets(recipe)
     check_recipe_lengths(recipe)  # against models already on this machine: their config.json, read cheaply
+    _check_static_student(recipe)
+    _check_corpus_sources(recipe.data.corpus)
     d = recipe.data
     _need(d.batching in BATCHINGS, "data.batching", d.batching, f"one of {', '.join(BATCHINGS)}")
     _need(d.max_sentences is None or d.max_sentences >= 1, "data.max_sentences", d.max_sentences, "unset or >= 1")
@@ -74,6 +76,7 @@ def check_values(recipe) -> None:
     loss = loss_class(name)
     loss.check(recipe.loss, "loss")
     _check_prefix_widths(recipe)
+    _check_eval_dims(recipe)
     if recipe.train.batch_size < 2 and loss.needs_batch_negatives(recipe.loss):
         raise DistillError(f"train.batch_size {recipe.train.batch_size}: loss {name} is contrastive, its negatives are the other "
                            "sentences of the batch; it needs at least 2 per device (one gives a loss of exactly 0)")
@@ -108,6 +111,113 @@ def _check_prefix_widths(recipe) -> None:
     preset = find_preset(recipe.student, "student")
     if preset is not None:
         check_prefix_widths(dims, preset.dim)
+
+
+def _student_width(recipe) -> int | None:
+    """The width of the student's own vector from its preset or its folder's config.json (None: not
+    known without loading it, e.g. a static model folder)."""
+    from distill.model_files import _read_json
+    from distill.presets import find_preset
+    from distill.student import is_static_folder
+
+    folder = Path(recipe.student).expanduser()
+    if folder.is_dir():
+        width = None if is_static_folder(folder) else _read_json(folder / "config.json").get("hidden_size")
+        return width if isinstance(width, int) and not isinstance(width, bool) else None
+    preset = find_preset(recipe.student, "student")
+    return preset.dim if preset is not None else None
+
+
+def _check_eval_dims(recipe) -> None:
+    """eval.dims within the width evaluation scores: the student's vector, or the output of a loss
+    head that is part of the embedding (HPD's k-d head), as the trainer computes it."""
+    from distill.losses import build_loss, loss_class
+    from distill.losses.base import head_out_dim
+    from distill.presets import find_preset
+
+    dims = recipe.eval.dims
+    width = _student_width(recipe) if dims else None
+    if width is None:
+        return
+    what = loss_class(recipe.loss["name"]).head_in_embedding(recipe.loss)
+    if what:
+        targets = loss_class(recipe.loss["name"]).targets(recipe.loss)
+        teacher = find_preset(recipe.teacher, "teacher")
+        teacher_dim = targets[1] if isinstance(targets, tuple) else teacher.dim if teacher is not None else None
+        head = build_loss(recipe.loss, width, teacher_dim).embedding_head()
+        width = head_out_dim(head) if head is not None else width
+    wider = [k for k in dims if k > width]
+    if wider:
+        raise DistillError(f"eval.dims {list(dims)}: {wider[0]} is more than the {width} dimensions of the student's embedding"
+                           + (f" ({what})" if what else ""))
+
+
+def _check_static_student(recipe) -> None:
+    """A static student preset as `StaticStudent.from_spec` will build it, from files already here:
+    with init: distill, a width at most the teacher's; its tokenizer (the preset's, else the
+    teacher's) a folder with tokenizer.json, and with init: distill the teacher's own tokens."""
+    from distill.presets import StaticStudentSpec, find_preset, repo_root
+    from distill.resolve import local_model
+
+    spec = None if Path(recipe.student).expanduser().is_dir() else find_preset(recipe.student, "student")
+    if not isinstance(spec, StaticStudentSpec):
+        return
+    where = repo_root() / "students" / f"{spec.name}.yaml"
+    teacher = find_preset(recipe.teacher, "teacher")
+    if teacher is None:
+        return  # a teacher folder: refused when the run starts, with the teacher's own message
+    if spec.init == "distill" and spec.dim > teacher.dim:
+        raise DistillError(f"{where}: dim {spec.dim}: init: distill reduces the teacher's vectors to it, so it must be between 1 and "
+                           f"the teacher {teacher.name}'s width {teacher.dim} ({repo_root() / 'teachers' / f'{teacher.name}.yaml'}: dim)")
+    teacher_folder = local_model(teacher.hub_id, offline_source=teacher.offline_source)
+    tok_folder = teacher_folder
+    if spec.tokenizer is not None:
+        path = Path(spec.tokenizer).expanduser()
+        if not path.is_dir() and (path.is_absolute() or spec.tokenizer.startswith((".", "~"))):
+            raise DistillError(f"{where}: tokenizer {spec.tokenizer}: no such folder")
+        try:
+            tok_folder = local_model(spec.tokenizer)
+        except DistillError as exc:
+            raise DistillError(f"{where}: tokenizer {spec.tokenizer}: {exc}") from None
+    if tok_folder is None:
+        return  # fetched when the run starts
+    named = f"tokenizer {spec.tokenizer}" if spec.tokenizer is not None else f"tokenizer (the teacher {teacher.name}'s)"
+    if not (tok_folder / "tokenizer.json").is_file():
+        raise DistillError(f"{where}: {named}: {tok_folder} has no tokenizer.json; a static student needs a fast (Rust) tokenizer file")
+    if spec.init == "distill" and spec.tokenizer is not None and teacher_folder is not None and (teacher_folder / "tokenizer.json").is_file():
+        if _vocabulary(tok_folder) != _vocabulary(teacher_folder):
+            raise DistillError(f"{where}: tokenizer {spec.tokenizer} differs from the teacher {teacher.name}'s: init: distill needs the "
+                               "teacher's own tokens (leave the preset's tokenizer unset, or use init: random)")
+
+
+def _vocabulary(folder: Path) -> dict:
+    """The token -> id map of a folder's tokenizer.json (a damaged file: one line naming it)."""
+    from tokenizers import Tokenizer
+
+    from distill.model_files import explain_load_error
+
+    try:
+        return Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab()
+    except Exception as exc:  # the Rust tokenizer raises a plain Exception
+        raise explain_load_error(folder, exc) from None
+
+
+def _check_corpus_sources(sources: list[str]) -> None:
+    """A `beir:` source as the corpus reader takes it: well formed, a folder, and never a test split's queries."""
+    from distill.data.beir_source import check_training_split, is_beir_source, parse_source
+
+    for i, source in enumerate(sources):
+        if not isinstance(source, str) or not is_beir_source(source):
+            continue
+        try:
+            spec = parse_source(source)
+            if spec.queries is not None:
+                check_training_split(spec.queries, f"corpus source {source!r}")
+        except DistillError as exc:
+            raise DistillError(f"data.corpus[{i}]: {exc}") from None
+        if not spec.folder.is_dir():
+            raise DistillError(f"data.corpus[{i}]: corpus source {source!r}: {spec.folder} is not a folder (expected a BEIR folder: "
+                               "corpus.jsonl, queries.jsonl, qrels/)")
 
 
 def _check_retrieval(e) -> None:

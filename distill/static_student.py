@@ -28,6 +28,7 @@ keeps, which is what the bottleneck term is meant to penalize.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -47,7 +48,12 @@ SIF_COEFFICIENT = 1e-4  # model2vec's default: weight = a / (a + p(token)), p fr
 # Tokens that never occur in text (BERT's [unusedN] and the specials the tokenizer adds itself): no
 # row is distilled for them (a zero vector), as model2vec drops them from its vocabulary.
 SKIPPED_TOKEN = re.compile(r"^\[unused\d+\]$")
-NO_LIMIT = 1_000_000  # "no truncation": the longest input a static student takes
+# "No truncation", as StaticEmbedding tokenizes: a length no line reaches (it was 1,000,000 tokens,
+# and a longer line was cut there silently), never a position limit: a table has no positions.
+NO_LIMIT = 2**31 - 1
+# The length named in a kept init table's key (distilled_table): the former NO_LIMIT, so tables
+# computed before stay valid; the table does not depend on any length.
+_TABLE_KEY_LENGTH = 1_000_000
 
 
 def static_tokenizer(folder: str | Path):
@@ -106,7 +112,8 @@ class StaticStudent(EmbeddingModel):
             raise DistillError(f"a static student's table must have a row per token ({len(tokenizer.get_vocab())}), got shape {tuple(table.shape)}")
         self.tokenizer = tokenizer
         self.embedding = nn.EmbeddingBag.from_pretrained(table.clone(), freeze=False, mode="mean")
-        self.max_length = int(max_length)
+        # A saved student of an earlier version records max_length 1,000,000, its "no truncation" then.
+        self.max_length = NO_LIMIT if int(max_length) >= _TABLE_KEY_LENGTH else int(max_length)
         # X of IBKD's HSIC term; not a parameter, not saved (a seeded function of the vocabulary size)
         self.register_buffer("features", input_features(table.shape[0]), persistent=False)
 
@@ -154,7 +161,12 @@ class StaticStudent(EmbeddingModel):
 
         folder = Path(folder)
         save_file({"embedding.weight": self.embedding.weight.detach().float().cpu().contiguous()}, str(folder / "model.safetensors"))
-        self.tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
+        # A copy without the truncation and padding the transformers wrapper set on the backend at
+        # its last call (training's data.max_length): StaticEmbedding tokenizes with the file's settings.
+        backend = copy.deepcopy(self.tokenizer.backend_tokenizer)
+        backend.no_truncation()
+        backend.no_padding()
+        backend.save(str(folder / "tokenizer.json"))
         (folder / "modules.json").write_text(json.dumps([{"idx": 0, "name": "0", "path": "", "type": ST_STATIC_TYPE}], indent=2) + "\n")
 
     def st_modules(self, folder: Path, max_seq_length: int) -> list:
@@ -225,11 +237,11 @@ def distilled_table(teacher_spec, tokenizer, dim: int, weighting: str, cache_dir
     from distill.data.cache import teacher_identity
     from distill.data.tokens import tokenizer_fingerprint
 
-    key = hashlib.sha256(json.dumps([teacher_identity(teacher_spec), tokenizer_fingerprint(tokenizer, NO_LIMIT), dim, weighting],
+    key = hashlib.sha256(json.dumps([teacher_identity(teacher_spec), tokenizer_fingerprint(tokenizer, _TABLE_KEY_LENGTH), dim, weighting],
                                     sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / "static" / f"{key}.npy" if cache_dir else None
     if path is not None and path.is_file():
-        table = np.load(path)
+        table = _load_table(path)
         if table.shape == (len(tokenizer.get_vocab()), dim):
             return table
     table = distill_table(teacher_spec, tokenizer, dim, weighting, batch_size=batch_size, progress=progress)
@@ -237,6 +249,19 @@ def distilled_table(teacher_spec, tokenizer, dim: int, weighting: str, cache_dir
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, table)
+    return table
+
+
+def _load_table(path: Path) -> np.ndarray:
+    """A kept init table, or one line naming it when it does not read as a float array (written
+    atomically, so damage came from elsewhere: a disk error, a copy cut short, another file)."""
+    try:
+        table = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        raise DistillError(f"{path}: a damaged static init table ({str(exc).splitlines()[0][:200] or type(exc).__name__}); "
+                           "delete it and it is computed again") from None
+    if not isinstance(table, np.ndarray) or table.ndim != 2 or table.dtype.kind != "f" or not np.isfinite(table).all():
+        raise DistillError(f"{path}: a damaged static init table (not a finite 2-d float array); delete it and it is computed again")
     return table
 
 

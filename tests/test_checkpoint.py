@@ -119,3 +119,16 @@ def test_a_run_made_before_this_change_resumes(tmp_path, trained_run, tiny_home,
     original = json.loads((trained_run / "results.json").read_text())
     assert results["steps"] == 2 and results["best"] == pytest.approx(original["best"], abs=1e-6)
     assert json.loads((run / RUN_MARKER).read_text())["tool"] == "distill"
+
+
+def test_a_resume_of_a_changed_recipe_names_each_key_and_both_values(tmp_path, tiny_home, monkeypatch):
+    """Issue 38 (notes): the refusal named only the section ("... in train")."""
+    from distill.training.trainer import check_resumed_recipe
+
+    monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
+    saved = {"recipe": recipe_at(tmp_path).to_dict()}
+    check_resumed_recipe(saved, recipe_at(tmp_path, ["output.dir=elsewhere"]), tmp_path / "checkpoint.pt")  # where it lives: not compared
+    changed = recipe_at(tmp_path, ["train.lr=0.5", "loss.lam=0.3"])
+    with pytest.raises(DistillError, match=r"the recipe differs from the checkpoint's \(.*checkpoint\.pt\) in loss\.lam: 0\.2 in the "
+                                           r"checkpoint, 0\.3 now; train\.lr: 0\.001 in the checkpoint, 0\.5 now$"):
+        check_resumed_recipe(saved, changed, tmp_path / "checkpoint.pt")

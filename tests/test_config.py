@@ -1,7 +1,7 @@
 from pathlib import Path
 
 import pytest
-from conftest import REPO, recipe_at
+from conftest import REPO, recipe_at, tiny_recipe_text
 
 from distill.cli import main
 from distill.config import load_recipe, loss_defaults
@@ -147,3 +147,57 @@ def test_max_lengths_past_the_models_positions_are_refused_when_the_recipe_is_re
     monkeypatch.setenv("DISTILL_HOME", str(home))
     with pytest.raises(DistillError, match=r"tiny-teacher\.yaml: max_length 1000: the teacher tiny-teacher takes at most 128 tokens"):
         recipe_at(tmp_path)
+
+
+def test_config_shows_what_train_refuses_of_static_presets_eval_dims_and_beir_sources(tmp_path, tiny_home, tiny_beir, tiny_bert_dir,
+                                                                                       monkeypatch, capsys):
+    """Issue 38 (notes): `distill config` passed a static preset wider than its teacher or with a
+    bad tokenizer, eval.dims wider than the student's embedding, and a `beir:` source asking for
+    test queries, which `train` refused later (the static width only after encoding the whole
+    cache). Now both refuse them when the recipe is read, with the same message, and nothing is
+    encoded or written."""
+    import json
+    import shutil
+
+    from tokenizers import Tokenizer, models
+
+    home = tmp_path / "home"
+    shutil.copytree(tiny_home, home)
+    word_level = tmp_path / "word-level"  # a model folder whose tokenizer has other tokens than the teacher's
+    word_level.mkdir()
+    (word_level / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]")).save(str(word_level / "tokenizer.json"))
+    no_json = tmp_path / "no-tokenizer-json"
+    shutil.copytree(tiny_bert_dir, no_json)
+    (no_json / "tokenizer.json").unlink()
+    for name, dim, tokenizer in (("wide", 64, "null"), ("missing-tokenizer", 16, "/no/such/folder"),
+                                 ("no-tokenizer-json", 16, str(no_json)), ("other-tokenizer", 16, str(word_level))):
+        (home / "students" / f"{name}.yaml").write_text(f"name: {name}\ntype: static\ndim: {dim}\ntokenizer: {tokenizer}\n")
+    monkeypatch.setenv("DISTILL_HOME", str(home))
+    students = home / "students"
+    cases = [
+        (["student=wide"], f"{students / 'wide.yaml'}: dim 64: init: distill reduces the teacher's vectors to it, so it must be "
+                           "between 1 and the teacher tiny-teacher's width 32"),
+        (["student=missing-tokenizer"], f"{students / 'missing-tokenizer.yaml'}: tokenizer /no/such/folder: no such folder"),
+        (["student=no-tokenizer-json"], f"{students / 'no-tokenizer-json.yaml'}: tokenizer {no_json}: {no_json} has no tokenizer.json"),
+        (["student=other-tokenizer"], f"{students / 'other-tokenizer.yaml'}: tokenizer {word_level} differs from the teacher "
+                                      "tiny-teacher's: init: distill needs the teacher's own tokens"),
+        (["eval.dims=[64]"], "eval.dims [64]: 64 is more than the 32 dimensions of the student's embedding"),
+        (["loss={name: hpd, k: 8}", "eval.dims=[16]"], "eval.dims [16]: 16 is more than the 8 dimensions of the student's embedding "
+                                                       "(HPD's k-d head)"),
+        ([f"data.corpus=['beir:{tiny_beir}?queries=test']"], f"data.corpus[0]: corpus source 'beir:{tiny_beir}?queries=test': "
+                                                             "split 'test' is the reporting split"),
+    ]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(tiny_recipe_text(tmp_path))
+    for sets, message in cases:
+        args = [arg for s in sets for arg in ("--set", s)]
+        assert main(["config", str(recipe), *args]) == 2, sets
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+        assert main(["train", str(recipe), *args, "--quiet"]) == 2
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "cache").exists() and not (tmp_path / "run").exists()  # nothing encoded, nothing written
+    for sets in (["student=tiny-static"], ["eval.dims=[32, 16]"], ["loss={name: hpd, k: 8}", "eval.dims=[8, 4]"],
+                 [f"data.corpus=['beir:{tiny_beir}?queries=dev']"]):
+        assert main(["config", str(recipe), *[arg for s in sets for arg in ("--set", s)]]) == 0, capsys.readouterr().err

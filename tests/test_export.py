@@ -11,6 +11,7 @@ import stat
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, file_tree
 
 from distill.cli import main
@@ -89,6 +90,7 @@ main(sys.argv[1:])
 
 def test_an_export_killed_mid_write_leaves_nothing_that_looks_complete(tmp_path, trained_run):
     from distill.export import EXPORT_MARKER
+    from distill.io import PARTIAL_MARKER
 
     out = tmp_path / "exported"
     proc = subprocess.run([sys.executable, "-c", KILLED_EXPORT, "export", str(trained_run), "--out", str(out)],
@@ -97,8 +99,40 @@ def test_an_export_killed_mid_write_leaves_nothing_that_looks_complete(tmp_path,
     assert not out.exists()  # the half-written export is in a hidden temp folder, without the marker
     (left,) = [p for p in tmp_path.iterdir() if p.name.startswith(".exported.")]
     assert (left / "model.safetensors").is_file() and not (left / EXPORT_MARKER).exists()
+    assert (left / PARTIAL_MARKER).is_file()  # but marked as the killed process's work in progress
+    users = tmp_path / ".exported.mine"  # a folder of the user's with a name like a temp folder's: never removed
+    users.mkdir()
+    (users / "notes.txt").write_text("keep")
     assert main(["export", str(trained_run), "--out", str(out)]) == 0  # the next export is not blocked by it
-    assert (out / EXPORT_MARKER).is_file() and (out / "README.md").is_file()
+    assert (out / EXPORT_MARKER).is_file() and (out / "README.md").is_file() and not (out / PARTIAL_MARKER).exists()
+    # ... and removes it (issue 38: a kill -9 left a 68 MB hidden folder that no later export removed)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".exported.mine", "exported"]
+    assert (users / "notes.txt").read_text() == "keep"
+
+
+def test_export_to_a_folder_it_cannot_write_or_a_full_disk(tmp_path, trained_run, monkeypatch, capsys):
+    """Issue 38, failure 6: an --out that cannot be written is refused before the student loads (not
+    after ~20 s of work), a disk that fills up mid-write is one line naming --out, and nothing is
+    left half-written."""
+    from conftest import file_size_limit, unwritable_folders
+
+    import distill.export
+
+    with monkeypatch.context() as m:
+        m.setattr(distill.export, "load_saved_student", lambda *a, **k: pytest.fail("the student loaded before --out was checked"))
+        for folder in unwritable_folders(tmp_path):
+            out = folder / "exported"
+            assert main(["export", str(trained_run), "--out", str(out)]) == 2
+            err = capsys.readouterr().err
+            assert f"--out {out}: " in err and ("is not a folder" in err or "Permission denied" in err or "Read-only" in err), err
+    work = tmp_path / "work"
+    work.mkdir()
+    out = work / "exported"
+    with file_size_limit(200_000):  # the tiny student's model.safetensors is larger
+        code = main(["export", str(trained_run), "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--out {out}: File too large (EFBIG)" in err and "nothing written" in err and "Traceback" not in err, err
+    assert list(work.iterdir()) == []  # no export, no temp folder
 
 
 def test_a_run_whose_tokenizer_files_were_deleted_is_not_exported(tmp_path, trained_run, capsys):

@@ -85,3 +85,40 @@ def test_write_errors_names_the_output_and_the_errno():
     with pytest.raises(DistillError, match=r"Read-only file system \(EROFS\)"):
         with write_errors("/d/e.npy", "--out"):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+
+def test_only_this_tools_temp_folders_of_dead_processes_are_removed(tmp_path):
+    """A temp folder a killed distill process left (PARTIAL_MARKER, its pid gone) is removed by the
+    next write to the same path; one of a live process or another host, or without the marker, stays."""
+    import json
+    import socket
+    import subprocess
+    import sys
+
+    from distill.io import PARTIAL_MARKER, make_temp_dir, remove_stale_temps
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True).stdout.strip()
+    target = tmp_path / "export"
+    folders = {}
+    for name, pid, host in (("dead", int(dead), socket.gethostname()), ("live", os.getpid(), socket.gethostname()),
+                            ("other-host", int(dead), "another-host"), ("unmarked", None, None)):
+        folder = folders[name] = tmp_path / f".export.{name}"
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"x")
+        if pid is not None:
+            (folder / PARTIAL_MARKER).write_text(json.dumps({"tool": "distill", "pid": pid, "host": host}))
+    (tmp_path / ".other.dead").mkdir()  # a temp folder of another path: not this write's
+    (tmp_path / ".other.dead" / PARTIAL_MARKER).write_text(json.dumps({"tool": "distill", "pid": int(dead), "host": socket.gethostname()}))
+    assert remove_stale_temps(target) == [folders["dead"]]
+    new = make_temp_dir(target)
+    assert json.loads((new / PARTIAL_MARKER).read_text())["pid"] == os.getpid()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".export.live", ".export.other-host", ".export.unmarked", ".other.dead", new.name])
+
+
+def test_write_errors_reads_a_rust_librarys_io_error():
+    """safetensors and tokenizers raise their own exception types for a failed write."""
+    with pytest.raises(DistillError, match=r"^--out /d/e: No space left on device \(ENOSPC\); kept$"):
+        with write_errors("/d/e", "--out", "; kept"):
+            raise Exception("Error while serializing: I/O error: No space left on device (os error 28)")
+    with pytest.raises(ValueError, match="not an I/O error"), write_errors("/d/e", "--out"):
+        raise ValueError("not an I/O error")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -263,9 +264,18 @@ def test_bad_inputs_are_clear_errors(tiny_mean, tiny_bert_dir, tmp_path, capsys,
         OnnxEncoder.load(foreign)
     broken = tmp_path / "broken"
     shutil.copytree(tiny_mean, broken)
-    (broken / "onnx" / "model.onnx").write_bytes(b"garbage")
+    model_file = broken / "onnx" / "model.onnx"
+    model_file.write_bytes(b"garbage".ljust(model_file.stat().st_size, b"\0"))  # the size the record says
     with pytest.raises(DistillError, match="onnxruntime cannot load it"):
         OnnxEncoder.load(broken)
+    model_file.write_bytes(b"garbage")  # another size: not the file the record describes
+    with pytest.raises(DistillError, match=r"model\.onnx: 7 bytes, not the \d+ that .*distill_onnx\.json records .*export-onnx"):
+        OnnxEncoder.load(broken)
+    cut = tmp_path / "cut-tokenizer"  # a tokenizer.json cut short: named, not the Rust tokenizer's bare Exception
+    shutil.copytree(tiny_mean, cut)
+    (cut / "tokenizer.json").write_bytes((cut / "tokenizer.json").read_bytes()[:2000])
+    with pytest.raises(DistillError, match=rf"^{cut}/tokenizer\.json:\d+: not valid JSON"):
+        OnnxEncoder.load(cut)
     # sentences must be strings; the GPU is not the onnx backend's
     with pytest.raises(DistillError, match="sentence 1 is a int"):
         OnnxEncoder.load(tiny_mean).encode(["fine", 3])
@@ -324,3 +334,63 @@ def test_export_onnx_twice_and_on_a_run_folder(tiny_mean, trained_run, tmp_path,
     (folder / "tokenizer.json").unlink()
     with pytest.raises(DistillError, match=rf"{folder}: no tokenizer.json"):
         OnnxEncoder.load(folder)
+
+
+# A kill -9 at a chosen point of export-onnx: right after os.replace has put a file of that name in place.
+KILLED_ONNX_EXPORT = """import os, signal, sys
+real_replace = os.replace
+def replace(src, dst, *args, **kwargs):
+    real_replace(src, dst, *args, **kwargs)
+    if os.path.basename(str(dst)) == sys.argv[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+os.replace = replace
+from distill.cli import main
+main(sys.argv[2:])
+"""
+
+
+def test_export_onnx_killed_with_model_onnx_in_place_leaves_a_folder_the_next_export_takes(tiny_mean, tmp_path):
+    """Issue 38, failure 9: killed with model.onnx in place and no record, the next export-onnx
+    refused the file as another tool's. Now the record is written before the files are renamed in:
+    the folder serves, the next export-onnx takes it, and the killed export's temp folder is gone
+    after it. (Killed between the record and the rename, a first export leaves the record and no
+    model.onnx: the runtime says which command to run, and the next export-onnx takes the folder.)"""
+    from distill.onnx.runtime import OnnxEncoder
+
+    folder = tmp_path / "st"
+    shutil.copytree(tiny_mean, folder)
+    shutil.rmtree(folder / "onnx")
+    proc = subprocess.run([sys.executable, "-c", KILLED_ONNX_EXPORT, "model.onnx", "export-onnx", str(folder)],
+                          cwd=REPO, env={**os.environ, "PYTHONPATH": REPO}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    onnx_dir = folder / "onnx"
+    assert (onnx_dir / "distill_onnx.json").is_file()  # never a model.onnx without the record
+    assert OnnxEncoder.load(folder).encode(["A man plays a guitar."]).shape == (1, 32)
+    assert [p.name for p in onnx_dir.iterdir() if p.name.startswith(".")]  # the killed export's temp folder
+    assert main(["export-onnx", str(folder)]) == 0
+    assert sorted(p.name for p in onnx_dir.iterdir()) == ["distill_onnx.json", "model.onnx"]  # its temp folder removed
+    np.testing.assert_allclose(OnnxEncoder.load(folder).encode(SENTENCES), OnnxEncoder.load(tiny_mean).encode(SENTENCES), atol=1e-6)
+
+
+def test_export_onnx_on_a_folder_it_cannot_write_or_a_full_disk(tiny_mean, tmp_path, capsys, monkeypatch):
+    """Issue 38, failure 6: an onnx/ that cannot be written is refused before the model loads, a
+    disk that fills up mid-export is one line naming the folder, and onnx/ keeps what it had."""
+    from conftest import file_size_limit
+
+    folder = tmp_path / "st"
+    shutil.copytree(tiny_mean, folder)
+    shutil.rmtree(folder / "onnx")
+    (folder / "onnx").write_text("a file where the onnx folder goes")
+    with monkeypatch.context() as m:
+        m.setattr("sentence_transformers.SentenceTransformer", lambda *a, **k: pytest.fail("the model loaded before the folder was checked"))
+        assert main(["export-onnx", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert f"export-onnx {folder / 'onnx' / 'model.onnx'}: cannot be written, {folder / 'onnx'} exists and is not a folder" in err, err
+    (folder / "onnx").unlink()
+    shutil.copytree(tiny_mean / "onnx", folder / "onnx")
+    before = {p.name: p.read_bytes() for p in (folder / "onnx").iterdir()}
+    with file_size_limit(1_000_000):  # model.onnx of the tiny BERT is ~4 MB
+        code = main(["export-onnx", str(folder)])
+    err = capsys.readouterr().err
+    assert code == 2 and f"export-onnx {folder / 'onnx'}: File too large (EFBIG)" in err and "Traceback" not in err, err
+    assert {p.name: p.read_bytes() for p in (folder / "onnx").iterdir()} == before  # no temp folder, the files as they were

@@ -397,3 +397,38 @@ def test_search_benchmark_script_records_a_row(tmp_path):
     rows = [line for line in md.read_text().splitlines() if line.startswith("| 20")]
     assert len(rows) == 1 and "| 40 x 700 | 384 | 50 | 128 |" in rows[0]
     assert "--md DIR/BENCHMARKS.md" in rows[0]  # the recorded command names no machine's folder
+
+
+def test_cli_outputs_are_never_replaced_silently_and_are_checked_before_the_work(tmp_path, tiny_bert_dir, capsys):
+    """Issue 38, failures 4 and 5: an existing --json or --save-run file was overwritten silently,
+    and a folder that cannot be written (or a full disk) crashed with an OSError after the whole
+    evaluation. Now an existing file needs --overwrite and a folder that cannot be written is
+    refused, both before the data loads or the model is looked at; a disk that fills up is named."""
+    from conftest import file_size_limit, unwritable_folders
+
+    q, c, r = _write_tsv_set(tmp_path)
+    missing = ["--model", "no-such-model", "--queries", str(tmp_path / "missing.tsv"), "--corpus", str(c), "--qrels", str(r)]
+    for flag in ("--json", "--save-run"):
+        users = tmp_path / f"users{flag}"
+        users.write_text("the user's own file")
+        assert main(["eval-retrieval", *missing, flag, str(users)]) == 2
+        assert f"{flag} {users}: the file exists; pass --overwrite to replace it" in capsys.readouterr().err
+        assert users.read_text() == "the user's own file"
+        for folder in unwritable_folders(tmp_path):
+            out = folder / "out"
+            assert main(["eval-retrieval", *missing, flag, str(out)]) == 2
+            err = capsys.readouterr().err
+            assert f"{flag} {out}: " in err and ("is not a folder" in err or "Permission denied" in err or "Read-only" in err), err
+    both = ["--json", str(tmp_path / "same"), "--save-run", str(tmp_path / "same")]
+    assert main(["eval-retrieval", *missing, *both]) == 2 and "name the same file" in capsys.readouterr().err
+    files = ["--model", str(tiny_bert_dir), "--queries", str(q), "--corpus", str(c), "--qrels", str(r), "--k", "1,2", "--quiet"]
+    js, run = tmp_path / "users--json", tmp_path / "users--save-run"
+    assert main(["eval-retrieval", *files, "--json", str(js), "--save-run", str(run), "--overwrite"]) == 0
+    assert json.loads(js.read_text())["queries"] == 4 and run.read_text().split()[1] == "Q0"
+    full = tmp_path / "full"
+    full.mkdir()
+    with file_size_limit(50):  # a real EFBIG from the kernel, as a full disk gives ENOSPC
+        code = main(["eval-retrieval", *files, "--json", str(full / "r.json"), "--save-run", str(full / "r.trec")])
+    captured = capsys.readouterr()
+    assert code == 2 and f"--json {full / 'r.json'}: File too large (EFBIG)" in captured.err, captured.err
+    assert "the scores are in the table above" in captured.err and "MRR@10" in captured.out and list(full.iterdir()) == []

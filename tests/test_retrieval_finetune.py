@@ -103,6 +103,45 @@ def test_mine_writes_card_rows_without_any_judged_passage_or_test_query(tmp_path
     assert main([*args, "--split", "test", "--overwrite"]) == 2 and "reporting split" in capsys.readouterr().err
 
 
+def _tiny_st_teacher(folder, tiny_bert_dir):
+    """The tiny random BERT as a sentence-transformers folder (mean pooling, normalized): another teacher."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer import modules
+
+    transformer = modules.Transformer(str(tiny_bert_dir), max_seq_length=64)
+    SentenceTransformer(modules=[transformer, modules.Pooling(32, pooling_mode="mean"), modules.Normalize()], device="cpu").save(str(folder))
+    return folder
+
+
+def test_mine_embeddings_cache_is_keyed_on_the_teacher_and_length_and_quiet_shows_no_bar(tmp_path, tiny_beir, minilm_path,
+                                                                                         tiny_bert_dir, capsys):
+    """Issue 38, failure 7: with --embeddings-cache, a second mine at another --max-length or with
+    another teacher read the first one's embeddings back (the rows came out identical, the output
+    named the new teacher). Now the cache holds one folder per teacher and length, and a cached
+    mine gives the rows an uncached one gives. And `--quiet` prints no progress bar (it printed the
+    miner's encode and scoring bars)."""
+    cache = tmp_path / "embeddings"
+    other = _tiny_st_teacher(tmp_path / "other-teacher", tiny_bert_dir)
+    capsys.readouterr()  # the bars of saving it
+
+    def mine(name, teacher, *extra, cached=True):
+        out = tmp_path / f"{name}.jsonl"
+        args = ["mine", "--teacher", str(teacher), "--beir", str(tiny_beir), "--negatives", "2", "--relative-margin", "none", "--out", str(out),
+                "--quiet", *extra]
+        assert main(args + (["--embeddings-cache", str(cache)] if cached else [])) == 0
+        err = capsys.readouterr().err
+        assert "Batches" not in err and "Computing similarity scores" not in err and "it/s" not in err, err  # no bar
+        return out.read_text()
+
+    first = mine("first", minilm_path)
+    short = mine("short", minilm_path, "--max-length", "8")
+    assert short == mine("short-uncached", minilm_path, "--max-length", "8", cached=False) != first
+    assert mine("other", other) == mine("other-uncached", other, cached=False) != first
+    assert mine("first-again", minilm_path) == first  # the cache still serves its own teacher and length
+    keys = sorted(json.loads((p / "distill-teacher.json").read_text())["max_length"] for p in cache.iterdir())
+    assert keys == [8, 64, 256]
+
+
 def test_mine_without_datasets_says_what_to_install(tmp_path, tiny_beir, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "datasets", None)  # an import of it now raises ImportError
     assert main(["mine", "--teacher", "all-minilm-l6-v2", "--beir", str(tiny_beir), "--out", str(tmp_path / "r.jsonl")]) == 2

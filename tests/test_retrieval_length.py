@@ -94,7 +94,7 @@ def test_cli_max_length_help_and_limit(tiny_st_home, tiny_beir, monkeypatch, cap
     assert "max length 64 tokens" in capsys.readouterr().err
     run_file = tmp_path / "r.run"
     assert main(["eval-retrieval", "--model", "tiny-st", "--beir", str(tiny_beir), "--max-length", "40", "--json", str(out),
-                 "--save-run", str(run_file), "--quiet"]) == 0
+                 "--save-run", str(run_file), "--overwrite", "--quiet"]) == 0  # the first run's JSON replaced
     assert json.loads(out.read_text())["max_length"] == 40
     first = run_file.read_text().splitlines()[0].split()
     assert first[1] == "Q0" and first[3] == "1" and first[5] == "tiny-st"  # qid Q0 docid rank score tag

@@ -71,6 +71,19 @@ def test_a_json_folder_that_cannot_be_written_is_refused_before_the_evaluation(t
         assert f"--json {out}: " in err and ("is not a folder" in err or "Permission denied" in err), err
 
 
+def test_an_existing_json_file_is_replaced_only_with_overwrite(tmp_path, tiny_bert_dir, sts_dir, capsys):
+    """Issue 38, failure 4: `eval --json` replaced an existing file silently."""
+    out = tmp_path / "scores.json"
+    out.write_text("the user's own scores")
+    # refused before the model loads: a model that does not exist is not looked at
+    assert main(["eval", "--model", "no-such-model", "--tasks", "STS-B", "--json", str(out)]) == 2
+    assert f"--json {out}: the file exists; pass --overwrite to replace it" in capsys.readouterr().err
+    assert out.read_text() == "the user's own scores"
+    assert main(["eval", "--model", str(tiny_bert_dir), "--sts-dir", str(sts_dir), "--tasks", "STS-B-dev", "--json", str(out),
+                 "--overwrite", "--quiet"]) == 0
+    assert set(json.loads(out.read_text())["scores"]) == {"STS-B-dev"}
+
+
 def test_a_json_write_the_disk_refuses_is_named_after_the_table(tmp_path, tiny_bert_dir, sts_dir, capsys):
     """Files may not pass 50 bytes while it runs (a real EFBIG, as a full disk gives ENOSPC)."""
     out = tmp_path / "scores.json"

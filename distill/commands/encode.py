@@ -27,12 +27,10 @@ def check_out(path: str | Path, overwrite: bool) -> None:
     """Before the model loads: a known format, no file there unless --overwrite (an .npy carries
     no mark of who wrote it, so any existing file may be the user's), and a folder it can be
     written in."""
-    from distill.io import check_writable
+    from distill.io import check_new_file
 
     output_format(path)
-    if (Path(path).exists() or Path(path).is_symlink()) and not overwrite:
-        raise DistillError(f"--out {path}: the file exists; pass --overwrite to replace it, or name a new file")
-    check_writable(path, "--out")
+    check_new_file(path, "--out", overwrite)
 
 
 def check_device(device: str | None) -> None:

@@ -12,17 +12,15 @@ from distill.errors import DistillError
 def _cmd_mine(args) -> int:
     from distill.data.beir_source import check_training_split
     from distill.data.mining import mine_rows, write_rows
-    from distill.io import check_writable, write_errors
+    from distill.io import check_new_file, write_errors
 
     check_training_split(args.split, f"--split {args.split}")  # before anything loads
     out = Path(args.out)
-    if (out.exists() or out.is_symlink()) and not args.overwrite:
-        raise DistillError(f"--out {out}: the file exists; pass --overwrite to replace it, or name a new file")
+    check_new_file(out, "--out", args.overwrite)
     if args.batch_size < 1:
         raise DistillError(f"--batch-size {args.batch_size}: must be at least 1")
     if args.relative_margin is not None and not 0 <= args.relative_margin < 1:
         raise DistillError(f"--relative-margin {args.relative_margin}: must be between 0 and 1 (or 'none')")
-    check_writable(out, "--out")
     mined = mine_rows(args.teacher, args.beir, args.split, args.negatives, max_length=args.max_length, batch_size=args.batch_size,
                       relative_margin=args.relative_margin, range_min=args.range_min, range_max=args.range_max,
                       embeddings_cache=args.embeddings_cache, progress=not args.quiet)

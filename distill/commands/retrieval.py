@@ -18,7 +18,7 @@ def _cmd_eval_retrieval(args) -> int:
         load_retrieval_data,
         parse_k,
     )
-    from distill.io import write_json_atomic, write_text_atomic
+    from distill.io import write_errors, write_json_atomic, write_text_atomic
 
     backend_kwargs(args)  # flags checked before the data loads
     ks = parse_k(args.k) if args.k else list(DEFAULT_K)
@@ -26,6 +26,7 @@ def _cmd_eval_retrieval(args) -> int:
         raise DistillError("--batch-size and --chunk-size must be at least 1")
     if args.max_length is not None and args.max_length < 1:
         raise DistillError(f"--max-length {args.max_length}: must be at least 1")
+    check_outputs(args)  # before the data loads and the model encodes: not after the whole evaluation
     data = load_retrieval_data(args.queries, args.corpus, args.qrels, beir=args.beir, hub=args.hub, split=args.split)
     results = evaluate_retrieval(
         args.model, data.queries, data.corpus, data.qrels, k=ks, batch_size=args.batch_size,
@@ -38,13 +39,29 @@ def _cmd_eval_retrieval(args) -> int:
     print(format_table(results, title=args.model))
     print(f"{results['queries']} queries evaluated, {results['corpus']} passages, {results['metric']} similarity, "
           f"exact search, max length {results['max_length']} tokens", file=sys.stderr)
+    kept = "; not written, the scores are in the table above"
     if args.json:
-        write_json_atomic(args.json, {"model": args.model, "data": data.source, **results})
+        with write_errors(args.json, "--json", kept):
+            write_json_atomic(args.json, {"model": args.model, "data": data.source, **results})
         print(f"wrote {args.json}", file=sys.stderr)
     if args.save_run:
-        write_text_atomic(args.save_run, trec_run(run, scores, tag=args.model))
+        with write_errors(args.save_run, "--save-run", kept + (f" and in {args.json}" if args.json else "")):
+            write_text_atomic(args.save_run, trec_run(run, scores, tag=args.model))
         print(f"wrote {args.save_run}", file=sys.stderr)
     return 0
+
+
+def check_outputs(args) -> None:
+    """--json and --save-run: two different files, each new (or --overwrite) in a folder that can be written."""
+    from pathlib import Path
+
+    from distill.io import check_new_file
+
+    if args.json and args.save_run and Path(args.json).absolute() == Path(args.save_run).absolute():
+        raise DistillError(f"--json and --save-run name the same file {args.json}; give two files")
+    for flag, path in (("--json", args.json), ("--save-run", args.save_run)):
+        if path:
+            check_new_file(path, flag, args.overwrite)
 
 
 def trec_run(run: dict, scores: dict, tag: str) -> str:
@@ -86,8 +103,10 @@ def register(sub) -> None:
     p.add_argument("--max-length", type=int, metavar="N",
                    help="truncate queries and passages at N tokens (default: the model's own max_seq_length, "
                         "see above; at most the model's position limit)")
-    p.add_argument("--json", metavar="FILE", help="also write the results to this JSON file")
-    p.add_argument("--save-run", metavar="FILE", help="also write the ranking (top max(k) per query) as a TREC run file")
+    p.add_argument("--json", metavar="FILE", help="also write the results to this JSON file (an existing file needs --overwrite)")
+    p.add_argument("--save-run", metavar="FILE", help="also write the ranking (top max(k) per query) as a TREC run file "
+                                                      "(an existing file needs --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing --json / --save-run files")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_dims_arg(p)
     add_backend_args(p)

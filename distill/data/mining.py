@@ -23,6 +23,9 @@ dropped (counted in the stats).
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -95,12 +98,13 @@ def mine_rows(teacher: str, beir: str | Path, split: str = "dev", negatives: int
 
     model = load_sentence_transformer(teacher, max_length=max_length, device=device)
     dataset = Dataset.from_dict({"query": [data.queries[q] for q, _ in pairs], "positive": [data.passage_text(d) for _, d in pairs]})
-    mined = mine_hard_negatives(
+    miner = mine_hard_negatives if progress else without_progress_bars(mine_hard_negatives)
+    mined = miner(
         dataset, model, anchor_column_name="query", positive_column_name="positive",
         corpus=[data.passage_text(d) for d in data.passages], range_min=range_min, range_max=range_max,
         relative_margin=relative_margin, num_negatives=negatives, sampling_strategy="top", output_format="n-tuple",
         output_scores=True, batch_size=batch_size, verbose=progress,
-        cache_folder=str(embeddings_cache) if embeddings_cache else None,
+        cache_folder=keyed_embeddings_cache(embeddings_cache, teacher, model),
     )
 
     def passage(doc: str) -> dict:
@@ -140,3 +144,88 @@ def write_rows(path: str | Path, rows: list[dict]) -> None:
     from distill.io import write_text_atomic
 
     write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+# --- the embeddings cache (--embeddings-cache DIR) ------------------------------------------------
+# sentence-transformers' miner names its cached files by a hash of the texts, the prompts and the
+# model's `model_card_data.base_model`, which a local folder leaves empty: a cache filled by one
+# teacher, or at one length, was read back for another, and the output named the new teacher. So
+# the miner gets DIR/teacher-<hash of `teacher_cache_key`>/, one folder per teacher and length, with
+# the key written in it.
+
+CACHE_KEY_FILE = "distill-teacher.json"
+_CONFIG_SUFFIXES = (".json", ".txt", ".model")  # configs, tokenizer files, vocabularies, sentencepiece models
+
+
+def teacher_cache_key(teacher: str, model) -> dict:
+    """Everything that makes the teacher's vectors of a text what they are: its folder, its weights
+    (`model_revision`), its configuration and tokenizer files (pooling, normalization, prompts,
+    vocabulary), and the truncation length. The one place to switch to the loaded model's own
+    identity when it has one."""
+    from distill.data.cache import model_revision
+    from distill.resolve import resolve_model
+
+    folder = resolve_model(teacher, role="teacher").resolve()
+    return {"teacher": str(folder), "weights": model_revision(folder), "config_files": _config_digest(folder),
+            "max_length": int(model.max_seq_length), "query_prompt": None, "corpus_prompt": None}
+
+
+def _config_digest(folder: Path) -> str:
+    """sha256 over the folder's configuration and tokenizer files (name and bytes), not its weights."""
+    h = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _CONFIG_SUFFIXES and "onnx" not in p.parts):
+        h.update(f"{path.relative_to(folder)}\0".encode() + path.read_bytes() + b"\0")
+    return f"sha256:{h.hexdigest()}"
+
+
+def keyed_embeddings_cache(cache_dir: str | Path | None, teacher: str, model) -> str | None:
+    """The folder under `cache_dir` the miner may cache this teacher's embeddings in (None: no cache).
+
+    DIR/teacher-<16 hex digits of the key>/, made with the key in CACHE_KEY_FILE; an existing one
+    whose key file differs (or is unreadable) is refused, naming the field."""
+    if not cache_dir:
+        return None
+    from distill.io import write_json_atomic
+
+    key = teacher_cache_key(teacher, model)
+    folder = Path(cache_dir) / f"teacher-{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}"
+    key_file = folder / CACHE_KEY_FILE
+    if not key_file.is_file():
+        write_json_atomic(key_file, key)
+        return str(folder)
+    try:
+        saved = json.loads(key_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DistillError(f"--embeddings-cache {cache_dir}: {key_file} cannot be read ({exc}); delete {folder} "
+                           "(its embeddings are recomputed)") from None
+    differ = [k for k in key if not isinstance(saved, dict) or saved.get(k) != key[k]]
+    if differ:
+        field_name = differ[0]
+        raise DistillError(f"--embeddings-cache {cache_dir}: {folder} holds embeddings of another teacher or length "
+                           f"({field_name}: {saved.get(field_name) if isinstance(saved, dict) else saved!r} there, {key[field_name]!r} now); "
+                           f"delete {folder} (its embeddings are recomputed)")
+    return str(folder)
+
+
+def without_progress_bars(function):
+    """`function` with every tqdm bar it opens disabled: the miner opens bars that no argument
+    turns off (its encode calls pass show_progress_bar=True, its scoring loop a plain trange), and
+    `verbose=False` only silences its statistics. Patched on tqdm's base class for the call's
+    duration (every tqdm flavour calls its __init__), and restored after."""
+
+    @functools.wraps(function)
+    def quiet(*args, **kwargs):
+        from tqdm import std
+
+        original = std.tqdm.__init__
+
+        def disabled(self, *a, **k):
+            original(self, *a, **{**k, "disable": True})
+
+        std.tqdm.__init__ = disabled
+        try:
+            return function(*args, **kwargs)
+        finally:
+            std.tqdm.__init__ = original
+
+    return quiet

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
-from contextlib import ExitStack
 from pathlib import Path
 
 from distill.errors import DistillError
-from distill.io import atomic_path, write_json_atomic
+from distill.io import check_writable, temp_folder, write_errors, write_json_atomic
 
 ONNX_DIR = "onnx"
 FILES = {"fp32": "model.onnx", "int8": "model_qint8.onnx"}
@@ -179,31 +179,50 @@ def read_meta(folder: str | Path) -> dict | None:
 def export_onnx(folder: str | Path, *, quantize: str | None = None, overwrite: bool = False, log=print) -> dict:
     """Write `onnx/model.onnx` (and with quantize="int8" `onnx/model_qint8.onnx`) into a sentence-transformers folder.
 
-    Each file is written to a temp name, checked, then renamed. A file there that distill did not
-    write (not listed in onnx/distill_onnx.json) is only replaced with `overwrite=True`. Returns
-    the metadata written to onnx/distill_onnx.json.
+    Each file is written into a temp folder in onnx/ and checked; then the record
+    onnx/distill_onnx.json is written, then the files are renamed into place (`_publish`). A file
+    there that distill did not write (not listed in the record) is only replaced with
+    `overwrite=True`. Returns the metadata written to onnx/distill_onnx.json.
     """
     folder = Path(folder)
     old = _check_folder(folder, quantize, overwrite)
-    import torch
+    onnx_dir = folder / ONNX_DIR
+    check_writable(onnx_dir / FILES["fp32"], "export-onnx")  # before the ~20 s of loading, tracing and checking
     from sentence_transformers import SentenceTransformer
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
-    st = SentenceTransformer(str(folder), device="cpu")
+    from distill.model_files import explain_load_error
+
+    try:
+        st = SentenceTransformer(str(folder), device="cpu", trust_remote_code=False)
+        # The transformer again, with eager attention (an additive 4-D mask, traceable for any shape).
+        transformer = AutoModel.from_pretrained(str(folder), attn_implementation="eager", trust_remote_code=False).eval()
+    except Exception as exc:  # a damaged or foreign file: one line naming it
+        raise explain_load_error(folder, exc) from None
     pooling, dense, normalize = _head_from(st, folder)
     max_length = int(st.max_seq_length)
-    # The transformer again, with eager attention (an additive 4-D mask, traceable for any shape).
-    transformer = AutoModel.from_pretrained(str(folder), attn_implementation="eager").eval()
     probe = probe_sentences(max_length)
     ref = st.encode(probe, batch_size=len(probe), convert_to_numpy=True, normalize_embeddings=False)
-    files = _write_checked(folder / ONNX_DIR, _wrapper(transformer, pooling, dense, normalize), st.tokenizer, probe, ref,
-                           max_length, quantize, dict(old.get("files", {})), log)
-    meta = {
+    # A full or read-only disk: one line naming it; the temp folder goes, onnx/'s files stay as they were.
+    with write_errors(onnx_dir, "export-onnx", "; nothing in it changed"), \
+            temp_folder(onnx_dir / FILES["fp32"]) as work:  # deleted at the end; one a killed export left, at the next start
+        files, written = _write_checked(work, onnx_dir, _wrapper(transformer, pooling, dense, normalize), st.tokenizer, probe, ref,
+                                        max_length, quantize, dict(old.get("files", {})), log)
+        meta = _meta(transformer, folder, st, ref, max_length, pooling, dense, normalize, files)
+        _publish(onnx_dir, meta, written)
+    return meta
+
+
+def _meta(transformer, folder: Path, st, ref, max_length: int, pooling: str, dense: list, normalize: bool, files: dict) -> dict:
+    import torch
+    from transformers import AutoTokenizer
+
+    return {
         "format": 1,
         "inputs": list(INPUTS),
         "output": OUTPUTS[1],
         "max_seq_length": max_length,
-        "max_positions": _max_positions(transformer.config, AutoTokenizer.from_pretrained(str(folder)), max_length),
+        "max_positions": _max_positions(transformer.config, AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False), max_length),
         "pad_token_id": int(st.tokenizer.pad_token_id if st.tokenizer.pad_token_id is not None else 0),
         "dim": int(ref.shape[1]),
         "pooling": pooling,
@@ -212,8 +231,19 @@ def export_onnx(folder: str | Path, *, quantize: str | None = None, overwrite: b
         "files": files,
         "exported_with": {"torch": torch.__version__, "transformers": _version("transformers"), "onnxruntime": _version("onnxruntime")},
     }
-    write_json_atomic(folder / ONNX_DIR / META, meta)
-    return meta
+
+
+def _publish(onnx_dir: Path, meta: dict, written: list[Path]) -> None:
+    """The record first, then the files it lists renamed into place (int8 before fp32).
+
+    Killed in between (kill -9, power loss), the record names files that are not all in place yet:
+    the next export-onnx takes those names as its own and replaces them, and the runtime refuses a
+    file whose size differs from the record's. The other order would leave a complete-looking
+    model.onnx that no record names, which the next export-onnx must refuse as another tool's.
+    """
+    write_json_atomic(onnx_dir / META, meta)
+    for tmp in written:
+        os.replace(tmp, onnx_dir / tmp.name)
 
 
 def _check_folder(folder: Path, quantize: str | None, overwrite: bool) -> dict:
@@ -241,46 +271,41 @@ def _check_folder(folder: Path, quantize: str | None, overwrite: bool) -> dict:
     return old
 
 
-def _write_checked(onnx_dir: Path, model, tokenizer, probe: list[str], ref, max_length: int, quantize: str | None,
-                   files: dict, log) -> dict:
-    """Trace `model` to model.onnx (and quantize it), check each file on the padded probe batch,
-    and rename them into place only when every check passed; returns the updated "files" record.
-
-    Both files are written to temp names and renamed as the stack unwinds (int8, then fp32); on any
-    error both temp files are removed and nothing in onnx/ changes.
-    """
+def _write_checked(work: Path, onnx_dir: Path, model, tokenizer, probe: list[str], ref, max_length: int, quantize: str | None,
+                   files: dict, log) -> tuple[dict, list[Path]]:
+    """Trace `model` to WORK/model.onnx (and quantize it to WORK/model_qint8.onnx), check each file
+    on the padded probe batch; returns the updated "files" record (with each file's sha256 and
+    size) and the checked files, in the order they are to be renamed into `onnx_dir` (int8 first)."""
     import numpy as np
     import torch
 
-    onnx_dir.mkdir(parents=True, exist_ok=True)
-    with ExitStack() as stack:
-        fp32_tmp = stack.enter_context(atomic_path(onnx_dir / FILES["fp32"]))
-        int8_tmp = None
-        example = tokenizer(probe[:3], padding=True, return_tensors="pt")
-        axes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
-                "last_hidden_state": {0: "batch", 1: "length"}, "sentence_embedding": {0: "batch"}}
-        with warnings.catch_warnings(), torch.inference_mode():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
-            torch.onnx.export(model, (example["input_ids"], example["attention_mask"]), str(fp32_tmp),
-                              input_names=list(INPUTS), output_names=list(OUTPUTS), dynamic_axes=axes,
-                              opset_version=OPSET, do_constant_folding=True, dynamo=False)
-        got = _run_padded(_session(fp32_tmp), tokenizer, probe, max_length)
-        diff = float(np.abs(got - ref).max())
-        if not diff <= FP32_TOLERANCE:
-            raise DistillError(f"{onnx_dir.parent}: the ONNX graph differs from PyTorch by {diff:.2e} (max abs) on padded batches, "
-                               f"over the {FP32_TOLERANCE:g} allowed; not written")
-        files[FILES["fp32"]] = {"precision": "fp32", "max_abs_diff_vs_torch": diff}
-        log(f"{onnx_dir / FILES['fp32']}: max abs difference to PyTorch {diff:.2e} on {len(probe)} padded sentences")
-        if quantize:
-            int8_tmp = stack.enter_context(atomic_path(onnx_dir / FILES["int8"]))
-            quantize_int8(fp32_tmp, int8_tmp)
-            cos = _cosines(_run_padded(_session(int8_tmp), tokenizer, probe, max_length), got)
-            files[FILES["int8"]] = {"precision": "int8 (dynamic, per-channel MatMul weights)", "min_cosine_vs_fp32": float(cos.min())}
-            log(f"{onnx_dir / FILES['int8']}: cosine to fp32 min {cos.min():.4f} on {len(probe)} padded sentences")
-        for key, tmp in (("fp32", fp32_tmp), ("int8", int8_tmp)):
-            if tmp is not None:
-                files[FILES[key]]["sha256"] = _sha256(tmp)
-    return files
+    fp32 = work / FILES["fp32"]
+    example = tokenizer(probe[:3], padding=True, return_tensors="pt")
+    axes = {"input_ids": {0: "batch", 1: "length"}, "attention_mask": {0: "batch", 1: "length"},
+            "last_hidden_state": {0: "batch", 1: "length"}, "sentence_embedding": {0: "batch"}}
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notes
+        torch.onnx.export(model, (example["input_ids"], example["attention_mask"]), str(fp32),
+                          input_names=list(INPUTS), output_names=list(OUTPUTS), dynamic_axes=axes,
+                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    got = _run_padded(_session(fp32), tokenizer, probe, max_length)
+    diff = float(np.abs(got - ref).max())
+    if not diff <= FP32_TOLERANCE:
+        raise DistillError(f"{onnx_dir.parent}: the ONNX graph differs from PyTorch by {diff:.2e} (max abs) on padded batches, "
+                           f"over the {FP32_TOLERANCE:g} allowed; not written")
+    files[FILES["fp32"]] = {"precision": "fp32", "max_abs_diff_vs_torch": diff}
+    log(f"{onnx_dir / FILES['fp32']}: max abs difference to PyTorch {diff:.2e} on {len(probe)} padded sentences")
+    written = [fp32]
+    if quantize:
+        int8 = work / FILES["int8"]
+        quantize_int8(fp32, int8)
+        cos = _cosines(_run_padded(_session(int8), tokenizer, probe, max_length), got)
+        files[FILES["int8"]] = {"precision": "int8 (dynamic, per-channel MatMul weights)", "min_cosine_vs_fp32": float(cos.min())}
+        log(f"{onnx_dir / FILES['int8']}: cosine to fp32 min {cos.min():.4f} on {len(probe)} padded sentences")
+        written.insert(0, int8)
+    for path in written:
+        files[path.name].update(sha256=_sha256(path), bytes=path.stat().st_size)
+    return files, written
 
 
 def quantize_int8(src: str | Path, dst: str | Path) -> None:

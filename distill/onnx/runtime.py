@@ -53,6 +53,19 @@ def session_options(threads: int | None = None):
     return opts
 
 
+def _check_recorded_size(file: Path, meta: dict, folder: Path) -> None:
+    """The file is the one the record describes (its size, recorded since distill_onnx.json lists
+    it before the file is renamed into place): else an export-onnx was interrupted, or the file
+    was replaced since."""
+    if file.parent.resolve() != (folder / ONNX_DIR).resolve():
+        return  # a file given by path elsewhere: the record is not about it
+    recorded = (meta.get("files") or {}).get(file.name, {})
+    size = recorded.get("bytes") if isinstance(recorded, dict) else None
+    if isinstance(size, int) and file.is_file() and file.stat().st_size != size:
+        raise DistillError(f"{file}: {file.stat().st_size} bytes, not the {size} that {folder / ONNX_DIR / 'distill_onnx.json'} records "
+                           f"(an export-onnx was interrupted, or the file was replaced since): run `distill export-onnx {folder}` again")
+
+
 class OnnxEncoder:
     """Sentences -> (n, d) float32 embeddings with onnxruntime; `encode` mirrors `Encoder.encode`."""
 
@@ -98,6 +111,7 @@ class OnnxEncoder:
         for key in ("output", "dim", "max_seq_length"):
             if key not in meta:
                 raise DistillError(f"{folder / ONNX_DIR / 'distill_onnx.json'}: no {key!r} key; re-run `distill export-onnx {folder}`")
+        _check_recorded_size(file, meta, folder)
         tok_file = folder / "tokenizer.json"
         if not tok_file.is_file():
             raise DistillError(f"{folder}: no tokenizer.json; the onnx backend needs the fast tokenizer's file beside the model")
@@ -113,7 +127,13 @@ class OnnxEncoder:
         if unknown:
             raise DistillError(f"{file}: inputs {unknown} are not ones distill feeds ({', '.join(INPUTS)})")
         max_length = _check_length(max_length or meta["max_seq_length"], meta)
-        return cls(folder, file, session, Tokenizer.from_file(str(tok_file)), meta, max_length)
+        try:
+            tokenizer = Tokenizer.from_file(str(tok_file))
+        except Exception as exc:  # noqa: BLE001 (the Rust tokenizer raises a plain Exception): one line naming the file
+            from distill.model_files import explain_load_error
+
+            raise explain_load_error(folder, exc) from None
+        return cls(folder, file, session, tokenizer, meta, max_length)
 
     def _batches(self, sentences: list[str], batch_size: int, max_length: int):
         """What `encode` feeds the session: (input positions, input_ids, attention_mask) numpy

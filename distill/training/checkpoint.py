@@ -23,6 +23,7 @@ import torch
 
 from distill.errors import DistillError
 from distill.io import atomic_path, os_error_text
+from distill.model_files import weights_only_reason
 
 NAME = "checkpoint.pt"
 
@@ -98,9 +99,7 @@ def _older_numpy_state():
 def refused(path: Path, exc: BaseException) -> DistillError:
     """weights_only's refusal, with its reason ("Unsupported global: GLOBAL posix.system ...") and
     without torch's advice to allowlist the global or load with weights_only=False."""
-    text = str(exc).split("Check the documentation", 1)[0].replace("WeightsUnpickler error:", "\n")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    reason = (lines[-1] if lines else type(exc).__name__).split(" Please use", 1)[0][:200]
+    reason = weights_only_reason(exc)
     return DistillError(f"{path}: refused, not a checkpoint distill can read without unpickling code ({reason}); it is not "
                         "from distill, was altered, or an older distill wrote it, and distill never runs what a pickle names: "
                         "--resume cannot continue from it: re-run without --resume (into a new output.dir)")

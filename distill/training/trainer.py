@@ -157,8 +157,10 @@ def check_resumed_recipe(ckpt: dict, recipe: Recipe, ckpt_file: Path, only: tupl
     if only is not None:
         saved, now = {k: saved.get(k) for k in only}, {k: now[k] for k in only}
     if saved != now:
+        from distill.recipe_diff import describe_differences
+
         raise DistillError(f"--resume: the recipe differs from the checkpoint's ({ckpt_file}) in "
-                           + ", ".join(k for k in now if saved.get(k) != now[k]))
+                           + describe_differences(saved, now, "the checkpoint", "now"))
 
 
 class Trainer:
