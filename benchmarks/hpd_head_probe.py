@@ -38,7 +38,7 @@ def main(argv=None) -> None:
     # the same seeded sample as distill.training.stages.prepare_loss
     rows = np.sort(np.random.default_rng(args.seed).choice(len(sentences), size=min(len(sentences), PREPARE_SAMPLE), replace=False))
     student = Encoder.load(args.student, role="student", max_length=args.max_length)
-    s = torch.as_tensor(np.asarray(student.encode([sentences[i] for i in rows], max_length=args.max_length), dtype=np.float32))
+    s = torch.as_tensor(np.asarray(student.encode(sentences.take(rows), max_length=args.max_length), dtype=np.float32))
     t = torch.from_numpy(np.asarray(cache.pca_targets(args.k))[rows].astype(np.float32))
     loss = HPDLoss(student.dim, None, k=args.k)
     loss.prepare(s, t)

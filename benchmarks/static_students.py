@@ -122,20 +122,23 @@ def seeds_row(name: str, runs: dict[int, dict], sent_s: float, params: int, **ex
                best_dev=round(statistics.mean(runs[s]["best_dev"] for s in seeds), 2), **extra)
 
 
-def vocabulary(static, corpus_file: Path, sts: dict, max_length: int) -> dict:
+def vocabulary(static, cache_dir: Path, sts: dict, max_length: int) -> dict:
     """Which table rows training can move: the vocabulary ids that occur in the training corpus
     (its first `max_length` tokens, as training sees it), and how much of the STS sets' text is
     made of ids that never occur (those keep their distilled init). Decides whether pruning the
     table to the corpus' tokens is worth it: its size on disk against what it would lose."""
     import numpy as np
 
+    from distill.data.cache import TeacherCache
     from distill.data.tokens import tokenize_corpus
 
     tok = static.tokenizer
-    sentences = corpus_file.read_text(encoding="utf-8").splitlines()
+    sentences = TeacherCache.open(cache_dir).sentences()  # read by row, never loaded whole
     seen = np.zeros(static.embedding.weight.shape[0], dtype=bool)
-    # the run's own tokenization, stored in its cache folder (tokens/*.npz): read back, not redone
-    seen[tokenize_corpus(tok, sentences, max_length, corpus_file.parent, progress=False).ids] = True
+    # the run's own tokenization, stored in its cache folder (tokens/<fingerprint>/): read back, not redone
+    ids = tokenize_corpus(tok, sentences, max_length, cache_dir, progress=False).ids
+    for start in range(0, len(ids), 1 << 24):  # a memory map, read a block at a time
+        seen[ids[start : start + (1 << 24)]] = True
     sts_ids = [i for p in sts.values() for s in (*p.sentences1, *p.sentences2) for i in tok(s)["input_ids"]]
     unseen = [i for i in sts_ids if not seen[i]]
     rows, dim = static.embedding.weight.shape
@@ -225,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
 
     recipe = yaml.safe_load((REPO / STATIC_RECIPE).read_text())
     data = recipe["data"]
-    vocab = vocabulary(static, REPO / data["cache_dir"] / "sentences.txt", sts, max_length=data["max_length"])
+    vocab = vocabulary(static, REPO / data["cache_dir"], sts, max_length=data["max_length"])
     # the untrained row: the preset's init (the distilled table the runs started from, read from the cache)
     untrained = StaticStudent.from_spec(load_student(recipe["student"]), recipe["teacher"], cache_dir=REPO / data["cache_dir"], device="cpu")
     init = {"scores": score(untrained, sts), "params": untrained.num_parameters()}

@@ -204,7 +204,7 @@ def _pca_dense(enc, head, meta: dict, k: int, student_dir: Path):
                            f"{student_dir / META}); run the export from the folder the run was trained in")
     sentences = TeacherCache.open(cache).sentences()
     rows = np.sort(np.random.default_rng(0).choice(len(sentences), size=min(PCA_SAMPLE, len(sentences)), replace=False))
-    emb = StudentEmbedder(enc, head)([sentences[i] for i in rows], batch_size=256).astype(np.float64)
+    emb = StudentEmbedder(enc, head)(sentences.take(rows), batch_size=256).astype(np.float64)
     d = emb.shape[1]
     if k > min(d, len(rows)):
         raise DistillError(f"--pca {k}: must be at most the student's width {d} (and the {len(rows)} sentences it is fitted on)")

@@ -36,8 +36,9 @@ def test_beir_corpus_source_has_passages_and_dev_queries_never_a_test_query(tmp_
                    {"dev": {"q1": ["d1"], "q2": ["d2"]}, "test": {"q3": ["d3"]}})
     corpus = read_corpus([f"beir:{folder}?queries=dev"])
     # passages as BEIR joins them, then the dev queries; q2 is test query q3 up to spacing: left out
-    assert corpus.sentences == ["Title one Text one.", "Text two.", "T3 Text three.", "a dev claim"]
-    assert read_corpus([f"beir:{folder}"]).sentences == ["Title one Text one.", "Text two.", "T3 Text three."]
+    assert corpus.sentences[:] == ["Title one Text one.", "Text two.", "T3 Text three.", "a dev claim"]
+    assert list(corpus.sentences.roles) == [0, 0, 0, 1]  # passages are documents, the split's queries queries
+    assert read_corpus([f"beir:{folder}"]).sentences[:] == ["Title one Text one.", "Text two.", "T3 Text three."]
     for source, message in [(f"beir:{folder}?queries=test", r"split 'test' is the reporting split"),
                             (f"beir:{folder}?split=dev", r"expected queries=SPLIT"),
                             (f"beir:{folder}?queries=train", r"no qrels/train\.tsv"),

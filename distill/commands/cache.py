@@ -42,7 +42,8 @@ def _teacher(name: str, max_length: int | None):
 def register(sub) -> None:
     p = sub.add_parser("cache", help="encode a corpus with a teacher once (float16, memory-mapped, resumable)")
     p.add_argument("--teacher", required=True, help="teacher preset (teachers/*.yaml)")
-    p.add_argument("--corpus", required=True, nargs="+", help="text/.gz files (one sentence a line), .jsonl/.csv/.tsv, or hub dataset names")
+    p.add_argument("--corpus", required=True, nargs="+", help="text/.gz files (one sentence a line), .jsonl/.csv/.tsv, hub dataset names, beir:DIR[?queries=dev]; "
+                        "prefix query: for rows a teacher should encode as queries (query:questions.txt)")
     p.add_argument("--out", required=True, help="cache folder")
     p.add_argument("--pca", type=int, help="also store the targets projected to K PCA dims (HPD; the paper uses 128)")
     p.add_argument("--column", help="text column of JSONL/CSV/hub sources (default: text, sentence, ...)")

@@ -3,8 +3,9 @@
 Used two ways:
 
 - as a distillation corpus source (`data.corpus`, `distill cache --corpus`): `beir:FOLDER` reads
-  every passage of FOLDER/corpus.jsonl ("title text", BEIR's join); `beir:FOLDER?queries=SPLIT`
-  adds the queries judged in FOLDER/qrels/SPLIT.tsv after them. No file is written: the teacher
+  every passage of FOLDER/corpus.jsonl ("title text", BEIR's join; the document role);
+  `beir:FOLDER?queries=SPLIT` adds the queries judged in FOLDER/qrels/SPLIT.tsv after them (the
+  query role: a teacher with a query prompt encodes them as queries). No file is written: the teacher
   cache's manifest records the source string and the sha256 of what it read.
 - by `distill mine` (distill/data/mining.py): the split's (query, positive) pairs.
 
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from distill.data.readers import is_jsonl, iter_jsonl, join_title
+from distill.data.sentence_store import DOCUMENT, QUERY
 from distill.errors import DistillError
 
 PREFIX = "beir:"
@@ -128,15 +130,19 @@ def load_training_split(folder: str | Path, split: str) -> TrainingSplit:
     return TrainingSplit(queries, load_passages(folder), {q: data.qrels[q] for q in queries}, dropped)
 
 
-def iter_beir_source(source: str) -> Iterator[tuple[int, str]]:
-    """(position from 1, text): every passage of the folder ("title text"), then the split's queries (if named)."""
+def iter_beir_source(source: str) -> Iterator[tuple[int, str, int]]:
+    """(position from 1, text, role): every passage of the folder ("title text", the document
+    role), then the split's queries (if named; the query role)."""
     spec = parse_source(source)
     if not spec.folder.is_dir():
         raise DistillError(f"corpus source {source!r}: {spec.folder} is not a folder (expected a BEIR folder: corpus.jsonl, queries.jsonl, qrels/)")
     if spec.queries is None:
-        texts = [join_title(title, text) for title, text in load_passages(spec.folder).values()]
+        passages, queries = load_passages(spec.folder), {}
     else:
         check_training_split(spec.queries, f"corpus source {source!r}")
         data = load_training_split(spec.folder, spec.queries)
-        texts = [data.passage_text(d) for d in data.passages] + list(data.queries.values())
-    yield from enumerate(texts, start=1)
+        passages, queries = data.passages, data.queries
+    for position, (title, text) in enumerate(passages.values(), start=1):
+        yield position, join_title(title, text), DOCUMENT
+    for position, text in enumerate(queries.values(), start=len(passages) + 1):
+        yield position, text, QUERY

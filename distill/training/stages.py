@@ -106,10 +106,12 @@ def open_or_build_cache(recipe: Recipe, progress: bool = True) -> TeacherCache:
     if not recipe.data.corpus:
         # no corpus named: trust the cache's own, but still check the teacher
         return TeacherCache.open(cache_dir, expect=teacher_identity(spec))
-    corpus = read_corpus(recipe.data.corpus, column=recipe.data.column, max_sentences=recipe.data.max_sentences)
-    if (cache_dir / "manifest.json").is_file():
-        return TeacherCache.open(cache_dir, expect={**teacher_identity(spec), "corpus_sha256": corpus.sha256}, corpus=corpus)
-    return build_cache(spec, corpus, cache_dir, pca=_pca_dim(recipe), progress=progress)
+    if (cache_dir / "manifest.json").is_file():  # the corpus's identity is enough: counted and hashed, not stored
+        corpus = read_corpus(recipe.data.corpus, column=recipe.data.column, max_sentences=recipe.data.max_sentences, keep_text=False,
+                             progress=progress)
+        return TeacherCache.open(cache_dir, expect={**teacher_identity(spec), **corpus.identity()}, corpus=corpus)
+    return build_cache(spec, recipe.data.corpus, cache_dir, pca=_pca_dim(recipe), column=recipe.data.column,
+                       max_sentences=recipe.data.max_sentences, progress=progress)
 
 
 def _pca_dim(recipe: Recipe) -> int | None:
@@ -118,8 +120,10 @@ def _pca_dim(recipe: Recipe) -> int | None:
 
 
 def load_targets(recipe: Recipe, cache: TeacherCache, device: torch.device) -> torch.Tensor:
-    """What the loss regresses on (teacher vectors or their PCA-k), as one tensor: on the GPU when
-    it fits in a quarter of the free memory, else pinned for fast copies."""
+    """What the loss regresses on (teacher vectors or their PCA-k), float16, as one tensor: on the
+    GPU when it fits in a quarter of the free memory, else pinned for fast copies; on a CPU the
+    cache file itself, memory-mapped (a batch gathers its rows: memory does not grow with the corpus).
+    Every user casts the rows it takes to float32 (float16 -> float32 is exact)."""
     k = _pca_dim(recipe)
     if k is not None:
         if not cache.has_pca(k):  # missing, another k, or fitted on un-normalized vectors (before 2026-11-25)
@@ -127,11 +131,12 @@ def load_targets(recipe: Recipe, cache: TeacherCache, device: torch.device) -> t
         matrix = cache.pca_targets(k)
     else:
         matrix = cache.embeddings
+    if device.type != "cuda":
+        # copy-on-write map: writable as torch wants its arrays, the file never written
+        return torch.from_numpy(np.load(matrix.filename, mmap_mode="c"))
     t = torch.from_numpy(np.array(matrix))  # a private copy: the cache stays read-only
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return t.to(device) if t.numel() * t.element_size() < free // 4 else t.pin_memory()
-    return t.float()
+    free, _ = torch.cuda.mem_get_info(device)
+    return t.to(device) if t.numel() * t.element_size() < free // 4 else t.pin_memory()
 
 
 @torch.no_grad()
@@ -160,7 +165,7 @@ def stage1(recipe: Recipe, run_dir: Path, rank: int, world: int, device: torch.d
     targets = load_targets(recipe, cache, device)
     loss = build_loss(recipe.loss, student_dim=student.dim, teacher_dim=int(targets.shape[1])).to(device)
     if loss.wants_all_targets:  # e.g. MSE's z-score statistics over the whole cache
-        loss.fit_targets(targets.float())
+        loss.fit_targets(targets)  # in chunks, each cast to float64
     tokens = tokenize_corpus(student.tokenizer, cache.sentences(), recipe.data.max_length, cache.path, progress=progress and main_process)
     if main_process:
         barrier(world)
