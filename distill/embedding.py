@@ -67,10 +67,12 @@ class Embedder:
 
     def __init__(self, model, *, head=None, batch_size: int = 128, progress: bool = False, device=None,
                  backend: str = "torch", onnx_file=None, quantized: bool = False, full_length: bool = False,
-                 max_length: int | str | None = None, desc: str = "encode", dims: int | None = None):
+                 max_length: int | str | None = None, desc: str = "encode", dims: int | None = None, role: str | None = None):
         from distill.onnx.runtime import OnnxEncoder, check_backend
+        from distill.router import check_role
 
         self.batch_size, self.progress, self.full_length, self.desc, self.head = batch_size, progress, full_length, desc, head
+        self.role = check_role(role)  # query / document: a SentenceTransformer's route and prompt (distill/router.py)
         declared = None  # the width a named folder declares it is served at (truncate_dim)
         if isinstance(model, (str, Path)) and Path(model).expanduser().is_dir():
             declared = declared_dims(model)
@@ -170,12 +172,14 @@ class Embedder:
             length = {"max_length": self.max_length} if self.max_length else {}
             out = model.encode(sentences, batch_size=batch_size, progress=progress, desc=self.desc, **length)
         elif self.kind == "sentence-transformers":
+            from distill.router import st_encode
+
             was, was_dims = model.max_seq_length, getattr(model, "truncate_dim", None)
             if self.max_length:
                 model.max_seq_length = self.max_length
             model.truncate_dim = None  # self.dims holds it (declared or asked for): truncated and re-normalized in __call__
             try:
-                out = model.encode(sentences, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
+                out = st_encode(model, sentences, self.role, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
             finally:
                 model.max_seq_length, model.truncate_dim = was, was_dims
         elif self.kind == "encode":
@@ -334,7 +338,8 @@ def _accepted(fn, **kwargs) -> dict:
 
 def embedder(model, batch_size: int = 128, progress: bool = False, device=None, *, backend: str = "torch",
              onnx_file=None, quantized: bool = False, head=None, full_length: bool = False,
-             max_length: int | str | None = None, desc: str = "encode", dims: int | None = None) -> Embedder:
+             max_length: int | str | None = None, desc: str = "encode", dims: int | None = None, role: str | None = None) -> Embedder:
     """A function list[str] -> (n, d) float32 array, rows in input order: an `Embedder`."""
     return Embedder(model, head=head, batch_size=batch_size, progress=progress, device=device, backend=backend,
-                    onnx_file=onnx_file, quantized=quantized, full_length=full_length, max_length=max_length, desc=desc, dims=dims)
+                    onnx_file=onnx_file, quantized=quantized, full_length=full_length, max_length=max_length, desc=desc, dims=dims,
+                    role=role)

@@ -120,7 +120,7 @@ def _cmd_encode(args) -> int:
     # onnx: onnxruntime on CPU, no torch (distill/onnx/runtime.py); torch: the model's own
     # precision and length; a folder with a Dense layer through sentence-transformers (embedding.py)
     embed = Embedder(args.model, batch_size=args.batch_size, progress=not args.quiet, device=args.device, desc="encode",
-                     max_length=args.max_length, dims=args.dims, **backend_kwargs(args))
+                     max_length=args.max_length, dims=args.dims, role=args.role, **backend_kwargs(args))
     enc = embed.model
     start = time.perf_counter()
     emb = embed(sentences)
@@ -160,6 +160,9 @@ def register(sub) -> None:
     p.add_argument("--input", required=True, metavar="FILE", help="sentences: text (one per line, .gz ok) or JSONL; - for stdin")
     p.add_argument("--out", required=True, metavar="FILE", help="output .npy or .safetensors (tensor 'embeddings'); an existing file needs --overwrite")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    p.add_argument("--role", choices=["query", "document"],
+                   help="encode the texts as queries or as documents: a sentence-transformers folder's route (a folder of "
+                        "`distill export --asymmetric`: query -> the student, document -> the teacher) and prompt for that role")
     p.add_argument("--column", help="JSONL field holding the sentence (default: text)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-length", type=int, help="truncate to this many tokens (default: the model's)")

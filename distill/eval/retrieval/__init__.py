@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 from distill.errors import DistillError
 from distill.eval.retrieval.data import (
@@ -103,6 +104,8 @@ def evaluate_retrieval(
     dims: int | None = None,
     corpus_embeddings=None,
     keep_corpus_embeddings: bool = False,
+    doc_model=None,
+    corpus_source=None,
 ) -> dict:
     """Embed, search exactly, and score: {"MRR@10", "nDCG@10", "Recall@<k>"..., counts, warnings}.
 
@@ -125,7 +128,11 @@ def evaluate_retrieval(
     (None: the full vector). `corpus_embeddings`: the corpus's vectors by this very model, row i
     for the i-th passage (the corpus is not embedded again; a caller that knows the model has not
     changed, `RetrievalSet`); `keep_corpus_embeddings=True` returns them as
-    results["corpus_embeddings"] (the whole corpus in memory: for small corpora).
+    results["corpus_embeddings"] (the whole corpus in memory: for small corpora). `doc_model`:
+    embed the passages with this model instead (anything `model` may be; a name is loaded as a
+    teacher), queries with `model`: asymmetric retrieval (eval/retrieval/asymmetric.py; the two
+    widths must agree, and the document vectors are computed once per model, length and corpus
+    file, `corpus_source`, and reused); `results["doc_max_length"]` is its length.
     """
     import numpy as np
     from tqdm.auto import tqdm
@@ -142,9 +149,25 @@ def evaluate_retrieval(
     student_mod = sys.modules.get("distill.student")
     if device is None and student_mod is not None and isinstance(model, student_mod.EmbeddingModel):
         device = model.device
+    from distill.router import is_router_folder
+
+    if doc_model is None and isinstance(model, (str, Path)) and is_router_folder(model):
+        doc_model = model  # a folder of `distill export --asymmetric`: queries by its query route, passages by its document route
+    asymmetric = doc_model is not None
     embed = embedder(model, batch_size=batch_size, progress=progress, device=device, backend=backend, onnx_file=onnx_file,
-                     quantized=quantized, max_length=OWN if max_length is None else max_length, dims=dims)
+                     quantized=quantized, max_length=OWN if max_length is None else max_length, dims=dims,
+                     role="query" if asymmetric else None)
+    doc_embed = None
+    if doc_model is not None:
+        from distill.eval.retrieval.asymmetric import check_widths, doc_embedder, doc_vectors
+
+        doc_embed = doc_embedder(doc_model, batch_size=batch_size, max_length=max_length, progress=progress, device=device)
+        check_widths(embed.dims or embed.width, doc_embed.dims or doc_embed.width, embed.source, doc_embed.source)
     q_emb = embed([queries[q] for q in qids])
+    if doc_embed is not None:
+        if corpus_embeddings is None:
+            corpus_embeddings = doc_vectors(doc_embed, corpus, corpus_source, batch_size)
+        check_widths(q_emb.shape[1], corpus_embeddings.shape[1], embed.source, doc_embed.source)
     kmax = max(max(ks), MRR_CUTOFF, NDCG_CUTOFF)
     top = TopK(q_emb, kmax, metric=metric, chunk_size=chunk_size, device=device)
     doc_ids = list(corpus)
@@ -168,6 +191,7 @@ def evaluate_retrieval(
             "metric": top.metric,
             "max_length": embed.max_length,
             "dims": embed.dims,
+            **({"doc_model": str(doc_embed.source), "doc_max_length": doc_embed.max_length} if doc_embed is not None else {}),
             "k": ks,
             "warnings": warnings,
         }
