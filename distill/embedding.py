@@ -172,16 +172,20 @@ class Embedder:
             length = {"max_length": self.max_length} if self.max_length else {}
             out = model.encode(sentences, batch_size=batch_size, progress=progress, desc=self.desc, **length)
         elif self.kind == "sentence-transformers":
-            from distill.router import st_encode
+            from distill.router import is_routed, st_encode
 
             was, was_dims = model.max_seq_length, getattr(model, "truncate_dim", None)
-            if self.max_length:
-                model.max_seq_length = self.max_length
+            # a Router's routes keep their own lengths (distill/router.py)
+            length = self.max_length if self.max_length and not is_routed(model) else None
+            if length:
+                model.max_seq_length = length
             model.truncate_dim = None  # self.dims holds it (declared or asked for): truncated and re-normalized in __call__
             try:
                 out = st_encode(model, sentences, self.role, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
             finally:
-                model.max_seq_length, model.truncate_dim = was, was_dims
+                if length:
+                    model.max_seq_length = was
+                model.truncate_dim = was_dims
         elif self.kind == "encode":
             out = model.encode(sentences, **_accepted(model.encode, batch_size=batch_size, show_progress_bar=progress))
         else:
@@ -291,7 +295,8 @@ def own_max_length(model) -> int | None:
         return min(int(declared), model.max_positions) if declared else model.max_positions
     st_mod = sys.modules.get("sentence_transformers")
     if st_mod is not None and isinstance(model, st_mod.SentenceTransformer):
-        return int(model.max_seq_length)
+        length = model.max_seq_length  # a static model's (or a Router's over one) is infinite: no limit
+        return int(length) if isinstance(length, (int, float)) and length < float("inf") else None
     return None
 
 

@@ -57,6 +57,14 @@ def is_router_folder(folder) -> bool:
                                              for m in modules)
 
 
+def is_routed(model) -> bool:
+    """True for a SentenceTransformer whose first module is a Router."""
+    try:
+        return type(model[0]).__name__ == "Router"
+    except (TypeError, IndexError, KeyError):
+        return False
+
+
 def st_encode(model, sentences: list[str], role: str | None, **kwargs):
     """A SentenceTransformer's encode for a role: encode_query / encode_document (the Router's route,
     the model's prompt for that role), plain encode without one."""
@@ -127,7 +135,7 @@ def export_asymmetric(run_dir: str | Path, out: str | Path, *, which: str = "bes
         router = st_module_classes().Router.for_query_document(query_modules=list(student), document_modules=doc_modules)
         model = SentenceTransformer(modules=[router], device="cpu", similarity_fn_name="cosine")
         info = {"run": str(run_dir.resolve()), "which": which, "student": meta.get("student"), "teacher": teacher,
-                "dim": int(t_dim), "query_max_seq_length": int(student.max_seq_length) if student.max_seq_length else None,
+                "dim": int(t_dim), "query_max_seq_length": _length(student.max_seq_length),
                 "document_max_seq_length": t_len, "loss": meta.get("loss")}
         kept = "; nothing written" + (" (the previous export is kept)" if out.is_dir() and any(out.iterdir()) else "")
         with write_errors(out, "--out", kept), \
@@ -138,6 +146,13 @@ def export_asymmetric(run_dir: str | Path, out: str | Path, *, which: str = "bes
             (target / EXPORT_MARKER).write_text(json.dumps({**_marker(run_dir, which, student_dir), "asymmetric": True}, indent=2) + "\n")
     print(f"distill: {out}: query -> {meta.get('student')} (trained from {run_dir}), document -> {teacher}, {t_dim}-d", file=sys.stderr)
     return out
+
+
+def _length(value) -> int | None:
+    """A max_seq_length as a number of tokens; None for none (a static table's is infinite)."""
+    import math
+
+    return int(value) if isinstance(value, (int, float)) and math.isfinite(value) and value > 0 else None
 
 
 def _card(info: dict) -> str:
@@ -152,7 +167,7 @@ Written by `distill export --asymmetric` from the run `{info['run']}` ({info['wh
 
 - `encode_query(...)`: the student `{info['student']}`, trained into the vector space of the teacher
   (loss `{(info.get('loss') or {}).get('name')}`{', teacher_space' if (info.get('loss') or {}).get('teacher_space') else ''}),
-  {info['dim']}-d, up to {info['query_max_seq_length']} tokens.
+  {info['dim']}-d, {f"up to {info['query_max_seq_length']} tokens" if info['query_max_seq_length'] else 'no length limit'}.
 - `encode_document(...)` (and plain `encode(...)`): the teacher `{info['teacher']}` itself,
   {info['dim']}-d, up to {info['document_max_seq_length']} tokens: the vectors an index built with the
   teacher already holds, so no document is embedded again.

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
-
 from pathlib import Path
 
 import numpy as np

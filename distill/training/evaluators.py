@@ -143,7 +143,7 @@ class RetrievalSet:
         self.data, self.k, self.batch_size, self.max_length = data, tuple(k), batch_size, max_length
         self.beir, self.split = beir, split
         # asymmetric (eval/retrieval/asymmetric.py): passages by this fixed model, once per run, queries by the one scored
-        self.doc_model = doc_model
+        self.doc_model, self._doc_embed = doc_model, None
         self._corpus_digest: str | None = None  # computed once, when a model first asks for the memo
 
     @classmethod
@@ -180,14 +180,18 @@ class RetrievalSet:
     def _score_asymmetric(self, embed) -> dict:
         """Queries by `embed`, passages by the fixed doc_model (their vectors computed once: asymmetric.doc_vectors)."""
         from distill.eval.retrieval import evaluate_retrieval
+        from distill.eval.retrieval.asymmetric import check_widths, doc_embedder, doc_vectors
 
         d = self.data
+        if self._doc_embed is None:  # the fixed model, loaded once
+            self._doc_embed = doc_embedder(self.doc_model, batch_size=self.batch_size, max_length=self.max_length)
+        check_widths(embed.dims or embed.width, self._doc_embed.dims or self._doc_embed.width, embed.source, self._doc_embed.source)
+        docs = doc_vectors(self._doc_embed, d.corpus, self.beir, self.batch_size)
         r = evaluate_retrieval(lambda s: embed(s, batch_size=self.batch_size), d.queries, d.corpus, d.qrels, k=self.k,
-                               batch_size=self.batch_size, max_length=self.max_length, doc_model=self.doc_model,
-                               corpus_source=self.beir)
+                               batch_size=self.batch_size, corpus_embeddings=docs)
         out = {m: 100.0 * float(v) for m, v in r.items() if m.startswith(("MRR@", "nDCG@", "Recall@"))}
         return {**out, "queries": r["queries"], "corpus": r["corpus"], "max_length": embed.max_length,
-                "doc_model": r["doc_model"], "doc_max_length": r["doc_max_length"]}
+                "doc_model": str(self._doc_embed.source), "doc_max_length": self._doc_embed.max_length}
 
     def describe(self) -> dict:
         return {"data": self.beir, "split": self.split, **({"doc_model": str(self.doc_model)} if self.doc_model is not None else {})}

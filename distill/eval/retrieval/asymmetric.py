@@ -50,12 +50,14 @@ def resolve_doc_model(doc_model: str | None, teacher: str | None) -> str | None:
 
 
 def doc_embedder(doc_model, *, batch_size: int = 128, max_length=None, progress: bool = False, device=None):
-    """An Embedder for documents: a folder or an object as `Embedder` takes it; a name is loaded as
-    a teacher (a teacher preset first, as training's cache and baselines load it)."""
+    """An Embedder for documents: a teacher preset's name loaded as a teacher (as training's cache and
+    baselines load it); any other name, folder or object as `Embedder` takes it."""
     from distill.embedding import OWN, Embedder
 
     length = OWN if max_length is None else max_length
-    if isinstance(doc_model, (str, Path)) and not Path(doc_model).expanduser().is_dir():
+    from distill.presets import find_preset
+
+    if isinstance(doc_model, str) and not Path(doc_model).expanduser().is_dir() and find_preset(doc_model, "teacher") is not None:
         from distill.encoder import Encoder
 
         model = Encoder.load(str(doc_model), device=device, role="teacher")
