@@ -19,7 +19,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from distill.embedding import Embedder
 from distill.encoder import Encoder
 from distill.errors import DistillError
 from distill.io import atomic_dir, os_error_text
@@ -88,7 +87,7 @@ def load_saved_student(path: str | Path, device=None) -> tuple[EmbeddingModel, d
 
         enc = StaticStudent.load_folder(path, max_length=meta["max_length"], device=device)
     else:
-        enc = Encoder.load(str(path), pooling=meta["pooling"], normalize=meta["normalize"], max_length=meta["max_length"], device=device)
+        enc = Encoder.from_folder(path, pooling=meta["pooling"], normalize=meta["normalize"], max_length=meta["max_length"], device=device)
     heads = load_file(str(path / "heads.safetensors")) if (path / "heads.safetensors").is_file() else {}
     return enc, meta, heads
 
@@ -105,16 +104,3 @@ def stage_meta(path: str | Path) -> dict:
     if not meta_file.is_file():
         raise DistillError(f"{path}: not a saved student (no {META})")
     return {k: v for k, v in json.loads(meta_file.read_text()).items() if k not in _STEP_KEYS}
-
-
-class StudentEmbedder(Embedder):
-    """What evaluation scores: the pooled vector, or for HPD the pooled vector through its head.
-
-    Scored as SentEval does (`full_length`): fp32, and at the model's own length limit, not the
-    (often shorter) length the student was trained at, or at `max_length` when given (a recipe's
-    eval.retrieval.max_length). `StudentEmbedder(enc, head)(sentences, batch_size=...)`; the one
-    adapter is `distill.embedding.Embedder`.
-    """
-
-    def __init__(self, encoder: EmbeddingModel, head: nn.Module | None = None, max_length: int | None = None):
-        super().__init__(encoder, head=head, batch_size=256, full_length=True, max_length=max_length)
