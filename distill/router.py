@@ -22,9 +22,10 @@ so that plain sentence-transformers (no distill) serves it:
 Refused: a student whose vectors have another width than the teacher's (a run trained without
 `loss.teacher_space: true`, whose projection was training-only): the two could not be compared.
 
-`st_encode` is how distill's own commands (encode --role, similarity, pipeline, eval-retrieval)
-encode with a role through such a folder, or through any SentenceTransformer: `encode_query` /
-`encode_document`, which pick the Router's route and the model's query / document prompt.
+distill's own commands serve such a folder by role (distill/embedding.py: encode_query /
+encode_document): `encode --role query|document`, `eval-retrieval --model DIR` (queries by the
+query route, passages by the document route), and `similarity` / `pipeline(DIR)`, which embed the
+source sentence as a query and the candidates as documents.
 """
 
 from __future__ import annotations
@@ -37,14 +38,7 @@ from pathlib import Path
 
 from distill.errors import DistillError
 
-ROLES = ("query", "document")
 INFO = "distill_asymmetric.json"
-
-
-def check_role(role: str | None) -> str | None:
-    if role is not None and role not in ROLES:
-        raise DistillError(f"role {role!r}: expected one of {', '.join(ROLES)}")
-    return role
 
 
 def is_router_folder(folder) -> bool:
@@ -65,36 +59,18 @@ def is_routed(model) -> bool:
         return False
 
 
-def st_encode(model, sentences: list[str], role: str | None, **kwargs):
-    """A SentenceTransformer's encode for a role: encode_query / encode_document (the Router's route,
-    the model's prompt for that role), plain encode without one."""
-    if role is None:
-        return model.encode(sentences, **kwargs)
-    check_role(role)
-    return (model.encode_query if role == "query" else model.encode_document)(sentences, **kwargs)
-
-
-def _teacher_modules(teacher: str):
-    """The teacher's sentence-transformers modules: its own folder's pipeline when it is a
-    sentence-transformers folder, else Transformer -> Pooling [-> Normalize] as our Encoder runs it,
-    at its own declared length."""
-    from sentence_transformers import SentenceTransformer
-
+def _teacher_modules(teacher):
+    """The teacher's sentence-transformers modules, as training and evaluation serve it
+    (`distill.models.load_teacher`: a SentenceModel wraps the real SentenceTransformer, its
+    own folder's pipeline or the one assembled for a plain transformers folder), at its length."""
     from distill.embedding import own_max_length
-    from distill.encoder import Encoder
-    from distill.export import st_module_classes
+    from distill.models import load_teacher
 
-    enc = Encoder.load(teacher, device="cpu", role="teacher")
-    folder = Path(enc.source)
-    length = own_max_length(enc)
-    if (folder / "modules.json").is_file():
-        st = SentenceTransformer(str(folder), device="cpu")
+    model = load_teacher(teacher, device="cpu")
+    st, length = model.st, own_max_length(model)  # its declared length, as eval-retrieval encodes documents (not a preset's cache length)
+    if length:
         st.max_seq_length = length
-        return list(st), enc.dim, length
-    modules = enc.st_modules(folder, length)
-    if enc.normalize:
-        modules.append(st_module_classes().Normalize())
-    return modules, enc.dim, length
+    return list(st), int(model.dim), length
 
 
 def export_asymmetric(run_dir: str | Path, out: str | Path, *, which: str = "best", overwrite: bool = False,
@@ -105,7 +81,7 @@ def export_asymmetric(run_dir: str | Path, out: str | Path, *, which: str = "bes
 
     from distill.export import EXPORT_MARKER, _marker, _publish, check_out, export_student, st_module_classes
     from distill.io import atomic_dir, check_writable, write_errors
-    from distill.training.student_folder import META, stage_meta
+    from distill.saved_student import META, stage_meta
 
     run_dir, out = Path(run_dir), Path(os.path.abspath(out))
     if not run_dir.is_dir():
@@ -118,6 +94,8 @@ def export_asymmetric(run_dir: str | Path, out: str | Path, *, which: str = "bes
         raise DistillError(f"{run_dir}: no trained student in it (expected {run_dir / which / META})")
     meta = stage_meta(student_dir)
     teacher = teacher or meta.get("teacher")
+    from distill.presets import model_name
+
     if not teacher:
         raise DistillError(f"{student_dir / META}: names no teacher; give one")
     with tempfile.TemporaryDirectory(prefix=".distill-asym-", dir=out.parent) as tmp:
@@ -134,7 +112,7 @@ def export_asymmetric(run_dir: str | Path, out: str | Path, *, which: str = "bes
                 "train it with loss.teacher_space: true (docs/keep-your-index.md)")
         router = st_module_classes().Router.for_query_document(query_modules=list(student), document_modules=doc_modules)
         model = SentenceTransformer(modules=[router], device="cpu", similarity_fn_name="cosine")
-        info = {"run": str(run_dir.resolve()), "which": which, "student": meta.get("student"), "teacher": teacher,
+        info = {"run": str(run_dir.resolve()), "which": which, "student": meta.get("student"), "teacher": model_name(teacher) if isinstance(teacher, dict) else teacher,
                 "dim": int(t_dim), "query_max_seq_length": _length(student.max_seq_length),
                 "document_max_seq_length": t_len, "loss": meta.get("loss")}
         kept = "; nothing written" + (" (the previous export is kept)" if out.is_dir() and any(out.iterdir()) else "")

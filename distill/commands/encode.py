@@ -160,12 +160,12 @@ def register(sub) -> None:
     p.add_argument("--input", required=True, metavar="FILE", help="sentences: text (one per line, .gz ok) or JSONL; - for stdin")
     p.add_argument("--out", required=True, metavar="FILE", help="output .npy or .safetensors (tensor 'embeddings'); an existing file needs --overwrite")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
-    p.add_argument("--role", choices=["query", "document"],
-                   help="encode the texts as queries or as documents: a sentence-transformers folder's route (a folder of "
-                        "`distill export --asymmetric`: query -> the student, document -> the teacher) and prompt for that role")
     p.add_argument("--column", help="JSONL field holding the sentence (default: text)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-length", type=int, help="truncate to this many tokens (default: the model's)")
+    p.add_argument("--role", choices=["query", "document"],
+                   help="encode as queries or documents: the model's prompt for that role (and its Router route), as "
+                        "sentence-transformers' encode_query / encode_document; a model without roles ignores it")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored dtype (default float32)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the GPU when there is one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

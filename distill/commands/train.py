@@ -27,10 +27,10 @@ def print_report(recipe, results: dict) -> None:
     from distill.eval.sts import DEV_LABELS, by_width, format_rows
 
     stage1 = results.get("stage1")
-    first = f"{recipe.student} after ({recipe.loss['name']})"
+    first = f"{recipe.student_name} after ({recipe.loss['name']})"
     after = f"{first} + stage 2 ({recipe.stage2.loss['name']})" if stage1 else first
     if results["best"]:  # STS, Spearman x100 (none when eval.final_tasks is [])
-        rows = [("teacher " + recipe.teacher, results["baselines"]["teacher"]), (recipe.student + " before", results["baselines"]["init"])] if "baselines" in results else []
+        rows = [("teacher " + recipe.teacher_name, results["baselines"]["teacher"]), (recipe.student_name + " before", results["baselines"]["init"])] if "baselines" in results else []
         if stage1 and stage1.get("best"):
             rows.append((first, stage1["best"]))
         rows.append((after, results["best"]))
@@ -39,7 +39,7 @@ def print_report(recipe, results: dict) -> None:
     ret = results.get("retrieval")
     if ret:  # eval.final_retrieval, x100
         base = results.get("retrieval_baselines")
-        rows = [("teacher " + recipe.teacher, base["teacher"]), (recipe.student + " before", base["init"])] if base else []
+        rows = [("teacher " + recipe.teacher_name, base["teacher"]), (recipe.student_name + " before", base["init"])] if base else []
         if stage1 and stage1.get("retrieval"):
             rows.append((first, stage1["retrieval"]))
         rows.append((after, ret))

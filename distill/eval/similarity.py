@@ -132,11 +132,7 @@ class SimilarityPipeline:
         self.routed = isinstance(model, (str, Path)) and is_router_folder(model)
 
     def _as_role(self, role: str, sentences: list[str]) -> np.ndarray:
-        was, self._embed.role = self._embed.role, role
-        try:
-            return np.asarray(self._embed(sentences), dtype=np.float32)
-        finally:
-            self._embed.role = was
+        return np.asarray(self._embed(sentences, role=role), dtype=np.float32)
 
     def __call__(self, input: Mapping, metric: str | None = None) -> dict:
         """`{"source_sentence": [...], "sentences_to_compare": [...]}` -> text_embedding and scores.

@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 from distill.errors import DistillError
 from distill.eval.retrieval.data import (
@@ -129,10 +128,11 @@ def evaluate_retrieval(
     for the i-th passage (the corpus is not embedded again; a caller that knows the model has not
     changed, `RetrievalSet`); `keep_corpus_embeddings=True` returns them as
     results["corpus_embeddings"] (the whole corpus in memory: for small corpora). `doc_model`:
-    embed the passages with this model instead (anything `model` may be; a name is loaded as a
-    teacher), queries with `model`: asymmetric retrieval (eval/retrieval/asymmetric.py; the two
-    widths must agree, and the document vectors are computed once per model, length and corpus
-    file, `corpus_source`, and reused); `results["doc_max_length"]` is its length.
+    embed the passages with this model instead (anything `model` may be; a teacher preset's name
+    is loaded as a teacher), the queries with `model`: asymmetric retrieval
+    (eval/retrieval/asymmetric.py; the two widths must agree, and the document vectors are computed
+    once per model, length and corpus file, `corpus_source`, and reused);
+    `results["doc_model"]`, `results["doc_max_length"]` say which and at what length.
     """
     import numpy as np
     from tqdm.auto import tqdm
@@ -149,21 +149,16 @@ def evaluate_retrieval(
     student_mod = sys.modules.get("distill.student")
     if device is None and student_mod is not None and isinstance(model, student_mod.EmbeddingModel):
         device = model.device
-    from distill.router import is_router_folder
-
-    if doc_model is None and isinstance(model, (str, Path)) and is_router_folder(model):
-        doc_model = model  # a folder of `distill export --asymmetric`: queries by its query route, passages by its document route
-    asymmetric = doc_model is not None
     embed = embedder(model, batch_size=batch_size, progress=progress, device=device, backend=backend, onnx_file=onnx_file,
-                     quantized=quantized, max_length=OWN if max_length is None else max_length, dims=dims,
-                     role="query" if asymmetric else None)
+                     quantized=quantized, max_length=OWN if max_length is None else max_length, dims=dims)
     doc_embed = None
     if doc_model is not None:
         from distill.eval.retrieval.asymmetric import check_widths, doc_embedder, doc_vectors
 
         doc_embed = doc_embedder(doc_model, batch_size=batch_size, max_length=max_length, progress=progress, device=device)
         check_widths(embed.dims or embed.width, doc_embed.dims or doc_embed.width, embed.source, doc_embed.source)
-    q_emb = embed([queries[q] for q in qids])
+    # each side with its role's prompt and route (a model without roles encodes both alike)
+    q_emb = embed([queries[q] for q in qids], role="query")
     if doc_embed is not None:
         if corpus_embeddings is None:
             corpus_embeddings = doc_vectors(doc_embed, corpus, corpus_source, batch_size)
@@ -177,7 +172,7 @@ def evaluate_retrieval(
         raise DistillError(f"corpus_embeddings: {len(corpus_embeddings)} rows for a corpus of {len(texts)} passages")
     kept = []
     for start in tqdm(blocks, desc="corpus blocks", disable=not progress or len(blocks) < 2 or corpus_embeddings is not None, leave=False):
-        block = corpus_embeddings[start : start + ENCODE_BLOCK] if corpus_embeddings is not None else embed(texts[start : start + ENCODE_BLOCK])
+        block = corpus_embeddings[start : start + ENCODE_BLOCK] if corpus_embeddings is not None else embed(texts[start : start + ENCODE_BLOCK], role="document")
         top.add(block)
         if keep_corpus_embeddings:
             kept.append(np.asarray(block))

@@ -38,8 +38,8 @@ _doc_memo: OrderedDict = OrderedDict()
 doc_memo_stats = {"hits": 0, "misses": 0}
 
 
-def resolve_doc_model(doc_model: str | None, teacher: str | None) -> str | None:
-    """A recipe's doc_model: "teacher" is the recipe's teacher; None stays None (symmetric)."""
+def resolve_doc_model(doc_model: str | None, teacher):
+    """A recipe's doc_model: "teacher" is the recipe's teacher (a name, folder or mapping); None stays None (symmetric)."""
     if doc_model is None:
         return None
     if doc_model == TEACHER:
@@ -49,21 +49,28 @@ def resolve_doc_model(doc_model: str | None, teacher: str | None) -> str | None:
     return doc_model
 
 
+def _is_teacher(value) -> bool:
+    from distill.presets import TeacherSpec, find_preset
+
+    if isinstance(value, (dict, TeacherSpec)):
+        return True
+    return isinstance(value, str) and not Path(value).expanduser().is_dir() and find_preset(value, "teacher") is not None
+
+
 def doc_embedder(doc_model, *, batch_size: int = 128, max_length=None, progress: bool = False, device=None):
-    """An Embedder for documents: a teacher preset's name loaded as a teacher (as training's cache and
-    baselines load it); any other name, folder or object as `Embedder` takes it."""
+    """An Embedder for documents (role "document": the model's document prompt and route). A teacher
+    (a teacher preset's name, a mapping) is loaded as training loads it (`distill.models.load_teacher`);
+    any other name, folder or object as `Embedder` takes it."""
     from distill.embedding import OWN, Embedder
 
     length = OWN if max_length is None else max_length
-    from distill.presets import find_preset
+    if _is_teacher(doc_model):
+        from distill.models import load_teacher
+        from distill.presets import model_name
 
-    if isinstance(doc_model, str) and not Path(doc_model).expanduser().is_dir() and find_preset(doc_model, "teacher") is not None:
-        from distill.encoder import Encoder
-
-        model = Encoder.load(str(doc_model), device=device, role="teacher")
-        model.source = str(doc_model)
-        return Embedder(model, batch_size=batch_size, progress=progress, full_length=True, max_length=length, desc="documents",
-                        role="document")
+        model = load_teacher(doc_model, device=device)
+        model.source = model_name(doc_model)
+        doc_model = model
     return Embedder(doc_model, batch_size=batch_size, progress=progress, device=device, full_length=True, max_length=length,
                     desc="documents", role="document")
 
@@ -107,9 +114,11 @@ def trained_teacher(model) -> str | None:
 def teacher_warning(model, doc_model) -> str | None:
     """A warning when `model` was distilled from another teacher than `doc_model` names (None: same, or not known)."""
     taught = trained_teacher(model)
-    if taught is None or not isinstance(doc_model, (str, Path)):
+    if taught is None or not isinstance(doc_model, (str, Path, dict)):
         return None
-    doc = str(doc_model)
+    from distill.presets import model_name
+
+    doc = model_name(doc_model) if isinstance(doc_model, dict) else str(doc_model)
     same = taught == doc or (Path(taught).expanduser().is_dir() and Path(doc).expanduser().is_dir()
                              and Path(taught).expanduser().resolve() == Path(doc).expanduser().resolve())
     if same:
