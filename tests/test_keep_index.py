@@ -98,6 +98,10 @@ def test_recipe_refuses_teacher_space_with_stage2_or_prefixes(tmp_path, tiny_hom
         load_recipe(path, [f"stage2.rows=[{tmp_path / 'rows.jsonl'}]"])
     with pytest.raises(DistillError, match="teacher_space with loss.matryoshka_dims"):
         load_recipe(path, ["loss.matryoshka_dims=[16,8]"])
+    with pytest.raises(DistillError, match="eval.baselines with loss.teacher_space and a doc_model: the untrained student has no head"):
+        load_recipe(path, ["eval.baselines=true"])
+    with pytest.raises(DistillError, match=r"eval.final_retrieval.doc_model: must be unset .*, got ''"):
+        load_recipe(path, ["eval.final_retrieval.doc_model=''"])
 
 
 # ------------------------------------------------------------------------------- training and asymmetric scores
