@@ -31,6 +31,7 @@ from distill.io import write_json_atomic, write_text_atomic
 from distill.lock import folder_lock
 from distill.model_files import check_recipe_lengths
 from distill.precision import autocast_for
+from distill.report import RunLabels, results_markdown
 from distill.tasks import recipe_tasks
 from distill.training import checkpoint as ckpt_io
 from distill.training.callbacks import Callback, JsonlLog, ProgressBar, WandbCallback
@@ -422,26 +423,10 @@ class Trainer:
             for cb in self.callbacks:  # they see the finished results (wandb logs the final table)
                 cb.on_train_end(state, results)
             write_json_atomic(stage.run_dir / "results.json", results)
-            write_text_atomic(stage.run_dir / "results.md", results_markdown(results, f"{self.recipe.student} ({stage.meta['loss']['name']})"))
+            labels = RunLabels(after=f"{self.recipe.student} ({stage.meta['loss']['name']})")
+            write_text_atomic(stage.run_dir / "results.md", results_markdown(results, labels))
         barrier(self.world)
         return results
-
-
-def results_markdown(results: dict, title: str) -> str:
-    """results.md: the STS table (Spearman x100; a row per eval.dims width), the retrieval table of eval.final_retrieval
-    (x100; with the baselines when scored), then the warnings."""
-    from distill.eval.retrieval import format_report
-    from distill.eval.sts import by_width, format_rows
-
-    best = results.get("best")
-    parts = [format_rows([(title, best)] + [(f"{title} @{k}", s) for k, s in by_width(best)])] if best else []
-    ret = results.get("retrieval")
-    if ret:
-        base = results.get("retrieval_baselines") or {}
-        rows = ([("teacher", base["teacher"]), ("student before", base["init"])] if base else []) + [(title, ret)]
-        parts.append(f"Retrieval, {ret.get('data')} {ret['split']} ({ret['queries']} queries, {ret['corpus']} passages), x100:\n\n"
-                     + format_report(rows))
-    return "\n\n".join(parts) + "\n" + "".join(f"\n**Warning:** {w}\n" for w in results["warnings"])
 
 
 def _collapse_warnings(state: TrainState, tcfg) -> list[str]:
