@@ -185,7 +185,8 @@ def step_correctness(s: Settings, rows: Rows) -> None:
     from distill.cli import main as distill_main
     from distill.config import load_recipe
     from distill.training import checkpoint as ckpt_io
-    from distill.training.trainer import _fused_adamw, train
+    from distill.training.run import train
+    from distill.training.trainer import _fused_adamw
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -224,7 +225,7 @@ def killed_run(kill_at: int, sets: list[str]) -> None:
     """The child of step 2: the smoke recipe, SIGKILLed by itself at the end of step `kill_at`."""
     from distill.config import load_recipe
     from distill.training.callbacks import Callback
-    from distill.training.trainer import train
+    from distill.training.run import train
 
     class KillAt(Callback):
         def on_step_end(self, state, metrics):
@@ -396,7 +397,7 @@ def speed_encode(s: Settings, rows: Rows) -> None:
 
 def speed_static(s: Settings, rows: Rows) -> None:
     from distill.config import load_recipe
-    from distill.training.trainer import train
+    from distill.training.run import train
 
     t = time.time()
     out = fresh(s.work / "runs" / "static")
@@ -426,7 +427,7 @@ def step_decoder(s: Settings, rows: Rows) -> None:
                  "does not exist yet: the any-teacher issue adds the tiny decoder-teacher recipe (bf16, sdpa attention)")
         return
     from distill.config import load_recipe
-    from distill.training.trainer import train
+    from distill.training.run import train
 
     t = time.time()
     out = fresh(s.work / "runs" / "decoder-smoke")

@@ -296,7 +296,7 @@ def compare(
     {"hpd": {"k": 64}}. `seeds`: run the losses of `seed_losses` (default all) once per seed.
     `losses` None: `default_losses()`.
     """
-    from distill.training.trainer import train
+    from distill.training.run import train
 
     log = log or (lambda _msg: None)
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

@@ -201,7 +201,7 @@ def file_size_limit(nbytes: int):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_home) -> Path:
     """One finished tiny run (2 steps), shared by the export, train and ONNX tests: built once."""
-    from distill.training.trainer import train
+    from distill.training.run import train
 
     root = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as mp:

@@ -13,7 +13,7 @@ from distill.cli import main
 from distill.config import load_recipe
 from distill.embedding import Embedder
 from distill.errors import DistillError
-from distill.training.trainer import train
+from distill.training.run import train
 
 
 def _recipe(tmp_path, **kw):

@@ -13,8 +13,8 @@ from distill.eval.retrieval import evaluate_retrieval
 from distill.eval.sts_data import load_sts
 from distill.training.callbacks import Callback
 from distill.training.evaluators import RetrievalEvaluator
+from distill.training.run import train
 from distill.training.student_folder import StudentEmbedder, load_saved_student
-from distill.training.trainer import train
 
 
 def _recipe(tmp_path, **kw):

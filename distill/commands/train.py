@@ -6,7 +6,7 @@ from __future__ import annotations
 def _cmd_train(args) -> int:
     from distill.config import load_recipe
     from distill.io import write_errors
-    from distill.training.trainer import train
+    from distill.training.run import train
 
     recipe = load_recipe(args.config, args.set)
     # A full or read-only disk: its reason in one line; the checkpoint is written atomically, so

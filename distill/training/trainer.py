@@ -1,6 +1,8 @@
-"""`distill train`: distill a student from a cached frozen teacher. One readable loop.
+"""One stage's training loop (`Trainer`): distill a student from a cached frozen teacher, one
+readable loop. training/run.py runs a recipe's stages through it (the run folder, the lock,
+`--resume`, stage 1 then stage 2).
 
-    recipe -> stage (stages.py: teacher cache, targets, tokens once, student + loss)
+    stage (stages.py: teacher cache, targets, tokens once, student + loss)
            -> length-grouped batches -> student forward (bf16 autocast on GPU) -> loss (owns its heads)
            -> AdamW + warmup/decay -> every N steps and at each epoch end: evaluators (callbacks),
               keep the best student in RUN/best, checkpoint
@@ -12,40 +14,28 @@ batch and the contrastive losses gather their candidates across ranks.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
-from distill.config import Recipe, saved_recipe_with_defaults
+from distill.config import Recipe
 from distill.data.batches import epoch_batches
 from distill.errors import DistillError
 from distill.eval.sts_data import load_sts
 from distill.io import write_json_atomic, write_text_atomic
-from distill.lock import folder_lock
-from distill.model_files import check_recipe_lengths
 from distill.precision import autocast_for
 from distill.report import RunLabels, results_markdown
 from distill.tasks import recipe_tasks
 from distill.training import checkpoint as ckpt_io
-from distill.training.callbacks import Callback, JsonlLog, ProgressBar, WandbCallback
-from distill.training.distributed import barrier, init_distributed, is_main_process_env, teardown
+from distill.training.callbacks import LOG_EVERY, Callback, JsonlLog, ProgressBar, WandbCallback
+from distill.training.distributed import barrier
 from distill.training.evaluators import Baselines, FinalReport, RetrievalEvaluator, RetrievalSet, STSEvaluator, as_callback
-from distill.training.run_folder import check_run_folder, mark_run_folder
-from distill.training.stages import Stage, stage1, stage2
-from distill.training.student_folder import META, StudentEmbedder, head_out_dim, load_saved_student, save_student, stage_meta
-
-LOG_EVERY = 10  # steps between reads of the loss values from the device (each read is a sync)
-# The recipe sections a finished stage 1 depends on: `--resume` of a run whose stage 1 is over may
-# change the others (stage2, eval, output), so one stage 1 serves several stage-2 runs (copy the
-# folder without stage2/, resume with another stage2.* or output.dir).
-STAGE1_KEYS = ("teacher", "student", "loss", "data", "train")
+from distill.training.stages import Stage
+from distill.training.student_folder import META, StudentEmbedder, head_out_dim, load_saved_student, save_student
 
 
 @dataclass
@@ -77,91 +67,17 @@ class TrainState:
         return StudentEmbedder(self.student, self.head if head else None, max_length=max_length)
 
 
-def train(recipe: Recipe, *, resume: bool = False, progress: bool = True, callbacks: list | None = None) -> dict:
-    """Run a recipe (stage 1, then stage 2 when it names rows); returns OUTPUT_DIR/results.json's dict.
+def __getattr__(name: str):
+    """`from distill.training.trainer import train` (and check_resumed_recipe, STAGE1_KEYS): their
+    home until issue 36 moved the stage orchestration to distill/training/run.py (the resume check
+    to training/checkpoint.py)."""
+    if name in ("train", "STAGE1_KEYS"):
+        from distill.training import run
 
-    `callbacks`: `Callback`s (see training/callbacks.py, training/evaluators.py) or plain
-    `fn(embed) -> dict` evaluators. The run folder is locked (distill/lock.py) by the main process
-    for the whole run: a second run into the same output.dir is refused at once. A folder that is
-    not new, empty or this tool's run folder is refused before anything is written (run_folder.py).
-    """
-    owns_group = not torch.distributed.is_initialized()
-    check_run_folder(Path(recipe.output.dir), resume)  # every rank: rank 0 writes only after they all meet
-    if is_main_process_env():
-        # load_recipe checked data.max_length against a student already on this machine; one that
-        # was not is fetched now (stage 1 would fetch it next), before the cache or the run folder
-        # is made. The main process only: the others wait for its cache in stage 1.
-        check_recipe_lengths(recipe, fetch=True)
-        with folder_lock(recipe.output.dir, "run folder"):
-            results = _train(recipe, resume, progress, callbacks)
-    else:
-        results = _train(recipe, resume, progress, callbacks)
-    if owns_group:
-        teardown()
-    return results
-
-
-def _train(recipe: Recipe, resume: bool, progress: bool, callbacks: list | None) -> dict:
-    rank, world, device = init_distributed()
-    run_dir = Path(recipe.output.dir)
-    if resume and not (run_dir / ckpt_io.NAME).is_file():
-        raise DistillError(f"--resume: no checkpoint at {run_dir / ckpt_io.NAME}")
-    if not resume and (run_dir / ckpt_io.NAME).is_file():
-        raise DistillError(f"{run_dir} already holds a run (checkpoint.pt): pass --resume to continue it, or choose another output.dir")
-    # Stage 1's finish() writes RUN/results.json last: when it is there, stage 1 is over and a resume
-    # goes straight to stage 2 (no cache, tokens or loss setup for a stage that will not train).
-    stage1_done = resume and (run_dir / "results.json").is_file()
-    if resume:  # read (without unpickling code) and matched before any file is written; a finished stage 1
-        # matches only what trained it: stage 2, evaluation and the folder may differ (a copied run)
-        check_resumed_recipe(ckpt_io.load_checkpoint(run_dir / ckpt_io.NAME), recipe, run_dir / ckpt_io.NAME,
-                             only=STAGE1_KEYS if stage1_done else None)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
-        mark_run_folder(run_dir)
-        write_text_atomic(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    ckpt_io.seed_everything(recipe.train.seed)
-
-    if stage1_done:
-        results = json.loads((run_dir / "results.json").read_text())
-    else:
-        first = stage1(recipe, run_dir, rank, world, device, resume, progress)
-        results = Trainer(first, recipe, rank, world, device, progress, callbacks).fit(resume)
-        del first  # stage 1's student, targets and optimizer: freed before stage 2 loads its own
-    if not recipe.stage2.rows:
-        return results
-
-    meta1 = stage_meta(run_dir / recipe.stage2.init)  # what stage 1 was (teacher, student, loss, cache)
-    second = stage2(recipe, run_dir, meta1, rank, world, device, progress)
-    resume2 = resume and (second.run_dir / ckpt_io.NAME).is_file()
-    results2 = Trainer(second, recipe, rank, world, device, progress, callbacks, baselines=False).fit(resume2)
-    if rank == 0:
-        results2["stage1"] = {k: results[k] for k in ("best", "best_step", "best_dev", "steps", "train_sentences_per_s", "retrieval") if k in results}
-        results2["warnings"] = [f"stage 1: {w}" for w in results.get("warnings", [])] + [f"stage 2: {w}" for w in results2.get("warnings", [])]
-        if "baselines" in results:
-            results2["baselines"] = results["baselines"]
-        write_json_atomic(second.run_dir / "results.json", results2)
-    return results2
-
-
-def check_resumed_recipe(ckpt: dict, recipe: Recipe, ckpt_file: Path, only: tuple[str, ...] | None = None) -> None:
-    """--resume continues only the recipe the checkpoint was written with (keys added since take their
-    defaults); `only`: the recipe sections compared (a finished stage 1: those that trained it)."""
-    saved, now = dict(saved_recipe_with_defaults(ckpt["recipe"])), recipe.to_dict()
-    # output.dir is the folder being resumed, however it is spelled (relative, absolute, moved): not compared.
-    # Nor is data.cache_dir: where the teacher cache lies is not what trained the run; a cache that is
-    # opened again is checked against the recipe by its own manifest (teacher, corpus, length).
-    for r in (saved, now):
-        if isinstance(r.get("output"), dict):
-            r["output"] = {k: v for k, v in r["output"].items() if k != "dir"}
-        if isinstance(r.get("data"), dict):
-            r["data"] = {k: v for k, v in r["data"].items() if k != "cache_dir"}
-    if only is not None:
-        saved, now = {k: saved.get(k) for k in only}, {k: now[k] for k in only}
-    if saved != now:
-        from distill.recipe_diff import describe_differences
-
-        raise DistillError(f"--resume: the recipe differs from the checkpoint's ({ckpt_file}) in "
-                           + describe_differences(saved, now, "the checkpoint", "now"))
+        return getattr(run, name)
+    if name == "check_resumed_recipe":  # now training/checkpoint.py's: the trainer's resume uses it too
+        return ckpt_io.check_resumed_recipe
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class Trainer:
@@ -270,7 +186,7 @@ class Trainer:
 
     def _resume(self) -> None:
         ckpt = ckpt_io.load_checkpoint(self.ckpt_file)
-        check_resumed_recipe(ckpt, self.recipe, self.ckpt_file)
+        ckpt_io.check_resumed_recipe(ckpt, self.recipe, self.ckpt_file)
         try:
             self.module.student.load_weights(ckpt["student"])
             self.module.loss.load_state_dict(ckpt["loss"])
