@@ -44,18 +44,25 @@ class RunLabels:
 
 def sts_rows(results: Mapping, labels: RunLabels, best: Mapping | None = None, widths: bool = True) -> list[tuple[str, Mapping]]:
     """(label, scores) rows of the STS table; `best` replaces the reported student's scores (the
-    model card's served width), `widths` adds a row per eval.dims width."""
-    from distill.eval.sts import by_width
+    model card's served width), `widths` adds a row per eval.dims width. The teacher's, the
+    untrained student's and the reported student's rows carry the sentences/s each encoded the
+    final tasks' sentences at in this run, when it was measured."""
+    from distill.eval.sts import SPEED_COLUMN, by_width
 
     best = results.get("best") if best is None else best
     if not best:
         return []
+    speeds = results.get("sts_sentences_per_s") or {}
+
+    def timed(scores: Mapping, role: str) -> Mapping:
+        return {**scores, SPEED_COLUMN: speeds[role]} if speeds.get(role) else scores
+
     base = results.get("baselines")
-    rows = [(labels.teacher, base["teacher"]), (labels.before, base["init"])] if base else []
+    rows = [(labels.teacher, timed(base["teacher"], "teacher")), (labels.before, timed(base["init"], "init"))] if base else []
     stage1 = results.get("stage1") or {}
     if labels.stage1 and stage1.get("best"):
         rows.append((labels.stage1, stage1["best"]))
-    rows.append((labels.after, best))
+    rows.append((labels.after, timed(best, "best")))
     if widths:
         rows += [(f"{labels.after} @{k}", scores) for k, scores in by_width(best)]
     return rows

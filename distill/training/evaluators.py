@@ -262,24 +262,26 @@ def baseline_scores(teacher: str, student, tasks: Sequence[str], data: dict, bat
     out: dict = {"key": {"teacher": teacher, "tasks": list(tasks), "scoring": SCORING, **retrieval_key(retrieval, dev_retrieval)}}
     device = None if isinstance(student, str) else student[1].device  # the run's device, else the best one
     t_enc = Encoder.load(teacher, device=device, role="teacher")
-    scores = evaluate_sts(t_enc, tasks=tasks, data=data, batch_size=batch_size, progress=False) if tasks else {}
+    timing: dict = {}
+    scores = evaluate_sts(t_enc, tasks=tasks, data=data, batch_size=batch_size, progress=False, timing=timing) if tasks else {}
     if dev_retrieval is not None:
         scores.update(dev_retrieval.score_model(t_enc))
-    out["teacher"] = _describe(teacher, t_enc, scores)
+    out["teacher"] = _describe(teacher, t_enc, scores, timing)
     if retrieval is not None:
         out["teacher"]["retrieval"] = retrieval.score(t_enc)
     del t_enc
+    timing = {}
     if isinstance(student, str):
         name, enc = student, load_model(student, max_length=max_length, role="student", teacher=teacher)
-        scores = evaluate_sts(enc, tasks=tasks, data=data, batch_size=batch_size, progress=False) if tasks else {}
+        scores = evaluate_sts(enc, tasks=tasks, data=data, batch_size=batch_size, progress=False, timing=timing) if tasks else {}
     else:
         name, enc, embed = student
-        scores = evaluate_sts(lambda s: embed(s, batch_size=batch_size), tasks=tasks, data=data, progress=False) if tasks else {}
+        scores = evaluate_sts(lambda s: embed(s, batch_size=batch_size), tasks=tasks, data=data, progress=False, timing=timing) if tasks else {}
     # retrieval without a head, as the run scores its untrained student, at the student's own length
     if dev_retrieval is not None:
         scores.update(dev_retrieval.score_model(StudentEmbedder(enc, max_length=dev_retrieval.set.max_length)))
     out["key"]["student"] = name
-    out["init"] = _describe(name, enc, scores)
+    out["init"] = _describe(name, enc, scores, timing)
     if retrieval is not None:
         out["init"]["retrieval"] = retrieval.score(StudentEmbedder(enc, max_length=retrieval.max_length))
     return out
@@ -295,11 +297,17 @@ def retrieval_key(retrieval: RetrievalSet | None, dev_retrieval: RetrievalEvalua
     return out
 
 
-def _describe(name: str, enc, scores: dict) -> dict:
+def _describe(name: str, enc, scores: dict, timing: dict) -> dict:
     import torch
 
     device = torch.cuda.get_device_name(enc.device) if enc.device.type == "cuda" else "cpu"
-    return {"name": name, "scores": scores, "params": enc.num_parameters(), "dim": enc.dim, "device": device}
+    return {"name": name, "scores": scores, "params": enc.num_parameters(), "dim": enc.dim, "device": device,
+            "sts_sentences_per_s": sentences_per_s(timing)}
+
+
+def sentences_per_s(timing: dict) -> float | None:
+    """evaluate_sts's `timing` as sentences/s (None when nothing was timed)."""
+    return timing["sentences"] / timing["seconds"] if timing.get("seconds") else None
 
 
 def table_scores(scores: Mapping[str, float]) -> dict[str, float]:
@@ -343,6 +351,12 @@ class Baselines(Callback):
             return None
         return {role: saved[role]["retrieval"] for role in ("teacher", "init")}
 
+    def speeds(self) -> dict:
+        """{"teacher": sentences/s, "init": sentences/s} on the final tasks' sentences (those timed:
+        a baselines.json of an earlier version has none)."""
+        saved = self._saved() or {}
+        return {role: saved[role]["sts_sentences_per_s"] for role in ("teacher", "init") if saved.get(role, {}).get("sts_sentences_per_s")}
+
 
 class FinalReport:
     """The best student (in `state.student` at the end) on the final tasks: results["best"] ({}
@@ -352,13 +366,17 @@ class FinalReport:
     def __init__(self, tasks: Sequence[str], data: dict, batch_size: int, retrieval: RetrievalSet | None = None,
                  dims: Sequence[int] = ()):
         self.tasks, self.data, self.batch_size, self.retrieval, self.dims = list(tasks), data, batch_size, retrieval, list(dims)
+        self.sentences_per_s: float | None = None  # how fast scores() encoded the final tasks' sentences
 
     def scores(self, state) -> dict[str, float]:
         if not self.tasks:
             return {}
         embed = state.embedder()
-        return evaluate_sts(lambda s: embed(s, batch_size=self.batch_size), tasks=self.tasks, data=self.data, progress=False,
-                            prefix_dims=self.dims)
+        timing: dict = {}
+        scores = evaluate_sts(lambda s: embed(s, batch_size=self.batch_size), tasks=self.tasks, data=self.data, progress=False,
+                              prefix_dims=self.dims, timing=timing)
+        self.sentences_per_s = sentences_per_s(timing)
+        return scores
 
     def retrieval_scores(self, state) -> dict | None:
         """{"data", "split", nDCG@10, MRR@10, Recall@100 (x100), "queries", "corpus", "max_length"}; None without a split."""

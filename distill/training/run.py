@@ -96,5 +96,8 @@ def _train(recipe: Recipe, resume: bool, progress: bool, callbacks: list | None)
         results2["warnings"] = [f"stage 1: {w}" for w in results.get("warnings", [])] + [f"stage 2: {w}" for w in results2.get("warnings", [])]
         if "baselines" in results:
             results2["baselines"] = results["baselines"]
+        speeds = {role: v for role, v in results.get("sts_sentences_per_s", {}).items() if role != "best"}  # stage 1's baselines
+        if speeds or "sts_sentences_per_s" in results2:
+            results2["sts_sentences_per_s"] = {**speeds, **results2.get("sts_sentences_per_s", {})}
         write_json_atomic(second.run_dir / "results.json", results2)
     return results2

@@ -332,6 +332,10 @@ class Trainer:
             baselines = self.baselines.table() if self.baselines is not None else None
             if baselines:
                 results["baselines"] = baselines
+            speeds = {**(self.baselines.speeds() if self.baselines is not None else {}),
+                      **({"best": self.report.sentences_per_s} if self.report.sentences_per_s else {})}
+            if speeds:  # sentences/s of each model over the final tasks' sentences, this run, this device
+                results["sts_sentences_per_s"] = speeds
             ret_baselines = self.baselines.retrieval_table() if self.baselines is not None else None
             if ret_baselines:
                 results["retrieval_baselines"] = ret_baselines
