@@ -19,7 +19,7 @@ import torch
 from distill.config import load_recipe, parse_override
 from distill.data.tokens import tokenize_corpus
 from distill.losses import build_loss
-from distill.student import load_model
+from distill.models import load_student
 from distill.training.stages import DistillModule, load_targets, open_or_build_cache
 
 
@@ -35,7 +35,7 @@ def main(argv=None) -> None:
 
     recipe = load_recipe(args.recipe, ["loss={name: ibkd}", *args.set])  # ibkd's targets: the full teacher vectors, whatever the recipe trains
     cache = open_or_build_cache(recipe, progress=False)
-    student = load_model(recipe.student, role="student", max_length=recipe.data.max_length, device="cpu")
+    student = load_student(recipe.student, max_length=recipe.data.max_length, device="cpu")
     targets = load_targets(recipe, cache, torch.device("cpu"))
     tokens = tokenize_corpus(student.tokenizer, cache.sentences(), recipe.data.max_length, cache.path, progress=False)
     probes = [{}] + [dict([parse_override(kv)]) for kv in args.loss_set]

@@ -53,12 +53,12 @@ def main(argv=None) -> int:
 
     from distill.data.rows import read_rows
     from distill.losses import IBKDSupervisedLoss, MNRLLoss
-    from distill.student import load_model
+    from distill.models import load_student
     from distill.training.stages import RowsModule, rows_part
 
     rows = read_rows([args.rows], ["anchor", "positive", "negative"], neg_samples=args.neg_samples)
     width, n = len(rows[0]), args.rows_per_step
-    student = load_model(args.student, role="student", max_length=args.max_length, device=torch.device("cpu")).train()
+    student = load_student(args.student, max_length=args.max_length, device=torch.device("cpu")).train()
     loss = MNRLLoss(student.dim) if args.loss == "mnrl" else IBKDSupervisedLoss(student.dim, head="none")
     module = RowsModule(student, loss, width)
 

@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from distill.cli import quiet_third_party
     from distill.data.readers import read_sentences
+    from distill.saved_student import load_saved_student
     from distill.static_student import StaticStudent
-    from distill.training.student_folder import load_saved_student
 
     quiet_third_party()
     torch.set_num_threads(os.cpu_count() or 1)

@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     from distill.encoder import Encoder
     from distill.presets import load_teacher
     from distill.resolve import resolve_model
+    from distill.saved_student import load_saved_student
     from distill.static_student import StaticStudent
-    from distill.training.student_folder import load_saved_student
 
     quiet_third_party()  # our lines only, as the CLI prints
     torch.set_num_threads(os.cpu_count() or 1)

@@ -211,7 +211,7 @@ def _baselines(recipe: Recipe, out_dir: Path, log: Callable[[str], None]) -> dic
         if saved.get("key") == key:
             log(f"[compare] baselines: reused {path}")
             return saved
-    log(f"[compare] baselines: teacher {recipe.teacher}, untrained {recipe.student}")
+    log(f"[compare] baselines: teacher {recipe.teacher_name}, untrained {recipe.student_name}")
     sts = {t: load_sts(t, ev.sts_dir) for t in tasks}
     out = baseline_scores(recipe.teacher, recipe.student, tasks, sts, ev.batch_size, max_length=recipe.data.max_length,
                           retrieval=final_ret, dev_retrieval=dev_ret)
@@ -255,7 +255,7 @@ def _baseline_row(role: str, base: dict, recipe: Recipe) -> dict:
     scores = base["scores"]
     dev = _dev_task(recipe)
     return {
-        "loss": role, "student": recipe.student if role == "init" else None, "teacher": recipe.teacher, "seed": None,
+        "loss": role, "student": recipe.student_name if role == "init" else None, "teacher": recipe.teacher_name, "seed": None,
         "tasks": {t: scores[t] for t in REPORT_TASKS if t in scores}, "avg": scores.get("Avg"),
         "train_sentences_per_s": None, "params": base["params"], "dim": base["dim"],
         "best_dev": scores.get(dev), "dev_task": dev, "device": base.get("device"), "model": base["name"],
@@ -267,7 +267,7 @@ def _run_row(run: Run, results: dict, reused: bool) -> dict:
     best = results["best"]
     ret = results.get("retrieval")
     return {
-        "loss": run.loss, "student": run.recipe.student, "teacher": run.recipe.teacher, "seed": run.seed,
+        "loss": run.loss, "student": run.recipe.student_name, "teacher": run.recipe.teacher_name, "seed": run.seed,
         "tasks": {t: best[t] for t in REPORT_TASKS if t in best}, "avg": best.get("Avg"),
         "train_sentences_per_s": results.get("train_sentences_per_s"), "params": results.get("params"),
         "dim": results.get("embedding_dim"), "best_dev": results.get("best_dev"), "dev_task": results.get("dev_task", _dev_task(run.recipe)),
@@ -331,5 +331,5 @@ def compare(
             shown = ", ".join(filter(None, [shown, f"{row['retrieval_split']} nDCG@10 {fmt(row['retrieval']['nDCG@10'])}"]))
         log(f"[compare] {tag}: {shown}, best dev {fmt(row['best_dev'])}")
 
-    write_outputs(rows, out_dir, curves=curves, title=f"{recipe.student} distilled from {recipe.teacher}", dev=_dev_task(recipe))
+    write_outputs(rows, out_dir, curves=curves, title=f"{recipe.student_name} distilled from {recipe.teacher_name}", dev=_dev_task(recipe))
     return rows

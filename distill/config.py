@@ -126,8 +126,10 @@ class Stage2Config:
 
 @dataclass
 class Recipe:
-    teacher: str
-    student: str
+    # a preset name, a hub id, a model folder, or a mapping ({model: ..., prompts: ..., ...}):
+    # distill.presets.teacher_spec / student_spec read them
+    teacher: str | dict[str, Any]
+    student: str | dict[str, Any]
     loss: dict[str, Any]
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -137,6 +139,19 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def teacher_name(self) -> str:
+        """The teacher as shown (a mapping's model)."""
+        from distill.presets import model_name
+
+        return model_name(self.teacher)
+
+    @property
+    def student_name(self) -> str:
+        from distill.presets import model_name
+
+        return model_name(self.student)
 
 
 def _check_value(where: str, value: Any, annotation) -> Any:

@@ -1,10 +1,10 @@
 """The one adapter from a model, however it is given, to `list[str] -> (n, d) float32 array`.
 
 Used by the similarity pipeline, retrieval, STS evaluation and, during training, to score the
-student (`distill.training.student_folder.StudentEmbedder` is this class with a head).
+student (`StudentEmbedder`, below, is this class with a head).
 
 A model is any of
-  - a model folder / preset / hub id / PyPI model key: loaded with `distill.student.load_model`
+  - a model folder / preset / hub id / PyPI model key: loaded with `distill.models.load_served`
     (a transformer `Encoder`, or a `StaticStudent` for a static model folder), or with
     backend="onnx" as an `OnnxEncoder` from the folder's onnx/ files (`onnx_file`, `quantized`);
   - an `Encoder` or `StaticStudent` (distill.student.EmbeddingModel), optionally with a `head`
@@ -67,10 +67,11 @@ class Embedder:
 
     def __init__(self, model, *, head=None, batch_size: int = 128, progress: bool = False, device=None,
                  backend: str = "torch", onnx_file=None, quantized: bool = False, full_length: bool = False,
-                 max_length: int | str | None = None, desc: str = "encode", dims: int | None = None):
+                 max_length: int | str | None = None, desc: str = "encode", dims: int | None = None, role: str | None = None):
         from distill.onnx.runtime import OnnxEncoder, check_backend
 
         self.batch_size, self.progress, self.full_length, self.desc, self.head = batch_size, progress, full_length, desc, head
+        self.role = check_role(role)
         declared = None  # the width a named folder declares it is served at (truncate_dim)
         if isinstance(model, (str, Path)) and Path(model).expanduser().is_dir():
             declared = declared_dims(model)
@@ -84,15 +85,15 @@ class Embedder:
 
             model = SentenceTransformer(str(Path(model).expanduser()), device=str(device) if device is not None else None)
         if isinstance(model, (str, Path)):
-            from distill.student import load_model
-            from distill.training.student_folder import saved_embedding_head
+            from distill.models import load_served
+            from distill.saved_student import saved_embedding_head
 
             # a run's best/ or final/: score what the run scored, through its embedding head if it has one
             saved = saved_embedding_head(Path(model).expanduser())
             if saved is not None and head is not None:
                 raise DistillError(f"{model}: this saved student has its own embedding head; give no other")
             self.head = head = saved if saved is not None else head
-            model = load_model(str(model), device=device)
+            model = load_served(str(model), device=device)
         self.model = model
         self.kind = _kind(model)
         if self.kind is None:
@@ -150,22 +151,27 @@ class Embedder:
     def source(self):
         return getattr(self.model, "source", self.model)
 
-    def __call__(self, sentences: Sequence[str], batch_size: int | None = None, progress: bool | None = None) -> np.ndarray:
+    def __call__(self, sentences: Sequence[str], batch_size: int | None = None, progress: bool | None = None,
+                 role: str | None = None) -> np.ndarray:
+        """`role` ("query" / "document"; default the Embedder's own): a model that serves roles (a
+        SentenceModel, a SentenceTransformer with prompts or a Router) encodes with that role's
+        prompt and route, as `encode_query` / `encode_document` do; any other model ignores it."""
         batch_size = self.batch_size if batch_size is None else batch_size
         progress = self.progress if progress is None else progress
+        role = check_role(role) or self.role
         sentences = list(sentences)
-        out = self._full(sentences, batch_size, progress)
+        out = self._full(sentences, batch_size, progress, role)
         if self.dims is None:
             return out
         if self.width is None:  # a callable: its width shows only now
             check_dims(self.dims, out.shape[1], self.source)
         return truncate(out, self.dims)
 
-    def _full(self, sentences: list[str], batch_size: int, progress: bool) -> np.ndarray:
+    def _full(self, sentences: list[str], batch_size: int, progress: bool, role: str | None = None) -> np.ndarray:
         """The model's full vectors (for a SentenceTransformer: before its own truncate_dim)."""
         model = self.model
         if self.kind == "encoder":
-            return self._encoder(sentences, batch_size, progress)
+            return self._encoder(sentences, batch_size, progress, role)
         if self.kind == "onnx":
             length = {"max_length": self.max_length} if self.max_length else {}
             out = model.encode(sentences, batch_size=batch_size, progress=progress, desc=self.desc, **length)
@@ -174,8 +180,9 @@ class Embedder:
             if self.max_length:
                 model.max_seq_length = self.max_length
             model.truncate_dim = None  # self.dims holds it (declared or asked for): truncated and re-normalized in __call__
+            encode = {"query": getattr(model, "encode_query", None), "document": getattr(model, "encode_document", None)}.get(role)
             try:
-                out = model.encode(sentences, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
+                out = (encode or model.encode)(sentences, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
             finally:
                 model.max_seq_length, model.truncate_dim = was, was_dims
         elif self.kind == "encode":
@@ -184,11 +191,13 @@ class Embedder:
             out = model(sentences)
         return np.asarray(out, dtype=np.float32)
 
-    def _encoder(self, sentences: list[str], batch_size: int, progress: bool) -> np.ndarray:
+    def _encoder(self, sentences: list[str], batch_size: int, progress: bool, role: str | None = None) -> np.ndarray:
         import torch
 
         enc = self.model
         kwargs = {"precision": "fp32"} if self.full_length else {}
+        if role is not None and getattr(enc, "kind", "") == "sentence":  # a SentenceModel serves roles
+            kwargs["role"] = role
         if self.max_length:
             kwargs["max_length"] = self.max_length
         with torch.inference_mode():
@@ -204,6 +213,15 @@ class Embedder:
     def __repr__(self) -> str:
         return (f"Embedder({self.source!r}, kind={self.kind!r}{', head' if self.head is not None else ''}"
                 f"{f', dims={self.dims}' if self.dims else ''})")
+
+
+ROLES = ("query", "document")
+
+
+def check_role(role: str | None) -> str | None:
+    if role is not None and role not in ROLES:
+        raise DistillError(f"role {role!r}: one of {', '.join(ROLES)}")
+    return role
 
 
 def check_dims(dims, width: int | None, source="the model") -> int | None:
@@ -334,7 +352,21 @@ def _accepted(fn, **kwargs) -> dict:
 
 def embedder(model, batch_size: int = 128, progress: bool = False, device=None, *, backend: str = "torch",
              onnx_file=None, quantized: bool = False, head=None, full_length: bool = False,
-             max_length: int | str | None = None, desc: str = "encode", dims: int | None = None) -> Embedder:
+             max_length: int | str | None = None, desc: str = "encode", dims: int | None = None, role: str | None = None) -> Embedder:
     """A function list[str] -> (n, d) float32 array, rows in input order: an `Embedder`."""
     return Embedder(model, head=head, batch_size=batch_size, progress=progress, device=device, backend=backend,
-                    onnx_file=onnx_file, quantized=quantized, full_length=full_length, max_length=max_length, desc=desc, dims=dims)
+                    onnx_file=onnx_file, quantized=quantized, full_length=full_length, max_length=max_length, desc=desc, dims=dims,
+                    role=role)
+
+
+class StudentEmbedder(Embedder):
+    """What evaluation scores: the pooled vector, or for HPD the pooled vector through its head.
+
+    Scored as SentEval does (`full_length`): fp32, and at the model's own length limit, not the
+    (often shorter) length the student was trained at, or at `max_length` when given (a recipe's
+    eval.retrieval.max_length). `StudentEmbedder(enc, head)(sentences, batch_size=...)`; the one
+    adapter is `distill.embedding.Embedder`.
+    """
+
+    def __init__(self, encoder, head=None, max_length: int | None = None):
+        super().__init__(encoder, head=head, batch_size=256, full_length=True, max_length=max_length)

@@ -10,7 +10,6 @@ folder.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,7 +18,8 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.precision import autocast_for  # noqa: F401 (re-exported: callers and tests import it from here)
-from distill.presets import POOLINGS, StudentSpec
+from distill.presets import StudentSpec
+from distill.st_format import STUDENT_POOLINGS as POOLINGS
 from distill.student import EmbeddingModel, best_device
 
 
@@ -72,50 +72,32 @@ def float32_weights() -> dict:
     return {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
 
 
-# A tokenizer_config.json model_max_length at or above this is transformers' "unset" placeholder.
-_SANE_MAX_LENGTH = 100_000
-
-
-def _json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _sentence_transformers_defaults(path: Path) -> dict:
+def folder_defaults(path: Path) -> dict:
     """Pooling / normalize / max length that a sentence-transformers folder declares, if it is one.
 
-    Max length: sentence_bert_config.json's max_seq_length (sentence-transformers up to 5);
-    otherwise the tokenizer_config.json model_max_length when it is a real value: sentence-
-    transformers 6 writes max_seq_length only there. Pooling: the Pooling module's config, the
-    boolean pooling_mode_* keys (up to 5) or the "pooling_mode" name (6).
+    A student trains the modules this class computes itself: Transformer -> Pooling (mean or the
+    [CLS] token) -> Normalize. A folder with anything else (a Dense layer, another pooling) is
+    refused, naming the module; served, such a folder is a SentenceModel (distill/models.py).
     """
+    from distill.st_format import STUDENT_POOLINGS, declared_max_length, pooling_config, read_modules
+
     out: dict = {}
-    modules = path / "modules.json"
-    if not modules.is_file():
-        return out
-    transformer_dir = path
-    for mod in json.loads(modules.read_text()):
-        kind = mod.get("type", "")
-        if kind.endswith("Normalize"):
+    modules = read_modules(path)
+    for mod in modules:
+        if mod.short == "Normalize":
             out["normalize"] = True
-        elif kind.endswith("Transformer"):
-            transformer_dir = path / mod.get("path", "")
-        elif kind.endswith("Pooling"):
-            cfg = _json(path / mod.get("path", "") / "config.json")
-            mode = cfg.get("pooling_mode")
-            if cfg.get("pooling_mode_cls_token") or mode == "cls":
-                out["pooling"] = "cls_before_pooler"
-            elif mode == "mean" or (mode is None and cfg.get("pooling_mode_mean_tokens", True)):
-                out["pooling"] = "mean"
-    max_len = _json(transformer_dir / "sentence_bert_config.json").get("max_seq_length")
-    if not max_len:
-        tok_max = _json(transformer_dir / "tokenizer_config.json").get("model_max_length")
-        max_len = tok_max if isinstance(tok_max, int) and 0 < tok_max < _SANE_MAX_LENGTH else None
+        elif mod.short == "Pooling":
+            pooling, _ = pooling_config(path, mod)
+            if pooling not in STUDENT_POOLINGS:
+                raise DistillError(f"{path / mod.path / 'config.json'}: pooling {pooling!r}: a transformer student pools with "
+                                   f"{', '.join(STUDENT_POOLINGS)}")
+            out["pooling"] = pooling
+        elif mod.short != "Transformer":
+            raise DistillError(f"{path / 'modules.json'}: module {mod.name!r} ({mod.type}): a transformer student is "
+                               "Transformer -> Pooling -> Normalize; this folder can be a teacher or be served, not be trained as a student")
+    max_len = declared_max_length(path, modules)
     if max_len:
-        out["max_length"] = int(max_len)
+        out["max_length"] = max_len
     return out
 
 
@@ -156,12 +138,8 @@ class Encoder(EmbeddingModel):
 
         A preset name brings its pooling, normalization, max length and layer cut. `role`
         ("teacher" or "student") picks the preset folder when a name is in both (see `find_preset`).
+        The name is resolved once, here; `from_folder` does the rest.
         """
-        import sys
-
-        from transformers import AutoModel, AutoTokenizer
-
-        from distill.model_files import check_tokenizer_files, explain_load_error, position_limit
         from distill.presets import find_preset
         from distill.resolve import resolve_model
 
@@ -172,8 +150,32 @@ class Encoder(EmbeddingModel):
             max_length = max_length or preset.max_length
             if isinstance(preset, StudentSpec) and layers is None:
                 layers = preset.layers
-        path = resolve_model(name, offline_source=offline_source, role=role)
-        found = _sentence_transformers_defaults(path)
+            path = resolve_model(preset.hub_id, offline_source=preset.offline_source)
+        else:
+            path = resolve_model(name, offline_source=offline_source)
+        return cls.from_folder(path, pooling=pooling, normalize=normalize, max_length=max_length, layers=layers, device=device)
+
+    @classmethod
+    def from_folder(
+        cls,
+        path: str | Path,
+        *,
+        pooling: str | None = None,
+        normalize: bool | None = None,
+        max_length: int | None = None,
+        layers: int | Sequence[int] | None = None,
+        device: str | torch.device | None = None,
+    ) -> Encoder:
+        """A transformers (or Transformer -> Pooling -> Normalize sentence-transformers) folder;
+        explicit arguments beat the folder's own settings."""
+        import sys
+
+        from transformers import AutoModel, AutoTokenizer
+
+        from distill.model_files import check_tokenizer_files, explain_load_error, position_limit
+
+        path = Path(path)
+        found = folder_defaults(path)
         pooling = pooling or found.get("pooling", "mean")
         normalize = found.get("normalize", False) if normalize is None else normalize
         max_length = max_length or found.get("max_length", 128)
@@ -251,12 +253,12 @@ class Encoder(EmbeddingModel):
 
     def st_modules(self, folder: Path, max_seq_length: int) -> list:
         """Transformer (the saved student folder) -> Pooling, for `distill export`."""
-        from distill.export import POOLING_MODES, st_module_classes
+        from distill.st_format import ST_POOLING, st_module_classes
 
-        if self.pooling not in POOLING_MODES:
+        if self.pooling not in ST_POOLING:
             raise DistillError(f"{folder}: pooling {self.pooling!r} has no sentence-transformers Pooling mode")
         models = st_module_classes()
-        return [models.Transformer(str(folder), max_seq_length=max_seq_length), models.Pooling(self.dim, pooling_mode=POOLING_MODES[self.pooling])]
+        return [models.Transformer(str(folder), max_seq_length=max_seq_length), models.Pooling(self.dim, pooling_mode=ST_POOLING[self.pooling])]
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.transformer.parameters())

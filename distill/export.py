@@ -39,9 +39,10 @@ from torch import nn
 from distill.errors import DistillError
 from distill.io import atomic_dir, check_writable, replace_dir, write_errors
 from distill.report import RunLabels, retrieval_rows, sts_rows
-from distill.training.student_folder import META, load_saved_student
+from distill.saved_student import META, load_saved_student
+from distill.st_format import st_module_classes
 
-POOLING_MODES = {"mean": "mean", "cls_before_pooler": "cls"}
+POOLING_MODES = {"mean": "mean", "cls_before_pooler": "cls"}  # what an exported Encoder's Pooling can be
 EXPORT_MARKER = ".distill-export.json"
 PCA_SAMPLE = 65_536  # training sentences the export's PCA is fitted on at most (a seeded random sample)
 
@@ -68,15 +69,6 @@ def _interrupted_warning(run_dir: Path, student_dir: Path) -> None:
     if not (run_dir / "results.json").is_file() or not (run_dir / "final").is_dir():
         print(f"distill: warning: {run_dir} has no results.json / final/: the run was interrupted or is still running; "
               f"exporting {student_dir.name}/ as it is now", file=sys.stderr)
-
-
-def st_module_classes():
-    """sentence-transformers' module classes (moved in 6.x; the old path still works before)."""
-    try:
-        from sentence_transformers.sentence_transformer import modules
-    except ImportError:
-        from sentence_transformers import models as modules
-    return modules
 
 
 def _dense_from(module: nn.Module, what: str):
@@ -194,7 +186,7 @@ def _pca_dense(enc, head, meta: dict, k: int, student_dir: Path):
     import numpy as np
 
     from distill.data.cache import TeacherCache
-    from distill.training.student_folder import StudentEmbedder
+    from distill.embedding import StudentEmbedder
 
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise DistillError(f"--pca {k!r}: expected a whole number of dimensions >= 1")

@@ -165,17 +165,21 @@ def folder_position_limit(folder: str | Path) -> int | None:
     return position_limit(_read_json(Path(folder) / "config.json"))
 
 
-def check_length(key: str, length: int, name: str, role: str, *, fetch: bool = False) -> None:
-    """Refuse `length` tokens (the value of `key`) for the model `name` (a folder, or a preset of
-    `role`) when it takes fewer. `fetch=False`: only a model already on this machine is checked
-    (nothing is downloaded when a recipe is read); `fetch=True` resolves it first."""
-    from distill.presets import StaticStudentSpec, find_preset
+def check_length(key: str, length: int, name, role: str, *, fetch: bool = False) -> None:
+    """Refuse `length` tokens (the value of `key`) for the model `name` (a preset of `role`, a
+    folder, a hub id, a mapping or a spec) when it takes fewer. `fetch=False`: only a model already
+    on this machine is checked (nothing is downloaded when a recipe is read); `fetch=True` resolves it first."""
+    from distill.presets import StaticStudentSpec, model_name, student_spec, teacher_spec
     from distill.resolve import local_model, resolve_model
 
-    preset = find_preset(name, role) if not Path(name).expanduser().is_dir() else None
+    try:
+        preset = teacher_spec(name) if role == "teacher" else student_spec(name)
+    except DistillError:
+        return  # not a model: the recipe's checks say so
     if isinstance(preset, StaticStudentSpec):
         return  # a token table has no positions: any length
-    model, source = (preset.hub_id, preset.offline_source) if preset is not None else (name, None)
+    model, source = (preset.hub_id, preset.offline_source) if preset is not None else (str(name), None)
+    name = model_name(name)
     try:
         folder = resolve_model(model, offline_source=source) if fetch else local_model(model, offline_source=source)
     except DistillError:
@@ -191,13 +195,17 @@ def check_length(key: str, length: int, name: str, role: str, *, fetch: bool = F
 def check_recipe_lengths(recipe, *, fetch: bool = False) -> None:
     """data.max_length against the student, and the length the cache encodes at (data.teacher_max_length,
     else the teacher preset's max_length) against the teacher; see `check_length` for `fetch`."""
-    from distill.presets import find_preset, repo_root
+    from distill.presets import list_presets, repo_root, teacher_spec
 
     check_length("data.max_length", recipe.data.max_length, recipe.student, "student", fetch=fetch)
-    teacher = find_preset(recipe.teacher, "teacher")
-    if teacher is not None and not fetch:  # the cache may already exist: no teacher to fetch
+    try:
+        teacher = teacher_spec(recipe.teacher)
+    except DistillError:
+        return  # the recipe's checks name it
+    if not fetch:  # the cache may already exist: no teacher to fetch
         if recipe.data.teacher_max_length is not None:
-            check_length("data.teacher_max_length", recipe.data.teacher_max_length, recipe.teacher, "teacher")
-        else:
-            where = repo_root() / "teachers" / f"{recipe.teacher}.yaml"
-            check_length(f"{where}: max_length", teacher.max_length, recipe.teacher, "teacher")
+            check_length("data.teacher_max_length", recipe.data.teacher_max_length, teacher, "teacher")
+        elif teacher.max_length is not None:
+            where = (f"{repo_root() / 'teachers' / f'{teacher.name}.yaml'}: max_length"
+                     if isinstance(recipe.teacher, str) and recipe.teacher in list_presets("teachers") else "teacher.max_length")
+            check_length(where, teacher.max_length, teacher, "teacher")

@@ -103,13 +103,13 @@ def _widths_ok(dims) -> bool:
 def _check_prefix_widths(recipe) -> None:
     """loss.matryoshka_dims against the student preset's width (a folder is checked when the loss is built)."""
     from distill.losses.matryoshka import check_prefix_widths
-    from distill.presets import find_preset
+    from distill.presets import student_spec
 
     dims = recipe.loss.get("matryoshka_dims")
-    if dims is None or Path(recipe.student).expanduser().is_dir():
+    if dims is None:
         return
-    preset = find_preset(recipe.student, "student")
-    if preset is not None:
+    preset = student_spec(recipe.student)
+    if preset is not None and preset.dim is not None:
         check_prefix_widths(dims, preset.dim)
 
 
@@ -117,15 +117,15 @@ def _student_width(recipe) -> int | None:
     """The width of the student's own vector from its preset or its folder's config.json (None: not
     known without loading it, e.g. a static model folder)."""
     from distill.model_files import _read_json
-    from distill.presets import find_preset
-    from distill.student import is_static_folder
+    from distill.presets import student_spec
+    from distill.st_format import static_folder as is_static_folder
 
-    folder = Path(recipe.student).expanduser()
-    if folder.is_dir():
+    preset = student_spec(recipe.student)
+    if preset is None:  # a folder
+        folder = Path(recipe.student).expanduser()
         width = None if is_static_folder(folder) else _read_json(folder / "config.json").get("hidden_size")
         return width if isinstance(width, int) and not isinstance(width, bool) else None
-    preset = find_preset(recipe.student, "student")
-    return preset.dim if preset is not None else None
+    return preset.dim
 
 
 def _check_eval_dims(recipe) -> None:
@@ -133,7 +133,7 @@ def _check_eval_dims(recipe) -> None:
     head that is part of the embedding (HPD's k-d head), as the trainer computes it."""
     from distill.losses import build_loss, loss_class
     from distill.losses.base import head_out_dim
-    from distill.presets import find_preset
+    from distill.presets import teacher_spec
 
     dims = recipe.eval.dims
     width = _student_width(recipe) if dims else None
@@ -142,8 +142,8 @@ def _check_eval_dims(recipe) -> None:
     what = loss_class(recipe.loss["name"]).head_in_embedding(recipe.loss)
     if what:
         targets = loss_class(recipe.loss["name"]).targets(recipe.loss)
-        teacher = find_preset(recipe.teacher, "teacher")
-        teacher_dim = targets[1] if isinstance(targets, tuple) else teacher.dim if teacher is not None else None
+        teacher = teacher_spec(recipe.teacher)
+        teacher_dim = targets[1] if isinstance(targets, tuple) else teacher.dim
         head = build_loss(recipe.loss, width, teacher_dim).embedding_head()
         width = head_out_dim(head) if head is not None else width
     wider = [k for k in dims if k > width]
@@ -156,17 +156,15 @@ def _check_static_student(recipe) -> None:
     """A static student preset as `StaticStudent.from_spec` will build it, from files already here:
     with init: distill, a width at most the teacher's; its tokenizer (the preset's, else the
     teacher's) a folder with tokenizer.json, and with init: distill the teacher's own tokens."""
-    from distill.presets import StaticStudentSpec, find_preset, repo_root
+    from distill.presets import StaticStudentSpec, repo_root, student_spec, teacher_spec
     from distill.resolve import local_model
 
-    spec = None if Path(recipe.student).expanduser().is_dir() else find_preset(recipe.student, "student")
+    spec = student_spec(recipe.student)
     if not isinstance(spec, StaticStudentSpec):
         return
     where = repo_root() / "students" / f"{spec.name}.yaml"
-    teacher = find_preset(recipe.teacher, "teacher")
-    if teacher is None:
-        return  # a teacher folder: refused when the run starts, with the teacher's own message
-    if spec.init == "distill" and spec.dim > teacher.dim:
+    teacher = teacher_spec(recipe.teacher)
+    if spec.init == "distill" and teacher.dim is not None and spec.dim > teacher.dim:
         raise DistillError(f"{where}: dim {spec.dim}: init: distill reduces the teacher's vectors to it, so it must be between 1 and "
                            f"the teacher {teacher.name}'s width {teacher.dim} ({repo_root() / 'teachers' / f'{teacher.name}.yaml'}: dim)")
     teacher_folder = local_model(teacher.hub_id, offline_source=teacher.offline_source)
@@ -265,8 +263,11 @@ def _check_beir(key: str, folder: str, split: str) -> None:
 
 
 def _check_presets(recipe) -> None:
-    from distill.presets import list_presets
+    """teacher and student: a preset, a folder, a hub id or a mapping, each key and value checked."""
+    from distill.presets import student_spec, teacher_spec
 
-    for kind, name in (("teachers", recipe.teacher), ("students", recipe.student)):
-        if name not in list_presets(kind) and not Path(name).expanduser().is_dir():
-            raise DistillError(f"{kind[:-1]} {name!r} is neither a preset ({', '.join(list_presets(kind))}) nor a model folder")
+    for key, value, parse in (("teacher", recipe.teacher, teacher_spec), ("student", recipe.student, student_spec)):
+        try:
+            parse(value)
+        except DistillError as exc:
+            raise DistillError(f"{key}: {exc}") from None

@@ -37,9 +37,9 @@ class RunLabels:
     @classmethod
     def of_recipe(cls, recipe, stage2: bool = False) -> RunLabels:
         """`distill train`'s names: "teacher T", "S before", "S after (loss)" (+ " + stage 2 (loss)")."""
-        first = f"{recipe.student} after ({recipe.loss['name']})"
+        first = f"{recipe.student_name} after ({recipe.loss['name']})"
         after = f"{first} + stage 2 ({recipe.stage2.loss['name']})" if stage2 else first
-        return cls(after=after, teacher=f"teacher {recipe.teacher}", before=f"{recipe.student} before", stage1=first if stage2 else None)
+        return cls(after=after, teacher=f"teacher {recipe.teacher_name}", before=f"{recipe.student_name} before", stage1=first if stage2 else None)
 
 
 def sts_rows(results: Mapping, labels: RunLabels, best: Mapping | None = None, widths: bool = True) -> list[tuple[str, Mapping]]:

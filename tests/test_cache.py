@@ -212,12 +212,12 @@ def test_build_cache_resolves_the_teacher_once(tmp_path, tiny_bert_dir, monkeypa
     def counting(name, fn):
         return lambda *a, **k: (calls.append((name, a[0] if a else None)), fn(*a, **k))[1]
 
-    monkeypatch.setattr(cache_mod, "load_teacher", counting("load_teacher", cache_mod.load_teacher))
+    monkeypatch.setattr(cache_mod, "teacher_spec", counting("teacher_spec", cache_mod.teacher_spec))
     monkeypatch.setattr(cache_mod, "resolve_model", counting("resolve_model", cache_mod.resolve_model))
     monkeypatch.setattr(distill.presets, "find_preset", counting("find_preset", distill.presets.find_preset))
     monkeypatch.setattr(distill.resolve, "find_preset", counting("find_preset", distill.resolve.find_preset))
     cache = build_cache("tiny", [str(_corpus_file(tmp_path, 40))], tmp_path / "cache", device="cpu", progress=False)
-    assert [c[0] for c in calls] == ["load_teacher", "resolve_model"], calls
+    assert [c[0] for c in calls] == ["teacher_spec", "resolve_model"], calls
     assert cache.manifest["teacher"] == "tiny" and cache.manifest["teacher_revision"].startswith("sha256:")
 
 

@@ -43,7 +43,7 @@ def test_defaults_and_overrides(tmp_path):
         (BASE, ["train.lr=fast"], r"train\.lr: expected float, got 'fast'"),
         (BASE, ["loss.name=l2"], r"loss\.name 'l2' is not one of"),
         (BASE + "extra: 1\n", [], r"unknown key extra"),
-        (BASE.replace("all-minilm-l6-v2", "no-such-teacher"), [], r"teacher 'no-such-teacher' is neither a preset"),
+        (BASE.replace("all-minilm-l6-v2", "no-such-teacher"), [], r"teacher: teacher 'no-such-teacher': not a preset \(teachers: .*\), not a model folder, not a hub id"),
         ("student: all-minilm-l3-v2\nloss: {name: mse}\n", [], r"missing key teacher"),
         (BASE, ["loss.lam"], r"expected key=value"),
     ],

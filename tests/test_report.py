@@ -15,7 +15,7 @@ RESULTS = {
 
 
 class _Recipe:
-    teacher, student = "all-minilm-l6-v2", "all-minilm-l3-v2"
+    teacher_name, student_name = "all-minilm-l6-v2", "all-minilm-l3-v2"
     loss = {"name": "ibkd"}
 
     class stage2:  # noqa: N801 (a recipe's section)

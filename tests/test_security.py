@@ -96,10 +96,10 @@ def test_a_preset_name_is_never_a_path(tmp_path, tiny_home, monkeypatch, capsys)
     corpus.write_text("one sentence\n")
     for name in ("../" * 12 + str(elsewhere / "x").lstrip("/"), f"../{elsewhere.name}/x", ".hidden"):
         assert main(["cache", "--teacher", name, "--corpus", str(corpus), "--out", str(tmp_path / "cache")]) == 2
-        assert f"teacher preset {name!r}: not a preset name" in capsys.readouterr().err
+        assert f"teacher {name!r}: not a preset (teachers: tiny-teacher), not a model folder, not a hub id" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
     for key in ("teacher", "student"):
         recipe = tmp_path / "recipe.yaml"
         recipe.write_text(tiny_recipe_text(tmp_path).replace(f"{key}: tiny-{key}", f"{key}: ../elsewhere/x"))
-        with pytest.raises(DistillError, match=rf"{key} '\.\./elsewhere/x' is neither a preset"):
+        with pytest.raises(DistillError, match=rf"{key}: {key} '\.\./elsewhere/x': not a preset"):
             load_recipe(recipe)

@@ -48,16 +48,16 @@ def test_a_damaged_static_init_table_is_named(static_run, tmp_path, tiny_home, m
     import shutil
 
     from distill.resolve import resolve_model
-    from distill.static_student import distilled_table
+    from distill.static_student import cached_distill_table
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     shutil.copytree(static_run[0] / "cache" / "static", tmp_path / "static")
     (kept,) = (tmp_path / "static").iterdir()
     teacher, tokenizer = load_teacher("tiny-teacher"), static_tokenizer(resolve_model("tiny-teacher", role="teacher"))
-    np.testing.assert_array_equal(distilled_table(teacher, tokenizer, 16, "zipf", cache_dir=tmp_path, progress=False), np.load(kept))
+    np.testing.assert_array_equal(cached_distill_table(teacher, tokenizer, 16, "zipf", cache_dir=tmp_path, progress=False), np.load(kept))
     kept.write_bytes(kept.read_bytes()[: kept.stat().st_size // 2])
     with pytest.raises(DistillError, match=rf"^{kept}: a damaged static init table \(.*\); delete it and it is computed again$"):
-        distilled_table(teacher, tokenizer, 16, "zipf", cache_dir=tmp_path, progress=False)
+        cached_distill_table(teacher, tokenizer, 16, "zipf", cache_dir=tmp_path, progress=False)
 
 
 def test_a_static_model_encodes_all_of_a_line_past_a_million_tokens(static_run):
@@ -68,7 +68,7 @@ def test_a_static_model_encodes_all_of_a_line_past_a_million_tokens(static_run):
     (32) when sentence-transformers loaded the folder: it is saved without truncation now."""
     from sentence_transformers import SentenceTransformer
 
-    from distill.student import load_model
+    from distill.models import load_served as load_model
 
     def cos(x, y):
         return float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
@@ -219,11 +219,11 @@ def test_static_resume_ends_where_a_straight_run_ends(tmp_path, tiny_home, monke
 
 
 def test_a_static_preset_names_the_teacher_it_needs(tiny_home, monkeypatch):
-    from distill.student import load_model
+    from distill.models import load_student
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     with pytest.raises(DistillError, match="static student: it is built from a teacher"):
-        load_model("tiny-static", role="student")
+        load_student("tiny-static")
 
 
 def test_compare_takes_a_static_student(tmp_path, tiny_home, monkeypatch, capsys):

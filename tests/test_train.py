@@ -343,7 +343,7 @@ def test_cpu_adamw_is_fused_and_makes_the_foreach_update():
     the default (foreach) AdamW the earlier runs used, to float64 precision."""
     from types import SimpleNamespace
 
-    from distill.training.trainer import _optimizer
+    from distill.training.loop import _optimizer
 
     if torch.__version__ < (2, 4):
         pytest.skip(f"torch {torch.__version__} has no fused AdamW on CPU")
@@ -432,7 +432,7 @@ def test_each_epoch_trains_on_its_own_shuffle(tmp_path, tiny_home, monkeypatch):
     """256 sentences in batches of 32 are 8 steps an epoch: steps 9-16 must see epoch 1's order
     (seeded by (seed, epoch), what --resume after an epoch replays), not epoch 0's again."""
     from distill.data.batches import epoch_batches
-    from distill.training import trainer as trainer_module
+    from distill.training import loop as trainer_module
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     seen = []

@@ -23,25 +23,26 @@ def _cmd_cache(args) -> int:
 
 
 def _teacher(name: str, max_length: int | None):
-    """The teacher preset, at --max-length tokens when given (a recipe's data.teacher_max_length)."""
+    """The teacher (a preset, hub id or folder), at --max-length tokens when given (a recipe's data.teacher_max_length)."""
     import dataclasses
 
     from distill.errors import DistillError
     from distill.model_files import check_length
-    from distill.presets import load_teacher
+    from distill.presets import teacher_spec
 
-    spec = load_teacher(name)
+    spec = teacher_spec(name)
     if max_length is None:
         return spec
     if max_length < 3:
         raise DistillError(f"--max-length {max_length}: must be at least 3 (two special tokens and one word piece)")
-    check_length("--max-length", max_length, name, "teacher")
+    check_length("--max-length", max_length, spec, "teacher")
     return dataclasses.replace(spec, max_length=max_length)
 
 
 def register(sub) -> None:
     p = sub.add_parser("cache", help="encode a corpus with a teacher once (float16, memory-mapped, resumable)")
-    p.add_argument("--teacher", required=True, help="teacher preset (teachers/*.yaml)")
+    p.add_argument("--teacher", required=True, help="teacher: a preset (teachers/*.yaml), a hub id (owner/name) or a model folder; "
+                        "encoded as sentence-transformers encodes it, each row with its role's prompt")
     p.add_argument("--corpus", required=True, nargs="+", help="text/.gz files (one sentence a line), .jsonl/.csv/.tsv, hub dataset names, beir:DIR[?queries=dev]; "
                         "prefix query: for rows a teacher should encode as queries (query:questions.txt)")
     p.add_argument("--out", required=True, help="cache folder")
@@ -52,7 +53,8 @@ def register(sub) -> None:
     p.add_argument("--max-sentences", type=int, help="keep only the first N distinct sentences")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--shard-size", type=int, default=16384, help="rows per resumable shard")
-    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32",
-                   help="GPU autocast of the teacher (default fp32, as the IBKD authors; bf16 is faster on a GPU). CPU runs fp32")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default=None,
+                   help="GPU autocast of the teacher (default: the teacher's dtype, fp32 unless set, as the IBKD authors; "
+                        "bf16 is faster on a GPU). CPU runs fp32")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_cache)

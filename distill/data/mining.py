@@ -47,21 +47,31 @@ def _need_datasets() -> None:
                            "pip install 'distill[hub]' (or pip install datasets)") from None
 
 
-def load_sentence_transformer(model: str, max_length: int | None = None, device=None):
-    """A teacher as a SentenceTransformer: a preset (teachers/ first), a folder, a hub id or a PyPI
-    model key, resolved like every other model here. It must be a sentence-transformers folder
-    (modules.json): its own pooling and normalization, at its own max_seq_length unless `max_length`."""
+def load_sentence_transformer(model, max_length: int | None = None, device=None):
+    """A teacher as a SentenceTransformer: a preset (teachers/ first), a folder, a hub id, a PyPI
+    model key or a mapping (distill.presets.teacher_spec), resolved like every other model here. It
+    must be a sentence-transformers folder (modules.json): its own pooling, normalization and prompts
+    (a mapping's prompts replace them; the miner encodes queries with encode_query and passages with
+    encode_document), at its own max_seq_length unless `max_length`."""
     from sentence_transformers import SentenceTransformer
 
     from distill.encoder import best_device
     from distill.model_files import folder_position_limit
+    from distill.presets import teacher_spec
     from distill.resolve import resolve_model
 
-    folder = resolve_model(model, role="teacher")
+    spec = teacher_spec(model)
+    folder = resolve_model(spec.hub_id, offline_source=spec.offline_source, revision=spec.revision)
     if not (folder / "modules.json").is_file():
         raise DistillError(f"{model}: {folder} is not a sentence-transformers folder (no modules.json); mining needs the model's "
                            "own pooling: give a sentence-transformers folder or export one with `distill export`")
-    st = SentenceTransformer(str(folder), device=str(device or best_device()))
+    st = SentenceTransformer(str(folder), device=str(device or best_device()), trust_remote_code=spec.trust_remote_code,
+                             truncate_dim=spec.truncate_dim)
+    if spec.prompts is not None:  # the mapping's prompts replace the folder's, as the cache applies them
+        st.prompts = {role: text for role, text in spec.prompts.items()}
+    if spec.prompt_names:
+        st.prompts = {**st.prompts, **{role: st.prompts[name] for role, name in spec.prompt_names.items() if name in st.prompts}}
+    max_length = max_length or spec.max_length
     if max_length is not None:
         limit = folder_position_limit(folder)
         if max_length < 3 or (limit is not None and max_length > limit):
@@ -163,11 +173,16 @@ def teacher_cache_key(teacher: str, model) -> dict:
     vocabulary), and the truncation length. The one place to switch to the loaded model's own
     identity when it has one."""
     from distill.data.cache import model_revision
+    from distill.presets import teacher_spec
     from distill.resolve import resolve_model
 
-    folder = resolve_model(teacher, role="teacher").resolve()
+    spec = teacher_spec(teacher)
+    folder = resolve_model(spec.hub_id, offline_source=spec.offline_source, revision=spec.revision).resolve()
+    prompts = dict(getattr(model, "prompts", None) or {})  # the prompts it encodes with (a mapping's replace the folder's)
     return {"teacher": str(folder), "weights": model_revision(folder), "config_files": _config_digest(folder),
-            "max_length": int(model.max_seq_length), "query_prompt": None, "corpus_prompt": None}
+            "max_length": int(model.max_seq_length), "query_prompt": None, "corpus_prompt": None,
+            **({"prompts": prompts} if spec.prompts is not None or spec.prompt_names else {}),
+            **({"truncate_dim": spec.truncate_dim} if spec.truncate_dim else {})}
 
 
 def _config_digest(folder: Path) -> str:

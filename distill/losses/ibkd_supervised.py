@@ -63,7 +63,8 @@ class IBKDSupervisedLoss(DistillLoss):
         "head": one_of(*HEADS),
         "head_dim": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1), "unset or a whole number >= 1"),
     }
-    internal = {"stage1_head": "distill sets it from a stage 1 whose head is part of the embedding (training/stages.py: stage2)"}
+    internal = {"stage1_head": "distill sets it from a stage 1 whose head is part of the embedding (training/stages.py: stage2)",
+                "carried": "the stage-1 loss of stage1_head, built by the registry (distill/losses/registry.py)"}
 
     def __init__(
         self,
@@ -79,10 +80,13 @@ class IBKDSupervisedLoss(DistillLoss):
         head: str = "linear",
         head_dim: int | None = None,
         stage1_head: dict | None = None,
+        carried: DistillLoss | None = None,
     ):
         super().__init__()
         self.stage1_head = dict(stage1_head) if stage1_head else None
-        self.carried = _carried_loss(self.stage1_head, int(student_dim), self.name) if self.stage1_head else None
+        if self.stage1_head and carried is None:
+            raise DistillError(f"{self.name}.stage1_head: build this loss with distill.losses.build_loss, which builds the carried loss")
+        self.carried = carried if self.stage1_head else None
         if self.carried is not None:  # the contrast (and this loss's own head) sees the carried head's output
             student_dim = head_out_dim(self.carried.embedding_head())
         # the one check `rules` cannot make: it needs the student's width
@@ -148,13 +152,3 @@ class IBKDSupervisedLoss(DistillLoss):
             return out
         out.update({k: v.detach() for k, v in parts.items()})
         return out
-
-
-def _carried_loss(spec: dict, student_dim: int, who: str) -> DistillLoss:
-    """The stage-1 loss whose embedding head stage 2 trains on (its weights are loaded by the caller)."""
-    from distill.losses import build_loss, loss_class  # the registry imports this module
-
-    if not loss_class(spec["name"]).head_in_embedding(spec) or spec.get("matryoshka_dims"):
-        raise DistillError(f"{who}.stage1_head: loss {spec['name']!r} has no head that is part of the embedding "
-                           "(or one stage 2 does not carry); leave it unset")
-    return build_loss(spec, student_dim, None)

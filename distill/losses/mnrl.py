@@ -41,8 +41,9 @@ class MNRLLoss(IBKDSupervisedLoss):
     citation = MNRL_CITATION
     rules = {"tau": POSITIVE}  # IBKD's head and HSIC parameters are not taken
 
-    def __init__(self, student_dim: int, teacher_dim: int | None = None, *, tau: float = 0.05, stage1_head: dict | None = None):
-        super().__init__(student_dim, teacher_dim, tau=tau, lam=0.0, head="none", stage1_head=stage1_head)
+    def __init__(self, student_dim: int, teacher_dim: int | None = None, *, tau: float = 0.05, stage1_head: dict | None = None,
+                 carried=None):
+        super().__init__(student_dim, teacher_dim, tau=tau, lam=0.0, head="none", stage1_head=stage1_head, carried=carried)
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"tau": self.tau, **({"stage1_head": self.stage1_head} if self.stage1_head else {})}

@@ -61,7 +61,7 @@ class STDistillLoss(nn.Module):
     @classmethod
     def build(cls, model: nn.Module, name: str, teacher_dim: int | None = None, **params: Any) -> STDistillLoss:
         """Build the named distill loss (see distill.losses.LOSSES) for this model's output width."""
-        from distill.losses import build_loss
+        from distill.losses.registry import build_loss
 
         # get_embedding_dimension in sentence-transformers >= 6; the older name before.
         get_dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension

@@ -253,7 +253,7 @@ def _check_folder(folder: Path, quantize: str | None, overwrite: bool) -> dict:
         raise DistillError(f"--quantize {quantize!r}: only int8 is supported")
     if not (folder / "modules.json").is_file():
         raise DistillError(f"{folder}: not a sentence-transformers folder (no modules.json); export a run first with `distill export RUN --out DIR`")
-    from distill.student import is_static_folder
+    from distill.st_format import static_folder as is_static_folder
 
     if is_static_folder(folder):
         raise DistillError(f"{folder}: a static model (a token table and a mean) needs no ONNX graph: it already encodes at table-lookup "

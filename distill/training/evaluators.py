@@ -255,24 +255,25 @@ def baseline_scores(teacher: str, student, tasks: Sequence[str], data: dict, bat
     `dev_retrieval` (the recipe's selecting RetrievalEvaluator) its prefixed scores among "scores",
     as a run logs them. `student`: a name to load, or (name, encoder, embed) for the student a run
     already holds. Shared by training (Baselines) and `distill compare`."""
-    from distill.encoder import Encoder
-    from distill.student import load_model
-    from distill.training.student_folder import StudentEmbedder
+    from distill.embedding import StudentEmbedder
+    from distill.models import load_student, load_teacher
+    from distill.presets import model_name
 
     out: dict = {"key": {"teacher": teacher, "tasks": list(tasks), "scoring": SCORING, **retrieval_key(retrieval, dev_retrieval)}}
-    device = None if isinstance(student, str) else student[1].device  # the run's device, else the best one
-    t_enc = Encoder.load(teacher, device=device, role="teacher")
+    named = isinstance(student, (str, dict))
+    device = None if named else student[1].device  # the run's device, else the best one
+    t_enc = load_teacher(teacher, device=device)
     timing: dict = {}
     scores = evaluate_sts(t_enc, tasks=tasks, data=data, batch_size=batch_size, progress=False, timing=timing) if tasks else {}
     if dev_retrieval is not None:
         scores.update(dev_retrieval.score_model(t_enc))
-    out["teacher"] = _describe(teacher, t_enc, scores, timing)
+    out["teacher"] = _describe(model_name(teacher), t_enc, scores, timing)
     if retrieval is not None:
         out["teacher"]["retrieval"] = retrieval.score(t_enc)
     del t_enc
     timing = {}
-    if isinstance(student, str):
-        name, enc = student, load_model(student, max_length=max_length, role="student", teacher=teacher)
+    if named:
+        name, enc = model_name(student), load_student(student, max_length=max_length, teacher=teacher)
         scores = evaluate_sts(enc, tasks=tasks, data=data, batch_size=batch_size, progress=False, timing=timing) if tasks else {}
     else:
         name, enc, embed = student
@@ -322,14 +323,18 @@ class Baselines(Callback):
 
     def __init__(self, run_dir: Path, teacher: str, student_name: str, tasks: Sequence[str], data: dict, batch_size: int,
                  retrieval: RetrievalSet | None = None):
-        self.path, self.teacher, self.student_name = Path(run_dir) / "baselines.json", teacher, student_name
+        from distill.presets import model_name
+
+        self.path, self.teacher, self.student_name = Path(run_dir) / "baselines.json", teacher, model_name(student_name)
         self.tasks, self.data, self.batch_size, self.retrieval = list(tasks), data, batch_size, retrieval
 
     def on_train_begin(self, state) -> None:
+        from distill.presets import model_name
+
         if self.path.is_file():
             return
         # minutes on a CPU with no bar of its own (the scores print at the end): say what runs
-        print(f"[distill] baselines: the teacher {self.teacher} and the untrained {self.student_name} on {', '.join(self.tasks)} "
+        print(f"[distill] baselines: the teacher {model_name(self.teacher)} and the untrained {self.student_name} on {', '.join(self.tasks)} "
               f"(once per run folder: {self.path.name})", flush=True)
         student = (self.student_name, state.student, state.embedder(head=False))
         write_json_atomic(self.path, baseline_scores(self.teacher, student, self.tasks, self.data, self.batch_size, retrieval=self.retrieval))

@@ -21,12 +21,12 @@ from distill.errors import DistillError
 from distill.io import write_json_atomic, write_text_atomic
 from distill.lock import folder_lock
 from distill.model_files import check_recipe_lengths
+from distill.saved_student import stage_meta
 from distill.training import checkpoint as ckpt_io
 from distill.training.distributed import init_distributed, is_main_process_env, teardown
 from distill.training.run_folder import check_run_folder, mark_run_folder
 from distill.training.stages import stage1, stage2
-from distill.training.student_folder import stage_meta
-from distill.training.trainer import Trainer
+from distill.training.loop import Trainer
 
 # The recipe sections a finished stage 1 depends on: `--resume` of a run whose stage 1 is over may
 # change the others (stage2, eval, output), so one stage 1 serves several stage-2 runs (copy the

@@ -24,8 +24,9 @@ from distill.data.corpus import read_corpus
 from distill.data.tokens import tokenize_corpus
 from distill.errors import DistillError
 from distill.losses import build_loss, loss_class
-from distill.presets import TeacherSpec, load_teacher
-from distill.student import EmbeddingModel, load_model
+from distill.models import load_student
+from distill.presets import TeacherSpec, teacher_spec
+from distill.student import EmbeddingModel
 from distill.training.distributed import barrier
 
 PREPARE_SAMPLE = 2048  # sentences whose untrained embeddings initialise a loss's heads (HPD: 5x its 385 unknowns)
@@ -90,9 +91,10 @@ def rows_part(out: dict, mask, rows: slice = slice(None)) -> dict:
 
 
 def recipe_teacher(recipe: Recipe) -> TeacherSpec:
-    """The teacher preset as the recipe's cache encodes with it: at data.teacher_max_length when set
-    (the manifest pins the length, so a cache of another length is refused, naming max_length)."""
-    spec = load_teacher(recipe.teacher)
+    """The teacher (a preset, hub id, folder or mapping) as the recipe's cache encodes with it: at
+    data.teacher_max_length when set (the manifest pins the length, so a cache of another length is
+    refused, naming max_length)."""
+    spec = teacher_spec(recipe.teacher)
     length = recipe.data.teacher_max_length
     return spec if length is None else dataclasses.replace(spec, max_length=length)
 
@@ -160,7 +162,7 @@ def stage1(recipe: Recipe, run_dir: Path, rank: int, world: int, device: torch.d
     if not main_process:
         barrier(world)
     cache = open_or_build_cache(recipe, progress=progress and main_process)
-    student = load_model(recipe.student, role="student", max_length=recipe.data.max_length, device=device, teacher=recipe.teacher,
+    student = load_student(recipe.student, max_length=recipe.data.max_length, device=device, teacher=recipe.teacher,
                          cache_dir=cache.path)
     targets = load_targets(recipe, cache, device)
     loss = build_loss(recipe.loss, student_dim=student.dim, teacher_dim=int(targets.shape[1])).to(device)
@@ -186,7 +188,7 @@ def stage2(recipe: Recipe, run_dir: Path, meta1: dict, rank: int, world: int, de
     """The supervised stage, from stage 1's final student (IBKD's authors' choice; stage2.init:
     best takes the one selected on the dev task instead), with its own loss, schedule and run folder."""
     from distill.data.rows import read_rows
-    from distill.training.student_folder import load_saved_student
+    from distill.saved_student import load_saved_student
 
     main_process = rank == 0
     s2 = recipe.stage2
@@ -221,7 +223,7 @@ def stage2(recipe: Recipe, run_dir: Path, meta1: dict, rank: int, world: int, de
     if stage1_loss and loss_class(stage1_loss["name"]).head_in_embedding(stage1_loss):
         # HPD's k-d head is what stage 1 serves: stage 2 trains on through it, from its stage-1 weights
         params["stage1_head"] = dict(stage1_loss)
-    loss = cls(student.dim, None, **params)
+    loss = build_loss({"name": cls.name, **params}, student.dim, None)  # builds the carried stage-1 loss too
     if loss.carried is not None:
         loss.carried.load_state_dict(init_heads)
     loss = loss.to(device)

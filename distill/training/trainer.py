@@ -343,7 +343,7 @@ class Trainer:
             for cb in self.callbacks:  # they see the finished results (wandb logs the final table)
                 cb.on_train_end(state, results)
             write_json_atomic(stage.run_dir / "results.json", results)
-            labels = RunLabels(after=f"{self.recipe.student} ({stage.meta['loss']['name']})")
+            labels = RunLabels(after=f"{self.recipe.student_name} ({stage.meta['loss']['name']})")
             write_text_atomic(stage.run_dir / "results.md", results_markdown(results, labels))
         barrier(self.world)
         return results

@@ -144,7 +144,8 @@ def evaluate_retrieval(
         device = model.device
     embed = embedder(model, batch_size=batch_size, progress=progress, device=device, backend=backend, onnx_file=onnx_file,
                      quantized=quantized, max_length=OWN if max_length is None else max_length, dims=dims)
-    q_emb = embed([queries[q] for q in qids])
+    # each side with its role's prompt and route (a model without roles encodes both alike)
+    q_emb = embed([queries[q] for q in qids], role="query")
     kmax = max(max(ks), MRR_CUTOFF, NDCG_CUTOFF)
     top = TopK(q_emb, kmax, metric=metric, chunk_size=chunk_size, device=device)
     doc_ids = list(corpus)
@@ -154,7 +155,7 @@ def evaluate_retrieval(
         raise DistillError(f"corpus_embeddings: {len(corpus_embeddings)} rows for a corpus of {len(texts)} passages")
     kept = []
     for start in tqdm(blocks, desc="corpus blocks", disable=not progress or len(blocks) < 2 or corpus_embeddings is not None, leave=False):
-        block = corpus_embeddings[start : start + ENCODE_BLOCK] if corpus_embeddings is not None else embed(texts[start : start + ENCODE_BLOCK])
+        block = corpus_embeddings[start : start + ENCODE_BLOCK] if corpus_embeddings is not None else embed(texts[start : start + ENCODE_BLOCK], role="document")
         top.add(block)
         if keep_corpus_embeddings:
             kept.append(np.asarray(block))
