@@ -185,8 +185,8 @@ def step_correctness(s: Settings, rows: Rows) -> None:
     from distill.cli import main as distill_main
     from distill.config import load_recipe
     from distill.training import checkpoint as ckpt_io
-    from distill.training.run import train
     from distill.training.loop import _fused_adamw
+    from distill.training.run import train
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")

@@ -2,7 +2,7 @@
 model's card (distill/export.py) and `distill compare`'s table, CSV and plot (distill/compare.py
 runs the trainings, this module shows them).
 
-A run's report is built from its results.json (distill/training/trainer.py writes it): the STS
+A run's report is built from its results.json (distill/training/loop.py writes it): the STS
 table (Spearman x100; the teacher and the untrained student when `eval.baselines` scored them,
 stage 1's row after a stage 2, a row per `eval.dims` width) and the retrieval table of
 `eval.final_retrieval` (x100, with its baselines). The callers differ only in their labels and in

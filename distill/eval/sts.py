@@ -65,7 +65,7 @@ def evaluate_sts(
     sentences to an (n, d) array), scored with `full_length` (fp32, the model's own length limit). `tasks`: default the seven test sets; add
     "STS-B-dev" for the selection metric. `data`: already loaded pairs (the trainer loads them
     once per run and scores the student with them at every evaluation step: there is no STS
-    callback class, see `distill.training.trainer`). `backend="onnx"` (`quantized`, `onnx_file`): a folder's onnx/ graph through
+    callback class, see `distill.training.loop`). `backend="onnx"` (`quantized`, `onnx_file`): a folder's onnx/ graph through
     onnxruntime, see `distill.onnx.runtime.OnnxEncoder`. `dims`: score the model served at that
     many dimensions (`distill.embedding.truncate`: the first `dims`, L2-normalized). `prefix_dims`:
     also score each of these widths from the same encoding, as "TASK@k" and "Avg@k" (a width

@@ -1,5 +1,5 @@
 """A recipe's run: the run folder (checked, locked, marked), `--resume` matched against the
-checkpoint, stage 1 (training/stages.py builds it, training/trainer.py's Trainer runs it), then
+checkpoint, stage 1 (training/stages.py builds it, training/loop.py's Trainer runs it), then
 stage 2 from stage 1's student when the recipe names rows; returns results.json's dict.
 
     recipe -> run folder + lock -> stage 1: Stage -> Trainer.fit -> RUN/results.json
@@ -24,9 +24,9 @@ from distill.model_files import check_recipe_lengths
 from distill.saved_student import stage_meta
 from distill.training import checkpoint as ckpt_io
 from distill.training.distributed import init_distributed, is_main_process_env, teardown
+from distill.training.loop import Trainer
 from distill.training.run_folder import check_run_folder, mark_run_folder
 from distill.training.stages import stage1, stage2
-from distill.training.loop import Trainer
 
 # The recipe sections a finished stage 1 depends on: `--resume` of a run whose stage 1 is over may
 # change the others (stage2, eval, output), so one stage 1 serves several stage-2 runs (copy the
