@@ -185,7 +185,7 @@ def step_correctness(s: Settings, rows: Rows) -> None:
     from distill.cli import main as distill_main
     from distill.config import load_recipe
     from distill.training import checkpoint as ckpt_io
-    from distill.training.loop import _fused_adamw
+    from distill.training.loop import fused_adamw
     from distill.training.run import train
 
     cuda = torch.cuda.is_available()
@@ -196,7 +196,7 @@ def step_correctness(s: Settings, rows: Rows) -> None:
     ok = whole["steps"] == s.smoke["steps"] and len(whole["evals"]) >= s.smoke["steps"] // s.smoke["every"] and math.isfinite(whole["best_dev"])
     rows.add(2, "correctness/smoke", "ok" if ok else "fail", seconds=round(time.time() - t, 1), **run_rows(whole),
              precision="bf16", autocast=("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "none: CPU runs fp32",
-             fused_adamw=_fused_adamw(device), sts_evaluations=len(whole["evals"]))
+             fused_adamw=fused_adamw(device), sts_evaluations=len(whole["evals"]))
 
     t = time.time()
     killed_dir = fresh(s.work / "runs" / "smoke-killed")

@@ -10,7 +10,7 @@ from torch import Tensor
 from distill.errors import DistillError
 from distill.losses.base import OPTIONAL_BOOL, DistillLoss
 from distill.losses.functional import precise
-from distill.losses.mse import _projection
+from distill.losses.mse import teacher_projection
 
 
 class CosineLoss(DistillLoss):
@@ -40,7 +40,7 @@ class CosineLoss(DistillLoss):
     def __init__(self, student_dim: int, teacher_dim: int, *, projection: bool | None = None):
         super().__init__()
         self.student_dim, self.teacher_dim = int(student_dim), int(teacher_dim)
-        self.projection = _projection(self.student_dim, self.teacher_dim, projection, "cosine")
+        self.projection = teacher_projection(self.student_dim, self.teacher_dim, projection, "cosine")
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"projection": self.projection is not None}

@@ -354,10 +354,10 @@ def _optimizer(module: nn.Module, tcfg, device: torch.device) -> torch.optim.Opt
         if p.requires_grad:
             (no_decay if p.ndim < 2 or "LayerNorm" in name or "norm" in name.lower() or id(p) in exempt else decay).append(p)
     groups = [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=tcfg.lr, fused=_fused_adamw(device))
+    return torch.optim.AdamW(groups, lr=tcfg.lr, fused=fused_adamw(device))
 
 
-def _fused_adamw(device: torch.device) -> bool | None:
+def fused_adamw(device: torch.device) -> bool | None:
     """One fused kernel for the whole update where torch has one: on CUDA, and on CPU since torch 2.4.
 
     On CPU the default (foreach) update of a MiniLM student, 11.7M of whose 17M parameters are the
