@@ -68,6 +68,9 @@ class RetrievalEvalConfig:
     select: bool = True
     max_length: int | None = None  # tokens per query / passage; default: each model's own length
     batch_size: int | None = None  # default: eval.batch_size
+    # passages embedded by this model (teacher: the recipe's teacher), queries by the student:
+    # a query encoder for the teacher's index (eval/retrieval/asymmetric.py); unset: the student embeds both
+    doc_model: str | None = None
 
 
 @dataclass
@@ -79,6 +82,7 @@ class FinalRetrievalConfig:
     split: str = "test"
     max_length: int | None = None
     batch_size: int | None = None
+    doc_model: str | None = None  # as eval.retrieval.doc_model
 
 
 @dataclass

@@ -26,6 +26,7 @@ from torch import nn
 from distill.config import Recipe
 from distill.data.batches import epoch_batches
 from distill.errors import DistillError
+from distill.eval.retrieval.asymmetric import resolve_doc_model
 from distill.eval.sts_data import load_sts
 from distill.io import write_json_atomic, write_text_atomic
 from distill.precision import autocast_for
@@ -85,9 +86,11 @@ class Trainer:
         sts = {t: load_sts(t, ev.sts_dir) for t in dict.fromkeys(dev_tasks + final_tasks)} if self.main else {}
         # Retrieval splits, each read once: eval.retrieval (every evaluation), eval.final_retrieval (the end)
         fr = ev.final_retrieval
-        final_ret = (RetrievalSet.load(fr.beir, fr.split, batch_size=fr.batch_size or ev.batch_size, max_length=fr.max_length)
+        final_ret = (RetrievalSet.load(fr.beir, fr.split, batch_size=fr.batch_size or ev.batch_size, max_length=fr.max_length,
+                                       doc_model=resolve_doc_model(fr.doc_model, recipe.teacher))
                      if self.main and fr.beir else None)
-        self.retrieval = RetrievalEvaluator.from_recipe(ev.retrieval, ev.batch_size) if self.main and ev.retrieval.beir else None
+        self.retrieval = (RetrievalEvaluator.from_recipe(ev.retrieval, ev.batch_size, teacher=recipe.teacher)
+                          if self.main and ev.retrieval.beir else None)
         self.report = (FinalReport(final_tasks, sts, ev.batch_size, retrieval=final_ret, dims=ev.dims)  # results["best"], ["retrieval"]
                        if self.main else None)
         self.baselines = (Baselines(stage.run_dir, recipe.teacher, recipe.student, final_tasks, sts, ev.batch_size, retrieval=final_ret)
@@ -195,7 +198,10 @@ class Trainer:
         if self.main and state.step == 0 and state.init_score is None:
             # the untrained student (notice a run that makes it worse); stage 2's start is stage 1's student as it
             # served, so through a carried head (HPD's) when there is one
-            init = self.selector.evaluate(state, head=self.stage.name == "stage2")
+            # a teacher-space head (losses/teacher_space.py) is the only way into the teacher's space, and starts
+            # from least squares, not noise: the untrained student is scored through it
+            head = self.stage.name == "stage2" or bool(getattr(self.module.loss, "teacher_space", False))
+            init = self.selector.evaluate(state, head=head)
             state.init_score = init[self._selection_key()]
         self.module.train()
         metrics: dict = {}
