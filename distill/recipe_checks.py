@@ -270,16 +270,16 @@ def _check_retrieval(e) -> None:
 
 def _check_beir(key: str, folder: str, split: str) -> None:
     """The BEIR folder exists and holds the split's qrels (read when the run starts, not now)."""
-    from distill.eval.retrieval.data import _find
+    from distill.data.beir import find_file
 
     path = Path(folder).expanduser()
     _need(bool(split.strip()), key.replace(".beir", ".split"), split, "a qrels split name (dev, test...)")
     if not path.is_dir():
         raise DistillError(f"{key}: {folder}: no such folder (expected a BEIR folder: corpus.jsonl, queries.jsonl, qrels/)")
-    missing = [name for name in ("corpus", "queries") if _find(path, name) is None]
+    missing = [name for name in ("corpus", "queries") if find_file(path, name) is None]
     if missing:
         raise DistillError(f"{key}: {folder} has no {' or '.join(m + '.jsonl' for m in missing)}")
-    if not (path / "qrels").is_dir() or _find(path / "qrels", split) is None:
+    if not (path / "qrels").is_dir() or find_file(path / "qrels", split) is None:
         have = sorted(p.stem for p in (path / "qrels").iterdir()) if (path / "qrels").is_dir() else []
         raise DistillError(f"{key}: {folder} has no qrels/{split}.tsv (splits there: {', '.join(have) or 'none'})")
 

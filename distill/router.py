@@ -37,26 +37,9 @@ import tempfile
 from pathlib import Path
 
 from distill.errors import DistillError
+from distill.st_format import is_routed, is_router_folder  # noqa: F401 (detection lives in the format module)
 
 INFO = "distill_asymmetric.json"
-
-
-def is_router_folder(folder) -> bool:
-    """True for a sentence-transformers folder whose modules.json names a Router."""
-    try:
-        modules = json.loads((Path(folder).expanduser() / "modules.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(modules, list) and any(isinstance(m, dict) and str(m.get("type", "")).rsplit(".", 1)[-1] == "Router"
-                                             for m in modules)
-
-
-def is_routed(model) -> bool:
-    """True for a SentenceTransformer whose first module is a Router."""
-    try:
-        return type(model[0]).__name__ == "Router"
-    except (TypeError, IndexError, KeyError):
-        return False
 
 
 def _teacher_modules(teacher):

@@ -126,7 +126,7 @@ class SimilarityPipeline:
         self.model = model
         self._embed = embedder(model, batch_size=batch_size, progress=progress, device=device,
                                backend=backend, onnx_file=onnx_file, quantized=quantized, dims=dims)
-        from distill.router import is_router_folder
+        from distill.st_format import is_router_folder
 
         # a query encoder's folder (`distill export --asymmetric`): the source is a query, the candidates documents
         self.routed = isinstance(model, (str, Path)) and is_router_folder(model)

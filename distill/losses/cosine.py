@@ -10,7 +10,7 @@ from torch import Tensor
 from distill.errors import DistillError
 from distill.losses.base import BOOL, OPTIONAL_BOOL, DistillLoss
 from distill.losses.functional import precise
-from distill.losses.mse import _projection
+from distill.losses.mse import teacher_projection
 from distill.losses.teacher_space import TeacherSpaceMixin, teacher_space_head
 
 
@@ -43,7 +43,7 @@ class CosineLoss(TeacherSpaceMixin, DistillLoss):
         super().__init__()
         self.student_dim, self.teacher_dim, self.teacher_space = int(student_dim), int(teacher_dim), bool(teacher_space)
         self.projection = (teacher_space_head(self.student_dim, self.teacher_dim, projection, "cosine") if self.teacher_space
-                           else _projection(self.student_dim, self.teacher_dim, projection, "cosine"))
+                           else teacher_projection(self.student_dim, self.teacher_dim, projection, "cosine"))
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"projection": self.projection is not None, "teacher_space": self.teacher_space}

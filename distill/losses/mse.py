@@ -11,14 +11,14 @@ from torch import Tensor, nn
 
 from distill.errors import DistillError
 from distill.losses.base import BOOL, OPTIONAL_BOOL, DistillLoss, one_of
-from distill.losses.functional import _world, precise
+from distill.losses.functional import precise, rank_and_world
 from distill.losses.teacher_space import TeacherSpaceMixin, teacher_space_head
 
 STANDARDIZE_MODES = ("none", "student_norm", "zscore")
 
 
-def _projection(student_dim: int, teacher_dim: int, projection: bool | None, who: str) -> nn.Module | None:
-    """nn.Linear(d_s, d_t) when the widths differ or one is asked for; None (identity) otherwise."""
+def teacher_projection(student_dim: int, teacher_dim: int, projection: bool | None, who: str) -> nn.Module | None:
+    """nn.Linear(d_s, d_t) when the widths differ or one is asked for; None (identity) otherwise (mse and cosine)."""
     use = student_dim != teacher_dim if projection is None else bool(projection)
     if not use and student_dim != teacher_dim:
         raise DistillError(
@@ -89,7 +89,7 @@ class MSELoss(TeacherSpaceMixin, DistillLoss):
         self.student_dim, self.teacher_dim = int(student_dim), int(teacher_dim)
         self.standardize, self.teacher_space = standardize, bool(teacher_space)
         self.projection = (teacher_space_head(self.student_dim, self.teacher_dim, projection, "mse") if self.teacher_space
-                           else _projection(self.student_dim, self.teacher_dim, projection, "mse"))
+                           else teacher_projection(self.student_dim, self.teacher_dim, projection, "mse"))
         # z-score statistics (float64: the cumulative updates run over millions of rows).
         self.register_buffer("target_mean", torch.zeros(self.teacher_dim, dtype=torch.float64))
         self.register_buffer("target_m2", torch.zeros(self.teacher_dim, dtype=torch.float64))
@@ -124,7 +124,7 @@ class MSELoss(TeacherSpaceMixin, DistillLoss):
     @torch.no_grad()
     def _measure_scale(self, pred: Tensor, t: Tensor) -> None:
         scale = (pred.detach().norm(dim=-1).mean() / t.norm(dim=-1).mean().clamp_min(1e-12)).to(torch.float64)
-        _, world = _world()
+        _, world = rank_and_world()
         if world > 1:  # one scale for every rank, or the ranks would regress different targets
             import torch.distributed as dist
 

@@ -33,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from distill.embedding import model_digest  # noqa: F401 (callers import it from here too)
 from distill.errors import DistillError
 from distill.eval.sts import evaluate_sts
 from distill.eval.sts_data import load_sts
@@ -96,27 +97,6 @@ class STSEvaluator(Evaluator):
 CORPUS_MEMO_BYTES = 256 * 2**20
 _corpus_memo: OrderedDict = OrderedDict()
 memo_stats = {"hits": 0, "misses": 0}
-
-
-def model_digest(embed) -> str | None:
-    """What decides an Embedder's vectors, hashed: its encoder's and head's tensors, the length,
-    width, pooling and tokenizer; None for a model that is not one of our torch models."""
-    if getattr(embed, "kind", None) != "encoder":
-        return None
-    from distill.data.tokens import tokenizer_fingerprint
-
-    model = embed.model
-    tok = getattr(model, "tokenizer", None)
-    h = hashlib.blake2b(digest_size=20)
-    # the tokenizer by content: a student reloaded from its best/ folder names another path, same ids
-    h.update(repr((type(model).__name__, embed.max_length, embed.dims, embed.full_length, getattr(model, "pooling", None),
-                   getattr(model, "normalize", None), str(getattr(model, "device", "")),
-                   tokenizer_fingerprint(tok, embed.max_length or 0) if tok is not None else None)).encode())
-    for part in (model, embed.head):
-        for name, tensor in (part.state_dict().items() if part is not None else ()):
-            h.update(name.encode())
-            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 def corpus_digest(corpus: Mapping) -> str:
@@ -286,24 +266,26 @@ def baseline_scores(teacher: str, student, tasks: Sequence[str], data: dict, bat
     named = isinstance(student, (str, dict))
     device = None if named else student[1].device  # the run's device, else the best one
     t_enc = load_teacher(teacher, device=device)
-    scores = evaluate_sts(t_enc, tasks=tasks, data=data, batch_size=batch_size, progress=False) if tasks else {}
+    timing: dict = {}
+    scores = evaluate_sts(t_enc, tasks=tasks, data=data, batch_size=batch_size, progress=False, timing=timing) if tasks else {}
     if dev_retrieval is not None:
         scores.update(dev_retrieval.score_model(t_enc))
-    out["teacher"] = _describe(model_name(teacher), t_enc, scores)
+    out["teacher"] = _describe(model_name(teacher), t_enc, scores, timing)
     if retrieval is not None:
         out["teacher"]["retrieval"] = retrieval.score(t_enc)
     del t_enc
+    timing = {}
     if named:
         name, enc = model_name(student), load_student(student, max_length=max_length, teacher=teacher)
-        scores = evaluate_sts(enc, tasks=tasks, data=data, batch_size=batch_size, progress=False) if tasks else {}
+        scores = evaluate_sts(enc, tasks=tasks, data=data, batch_size=batch_size, progress=False, timing=timing) if tasks else {}
     else:
         name, enc, embed = student
-        scores = evaluate_sts(lambda s: embed(s, batch_size=batch_size), tasks=tasks, data=data, progress=False) if tasks else {}
+        scores = evaluate_sts(lambda s: embed(s, batch_size=batch_size), tasks=tasks, data=data, progress=False, timing=timing) if tasks else {}
     # retrieval without a head, as the run scores its untrained student, at the student's own length
     if dev_retrieval is not None:
         scores.update(dev_retrieval.score_model(StudentEmbedder(enc, max_length=dev_retrieval.set.max_length)))
     out["key"]["student"] = name
-    out["init"] = _describe(name, enc, scores)
+    out["init"] = _describe(name, enc, scores, timing)
     if retrieval is not None:
         out["init"]["retrieval"] = retrieval.score(StudentEmbedder(enc, max_length=retrieval.max_length))
     return out
@@ -319,11 +301,17 @@ def retrieval_key(retrieval: RetrievalSet | None, dev_retrieval: RetrievalEvalua
     return out
 
 
-def _describe(name: str, enc, scores: dict) -> dict:
+def _describe(name: str, enc, scores: dict, timing: dict) -> dict:
     import torch
 
     device = torch.cuda.get_device_name(enc.device) if enc.device.type == "cuda" else "cpu"
-    return {"name": name, "scores": scores, "params": enc.num_parameters(), "dim": enc.dim, "device": device}
+    return {"name": name, "scores": scores, "params": enc.num_parameters(), "dim": enc.dim, "device": device,
+            "sts_sentences_per_s": sentences_per_s(timing)}
+
+
+def sentences_per_s(timing: dict) -> float | None:
+    """evaluate_sts's `timing` as sentences/s (None when nothing was timed)."""
+    return timing["sentences"] / timing["seconds"] if timing.get("seconds") else None
 
 
 def table_scores(scores: Mapping[str, float]) -> dict[str, float]:
@@ -371,6 +359,12 @@ class Baselines(Callback):
             return None
         return {role: saved[role]["retrieval"] for role in ("teacher", "init")}
 
+    def speeds(self) -> dict:
+        """{"teacher": sentences/s, "init": sentences/s} on the final tasks' sentences (those timed:
+        a baselines.json of an earlier version has none)."""
+        saved = self._saved() or {}
+        return {role: saved[role]["sts_sentences_per_s"] for role in ("teacher", "init") if saved.get(role, {}).get("sts_sentences_per_s")}
+
 
 class FinalReport:
     """The best student (in `state.student` at the end) on the final tasks: results["best"] ({}
@@ -380,13 +374,17 @@ class FinalReport:
     def __init__(self, tasks: Sequence[str], data: dict, batch_size: int, retrieval: RetrievalSet | None = None,
                  dims: Sequence[int] = ()):
         self.tasks, self.data, self.batch_size, self.retrieval, self.dims = list(tasks), data, batch_size, retrieval, list(dims)
+        self.sentences_per_s: float | None = None  # how fast scores() encoded the final tasks' sentences
 
     def scores(self, state) -> dict[str, float]:
         if not self.tasks:
             return {}
         embed = state.embedder()
-        return evaluate_sts(lambda s: embed(s, batch_size=self.batch_size), tasks=self.tasks, data=self.data, progress=False,
-                            prefix_dims=self.dims)
+        timing: dict = {}
+        scores = evaluate_sts(lambda s: embed(s, batch_size=self.batch_size), tasks=self.tasks, data=self.data, progress=False,
+                              prefix_dims=self.dims, timing=timing)
+        self.sentences_per_s = sentences_per_s(timing)
+        return scores
 
     def retrieval_scores(self, state) -> dict | None:
         """{"data", "split", nDCG@10, MRR@10, Recall@100 (x100), "queries", "corpus", "max_length"}; None without a split."""

@@ -49,7 +49,7 @@ from collections.abc import Mapping, Sequence
 from distill.errors import DistillError
 from distill.eval.retrieval.data import (
     RetrievalData,
-    _as_text_map,
+    as_text_map,
     check_qrels,
     load_beir,
     load_hub,
@@ -62,7 +62,7 @@ from distill.eval.retrieval.metrics import (
     MRR_CUTOFF,
     NDCG_CUTOFF,
     SELECTABLE,
-    _check_k,
+    check_k,
     compute_metrics,
     metric_key,
     mrr_at_k,
@@ -139,9 +139,9 @@ def evaluate_retrieval(
 
     from distill.embedding import OWN, embedder
 
-    ks = _check_k(k)
-    queries = _as_text_map(queries, "queries")
-    corpus = _as_text_map(corpus, "corpus")
+    ks = check_k(k)
+    queries = as_text_map(queries, "queries")
+    corpus = as_text_map(corpus, "corpus")
     if not corpus:
         raise DistillError("the corpus is empty")
     evaluable, warnings = check_qrels(queries, corpus, qrels)

@@ -152,7 +152,7 @@ def _model_identity(embed) -> tuple:
     if isinstance(source, (str, Path)):
         p = Path(source).expanduser()
         return ("named", str(p.resolve()) if p.exists() else str(source), embed.max_length, embed.dims)
-    from distill.training.evaluators import model_digest
+    from distill.embedding import model_digest
 
     digest = model_digest(embed)
     return ("digest", digest, id(embed) if digest is None else None)
@@ -180,10 +180,10 @@ def doc_vectors(embed, corpus: Mapping, source: str | Path | None = None, batch_
     processes (several runs and a benchmark on one machine: the teacher's documents once), named by
     a digest of the model's name, length and width, the corpus file's path, size and modification
     time, and this package's version; a changed file or model name is a new entry."""
-    from distill.eval.retrieval.data import _as_text_map
+    from distill.eval.retrieval.data import as_text_map
     from distill.io import atomic_path
 
-    texts = list(_as_text_map(corpus, "corpus").values())
+    texts = list(as_text_map(corpus, "corpus").values())
     key = (_model_identity(embed), corpus_identity(corpus, source))
     hit = _doc_memo.get(key)
     if hit is not None:
