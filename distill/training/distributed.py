@@ -43,3 +43,45 @@ def teardown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def all_ranks(value, error: BaseException | None = None) -> list:
+    """Every rank's `value` (a collective: each rank calls it at the same point). When a rank
+    passes an `error`, every rank raises: that rank its own exception, the others a DistillError
+    naming the rank and its message, so no rank waits forever on a peer that gave up."""
+    from distill.errors import DistillError
+
+    got: list = [None] * dist.get_world_size()
+    said = None if error is None else str(error) if isinstance(error, DistillError) else f"{type(error).__name__}: {error}"
+    dist.all_gather_object(got, (said, value))
+    if error is not None:
+        raise error
+    failed = [f"rank {r}: {msg}" for r, (msg, _) in enumerate(got) if msg]
+    if failed:
+        raise DistillError("; ".join(failed))
+    return [v for _, v in got]
+
+
+def together(fn, only: int | None = None) -> list:
+    """Run `fn()` on every rank (or on rank `only`), then `all_ranks` of the results: a list by rank
+    (None for the ranks that did not run it); an exception on any rank is raised on every rank."""
+    value, error = None, None
+    if only is None or dist.get_rank() == only:
+        try:
+            value = fn()
+        except Exception as exc:
+            error = exc
+    return all_ranks(value, error)
+
+
+def same_on_every_rank(fields: dict, why: str) -> None:
+    """Every rank's `fields` must equal rank 0's: else every rank raises a DistillError naming the
+    field, its value on rank 0 and on the first rank that differs (`why` says what must agree)."""
+    from distill.errors import DistillError
+
+    views = all_ranks(fields)
+    for r, view in enumerate(views[1:], start=1):
+        for key in {**views[0], **view}:
+            if view.get(key) != views[0].get(key):
+                raise DistillError(f"rank {r} disagrees with rank 0 on {key}: {view.get(key)!r} on rank {r}, "
+                                   f"{views[0].get(key)!r} on rank 0; {why}")
