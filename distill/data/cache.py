@@ -51,6 +51,7 @@ FORMAT_VERSION = 2
 # the keys a version-1 manifest recorded of its teacher
 V1_IDENTITY_KEYS = ("teacher", "teacher_model", "pooling", "normalize", "dim", "max_length")
 STAGING = ".corpus.partial"  # the corpus being read, before build.json says it may replace the cache's
+SHARED_CHECK = ".distill.shared"  # under torchrun, rank 0's nonce: every rank must read it back (a folder shared by all nodes)
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
@@ -101,7 +102,7 @@ def check_cache_folder(out: Path) -> None:
         raise DistillError(f"cache folder {out}: exists and is not a folder")
     if not out.is_dir():
         return
-    names = {p.name for p in out.iterdir()} - {LOCK_NAME}
+    names = {p.name for p in out.iterdir()} - {LOCK_NAME, SHARED_CHECK}
     if names == {STAGING} and {p.name for p in (out / STAGING).iterdir()} <= _STAGED_NAMES:
         return  # only a corpus read that was killed: read again into it
     if not names:
@@ -347,7 +348,9 @@ def build_cache(
 
         spec = dataclasses.replace(spec, dtype=precision)
     out = Path(out)
-    if _world_size() > 1:
+    from distill.training.distributed import world_size
+
+    if world_size() > 1:
         return _build_ranks(spec, corpus, column, max_sentences, out, pca, batch_size, shard_size, device, progress, encoder)
     with _locked_folder(out):
         plan = _prepare(spec, corpus, column, max_sentences, out, pca, shard_size, device, progress, encoder)
@@ -509,13 +512,6 @@ def _finish(plan: _Plan, pca, stats: dict, revision: str | None = None) -> Teach
     return cache
 
 
-def _world_size() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-SHARED_CHECK = ".distill.shared"  # rank 0's nonce: every rank must read it back (a folder shared by all nodes)
 
 
 def _build_ranks(spec, corpus, column, max_sentences, out: Path, pca, batch_size: int, shard_size: int, device, progress: bool,

@@ -31,6 +31,11 @@ def is_main_process_env() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def world_size() -> int:
+    """The process group's size; 1 without one."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def barrier(world: int) -> None:
     if world > 1:
         dist.barrier()
