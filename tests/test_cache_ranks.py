@@ -110,72 +110,38 @@ def _spawn(tmp_path: Path, job: dict, name: str) -> list[int]:
     return codes
 
 
-def test_two_ranks_build_the_same_bytes_and_any_count_resumes(tmp_path, tiny_bert_dir):
-    from distill.sentence_model import SentenceModel
-
-    corpus = _corpus(tmp_path)
-    one = build_cache(_spec(tiny_bert_dir), [str(corpus)], tmp_path / "one", shard_size=SHARD, batch_size=16, progress=False)
-    assert one.build_stats["shards_encoded"] == 12
-
-    # 2 ranks, rank 1 killed (SIGKILL) after its first shard: its peer stops too, the shards stay
-    killed = tmp_path / "killed"
-    job = {"model": str(tiny_bert_dir), "corpus": str(corpus), "out": str(tmp_path),
-           "scenarios": [{"all": {"out": str(killed)}, "rank1": {"stop_after": 1}}]}
-    codes = _spawn(tmp_path, job, "kill")
-    assert codes[1] == -signal.SIGKILL and codes[0] != 0
-    with pytest.raises(DistillError, match="not a complete teacher cache.*interrupted"):
-        TeacherCache.open(killed)
-    done = sorted(p.name for p in (killed / "shards").glob("*.npy"))
-    assert "00001.npy" in done and len(done) < 12  # rank 1's first shard (1, 3, 5... are its) and not all
-    # ... resumed by one process: only the missing shards are encoded, the bytes are one process's
-    resumed = build_cache(_spec(tiny_bert_dir), [str(corpus)], killed, shard_size=SHARD, batch_size=16, progress=False)
-    assert resumed.build_stats["shards_reused"] == len(done) and resumed.build_stats["shards_encoded"] == 12 - len(done)
-    _same_cache(tmp_path / "one", killed)
-
-    # one process stopped (Ctrl-C) after 5 shards, resumed by `torchrun --nproc_per_node 2 -m distill.cli cache`
-    stopped = tmp_path / "stopped"
-    with pytest.raises(KeyboardInterrupt):
-        build_cache(_spec(tiny_bert_dir), [str(corpus)], stopped, shard_size=SHARD, batch_size=16, progress=False,
-                    encoder=StopsAfter(SentenceModel.load(_spec(tiny_bert_dir), device="cpu"), 5, "interrupt"))
-    assert len(list((stopped / "shards").glob("*.npy"))) == 5
-    home = tmp_path / "home"
-    (home / "teachers").mkdir(parents=True)
-    (home / "teachers" / "tiny.yaml").write_text(
-        f"name: tiny\nhub_id: {tiny_bert_dir}\noffline_source: null\npooling: mean\nnormalize: true\ndim: 32\nmax_length: 32\n")
-    env = {**os.environ, "DISTILL_HOME": str(home), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "distill.cli", "cache",
-           "--teacher", "tiny", "--corpus", str(corpus), "--out", str(stopped), "--shard-size", str(SHARD), "--batch-size", "16"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    _same_cache(tmp_path / "one", stopped)
-    # one line per rank (7 missing shards: 5, 7, 9, 11 on rank 0, 6, 8, 10 on rank 1) and rank 0's one bar,
-    # which counts both ranks' rows: it reaches 600 though rank 0 encoded 200 of the 350 left
-    assert "resuming" in proc.stdout and "5 of 12 shards already encoded" in proc.stdout
-    assert "rank 0 of 2" in proc.stdout and "encoded 4 of 12 shards (200 sentences)" in proc.stdout
-    assert "rank 1 of 2" in proc.stdout and "encoded 3 of 12 shards (150 sentences)" in proc.stdout
-    assert "600/600" in proc.stderr and proc.stderr.count("250/600") == 1
-    assert proc.stdout.count(f"{stopped}: 600 sentences x 32") == 1  # the summary: rank 0 only
-
-
-def test_ranks_that_disagree_or_do_not_share_the_folder_fail_before_encoding(tmp_path, tiny_bert_dir):
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory, tiny_bert_dir) -> dict:
+    """One 2-process gloo session (each process start costs seconds): 4 bad builds, each refused on
+    both ranks, then a good one whose rank 1 is killed (SIGKILL) after its first shard. Also the
+    one-process build of the same corpus, to compare with."""
     import torch
     from transformers import BertConfig, BertModel
 
-    corpus = _corpus(tmp_path)
-    other = tmp_path / "other-teacher"  # the same settings, other weights
+    tmp = tmp_path_factory.mktemp("ranks")
+    corpus = _corpus(tmp)
+    one = build_cache(_spec(tiny_bert_dir), [str(corpus)], tmp / "one", shard_size=SHARD, batch_size=16, progress=False)
+    assert one.build_stats["shards_encoded"] == 12
+    other = tmp / "other-teacher"  # the same settings, other weights
     torch.manual_seed(1)
     BertModel(BertConfig.from_pretrained(tiny_bert_dir)).save_pretrained(other)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         (other / name).write_bytes((tiny_bert_dir / name).read_bytes())
-    c = {i: str(tmp_path / f"c{i}") for i in range(5)}
-    job = {"model": str(tiny_bert_dir), "corpus": str(corpus), "out": str(tmp_path), "scenarios": [
+    c = {i: str(tmp / f"c{i}") for i in range(5)}
+    job = {"model": str(tiny_bert_dir), "corpus": str(corpus), "out": str(tmp), "scenarios": [
         {"all": {"out": c[0]}, "rank1": {"max_sentences": 300}},
         {"all": {"out": c[1]}, "rank1": {"max_length": 16}},
         {"all": {"out": c[2]}, "rank1": {"encoder_from": str(other)}},
         {"rank0": {"out": c[3]}, "rank1": {"out": c[4]}},  # each rank its own folder: as two nodes' local disks
+        {"all": {"out": str(tmp / "killed")}, "rank1": {"stop_after": 1}},
     ]}
-    assert _spawn(tmp_path, job, "bad") == [0, 0]
-    said = [[(tmp_path / f"rank{r}-{i}.txt").read_text() for r in range(2)] for i in range(4)]
+    codes = _spawn(tmp, job, "session")
+    said = [[(tmp / f"rank{r}-{i}.txt").read_text() for r in range(2)] for i in range(4)]
+    return {"tmp": tmp, "corpus": corpus, "codes": codes, "said": said, "c": c}
+
+
+def test_ranks_that_disagree_or_do_not_share_the_folder_fail_before_encoding(ranks):
+    said, c = ranks["said"], ranks["c"]
     for rank_said in said[0]:
         assert "rank 1 disagrees with rank 0 on max_sentences: 300 on rank 1, None on rank 0" in rank_said
     for rank_said in said[1]:
@@ -189,3 +155,44 @@ def test_ranks_that_disagree_or_do_not_share_the_folder_fail_before_encoding(tmp
     for folder in (c[2], c[3]):
         assert (Path(folder) / "build.json").is_file() and not list((Path(folder) / "shards").glob("*.npy"))
         assert not (Path(folder) / ".distill.shared").exists()
+
+
+def test_two_ranks_build_the_same_bytes_and_any_count_resumes(ranks, tiny_bert_dir):
+    from distill.sentence_model import SentenceModel
+
+    tmp, corpus = ranks["tmp"], ranks["corpus"]
+    # 2 ranks, rank 1 killed (SIGKILL) after its first shard: its peer stops too, the shards stay
+    killed = tmp / "killed"
+    assert ranks["codes"][1] == -signal.SIGKILL and ranks["codes"][0] != 0
+    with pytest.raises(DistillError, match="not a complete teacher cache.*interrupted"):
+        TeacherCache.open(killed)
+    done = sorted(p.name for p in (killed / "shards").glob("*.npy"))
+    assert "00001.npy" in done and len(done) < 12  # rank 1's first shard (1, 3, 5... are its) and not all
+    # ... resumed by one process: only the missing shards are encoded, the bytes are one process's
+    resumed = build_cache(_spec(tiny_bert_dir), [str(corpus)], killed, shard_size=SHARD, batch_size=16, progress=False)
+    assert resumed.build_stats["shards_reused"] == len(done) and resumed.build_stats["shards_encoded"] == 12 - len(done)
+    _same_cache(tmp / "one", killed)
+
+    # one process stopped (Ctrl-C) after 5 shards, resumed by `torchrun --nproc_per_node 2 -m distill.cli cache`
+    stopped = tmp / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        build_cache(_spec(tiny_bert_dir), [str(corpus)], stopped, shard_size=SHARD, batch_size=16, progress=False,
+                    encoder=StopsAfter(SentenceModel.load(_spec(tiny_bert_dir), device="cpu"), 5, "interrupt"))
+    assert len(list((stopped / "shards").glob("*.npy"))) == 5
+    home = tmp / "home"
+    (home / "teachers").mkdir(parents=True)
+    (home / "teachers" / "tiny.yaml").write_text(
+        f"name: tiny\nhub_id: {tiny_bert_dir}\noffline_source: null\npooling: mean\nnormalize: true\ndim: 32\nmax_length: 32\n")
+    env = {**os.environ, "DISTILL_HOME": str(home), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "distill.cli", "cache",
+           "--teacher", "tiny", "--corpus", str(corpus), "--out", str(stopped), "--shard-size", str(SHARD), "--batch-size", "16"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _same_cache(tmp / "one", stopped)
+    # one line per rank (7 missing shards: 5, 7, 9, 11 on rank 0, 6, 8, 10 on rank 1) and rank 0's one bar,
+    # which counts both ranks' rows: it reaches 600 though rank 0 encoded 200 of the 350 left
+    assert "resuming" in proc.stdout and "5 of 12 shards already encoded" in proc.stdout
+    assert "rank 0 of 2" in proc.stdout and "encoded 4 of 12 shards (200 sentences)" in proc.stdout
+    assert "rank 1 of 2" in proc.stdout and "encoded 3 of 12 shards (150 sentences)" in proc.stdout
+    assert "600/600" in proc.stderr and proc.stderr.count("250/600") == 1
+    assert proc.stdout.count(f"{stopped}: 600 sentences x 32") == 1  # the summary: rank 0 only
