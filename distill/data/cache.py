@@ -653,13 +653,10 @@ class _RanksBar:
     store (a group started without one) rank 0 counts its own rows only."""
 
     def __init__(self, key: str, bar, start: int):
-        from torch.distributed import distributed_c10d
+        from distill.training.distributed import group_store
 
         self.key, self.bar, self.start = key, bar, start
-        try:
-            self.store = distributed_c10d._get_default_store()
-        except (AttributeError, RuntimeError, ValueError):
-            self.store = None
+        self.store = group_store()
 
     def update(self, n: int) -> None:
         if self.store is None:

@@ -7,6 +7,7 @@ candidates across ranks (losses/functional.gather_candidates).
 
 from __future__ import annotations
 
+import datetime
 import os
 
 import torch
@@ -69,14 +70,41 @@ def all_ranks(value, error: BaseException | None = None) -> list:
 
 def together(fn, only: int | None = None) -> list:
     """Run `fn()` on every rank (or on rank `only`), then `all_ranks` of the results: a list by rank
-    (None for the ranks that did not run it); an exception on any rank is raised on every rank."""
+    (None for the ranks that did not run it); an exception on any rank is raised on every rank.
+
+    With `only`, the other ranks first wait on a key of the group's store (set when `fn` ends, as
+    it ends) rather than inside the collective: one rank's long step (reading a corpus of millions
+    of sentences, assembling a matrix) is not cut short by the collectives' timeout (NCCL's watchdog)."""
+    global _together_calls
     value, error = None, None
+    _together_calls += 1
+    key = f"distill/together/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{_together_calls}"
+    store = group_store() if only is not None else None
     if only is None or dist.get_rank() == only:
         try:
             value = fn()
         except Exception as exc:
             error = exc
+        finally:
+            if store is not None:
+                store.set(key, "done")
+    elif store is not None:
+        store.wait([key], LONG_WAIT)
     return all_ranks(value, error)
+
+
+_together_calls = 0  # every rank calls together() in the same order: the count names the step
+LONG_WAIT = datetime.timedelta(days=7)
+
+
+def group_store():
+    """The process group's key-value store (torchrun's TCPStore), None when it cannot be had."""
+    try:
+        from torch.distributed import distributed_c10d
+
+        return distributed_c10d._get_default_store()
+    except (AttributeError, RuntimeError, ValueError):
+        return None
 
 
 def same_on_every_rank(fields: dict, why: str) -> None:
