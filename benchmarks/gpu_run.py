@@ -185,7 +185,8 @@ def step_correctness(s: Settings, rows: Rows) -> None:
     from distill.cli import main as distill_main
     from distill.config import load_recipe
     from distill.training import checkpoint as ckpt_io
-    from distill.training.trainer import _fused_adamw, train
+    from distill.training.loop import fused_adamw
+    from distill.training.run import train
 
     cuda = torch.cuda.is_available()
     device = torch.device("cuda" if cuda else "cpu")
@@ -195,7 +196,7 @@ def step_correctness(s: Settings, rows: Rows) -> None:
     ok = whole["steps"] == s.smoke["steps"] and len(whole["evals"]) >= s.smoke["steps"] // s.smoke["every"] and math.isfinite(whole["best_dev"])
     rows.add(2, "correctness/smoke", "ok" if ok else "fail", seconds=round(time.time() - t, 1), **run_rows(whole),
              precision="bf16", autocast=("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else "none: CPU runs fp32",
-             fused_adamw=_fused_adamw(device), sts_evaluations=len(whole["evals"]))
+             fused_adamw=fused_adamw(device), sts_evaluations=len(whole["evals"]))
 
     t = time.time()
     killed_dir = fresh(s.work / "runs" / "smoke-killed")
@@ -224,7 +225,7 @@ def killed_run(kill_at: int, sets: list[str]) -> None:
     """The child of step 2: the smoke recipe, SIGKILLed by itself at the end of step `kill_at`."""
     from distill.config import load_recipe
     from distill.training.callbacks import Callback
-    from distill.training.trainer import train
+    from distill.training.run import train
 
     class KillAt(Callback):
         def on_step_end(self, state, metrics):
@@ -396,7 +397,7 @@ def speed_encode(s: Settings, rows: Rows) -> None:
 
 def speed_static(s: Settings, rows: Rows) -> None:
     from distill.config import load_recipe
-    from distill.training.trainer import train
+    from distill.training.run import train
 
     t = time.time()
     out = fresh(s.work / "runs" / "static")
@@ -426,7 +427,7 @@ def step_decoder(s: Settings, rows: Rows) -> None:
                  "does not exist yet: the any-teacher issue adds the tiny decoder-teacher recipe (bf16, sdpa attention)")
         return
     from distill.config import load_recipe
-    from distill.training.trainer import train
+    from distill.training.run import train
 
     t = time.time()
     out = fresh(s.work / "runs" / "decoder-smoke")

@@ -18,7 +18,7 @@ checkpoint is resumed, so an interrupted benchmark just starts again. Parts (--p
                (--compare-steps steps, one evaluation at the end)               -> OUT/compare
     zh         configs/cmrc2018-m3e-l2.yaml, configs/dureader-m3e-l2.yaml (--zh-sets) -> OUT/zh-<set>-L
 
-The teacher's SciFact row is the recorded measurement (README: `distill eval-retrieval --model
+The teacher's SciFact row is the recorded measurement (BENCHMARKS.md: `distill eval-retrieval --model
 all-minilm-l6-v2 --beir ../shared/data/retrieval/scifact`, 2026-12-02, commit ff18e23: 64.51 /
 60.47 / 92.50, = MTEB's 64.51), not re-run (~30 CPU minutes); --teacher-json FILE reads another
 eval-retrieval json instead. The Chinese teachers are scored by their runs (eval.baselines).
@@ -74,7 +74,7 @@ EARLIER_STUDENT = {"scifact": "all-minilm-l3-v2", "cmrc2018": "m3e-small-l2", "d
 # stage-2 rows without "stage2_steps" are those. A row now names its step count, so a longer stage 2
 # (the recipe's two passes) stands beside a shorter one, and the IB term is judged within one budget.
 EARLIER_STAGE2_STEPS = 48
-# The teacher on SciFact test at its own 256 tokens, as recorded (README, "Retrieval"): x100.
+# The teacher on SciFact test at its own 256 tokens, as recorded (BENCHMARKS.md, "Retrieval"): x100.
 TEACHER_RECORD = {"nDCG@10": 64.51, "MRR@10": 60.47, "Recall@100": 92.50,
                   "source": "recorded: distill eval-retrieval --model all-minilm-l6-v2 --beir ../shared/data/retrieval/scifact "
                             "(2026-12-02, commit ff18e23; = MTEB's published 64.51)"}
@@ -84,7 +84,7 @@ SECTION = "## Retrieval: distill and fine-tune on SciFact (benchmarks/retrieval.
 INTRO = (
     "Test split scores x100 (SciFact: 300 claims, 5,183 abstracts; cmrc2018 / dureader-robust: their test qrels) of the student "
     "selected on the dev split's nDCG@10; stage 2 rows: mean ± sample sd over seeds (stage 1 shared). Queries and passages at 256 "
-    "tokens (SciFact) / 512 (Chinese). The SciFact teacher row is the recorded measurement (README), not re-run."
+    "tokens (SciFact) / 512 (Chinese). The SciFact teacher row is the recorded measurement (BENCHMARKS.md), not re-run."
 )
 COLUMNS = ["set", "model", "stage", "nDCG@10", "MRR@10", "Recall@100", "best dev nDCG@10", "seeds", "date", "device", "command", "commit"]
 

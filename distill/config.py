@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from distill.errors import DistillError
 from distill.recipe_checks import check_values
+from distill.strict_yaml import parse_override, read_yaml, yaml11_float  # noqa: F401 (parse_override: also imported from here)
 
 # The stage-2 loss of a recipe without stage2.loss.name: IBKD's, the only one before names existed.
 STAGE2_LOSS = "ibkd_supervised"
@@ -69,6 +68,9 @@ class RetrievalEvalConfig:
     select: bool = True
     max_length: int | None = None  # tokens per query / passage; default: each model's own length
     batch_size: int | None = None  # default: eval.batch_size
+    # passages embedded by this model (teacher: the recipe's teacher), queries by the student:
+    # a query encoder for the teacher's index (eval/retrieval/asymmetric.py); unset: the student embeds both
+    doc_model: str | None = None
 
 
 @dataclass
@@ -80,6 +82,7 @@ class FinalRetrievalConfig:
     split: str = "test"
     max_length: int | None = None
     batch_size: int | None = None
+    doc_model: str | None = None  # as eval.retrieval.doc_model
 
 
 @dataclass
@@ -182,7 +185,7 @@ def _check_value(where: str, value: Any, annotation) -> Any:
             raise DistillError(f"{where}: expected a mapping, got {value!r}")
         return value
     if annotation is float and isinstance(value, str):
-        value = _yaml11_float(value)  # PyYAML reads "3e-5" (no dot) as a string
+        value = yaml11_float(value)  # PyYAML reads "3e-5" (no dot) as a string
     if annotation is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         if not math.isfinite(value):
             raise DistillError(f"{where}: expected a finite number, got {value!r}")
@@ -197,13 +200,6 @@ def _check_value(where: str, value: Any, annotation) -> Any:
         return value
     name = getattr(annotation, "__name__", str(annotation))
     raise DistillError(f"{where}: expected {name}, got {value!r}")
-
-
-def _yaml11_float(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text
 
 
 def _build(cls, data: dict, where: str):
@@ -308,7 +304,7 @@ def _check_params(where: str, name: str, given: dict, defaults: dict) -> dict:
             raise DistillError(f"unknown key {where}.{key} for loss {name!r} (it takes: {allowed})")
         default = params[key]
         if isinstance(default, float) and isinstance(value, str):
-            value = _yaml11_float(value)
+            value = yaml11_float(value)
         # a None default (e.g. projection: unset = decided by the widths) takes any type; its rule checks it
         if (default is not None and isinstance(default, bool) != isinstance(value, bool)) or (
             not isinstance(default, bool) and isinstance(default, (int, float)) and not isinstance(value, (int, float))
@@ -328,53 +324,6 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
             raise DistillError(f"--set {dotted}: {k} is not a section")
         node = node.setdefault(k, {})
     node[keys[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise DistillError(f"--set {text!r}: expected key=value, e.g. loss.lam=0.2")
-    key, raw = text.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
-        value = raw
-    return key.strip(), value
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that a key given twice in one mapping is an error (plain
-    PyYAML keeps the last one silently: `lr` written twice would train at the second value)."""
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node.start_mark.line + 1)
-                except TypeError:  # an unhashable key: PyYAML reports it itself
-                    continue
-                if first != key_node.start_mark.line + 1:
-                    raise DistillError(f"line {key_node.start_mark.line + 1}: duplicate key {key!r} (first given on line {first})")
-        return super().construct_mapping(node, deep=deep)
-
-
-def read_yaml(path: Path):
-    """A YAML file's data: UTF-8, no duplicate keys; errors name the file and line."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise DistillError(f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)
-    except DistillError as exc:
-        raise DistillError(f"{path}: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise DistillError(f"{path}: not valid YAML: {exc}") from None
 
 
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:

@@ -176,15 +176,21 @@ class Embedder:
             length = {"max_length": self.max_length} if self.max_length else {}
             out = model.encode(sentences, batch_size=batch_size, progress=progress, desc=self.desc, **length)
         elif self.kind == "sentence-transformers":
+            from distill.st_format import is_routed
+
             was, was_dims = model.max_seq_length, getattr(model, "truncate_dim", None)
-            if self.max_length:
-                model.max_seq_length = self.max_length
+            # a Router's routes keep their own lengths (distill/router.py: student and teacher differ)
+            length = self.max_length if self.max_length and not is_routed(model) else None
+            if length:
+                model.max_seq_length = length
             model.truncate_dim = None  # self.dims holds it (declared or asked for): truncated and re-normalized in __call__
             encode = {"query": getattr(model, "encode_query", None), "document": getattr(model, "encode_document", None)}.get(role)
             try:
                 out = (encode or model.encode)(sentences, batch_size=batch_size, show_progress_bar=progress, convert_to_numpy=True)
             finally:
-                model.max_seq_length, model.truncate_dim = was, was_dims
+                if length:
+                    model.max_seq_length = was
+                model.truncate_dim = was_dims
         elif self.kind == "encode":
             out = model.encode(sentences, **_accepted(model.encode, batch_size=batch_size, show_progress_bar=progress))
         else:
@@ -305,7 +311,8 @@ def own_max_length(model) -> int | None:
         return min(int(declared), model.max_positions) if declared else model.max_positions
     st_mod = sys.modules.get("sentence_transformers")
     if st_mod is not None and isinstance(model, st_mod.SentenceTransformer):
-        return int(model.max_seq_length)
+        length = model.max_seq_length  # a static model's (or a Router's over one) is infinite: no limit
+        return int(length) if isinstance(length, (int, float)) and length < float("inf") else None
     return None
 
 
@@ -370,3 +377,26 @@ class StudentEmbedder(Embedder):
 
     def __init__(self, encoder, head=None, max_length: int | None = None):
         super().__init__(encoder, head=head, batch_size=256, full_length=True, max_length=max_length)
+
+
+def model_digest(embed) -> str | None:
+    """What decides an Embedder's vectors, hashed: its encoder's and head's tensors, the length,
+    width, pooling and tokenizer; None for a model that is not one of our torch models."""
+    if getattr(embed, "kind", None) != "encoder":
+        return None
+    import hashlib
+
+    from distill.data.tokens import tokenizer_fingerprint
+
+    model = embed.model
+    tok = getattr(model, "tokenizer", None)
+    h = hashlib.blake2b(digest_size=20)
+    # the tokenizer by content: a student reloaded from its best/ folder names another path, same ids
+    h.update(repr((type(model).__name__, embed.max_length, embed.dims, embed.full_length, getattr(model, "pooling", None),
+                   getattr(model, "normalize", None), str(getattr(model, "device", "")),
+                   tokenizer_fingerprint(tok, embed.max_length or 0) if tok is not None else None)).encode())
+    for part in (model, embed.head):
+        for name, tensor in (part.state_dict().items() if part is not None else ()):
+            h.update(name.encode())
+            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

@@ -38,9 +38,9 @@ from torch import nn
 
 from distill.errors import DistillError
 from distill.io import atomic_dir, check_writable, replace_dir, write_errors
+from distill.report import RunLabels, retrieval_rows, sts_rows
 from distill.saved_student import META, load_saved_student
 from distill.st_format import st_module_classes
-from distill.tasks import TEST_TASKS, ZH_TEST_TASK
 
 POOLING_MODES = {"mean": "mean", "cls_before_pooler": "cls"}  # what an exported Encoder's Pooling can be
 EXPORT_MARKER = ".distill-export.json"
@@ -267,21 +267,24 @@ def model_card(run_dir: Path, meta: dict, model, projection: str | None, normali
                      f"Of the full vector (the run did not score {served} dimensions: add {served} to eval.dims); this folder serves its first {served}:")
         lines.append("")
         scores = at or scores
-    if scores:
-        cols = [c for c in (*TEST_TASKS, "Avg", ZH_TEST_TASK) if c in scores]
-        lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols), "| " + " | ".join(f"{scores[c]:.2f}" for c in cols) + " |"]
+    labels = RunLabels(after="this model", teacher=f"teacher {meta.get('teacher')}", before=f"{meta.get('student')} before training")
+    # at a served width only this model's row: the baselines were scored at their full width
+    rows = sts_rows({**results, "baselines": None} if served else results, labels, best=scores, widths=False)
+    if rows:
+        from distill.eval.sts import format_rows
+
+        lines.append(format_rows(rows))
     elif results:
         lines.append("(no STS sets in this run's eval.final_tasks)")
     else:
         lines.append("(no results.json in the run folder)")
-    ret = results.get("retrieval")
-    if ret:
+    rows = retrieval_rows(results, labels)
+    if rows:
         from distill.eval.retrieval import format_report
 
-        base = results.get("retrieval_baselines") or {}
-        rows = ([(f"teacher {meta.get('teacher')}", base["teacher"]), (f"{meta.get('student')} before training", base["init"])] if base else [])
+        ret = results["retrieval"]
         lines += ["", "## Retrieval (x100)", "",
                   f"`{Path(str(ret.get('data'))).name}` {ret['split']} split: {ret['queries']} queries, {ret['corpus']} passages, "
                   f"exact cosine search, queries and passages truncated at {ret.get('max_length')} tokens.", "",
-                  format_report(rows + [("this model", ret)])]
+                  format_report(rows)]
     return "\n".join(lines) + "\n"

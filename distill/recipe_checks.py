@@ -82,6 +82,8 @@ def check_values(recipe) -> None:
                            "sentences of the batch; it needs at least 2 per device (one gives a loss of exactly 0)")
     s2 = recipe.stage2
     what = loss.head_in_embedding(recipe.loss)
+    if recipe.loss.get("teacher_space"):
+        _check_teacher_space(recipe)
     if s2.rows and what and recipe.loss.get("matryoshka_dims"):  # HPD's head is carried into stage 2 (stages.stage2); this one is not
         raise DistillError(f"stage2.rows with loss {name}: {what} is part of stage 1's embedding and stage 2 does not carry a "
                            "Matryoshka head; train stage 1 without loss.matryoshka_head, or leave stage2.rows empty")
@@ -94,6 +96,16 @@ def check_values(recipe) -> None:
     _need(s2.neg_samples >= 0, "stage2.neg_samples", s2.neg_samples, ">= 0")
     _need(len(s2.columns) >= 2 and all(s2.columns), "stage2.columns", s2.columns,
           "two or more names (anchor, positive, then any negatives)")
+
+
+def _check_teacher_space(recipe) -> None:
+    """loss.teacher_space: a student that stays in the teacher's space (losses/teacher_space.py)."""
+    if recipe.loss.get("matryoshka_dims"):
+        raise DistillError("loss.teacher_space with loss.matryoshka_dims: a prefix of the student vector is not in the teacher's "
+                           "space; give one of them")
+    if recipe.stage2.rows:
+        raise DistillError("loss.teacher_space with stage2.rows: stage 2's contrastive fine-tuning moves the student out of the "
+                           "teacher's space (its vectors would no longer match the teacher's documents); set stage2.rows=[]")
 
 
 def _widths_ok(dims) -> bool:
@@ -248,16 +260,16 @@ def _check_retrieval(e) -> None:
 
 def _check_beir(key: str, folder: str, split: str) -> None:
     """The BEIR folder exists and holds the split's qrels (read when the run starts, not now)."""
-    from distill.eval.retrieval.data import _find
+    from distill.data.beir import find_file
 
     path = Path(folder).expanduser()
     _need(bool(split.strip()), key.replace(".beir", ".split"), split, "a qrels split name (dev, test...)")
     if not path.is_dir():
         raise DistillError(f"{key}: {folder}: no such folder (expected a BEIR folder: corpus.jsonl, queries.jsonl, qrels/)")
-    missing = [name for name in ("corpus", "queries") if _find(path, name) is None]
+    missing = [name for name in ("corpus", "queries") if find_file(path, name) is None]
     if missing:
         raise DistillError(f"{key}: {folder} has no {' or '.join(m + '.jsonl' for m in missing)}")
-    if not (path / "qrels").is_dir() or _find(path / "qrels", split) is None:
+    if not (path / "qrels").is_dir() or find_file(path / "qrels", split) is None:
         have = sorted(p.stem for p in (path / "qrels").iterdir()) if (path / "qrels").is_dir() else []
         raise DistillError(f"{key}: {folder} has no qrels/{split}.tsv (splits there: {', '.join(have) or 'none'})")
 

@@ -232,3 +232,21 @@ def write_st_modules(folder: Path, pooling: str, max_seq_length: int | None) -> 
     (folder / "modules.json").write_text(json.dumps(modules, indent=2))
     if max_seq_length:
         (folder / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": max_seq_length, "do_lower_case": False}))
+
+
+def is_router_folder(folder) -> bool:
+    """True for a sentence-transformers folder whose modules.json names a Router."""
+    try:
+        modules = json.loads((Path(folder).expanduser() / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(modules, list) and any(isinstance(m, dict) and str(m.get("type", "")).rsplit(".", 1)[-1] == "Router"
+                                             for m in modules)
+
+
+def is_routed(model) -> bool:
+    """True for a SentenceTransformer whose first module is a Router."""
+    try:
+        return type(model[0]).__name__ == "Router"
+    except (TypeError, IndexError, KeyError):
+        return False

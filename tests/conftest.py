@@ -36,6 +36,28 @@ def minilm_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def enc(minilm_path):
+    """The packaged all-MiniLM-L6-v2 as distill's Encoder on CPU, loaded once for the whole session
+    (read only: a test that changes it builds its own)."""
+    from distill.encoder import Encoder
+
+    return Encoder.load("all-minilm-l6-v2", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module of tiny matrices and models: on a shared, busy 2-core
+    machine two OpenMP threads wait on each other and make them ~20-50x slower. Restored after the
+    module for the others."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory, minilm_path) -> Path:
     """A randomly initialised 4-layer BERT (hidden 32) with the real MiniLM WordPiece tokenizer,
     saved as a plain transformers folder."""
@@ -138,13 +160,18 @@ output: {{dir: {tmp_path / 'run'}}}
 {extra}"""
 
 
+def recipe_file(tmp_path: Path, **kw) -> Path:
+    """tiny_recipe_text(tmp_path, **kw) written to tmp_path/recipe.yaml."""
+    path = tmp_path / "recipe.yaml"
+    path.write_text(tiny_recipe_text(tmp_path, **kw))
+    return path
+
+
 def recipe_at(tmp_path: Path, overrides=(), **kw):
     """tiny_recipe_text(tmp_path, **kw) written to tmp_path/recipe.yaml and loaded with `overrides`."""
     from distill.config import load_recipe
 
-    path = tmp_path / "recipe.yaml"
-    path.write_text(tiny_recipe_text(tmp_path, **kw))
-    return load_recipe(path, list(overrides))
+    return load_recipe(recipe_file(tmp_path, **kw), list(overrides))
 
 
 def file_tree(path: Path) -> dict:
@@ -201,7 +228,7 @@ def file_size_limit(nbytes: int):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, tiny_home) -> Path:
     """One finished tiny run (2 steps), shared by the export, train and ONNX tests: built once."""
-    from distill.training.trainer import train
+    from distill.training.run import train
 
     root = tmp_path_factory.mktemp("trained")
     with pytest.MonkeyPatch.context() as mp:

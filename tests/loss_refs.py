@@ -13,18 +13,8 @@ from distill.encoder import Encoder
 
 
 # ----------------------------------------------------------------------------------------------
-# module fixtures (imported by the test modules that use them) and a tiny real BERT with the real
-# MiniLM tokenizer
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices: intra-op threads only add overhead, and on a busy machine oversubscribed
-    threads make these steps ~50x slower. Restored afterwards for the other test modules."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
+# module fixtures (imported by the test modules that use them; one torch thread is conftest's
+# `one_thread`) and a tiny real BERT with the real MiniLM tokenizer
 @pytest.fixture(scope="module")
 def tokenizer():
     return minilm_tokenizer()

@@ -18,8 +18,8 @@ from distill.config import load_recipe
 from distill.errors import DistillError
 from distill.lock import LOCK_NAME
 from distill.training import checkpoint as ckpt_io
+from distill.training.run import train
 from distill.training.run_folder import RUN_MARKER, mark_run_folder
-from distill.training.trainer import train
 
 
 def test_damaged_checkpoint_says_which_file_and_what_to_do(tmp_path, tiny_home, monkeypatch):
@@ -123,7 +123,7 @@ def test_a_run_made_before_this_change_resumes(tmp_path, trained_run, tiny_home,
 
 def test_a_resume_of_a_changed_recipe_names_each_key_and_both_values(tmp_path, tiny_home, monkeypatch):
     """Issue 38 (notes): the refusal named only the section ("... in train")."""
-    from distill.training.trainer import check_resumed_recipe
+    from distill.training.checkpoint import check_resumed_recipe
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     saved = {"recipe": recipe_at(tmp_path).to_dict()}

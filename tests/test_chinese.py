@@ -207,7 +207,7 @@ def distilled_export(m3e_dir, sts_zh_dir, tmp_path_factory) -> tuple[Path, dict]
         pytest.skip(f"needs the shared Chinese corpus at {CORPUS_ZH}")
     from distill.config import load_recipe
     from distill.export import export_student
-    from distill.training.trainer import train
+    from distill.training.run import train
 
     root = tmp_path_factory.mktemp("m3e-distill")
     small = root / "sts-zh"

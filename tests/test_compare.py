@@ -61,18 +61,6 @@ def tiny_recipe(root: Path, sts: Path, n_sentences: int = 200) -> Path:
 
 
 @pytest.fixture
-def one_thread():
-    """torch on one thread: on a shared, busy 2-core machine two OpenMP threads wait on each other
-    and make these tiny models ~20x slower. Restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture
 def setup(tmp_path, tiny_bert_dir, sts_dir, monkeypatch, one_thread):
     home = tiny_home(tmp_path, str(tiny_bert_dir), str(tiny_bert_dir))
     monkeypatch.setenv("DISTILL_HOME", str(home))

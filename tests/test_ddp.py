@@ -8,9 +8,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from loss_refs import fake_hidden, one_thread  # noqa: F401 (module fixture: one torch thread)
+from loss_refs import fake_hidden
 
 from distill.losses import CRDLoss, IBKDSupervisedLoss, InfoNCELoss
+
+# Tiny matrices: one torch thread for the whole module (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ----------------------------------------------------------------------------------------------
 # DDP: two real gloo processes must reproduce the single-process full-batch loss and gradients

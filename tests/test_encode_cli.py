@@ -17,13 +17,6 @@ from distill.cli import main
 
 
 @pytest.fixture(scope="module")
-def enc():
-    from distill.encoder import Encoder
-
-    return Encoder.load("all-minilm-l6-v2", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def one_by_one(enc):
     return np.stack([enc.encode([s], progress=False)[0] for s in SENTENCES])
 

@@ -51,6 +51,9 @@ def test_export_marks_replaces_only_its_own_export_and_honors_the_umask(tmp_path
     assert main(["export", str(trained_run), "--out", str(out)]) == 0
     marker = json.loads((out / EXPORT_MARKER).read_text())
     assert marker["tool"] == "distill" and marker["source_run"] == str(trained_run.resolve()) and marker["which"] == "best"
+    # the student learns raw texts (docs/DESIGN.md, "Roles and prompts"): its folder declares no prompt
+    prompts = json.loads((out / "config_sentence_transformers.json").read_text()).get("prompts") or {}
+    assert not any(prompts.values()), prompts
     assert main(["export", str(trained_run), "--out", str(out)]) == 2
     assert "pass --overwrite" in capsys.readouterr().err
     (out / "README.md").write_text("edited")

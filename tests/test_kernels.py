@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from loss_refs import forward, one_thread, ref_ce, ref_cos_matrix, ref_hsic, ref_kernel, ref_median_gamma, tokenizer  # noqa: F401 (module fixtures: one torch thread, the MiniLM tokenizer)
+from loss_refs import forward, ref_ce, ref_cos_matrix, ref_hsic, ref_kernel, ref_median_gamma, tokenizer  # noqa: F401 (module fixture: the MiniLM tokenizer)
 from sentences import SENTENCES
 
 from distill.encoder import Encoder, keep_layers
@@ -19,6 +19,9 @@ from distill.losses import (
     median_gamma,
     rbf_kernel,
 )
+
+# Tiny matrices: one torch thread for the whole module (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ----------------------------------------------------------------------------------------------
 # functional: kernels, HSIC, InfoNCE

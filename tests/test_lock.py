@@ -15,7 +15,7 @@ from conftest import CORPUS_DIR, REPO, StopAt, recipe_at, tiny_recipe_text
 
 from distill.cli import main
 from distill.errors import DistillError
-from distill.training.trainer import train
+from distill.training.run import train
 
 HOLDER = "import sys, time\nfrom distill.lock import folder_lock\nwith folder_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(300)\n"
 

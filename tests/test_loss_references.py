@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from loss_refs import (  # noqa: F401 (module fixtures: one torch thread, the MiniLM tokenizer)
+from loss_refs import (  # noqa: F401 (module fixtures: the MiniLM tokenizer)
     fake_hidden,
     forward,
     np_,
-    one_thread,
     ref_ce,
     ref_cos_matrix,
     ref_hsic,
@@ -40,6 +39,9 @@ from distill.losses import (
     load_loss,
 )
 from distill.losses.base import MATRYOSHKA_DEFAULTS
+
+# Tiny matrices: one torch thread for the whole module (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 # ----------------------------------------------------------------------------------------------
 # the registry: a recipe's parameters are each class's constructor keywords

@@ -165,7 +165,7 @@ def test_a_registered_loss_is_known_everywhere(tmp_path, toy, capsys):
 # ------------------------------------------------------------------------------------ (c) no names
 
 
-NAMELESS = ["distill/training/trainer.py", "distill/training/stages.py", "distill/training/evaluators.py", "distill/export.py", "distill/compare.py", "distill/commands/compare.py",
+NAMELESS = ["distill/training/loop.py", "distill/training/run.py", "distill/report.py", "distill/training/stages.py", "distill/training/evaluators.py", "distill/export.py", "distill/compare.py", "distill/commands/compare.py",
             "distill/recipe_checks.py"]
 NAMES = ["hpd", "ibkd", "mse", "crd", "infonce", "cosine"]
 

@@ -16,15 +16,10 @@ from distill.encoder import Encoder
 from distill.errors import DistillError
 from distill.losses import LOSSES, HPDLoss, IBKDLoss, STDistillLoss
 
+# Tiny matrices: one torch thread for the whole module (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TEACHER_DIM = 48
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices; oversubscribed threads only slow a busy machine down
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from loss_refs import (  # noqa: F401 (module fixtures: one torch thread, the MiniLM tokenizer)
+from loss_refs import (  # noqa: F401 (module fixtures: the MiniLM tokenizer)
     fake_hidden,
     np_,
-    one_thread,
     ref_ce,
     ref_cos_matrix,
     ref_hsic,
@@ -20,6 +19,9 @@ from loss_refs import (  # noqa: F401 (module fixtures: one torch thread, the Mi
 from distill.config import load_recipe
 from distill.errors import DistillError
 from distill.losses import LOSSES, MatryoshkaLoss, build_loss, load_loss
+
+# Tiny matrices: one torch thread for the whole module (conftest.one_thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 DIMS, WEIGHTS = [6, 4, 2], [1.0, 0.5, 2.0]
 N, D_T = 5, 7

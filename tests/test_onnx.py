@@ -297,7 +297,7 @@ def test_export_run_with_onnx_flag(tmp_path, tiny_home, monkeypatch, capsys, sts
 
     from distill.config import load_recipe
     from distill.onnx.runtime import OnnxEncoder
-    from distill.training.trainer import train
+    from distill.training.run import train
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     recipe = tmp_path / "recipe.yaml"

@@ -18,13 +18,6 @@ CANDIDATES = ["A man plays the guitar.", "Someone is cooking pasta.", "The stock
 
 
 @pytest.fixture(scope="module")
-def enc():
-    from distill.encoder import Encoder
-
-    return Encoder.load("all-minilm-l6-v2", device="cpu")
-
-
-@pytest.fixture(scope="module")
 def pipe(enc):
     from distill import pipeline
 

@@ -13,7 +13,7 @@ from conftest import CORPUS_DIR, recipe_at
 
 from distill.cli import main
 from distill.errors import DistillError
-from distill.training.trainer import train
+from distill.training.run import train
 
 
 def _damaged_gz(path: Path, kind: str) -> Path:

@@ -98,7 +98,7 @@ def test_a_new_empty_or_own_folder_is_accepted(tmp_path, trained_run):
 def test_a_run_killed_before_its_first_checkpoint_trains_again_in_its_folder(tmp_path, tiny_home, monkeypatch):
     """The run folder is marked before recipe.yaml: a run stopped before any checkpoint is started
     again in place, without --resume (its files are this tool's)."""
-    from distill.training.trainer import train
+    from distill.training.run import train
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     recipe = recipe_at(tmp_path, steps=2, every=2)

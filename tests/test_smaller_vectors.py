@@ -21,8 +21,8 @@ from distill.embedding import Embedder, truncate
 from distill.errors import DistillError
 from distill.export import export_student
 from distill.losses import MatryoshkaLoss, load_loss
+from distill.training.run import train
 from distill.training.student_folder import load_saved_student
-from distill.training.trainer import train
 
 SENTS = ["A man plays a guitar.", "Someone makes music.", "A cat sleeps on the sofa.", "The stock market fell today."]
 MRL = ["loss.matryoshka_dims=[32,16,8]", "eval.dims=[32,8]"]

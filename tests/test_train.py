@@ -7,19 +7,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import CORPUS_DIR, REPO, STS_DIR, StopAt, recipe_at, tiny_recipe_text
+from conftest import CORPUS_DIR, REPO, STS_DIR, StopAt, recipe_at, recipe_file, tiny_recipe_text
 
 from distill.cli import main
 from distill.config import load_recipe
 from distill.embedding import Embedder
 from distill.errors import DistillError
-from distill.training.trainer import train
-
-
-def _recipe(tmp_path, **kw):
-    path = tmp_path / "recipe.yaml"
-    path.write_text(tiny_recipe_text(tmp_path, **kw))
-    return path
+from distill.training.run import train
 
 
 def _weights(run):
@@ -31,8 +25,8 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_hom
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
-    straight = train(load_recipe(_recipe(a, steps=9, every=3)), progress=False)
-    recipe_b = load_recipe(_recipe(b, steps=9, every=3))
+    straight = train(load_recipe(recipe_file(a, steps=9, every=3)), progress=False)
+    recipe_b = load_recipe(recipe_file(b, steps=9, every=3))
     with pytest.raises(KeyboardInterrupt):
         train(recipe_b, progress=False, callbacks=[StopAt(5)])  # checkpoint at step 3, steps 4-5 lost
     assert torch.load(b / "run" / "checkpoint.pt", weights_only=True)["state"]["step"] == 3
@@ -41,20 +35,20 @@ def test_kill_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, tiny_hom
         train(recipe_b, progress=False)
     monkeypatch.chdir(b)  # the same folder spelled another way (relative here, absolute before) resumes
     shutil.copytree(b / "cache", b / "moved-cache")  # and so does a teacher cache that moved (its manifest is checked)
-    resumed = train(load_recipe(_recipe(b, steps=9, every=3), ["output.dir=run", "data.cache_dir=moved-cache"]), resume=True, progress=False)
+    resumed = train(load_recipe(recipe_file(b, steps=9, every=3), ["output.dir=run", "data.cache_dir=moved-cache"]), resume=True, progress=False)
     assert resumed["steps"] == straight["steps"] == 9
     assert [e["step"] for e in resumed["evals"]] == [e["step"] for e in straight["evals"]]
     assert abs(resumed["best"]["STS-B"] - straight["best"]["STS-B"]) < 0.1
     wa, wb = _weights(a / "run"), _weights(b / "run")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)  # same data order, same updates
-    changed = load_recipe(_recipe(b, steps=9, every=3), ["train.lr=0.5"])
+    changed = load_recipe(recipe_file(b, steps=9, every=3), ["train.lr=0.5"])
     with pytest.raises(DistillError, match=r"recipe differs from the checkpoint's \(.*checkpoint\.pt\) in train"):
         train(changed, resume=True, progress=False)
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_last_good_checkpoint(tmp_path, tiny_home, monkeypatch):
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
-    recipe = load_recipe(_recipe(tmp_path, loss="name: mse, standardize: none", steps=20, every=1), ["train.lr=1e25", "train.grad_clip=0", "train.warmup_ratio=0"])
+    recipe = load_recipe(recipe_file(tmp_path, loss="name: mse, standardize: none", steps=20, every=1), ["train.lr=1e25", "train.grad_clip=0", "train.warmup_ratio=0"])
     with pytest.raises(DistillError, match=r"the loss became nan or inf between steps \d+ and \d+.*last good checkpoint is .*checkpoint\.pt"):
         train(recipe, progress=False)
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
@@ -70,7 +64,7 @@ def test_every_objective_trains_from_the_cache_and_exports(tmp_path, tiny_home, 
     from distill.export import export_student
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
-    results = train(load_recipe(_recipe(tmp_path, loss=loss, steps=4, every=2)), progress=False)
+    results = train(load_recipe(recipe_file(tmp_path, loss=loss, steps=4, every=2)), progress=False)
     assert results["steps"] == 4 and len(results["evals"]) == 2
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert any("loss" in row for row in log) and any("eval" in row for row in log)
@@ -101,7 +95,7 @@ def test_wandb_offline_logs_the_run(tmp_path, tiny_home, monkeypatch):
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    train(load_recipe(_recipe(tmp_path, steps=2, every=2), ["output.wandb=true"]), progress=False)
+    train(load_recipe(recipe_file(tmp_path, steps=2, every=2), ["output.wandb=true"]), progress=False)
     runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
     assert runs and any(p.suffix == ".wandb" for p in runs[0].iterdir())
 
@@ -158,7 +152,7 @@ def test_offline_teacher_cache_feeds_every_objective(tmp_path, tiny_home, monkey
 
 def test_torchrun_two_processes_on_cpu(tmp_path, tiny_home):
     """DDP through torchrun (gloo on CPU): the same code path as one GPU, candidates gathered across ranks."""
-    recipe = _recipe(tmp_path, steps=4, every=2)
+    recipe = recipe_file(tmp_path, steps=4, every=2)
     env = {**os.environ, "DISTILL_HOME": str(tiny_home), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
     proc = subprocess.run([*torchrun, "-m", "distill.cli", "train", str(recipe), "--quiet"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
@@ -190,7 +184,7 @@ def test_two_stage_ibkd_chains_stage1_and_supervised_triplets(tmp_path, tiny_hom
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     _write_triplets(tmp_path / "nli.csv")
-    recipe = load_recipe(_recipe(tmp_path, steps=2, every=2), [
+    recipe = load_recipe(recipe_file(tmp_path, steps=2, every=2), [
         f"stage2.rows=[{tmp_path / 'nli.csv'}]", "stage2.train.batch_size=8", "stage2.train.max_steps=3", "stage2.train.lr=1e-4",
         "stage2.loss.hsic_layer=-2",
     ])
@@ -212,7 +206,7 @@ def test_two_stage_ibkd_chains_stage1_and_supervised_triplets(tmp_path, tiny_hom
     assert "ibkd_supervised" in (out / "README.md").read_text()
     assert SentenceTransformer(str(out), device="cpu").encode(["x"]).shape == (1, 32)
     (tmp_path / "bad.csv").write_text("a,b,c\n1,2,3\n")
-    bad = load_recipe(_recipe(tmp_path / "run2" if (tmp_path / "run2").mkdir() is None else None, steps=2, every=2), [f"stage2.rows=[{tmp_path / 'bad.csv'}]"])
+    bad = load_recipe(recipe_file(tmp_path / "run2" if (tmp_path / "run2").mkdir() is None else None, steps=2, every=2), [f"stage2.rows=[{tmp_path / 'bad.csv'}]"])
     with pytest.raises(DistillError, match=r"bad\.csv:1: needs the columns anchor, positive, negative"):
         train(bad, progress=False)
 
@@ -226,7 +220,7 @@ def test_resuming_stage2_does_not_set_up_stage1_again(tmp_path, tiny_home, monke
     _write_triplets(tmp_path / "nli.csv")
     overrides = [f"stage2.triplets=[{tmp_path / 'nli.csv'}]", "stage2.train.batch_size=8", "stage2.train.max_steps=6",
                  "stage2.train.lr=1e-4", "stage2.loss.hsic_layer=-2", "eval.every_steps=2"]
-    recipe = load_recipe(_recipe(tmp_path, steps=2, every=2), overrides)
+    recipe = load_recipe(recipe_file(tmp_path, steps=2, every=2), overrides)
     with pytest.raises(KeyboardInterrupt):
         train(recipe, progress=False, callbacks=[StopAt(5)])  # in stage 2 (stage 1 has 2 steps), after its step-4 checkpoint
     run = tmp_path / "run"
@@ -240,7 +234,7 @@ def test_resuming_stage2_does_not_set_up_stage1_again(tmp_path, tiny_home, monke
     assert "STS-B" in resumed["best"] and "STS-B" in resumed["stage1"]["best"]
     # a changed recipe is still refused, though stage 1 is not set up again
     with pytest.raises(DistillError, match=r"--resume: the recipe differs from the checkpoint's .* in train"):
-        train(load_recipe(_recipe(tmp_path, steps=3, every=2), overrides), resume=True, progress=False)
+        train(load_recipe(recipe_file(tmp_path, steps=3, every=2), overrides), resume=True, progress=False)
 
 
 def test_sigkilled_training_resumes_to_the_same_end(tmp_path, tiny_home, monkeypatch):
@@ -252,10 +246,10 @@ def test_sigkilled_training_resumes_to_the_same_end(tmp_path, tiny_home, monkeyp
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
-    straight = train(load_recipe(_recipe(a, steps=24, every=2)), progress=False)
-    recipe_file = _recipe(b, steps=24, every=2)
+    straight = train(load_recipe(recipe_file(a, steps=24, every=2)), progress=False)
+    recipe_b = recipe_file(b, steps=24, every=2)
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "distill.cli", "train", str(recipe_file), "--quiet"], cwd=REPO, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "distill.cli", "train", str(recipe_b), "--quiet"], cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = b / "run" / "checkpoint.pt"
     deadline = time.time() + 240
@@ -266,7 +260,7 @@ def test_sigkilled_training_resumes_to_the_same_end(tmp_path, tiny_home, monkeyp
     assert not (b / "run" / "results.json").exists(), "the run ended before it could be killed"
     killed_at = torch.load(ckpt, weights_only=True)["state"]["step"]
     assert 0 < killed_at < 24
-    resumed = train(load_recipe(recipe_file), resume=True, progress=False)
+    resumed = train(load_recipe(recipe_b), resume=True, progress=False)
     assert resumed["steps"] == 24 and [e["step"] for e in resumed["evals"]] == [e["step"] for e in straight["evals"]]
     assert abs(resumed["best"]["STS-B"] - straight["best"]["STS-B"]) < 0.1
     wa, wb = _weights(a / "run"), _weights(b / "run")
@@ -280,7 +274,7 @@ def test_stage2_starts_from_stage1_final_student_as_the_authors_do(tmp_path, tin
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     _write_triplets(tmp_path / "nli.csv")
-    recipe = load_recipe(_recipe(tmp_path, steps=4, every=2), [
+    recipe = load_recipe(recipe_file(tmp_path, steps=4, every=2), [
         f"stage2.triplets=[{tmp_path / 'nli.csv'}]", "stage2.train.batch_size=8", "stage2.train.max_steps=1",
         "stage2.train.lr=1e-30", "stage2.train.weight_decay=0", "eval.every_steps=1",
     ])
@@ -292,7 +286,7 @@ def test_stage2_starts_from_stage1_final_student_as_the_authors_do(tmp_path, tin
     start, end = load_file(str(run / "final" / "model.safetensors")), load_file(str(run / "stage2" / "final" / "model.safetensors"))
     assert all(torch.allclose(start[k], end[k], atol=1e-6) for k in start)
     with pytest.raises(DistillError, match=r"stage2\.init: must be one of final, best, got 'worst'"):
-        load_recipe(_recipe(tmp_path, steps=4, every=2), ["stage2.init=worst"])
+        load_recipe(recipe_file(tmp_path, steps=4, every=2), ["stage2.init=worst"])
 
 
 def test_a_student_name_resolves_to_the_student_preset_when_a_teacher_shares_it(tmp_path, tiny_home, monkeypatch):
@@ -332,7 +326,7 @@ def test_evaluation_ignores_the_training_max_length(tmp_path, tiny_home, monkeyp
     from distill.training.student_folder import StudentEmbedder, load_saved_student
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
-    results = train(load_recipe(_recipe(tmp_path, steps=2, every=2), ["data.max_length=8"]), progress=False)
+    results = train(load_recipe(recipe_file(tmp_path, steps=2, every=2), ["data.max_length=8"]), progress=False)
     enc, meta, _ = load_saved_student(tmp_path / "run" / "best", device="cpu")
     assert meta["max_length"] == enc.max_length == 8 and enc.max_positions == 128  # tiny BERT: 128 positions
     full = evaluate_sts(StudentEmbedder(enc), tasks=["STS-B"], sts_dir=STS_DIR, progress=False)
@@ -351,7 +345,7 @@ def test_cpu_adamw_is_fused_and_makes_the_foreach_update():
     the default (foreach) AdamW the earlier runs used, to float64 precision."""
     from types import SimpleNamespace
 
-    from distill.training.trainer import _optimizer
+    from distill.training.loop import _optimizer
 
     if torch.__version__ < (2, 4):
         pytest.skip(f"torch {torch.__version__} has no fused AdamW on CPU")
@@ -381,7 +375,7 @@ def test_cli_output_is_ours_only_unless_verbose(tmp_path, tiny_home, tiny_bert_d
     env = {**os.environ, "DISTILL_HOME": str(tiny_home), "CUDA_VISIBLE_DEVICES": ""}
     for key in ("TRANSFORMERS_VERBOSITY", "HF_HUB_DISABLE_PROGRESS_BARS"):
         env.pop(key, None)
-    recipe = _recipe(tmp_path, steps=2, every=2)
+    recipe = recipe_file(tmp_path, steps=2, every=2)
     run = subprocess.run([sys.executable, "-m", "distill.cli", "train", str(recipe)], cwd=REPO, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     out = run.stdout + run.stderr
@@ -440,7 +434,7 @@ def test_each_epoch_trains_on_its_own_shuffle(tmp_path, tiny_home, monkeypatch):
     """256 sentences in batches of 32 are 8 steps an epoch: steps 9-16 must see epoch 1's order
     (seeded by (seed, epoch), what --resume after an epoch replays), not epoch 0's again."""
     from distill.data.batches import epoch_batches
-    from distill.training import trainer as trainer_module
+    from distill.training import loop as trainer_module
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     seen = []

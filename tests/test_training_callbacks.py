@@ -5,22 +5,15 @@ import functools
 import json
 
 import numpy as np
-from conftest import STS_DIR, tiny_recipe_text
+from conftest import STS_DIR, recipe_at
 
-from distill.config import load_recipe
 from distill.encoder import Encoder
 from distill.eval.retrieval import evaluate_retrieval
 from distill.eval.sts_data import load_sts
 from distill.training.callbacks import Callback
 from distill.training.evaluators import RetrievalEvaluator
+from distill.training.run import train
 from distill.training.student_folder import StudentEmbedder, load_saved_student
-from distill.training.trainer import train
-
-
-def _recipe(tmp_path, **kw):
-    path = tmp_path / "recipe.yaml"
-    path.write_text(tiny_recipe_text(tmp_path, **kw))
-    return load_recipe(path, ["eval.baselines=true"])
 
 
 def _retrieval_set(n=40):
@@ -55,7 +48,7 @@ def test_retrieval_and_a_plain_function_as_training_evaluators(tmp_path, tiny_ho
     rec = Recorder()
     selecting = RetrievalEvaluator(queries, corpus, qrels, k=(10,), select=True)
     fn = functools.partial(evaluate_retrieval, queries=queries, corpus=corpus, qrels=qrels, k=(5,))
-    results = train(_recipe(tmp_path, steps=6, every=3), progress=False, callbacks=[rec, selecting, fn])
+    results = train(recipe_at(tmp_path, ["eval.baselines=true"], steps=6, every=3), progress=False, callbacks=[rec, selecting, fn])
 
     # the selecting evaluator picked the best student; the recipe's STS-B dev was not added
     assert results["dev_task"] == "retrieval/MRR@10"

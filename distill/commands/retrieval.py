@@ -27,22 +27,31 @@ def _cmd_eval_retrieval(args) -> int:
     if args.max_length is not None and args.max_length < 1:
         raise DistillError(f"--max-length {args.max_length}: must be at least 1")
     check_outputs(args)  # before the data loads and the model encodes: not after the whole evaluation
+    if args.doc_model:
+        from distill.eval.retrieval.asymmetric import teacher_warning
+
+        warning = teacher_warning(args.model, args.doc_model)
+        if warning:
+            print(f"distill: warning: {warning}", file=sys.stderr)
     data = load_retrieval_data(args.queries, args.corpus, args.qrels, beir=args.beir, hub=args.hub, split=args.split)
     results = evaluate_retrieval(
         args.model, data.queries, data.corpus, data.qrels, k=ks, batch_size=args.batch_size,
         chunk_size=args.chunk_size, metric=args.metric, progress=not args.quiet, max_length=args.max_length,
         return_run=bool(args.save_run), dims=args.dims, **backend_kwargs(args),
+        doc_model=args.doc_model, corpus_source=args.corpus or args.beir,
     )
     run, scores = results.pop("run", None), results.pop("run_scores", None)
     for w in data.warnings + results["warnings"]:
         print(f"distill: warning: {w}", file=sys.stderr)
     print(format_table(results, title=args.model))
+    docs = f", documents by {results['doc_model']} at {results['doc_max_length']} tokens" if args.doc_model else ""
     print(f"{results['queries']} queries evaluated, {results['corpus']} passages, {results['metric']} similarity, "
-          f"exact search, max length {results['max_length']} tokens", file=sys.stderr)
+          f"exact search, max length {results['max_length']} tokens{docs}", file=sys.stderr)
     kept = "; not written, the scores are in the table above"
     if args.json:
         with write_errors(args.json, "--json", kept):
-            write_json_atomic(args.json, {"model": args.model, "data": data.source, **results})
+            write_json_atomic(args.json, {"model": args.model, "data": data.source, **({"doc_model": args.doc_model} if args.doc_model else {}),
+                                          **results})
         print(f"wrote {args.json}", file=sys.stderr)
     if args.save_run:
         with write_errors(args.save_run, "--save-run", kept + (f" and in {args.json}" if args.json else "")):
@@ -89,6 +98,10 @@ def register(sub) -> None:
         ),
     )
     p.add_argument("--model", required=True, help="model folder, preset name, hub id or PyPI model key")
+    p.add_argument("--doc-model", metavar="MODEL",
+                   help="embed the passages with this model (a teacher) and only the queries with --model: a query encoder "
+                        "trained into the teacher's space, scored against the teacher's own document vectors (the two "
+                        "must put out one width; docs/keep-your-index.md)")
     p.add_argument("--queries", metavar="FILE", help="queries: TSV (id<TAB>text) or JSONL")
     p.add_argument("--corpus", metavar="FILE", help="passages: TSV (id<TAB>text) or JSONL (_id, title, text)")
     p.add_argument("--qrels", metavar="FILE", help="judgments: TSV (qid, docid, rel) or TREC 4 columns")

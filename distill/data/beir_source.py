@@ -67,12 +67,12 @@ def check_training_split(split: str, what: str) -> None:
 
 def test_query_texts(folder: Path) -> set[str]:
     """The texts of the queries judged in FOLDER/qrels/test.tsv, whitespace-normalized (empty without that file)."""
-    from distill.eval.retrieval.data import _find, load_qrels, load_texts
+    from distill.data.beir import find_file, load_qrels, load_texts
 
-    qrels_file = _find(folder / "qrels", TEST_SPLIT) if (folder / "qrels").is_dir() else None
+    qrels_file = find_file(folder / "qrels", TEST_SPLIT) if (folder / "qrels").is_dir() else None
     if qrels_file is None:
         return set()
-    queries = load_texts(_find(folder, "queries"), "queries")
+    queries = load_texts(find_file(folder, "queries"), "queries")
     return {_words(queries[q]) for q in load_qrels(qrels_file) if q in queries}
 
 
@@ -97,9 +97,9 @@ class TrainingSplit:
 
 def load_passages(folder: Path) -> dict[str, tuple[str, str]]:
     """id -> (title, text) of FOLDER's corpus file, read like the retrieval loader reads it."""
-    from distill.eval.retrieval.data import _ID_KEYS, _TEXT_KEYS, _find, load_texts
+    from distill.data.beir import ID_KEYS, TEXT_KEYS, find_file, load_texts
 
-    path = _find(folder, "corpus")
+    path = find_file(folder, "corpus")
     if path is None:
         raise DistillError(f"{folder}: no corpus.jsonl (expected a BEIR folder: corpus.jsonl, queries.jsonl, qrels/)")
     if not is_jsonl(path):  # a TSV corpus: load_texts has already joined any title column
@@ -107,15 +107,15 @@ def load_passages(folder: Path) -> dict[str, tuple[str, str]]:
     load_texts(path, "corpus")  # every check (ids, texts, duplicates) with its file:line message
     out = {}
     for _, obj in iter_jsonl(path):
-        doc_id = str(obj[next(k for k in _ID_KEYS if k in obj)]).strip()
+        doc_id = str(obj[next(k for k in ID_KEYS if k in obj)]).strip()
         title = obj.get("title")
-        out[doc_id] = ("" if title is None else str(title), obj[next(k for k in _TEXT_KEYS if k in obj)])
+        out[doc_id] = ("" if title is None else str(title), obj[next(k for k in TEXT_KEYS if k in obj)])
     return out
 
 
 def load_training_split(folder: str | Path, split: str) -> TrainingSplit:
     """FOLDER's passages and SPLIT's judged queries, minus any query whose text is a test query."""
-    from distill.eval.retrieval.data import load_beir
+    from distill.data.beir import load_beir
 
     folder = Path(folder)
     check_training_split(split, str(folder))

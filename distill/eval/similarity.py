@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -125,6 +126,13 @@ class SimilarityPipeline:
         self.model = model
         self._embed = embedder(model, batch_size=batch_size, progress=progress, device=device,
                                backend=backend, onnx_file=onnx_file, quantized=quantized, dims=dims)
+        from distill.st_format import is_router_folder
+
+        # a query encoder's folder (`distill export --asymmetric`): the source is a query, the candidates documents
+        self.routed = isinstance(model, (str, Path)) and is_router_folder(model)
+
+    def _as_role(self, role: str, sentences: list[str]) -> np.ndarray:
+        return np.asarray(self._embed(sentences, role=role), dtype=np.float32)
 
     def __call__(self, input: Mapping, metric: str | None = None) -> dict:
         """`{"source_sentence": [...], "sentences_to_compare": [...]}` -> text_embedding and scores.
@@ -143,7 +151,10 @@ class SimilarityPipeline:
             sentences = [source[0], *compare]
         else:
             sentences = source
-        emb = np.asarray(self._embed(sentences), dtype=np.float32)
+        if self.routed and compare is not None:
+            emb = np.concatenate([self._as_role("query", sentences[:1]), self._as_role("document", sentences[1:])])
+        else:
+            emb = np.asarray(self._embed(sentences), dtype=np.float32)
         if emb.ndim != 2 or emb.shape[0] != len(sentences):
             raise DistillError(f"the model returned an array of shape {emb.shape} for {len(sentences)} sentences")
         scores = similarity(emb[0], emb[1:], metric) if len(sentences) > 1 else np.zeros(0)

@@ -12,6 +12,7 @@ a student was trained at.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -22,8 +23,10 @@ from distill.errors import DistillError
 from distill.eval.sts_data import STSPairs, load_sts
 from distill.tasks import DEV_LABELS, DEV_TASK, TEST_TASKS, ZH_DEV_TASK, ZH_TEST_TASK, resolve_tasks, selection_task  # noqa: F401 (re-exported)
 
-# Column order of every table: the English seven, their average, Chinese STS-B, the selection sets.
-TABLE_COLUMNS = (*TEST_TASKS, "Avg", ZH_TEST_TASK, DEV_TASK, ZH_DEV_TASK)
+# How fast a row's model encoded the STS sentences (a run's report: teacher and student, same sentences).
+SPEED_COLUMN = "sentences/s"
+# Column order of every table: the English seven, their average, Chinese STS-B, the selection sets, the speed.
+TABLE_COLUMNS = (*TEST_TASKS, "Avg", ZH_TEST_TASK, DEV_TASK, ZH_DEV_TASK, SPEED_COLUMN)
 
 
 def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -51,6 +54,7 @@ def evaluate_sts(
     quantized: bool = False,
     dims: int | None = None,
     prefix_dims: Sequence[int] = (),
+    timing: dict | None = None,
 ) -> dict[str, float]:
     """Spearman x100 per task, plus "Avg" over the English test sets evaluated (STS12-16, STS-B,
     SICK-R; the selection sets and Chinese STS-B never enter it, and without an English test set
@@ -61,11 +65,13 @@ def evaluate_sts(
     sentences to an (n, d) array), scored with `full_length` (fp32, the model's own length limit). `tasks`: default the seven test sets; add
     "STS-B-dev" for the selection metric. `data`: already loaded pairs (the trainer loads them
     once per run and scores the student with them at every evaluation step: there is no STS
-    callback class, see `distill.training.trainer`). `backend="onnx"` (`quantized`, `onnx_file`): a folder's onnx/ graph through
+    callback class, see `distill.training.loop`). `backend="onnx"` (`quantized`, `onnx_file`): a folder's onnx/ graph through
     onnxruntime, see `distill.onnx.runtime.OnnxEncoder`. `dims`: score the model served at that
     many dimensions (`distill.embedding.truncate`: the first `dims`, L2-normalized). `prefix_dims`:
     also score each of these widths from the same encoding, as "TASK@k" and "Avg@k" (a width
-    equal to the vector's own is the plain "TASK"); what a run's `eval.dims` reports.
+    equal to the vector's own is the plain "TASK"); what a run's `eval.dims` reports. `timing`: a
+    dict that receives "sentences" (the distinct sentences encoded) and "seconds" (the encoding's
+    wall time, tokenization included), for a sentences/s measured on exactly these sentences.
     """
     names = resolve_tasks(tasks)
     pairs = data if data is not None else {t: load_sts(t, sts_dir) for t in names}
@@ -75,7 +81,10 @@ def evaluate_sts(
     sentences = sorted({s for t in names for s in (*pairs[t].sentences1, *pairs[t].sentences2)})
     embed = embedder(model, batch_size=batch_size, progress=progress, backend=backend, onnx_file=onnx_file, quantized=quantized,
                      full_length=True, desc="STS encode", dims=dims)
+    start = time.perf_counter()
     emb = embed(sentences)
+    if timing is not None:
+        timing.update(sentences=len(sentences), seconds=time.perf_counter() - start)
     if emb.shape[0] != len(sentences):
         raise DistillError(f"the model returned {emb.shape[0]} embeddings for {len(sentences)} sentences")
     row = {s: i for i, s in enumerate(sentences)}
@@ -115,15 +124,24 @@ def by_width(results: dict[str, float]) -> list[tuple[int, dict[str, float]]]:
 
 
 def format_rows(rows: Sequence[tuple[str, dict[str, float]]]) -> str:
-    """One markdown table of several rows (title, scores), columns those of the first row."""
-    tables = [format_table(scores, title=name).splitlines() for name, scores in rows]
-    return "\n".join(tables[0][:2] + [t[2] for t in tables])
+    """One markdown table of several rows (title, scores), columns those of the first row (a row
+    without one of them shows "–" there)."""
+    cols = [c for c in TABLE_COLUMNS if c in rows[0][1]]
+    head = "| " + " | ".join(["", *cols]) + " |"
+    sep = "|" + "|".join(["---"] * (len(cols) + 1)) + "|"
+    return "\n".join([head, sep, *("| " + " | ".join([name, *(_cell(c, scores.get(c)) for c in cols)]) + " |" for name, scores in rows)])
+
+
+def _cell(column: str, value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.0f}" if column == SPEED_COLUMN else f"{value:.2f}"
 
 
 def format_table(results: dict[str, float], title: str | None = None) -> str:
-    """A markdown table, columns in the paper's order."""
+    """A markdown table, columns in the paper's order; with `title`, a first column naming the row."""
+    if title is not None:
+        return format_rows([(title, results)])
     cols = [c for c in TABLE_COLUMNS if c in results]
-    head = "| " + " | ".join(([""] if title is not None else []) + cols) + " |"
-    sep = "|" + "|".join(["---"] * (len(cols) + (1 if title is not None else 0))) + "|"
-    row = "| " + " | ".join(([title] if title is not None else []) + [f"{results[c]:.2f}" for c in cols]) + " |"
-    return "\n".join([head, sep, row])
+    return "\n".join(["| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * len(cols)) + "|",
+                      "| " + " | ".join(_cell(c, results[c]) for c in cols) + " |"])

@@ -40,6 +40,7 @@ Rule = tuple[Callable[[Any], bool], str]
 POSITIVE: Rule = (lambda v: v > 0, "a number > 0")
 NON_NEGATIVE: Rule = (lambda v: v >= 0, "a number >= 0")
 OPTIONAL_BOOL: Rule = (lambda v: v is None or isinstance(v, bool), "unset, true or false")
+BOOL: Rule = (lambda v: isinstance(v, bool), "true or false")
 
 
 def one_of(*values: str) -> Rule:

@@ -222,7 +222,8 @@ def hidden_state_mean(student_out: dict, layer: int, who: str = "loss") -> Tenso
 # DDP
 
 
-def _world() -> tuple[int, int]:
+def rank_and_world() -> tuple[int, int]:
+    """(this process's rank, the number of processes): (0, 1) without torch.distributed."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -240,7 +241,7 @@ def gather_candidates(x: Tensor, with_grad: bool = True) -> tuple[Tensor, int]:
     hold different numbers of rows (a short last batch): rows are padded to the largest count for
     the collective and the padding is cut off again.
     """
-    rank, world = _world()
+    rank, world = rank_and_world()
     if world == 1:
         return x, 0
     import torch.distributed as dist

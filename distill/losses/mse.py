@@ -10,14 +10,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from distill.errors import DistillError
-from distill.losses.base import OPTIONAL_BOOL, DistillLoss, one_of
-from distill.losses.functional import _world, precise
+from distill.losses.base import BOOL, OPTIONAL_BOOL, DistillLoss, one_of
+from distill.losses.functional import precise, rank_and_world
+from distill.losses.teacher_space import TeacherSpaceMixin, teacher_space_head
 
 STANDARDIZE_MODES = ("none", "student_norm", "zscore")
 
 
-def _projection(student_dim: int, teacher_dim: int, projection: bool | None, who: str) -> nn.Module | None:
-    """nn.Linear(d_s, d_t) when the widths differ or one is asked for; None (identity) otherwise."""
+def teacher_projection(student_dim: int, teacher_dim: int, projection: bool | None, who: str) -> nn.Module | None:
+    """nn.Linear(d_s, d_t) when the widths differ or one is asked for; None (identity) otherwise (mse and cosine)."""
     use = student_dim != teacher_dim if projection is None else bool(projection)
     if not use and student_dim != teacher_dim:
         raise DistillError(
@@ -26,11 +27,13 @@ def _projection(student_dim: int, teacher_dim: int, projection: bool | None, who
     return nn.Linear(student_dim, teacher_dim) if use else None
 
 
-class MSELoss(DistillLoss):
+class MSELoss(TeacherSpaceMixin, DistillLoss):
     """Regress the teacher's sentence vector: L = mean over batch and dimensions of (W s_i - t'_i)^2.
 
     W is a learned nn.Linear(d_s, d_t) when the widths differ (or `projection=True`), the identity
-    otherwise; it is training-only (the student's own s is the embedding at test time). This is the
+    otherwise; it is training-only (the student's own s is the embedding at test time), unless
+    `teacher_space=True`: then W s is the embedding, W starts from least squares and is exported
+    (losses/teacher_space.py: a query encoder for an index of the teacher's vectors). This is the
     objective of Reimers & Gurevych (EMNLP 2020, "Making Monolingual Sentence Embeddings
     Multilingual using Knowledge Distillation"), and sentence-transformers' `MSELoss`.
 
@@ -62,7 +65,7 @@ class MSELoss(DistillLoss):
 
     name = "mse"
     matryoshka = True  # matryoshka_dims: one projection Linear(k, d_t) per prefix (losses/matryoshka.py)
-    rules = {"standardize": one_of(*STANDARDIZE_MODES), "projection": OPTIONAL_BOOL}
+    rules = {"standardize": one_of(*STANDARDIZE_MODES), "projection": OPTIONAL_BOOL, "teacher_space": BOOL}
     citation = """
 @inproceedings{reimers-2020-multilingual-sentence-bert,
     title = "Making Monolingual Sentence Embeddings Multilingual using Knowledge Distillation",
@@ -80,11 +83,13 @@ class MSELoss(DistillLoss):
         *,
         standardize: str = "student_norm",
         projection: bool | None = None,
+        teacher_space: bool = False,
     ):
         super().__init__()
         self.student_dim, self.teacher_dim = int(student_dim), int(teacher_dim)
-        self.standardize = standardize
-        self.projection = _projection(self.student_dim, self.teacher_dim, projection, "mse")
+        self.standardize, self.teacher_space = standardize, bool(teacher_space)
+        self.projection = (teacher_space_head(self.student_dim, self.teacher_dim, projection, "mse") if self.teacher_space
+                           else teacher_projection(self.student_dim, self.teacher_dim, projection, "mse"))
         # z-score statistics (float64: the cumulative updates run over millions of rows).
         self.register_buffer("target_mean", torch.zeros(self.teacher_dim, dtype=torch.float64))
         self.register_buffer("target_m2", torch.zeros(self.teacher_dim, dtype=torch.float64))
@@ -94,10 +99,10 @@ class MSELoss(DistillLoss):
         self.register_buffer("target_scale", torch.zeros((), dtype=torch.float64))
 
     def get_config_dict(self) -> dict[str, Any]:
-        return {"standardize": self.standardize, "projection": self.projection is not None}
+        return {"standardize": self.standardize, "projection": self.projection is not None, "teacher_space": self.teacher_space}
 
     def export_head(self):
-        return None if self.projection is None else ("projection", self.projection, "the MSE projection into the teacher's space")
+        return None if self.projection is None or self.teacher_space else ("projection", self.projection, "the MSE projection into the teacher's space")
 
     @property
     def wants_all_targets(self) -> bool:
@@ -119,7 +124,7 @@ class MSELoss(DistillLoss):
     @torch.no_grad()
     def _measure_scale(self, pred: Tensor, t: Tensor) -> None:
         scale = (pred.detach().norm(dim=-1).mean() / t.norm(dim=-1).mean().clamp_min(1e-12)).to(torch.float64)
-        _, world = _world()
+        _, world = rank_and_world()
         if world > 1:  # one scale for every rank, or the ranks would regress different targets
             import torch.distributed as dist
 

@@ -3,7 +3,7 @@
 A callback implements any of
     on_train_begin(state)            once, before the first step (also after a resume)
     on_step_end(state, metrics)      after every optimizer step; metrics: loss parts (averaged and
-                                     refreshed every 10 steps: reading them forces a device sync),
+                                     refreshed every LOG_EVERY steps: reading them forces a device sync),
                                      lr, sentences/s
     evaluate(state) -> scores        at every evaluation point (evaluators: training/evaluators.py)
     on_evaluate(state, scores)       after every evaluation, with all evaluators' scores
@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+LOG_EVERY = 10  # steps between the trainer's reads of the loss values from the device (each read is a sync)
 
 
 class Callback:
@@ -42,7 +44,7 @@ class ProgressBar(Callback):
 
     def on_step_end(self, state, metrics: dict) -> None:
         self.bar.update(1)
-        if (state.step % 10 == 0 or state.step == state.total_steps) and "loss" in metrics:
+        if (state.step % LOG_EVERY == 0 or state.step == state.total_steps) and "loss" in metrics:
             extra = {"ib": f"{metrics['ib_share']:.2%}"} if "ib_share" in metrics else {}  # the IB term's share of the gradient on s
             self.bar.set_postfix(loss=f"{metrics['loss']:.4f}", **extra, lr=f"{metrics['lr']:.2e}", sent_s=f"{metrics['sentences_per_s']:.0f}", refresh=False)
 
@@ -57,7 +59,7 @@ class ProgressBar(Callback):
 class JsonlLog(Callback):
     """log.jsonl in the run folder: one line per step (every `every` steps) and per evaluation."""
 
-    def __init__(self, run_dir: Path, every: int = 10):
+    def __init__(self, run_dir: Path, every: int = LOG_EVERY):
         self.path, self.every = Path(run_dir) / "log.jsonl", every
 
     def _write(self, row: dict) -> None:
@@ -86,7 +88,7 @@ class WandbCallback(Callback):
         self.run = wandb.init(project=project, config=config, dir=str(run_dir), name=name or Path(run_dir).name, reinit=True)
 
     def on_step_end(self, state, metrics: dict) -> None:
-        if state.step % 10 == 0 or state.step == state.total_steps:  # metrics are refreshed every 10 steps
+        if state.step % LOG_EVERY == 0 or state.step == state.total_steps:  # metrics are refreshed every LOG_EVERY steps
             self.run.log({f"train/{k}": v for k, v in metrics.items()}, step=state.step)
 
     def on_evaluate(self, state, scores: dict) -> None:

@@ -117,3 +117,26 @@ def load_checkpoint(path: Path) -> dict:
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("recipe"), dict):
         raise damaged(path, ValueError("no recipe in it"))
     return ckpt
+
+
+def check_resumed_recipe(ckpt: dict, recipe, ckpt_file: Path, only: tuple[str, ...] | None = None) -> None:
+    """--resume continues only the recipe the checkpoint was written with (keys added since take their
+    defaults); `only`: the recipe sections compared (a finished stage 1: those that trained it)."""
+    from distill.config import saved_recipe_with_defaults
+
+    saved, now = dict(saved_recipe_with_defaults(ckpt["recipe"])), recipe.to_dict()
+    # output.dir is the folder being resumed, however it is spelled (relative, absolute, moved): not compared.
+    # Nor is data.cache_dir: where the teacher cache lies is not what trained the run; a cache that is
+    # opened again is checked against the recipe by its own manifest (teacher, corpus, length).
+    for r in (saved, now):
+        if isinstance(r.get("output"), dict):
+            r["output"] = {k: v for k, v in r["output"].items() if k != "dir"}
+        if isinstance(r.get("data"), dict):
+            r["data"] = {k: v for k, v in r["data"].items() if k != "cache_dir"}
+    if only is not None:
+        saved, now = {k: saved.get(k) for k in only}, {k: now[k] for k in only}
+    if saved != now:
+        from distill.recipe_diff import describe_differences
+
+        raise DistillError(f"--resume: the recipe differs from the checkpoint's ({ckpt_file}) in "
+                           + describe_differences(saved, now, "the checkpoint", "now"))

@@ -33,6 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from distill.embedding import model_digest  # noqa: F401 (callers import it from here too)
 from distill.errors import DistillError
 from distill.eval.sts import evaluate_sts
 from distill.eval.sts_data import load_sts
@@ -98,27 +99,6 @@ _corpus_memo: OrderedDict = OrderedDict()
 memo_stats = {"hits": 0, "misses": 0}
 
 
-def model_digest(embed) -> str | None:
-    """What decides an Embedder's vectors, hashed: its encoder's and head's tensors, the length,
-    width, pooling and tokenizer; None for a model that is not one of our torch models."""
-    if getattr(embed, "kind", None) != "encoder":
-        return None
-    from distill.data.tokens import tokenizer_fingerprint
-
-    model = embed.model
-    tok = getattr(model, "tokenizer", None)
-    h = hashlib.blake2b(digest_size=20)
-    # the tokenizer by content: a student reloaded from its best/ folder names another path, same ids
-    h.update(repr((type(model).__name__, embed.max_length, embed.dims, embed.full_length, getattr(model, "pooling", None),
-                   getattr(model, "normalize", None), str(getattr(model, "device", "")),
-                   tokenizer_fingerprint(tok, embed.max_length or 0) if tok is not None else None)).encode())
-    for part in (model, embed.head):
-        for name, tensor in (part.state_dict().items() if part is not None else ()):
-            h.update(name.encode())
-            h.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def corpus_digest(corpus: Mapping) -> str:
     h = hashlib.blake2b(digest_size=20)
     for doc_id, text in corpus.items():
@@ -139,9 +119,11 @@ class RetrievalSet:
     """
 
     def __init__(self, data, k: Sequence[int] = (100,), batch_size: int = 128, max_length: int | None = None,
-                 beir: str | None = None, split: str | None = None):
+                 beir: str | None = None, split: str | None = None, doc_model=None):
         self.data, self.k, self.batch_size, self.max_length = data, tuple(k), batch_size, max_length
         self.beir, self.split = beir, split
+        # asymmetric (eval/retrieval/asymmetric.py): passages by this fixed model, once per run, queries by the one scored
+        self.doc_model, self._doc_embed = doc_model, None
         self._corpus_digest: str | None = None  # computed once, when a model first asks for the memo
 
     @classmethod
@@ -157,6 +139,8 @@ class RetrievalSet:
 
         embed = model if isinstance(model, Embedder) else Embedder(model, full_length=True, max_length=self.max_length or OWN)
         d = self.data
+        if self.doc_model is not None:
+            return self._score_asymmetric(embed)
         digest = model_digest(embed)
         if digest is not None and self._corpus_digest is None:
             self._corpus_digest = corpus_digest(d.corpus)
@@ -173,8 +157,24 @@ class RetrievalSet:
         out = {m: 100.0 * float(v) for m, v in r.items() if m.startswith(("MRR@", "nDCG@", "Recall@"))}
         return {**out, "queries": r["queries"], "corpus": r["corpus"], "max_length": embed.max_length}
 
+    def _score_asymmetric(self, embed) -> dict:
+        """Queries by `embed`, passages by the fixed doc_model (their vectors computed once: asymmetric.doc_vectors)."""
+        from distill.eval.retrieval import evaluate_retrieval
+        from distill.eval.retrieval.asymmetric import check_widths, doc_embedder, doc_vectors
+
+        d = self.data
+        if self._doc_embed is None:  # the fixed model, loaded once
+            self._doc_embed = doc_embedder(self.doc_model, batch_size=self.batch_size, max_length=self.max_length)
+        check_widths(embed.dims or embed.width, self._doc_embed.dims or self._doc_embed.width, embed.source, self._doc_embed.source)
+        docs = doc_vectors(self._doc_embed, d.corpus, self.beir, self.batch_size)
+        r = evaluate_retrieval(lambda s: embed(s, batch_size=self.batch_size), d.queries, d.corpus, d.qrels, k=self.k,
+                               batch_size=self.batch_size, corpus_embeddings=docs)
+        out = {m: 100.0 * float(v) for m, v in r.items() if m.startswith(("MRR@", "nDCG@", "Recall@"))}
+        return {**out, "queries": r["queries"], "corpus": r["corpus"], "max_length": embed.max_length,
+                "doc_model": str(self._doc_embed.source), "doc_max_length": self._doc_embed.max_length}
+
     def describe(self) -> dict:
-        return {"data": self.beir, "split": self.split}
+        return {"data": self.beir, "split": self.split, **({"doc_model": str(self.doc_model)} if self.doc_model is not None else {})}
 
 
 def _remember(key: tuple, vectors) -> None:
@@ -195,23 +195,26 @@ class RetrievalEvaluator(Evaluator):
     """
 
     def __init__(self, queries, corpus, qrels, k: Sequence[int] = (10,), batch_size: int = 128, select: bool = False,
-                 prefix: str = "retrieval/", key: str = "MRR@10", max_length: int | None = None):
+                 prefix: str = "retrieval/", key: str = "MRR@10", max_length: int | None = None, doc_model=None):
         from distill.eval.retrieval import RetrievalData, metric_key
 
         self.key, cut = metric_key(key)
         k = tuple(sorted(set(k) | ({cut} if cut else set())))
-        self.set = RetrievalSet(RetrievalData(queries, corpus, qrels), k=k, batch_size=batch_size, max_length=max_length)
+        self.set = RetrievalSet(RetrievalData(queries, corpus, qrels), k=k, batch_size=batch_size, max_length=max_length,
+                                doc_model=doc_model)
         self.select, self.prefix = select, prefix
 
     @classmethod
-    def from_recipe(cls, cfg, batch_size: int) -> RetrievalEvaluator:
+    def from_recipe(cls, cfg, batch_size: int, teacher: str | None = None) -> RetrievalEvaluator:
         """eval.retrieval (a RetrievalEvalConfig): its BEIR split, logged as retrieval/nDCG@10,
-        retrieval/MRR@10, retrieval/Recall@100 (and the Recall@K its metric names)."""
+        retrieval/MRR@10, retrieval/Recall@100 (and the Recall@K its metric names). With doc_model
+        (teacher: the recipe's `teacher`), passages by that model, queries by the student."""
         from distill.eval.retrieval import load_retrieval_data
+        from distill.eval.retrieval.asymmetric import resolve_doc_model
 
         data = load_retrieval_data(beir=cfg.beir, split=cfg.split)
         ev = cls(data.queries, data.corpus, data.qrels, k=(100,), batch_size=cfg.batch_size or batch_size, select=cfg.select,
-                 key=cfg.metric, max_length=cfg.max_length)
+                 key=cfg.metric, max_length=cfg.max_length, doc_model=resolve_doc_model(getattr(cfg, "doc_model", None), teacher))
         ev.set.beir, ev.set.split = str(cfg.beir), cfg.split
         return ev
 
@@ -263,24 +266,26 @@ def baseline_scores(teacher: str, student, tasks: Sequence[str], data: dict, bat
     named = isinstance(student, (str, dict))
     device = None if named else student[1].device  # the run's device, else the best one
     t_enc = load_teacher(teacher, device=device)
-    scores = evaluate_sts(t_enc, tasks=tasks, data=data, batch_size=batch_size, progress=False) if tasks else {}
+    timing: dict = {}
+    scores = evaluate_sts(t_enc, tasks=tasks, data=data, batch_size=batch_size, progress=False, timing=timing) if tasks else {}
     if dev_retrieval is not None:
         scores.update(dev_retrieval.score_model(t_enc))
-    out["teacher"] = _describe(model_name(teacher), t_enc, scores)
+    out["teacher"] = _describe(model_name(teacher), t_enc, scores, timing)
     if retrieval is not None:
         out["teacher"]["retrieval"] = retrieval.score(t_enc)
     del t_enc
+    timing = {}
     if named:
         name, enc = model_name(student), load_student(student, max_length=max_length, teacher=teacher)
-        scores = evaluate_sts(enc, tasks=tasks, data=data, batch_size=batch_size, progress=False) if tasks else {}
+        scores = evaluate_sts(enc, tasks=tasks, data=data, batch_size=batch_size, progress=False, timing=timing) if tasks else {}
     else:
         name, enc, embed = student
-        scores = evaluate_sts(lambda s: embed(s, batch_size=batch_size), tasks=tasks, data=data, progress=False) if tasks else {}
+        scores = evaluate_sts(lambda s: embed(s, batch_size=batch_size), tasks=tasks, data=data, progress=False, timing=timing) if tasks else {}
     # retrieval without a head, as the run scores its untrained student, at the student's own length
     if dev_retrieval is not None:
         scores.update(dev_retrieval.score_model(StudentEmbedder(enc, max_length=dev_retrieval.set.max_length)))
     out["key"]["student"] = name
-    out["init"] = _describe(name, enc, scores)
+    out["init"] = _describe(name, enc, scores, timing)
     if retrieval is not None:
         out["init"]["retrieval"] = retrieval.score(StudentEmbedder(enc, max_length=retrieval.max_length))
     return out
@@ -296,11 +301,17 @@ def retrieval_key(retrieval: RetrievalSet | None, dev_retrieval: RetrievalEvalua
     return out
 
 
-def _describe(name: str, enc, scores: dict) -> dict:
+def _describe(name: str, enc, scores: dict, timing: dict) -> dict:
     import torch
 
     device = torch.cuda.get_device_name(enc.device) if enc.device.type == "cuda" else "cpu"
-    return {"name": name, "scores": scores, "params": enc.num_parameters(), "dim": enc.dim, "device": device}
+    return {"name": name, "scores": scores, "params": enc.num_parameters(), "dim": enc.dim, "device": device,
+            "sts_sentences_per_s": sentences_per_s(timing)}
+
+
+def sentences_per_s(timing: dict) -> float | None:
+    """evaluate_sts's `timing` as sentences/s (None when nothing was timed)."""
+    return timing["sentences"] / timing["seconds"] if timing.get("seconds") else None
 
 
 def table_scores(scores: Mapping[str, float]) -> dict[str, float]:
@@ -348,6 +359,12 @@ class Baselines(Callback):
             return None
         return {role: saved[role]["retrieval"] for role in ("teacher", "init")}
 
+    def speeds(self) -> dict:
+        """{"teacher": sentences/s, "init": sentences/s} on the final tasks' sentences (those timed:
+        a baselines.json of an earlier version has none)."""
+        saved = self._saved() or {}
+        return {role: saved[role]["sts_sentences_per_s"] for role in ("teacher", "init") if saved.get(role, {}).get("sts_sentences_per_s")}
+
 
 class FinalReport:
     """The best student (in `state.student` at the end) on the final tasks: results["best"] ({}
@@ -357,13 +374,17 @@ class FinalReport:
     def __init__(self, tasks: Sequence[str], data: dict, batch_size: int, retrieval: RetrievalSet | None = None,
                  dims: Sequence[int] = ()):
         self.tasks, self.data, self.batch_size, self.retrieval, self.dims = list(tasks), data, batch_size, retrieval, list(dims)
+        self.sentences_per_s: float | None = None  # how fast scores() encoded the final tasks' sentences
 
     def scores(self, state) -> dict[str, float]:
         if not self.tasks:
             return {}
         embed = state.embedder()
-        return evaluate_sts(lambda s: embed(s, batch_size=self.batch_size), tasks=self.tasks, data=self.data, progress=False,
-                            prefix_dims=self.dims)
+        timing: dict = {}
+        scores = evaluate_sts(lambda s: embed(s, batch_size=self.batch_size), tasks=self.tasks, data=self.data, progress=False,
+                              prefix_dims=self.dims, timing=timing)
+        self.sentences_per_s = sentences_per_s(timing)
+        return scores
 
     def retrieval_scores(self, state) -> dict | None:
         """{"data", "split", nDCG@10, MRR@10, Recall@100 (x100), "queries", "corpus", "max_length"}; None without a split."""

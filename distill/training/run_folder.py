@@ -4,7 +4,7 @@ A run writes recipe.yaml, checkpoint.pt, best/, final/, results.json and log.jso
 output.dir, replacing what is there. So before anything is written, `check_run_folder` refuses:
   - `/`, the home folder and the current working directory (never a run folder of their own);
   - a file, or a non-empty folder without RUN_MARKER (a user's folder: nothing in it is touched).
-Under the folder's lock, trainer.py then refuses a --resume without checkpoint.pt and a new run
+Under the folder's lock, training/run.py then refuses a --resume without checkpoint.pt and a new run
 into a folder with one.
 RUN_MARKER (`.distill-run.json`: tool, version, command, time) is written by `mark_run_folder`
 when a run starts in the folder, so it travels with a copied run (the benchmarks' stage-1 copies).

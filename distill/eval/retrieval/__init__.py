@@ -49,7 +49,7 @@ from collections.abc import Mapping, Sequence
 from distill.errors import DistillError
 from distill.eval.retrieval.data import (
     RetrievalData,
-    _as_text_map,
+    as_text_map,
     check_qrels,
     load_beir,
     load_hub,
@@ -62,7 +62,7 @@ from distill.eval.retrieval.metrics import (
     MRR_CUTOFF,
     NDCG_CUTOFF,
     SELECTABLE,
-    _check_k,
+    check_k,
     compute_metrics,
     metric_key,
     mrr_at_k,
@@ -103,6 +103,8 @@ def evaluate_retrieval(
     dims: int | None = None,
     corpus_embeddings=None,
     keep_corpus_embeddings: bool = False,
+    doc_model=None,
+    corpus_source=None,
 ) -> dict:
     """Embed, search exactly, and score: {"MRR@10", "nDCG@10", "Recall@<k>"..., counts, warnings}.
 
@@ -125,16 +127,21 @@ def evaluate_retrieval(
     (None: the full vector). `corpus_embeddings`: the corpus's vectors by this very model, row i
     for the i-th passage (the corpus is not embedded again; a caller that knows the model has not
     changed, `RetrievalSet`); `keep_corpus_embeddings=True` returns them as
-    results["corpus_embeddings"] (the whole corpus in memory: for small corpora).
+    results["corpus_embeddings"] (the whole corpus in memory: for small corpora). `doc_model`:
+    embed the passages with this model instead (anything `model` may be; a teacher preset's name
+    is loaded as a teacher), the queries with `model`: asymmetric retrieval
+    (eval/retrieval/asymmetric.py; the two widths must agree, and the document vectors are computed
+    once per model, length and corpus file, `corpus_source`, and reused);
+    `results["doc_model"]`, `results["doc_max_length"]` say which and at what length.
     """
     import numpy as np
     from tqdm.auto import tqdm
 
     from distill.embedding import OWN, embedder
 
-    ks = _check_k(k)
-    queries = _as_text_map(queries, "queries")
-    corpus = _as_text_map(corpus, "corpus")
+    ks = check_k(k)
+    queries = as_text_map(queries, "queries")
+    corpus = as_text_map(corpus, "corpus")
     if not corpus:
         raise DistillError("the corpus is empty")
     evaluable, warnings = check_qrels(queries, corpus, qrels)
@@ -144,8 +151,18 @@ def evaluate_retrieval(
         device = model.device
     embed = embedder(model, batch_size=batch_size, progress=progress, device=device, backend=backend, onnx_file=onnx_file,
                      quantized=quantized, max_length=OWN if max_length is None else max_length, dims=dims)
+    doc_embed = None
+    if doc_model is not None:
+        from distill.eval.retrieval.asymmetric import check_widths, doc_embedder, doc_vectors
+
+        doc_embed = doc_embedder(doc_model, batch_size=batch_size, max_length=max_length, progress=progress, device=device)
+        check_widths(embed.dims or embed.width, doc_embed.dims or doc_embed.width, embed.source, doc_embed.source)
     # each side with its role's prompt and route (a model without roles encodes both alike)
     q_emb = embed([queries[q] for q in qids], role="query")
+    if doc_embed is not None:
+        if corpus_embeddings is None:
+            corpus_embeddings = doc_vectors(doc_embed, corpus, corpus_source, batch_size)
+        check_widths(q_emb.shape[1], corpus_embeddings.shape[1], embed.source, doc_embed.source)
     kmax = max(max(ks), MRR_CUTOFF, NDCG_CUTOFF)
     top = TopK(q_emb, kmax, metric=metric, chunk_size=chunk_size, device=device)
     doc_ids = list(corpus)
@@ -169,6 +186,7 @@ def evaluate_retrieval(
             "metric": top.metric,
             "max_length": embed.max_length,
             "dims": embed.dims,
+            **({"doc_model": str(doc_embed.source), "doc_max_length": doc_embed.max_length} if doc_embed is not None else {}),
             "k": ks,
             "warnings": warnings,
         }

@@ -51,7 +51,7 @@ def compute_metrics(
     ranking). Returns {"MRR@10", "nDCG@10", "Recall@<k>" for each k, "queries": how many were
     averaged}.
     """
-    ks = _check_k(k)
+    ks = check_k(k)
     evaluated = [q for q, judged in qrels.items() if _relevant(judged)]
     out: dict[str, float] = {f"MRR@{MRR_CUTOFF}": 0.0, f"nDCG@{NDCG_CUTOFF}": 0.0, **{f"Recall@{c}": 0.0 for c in ks}}
     for q in evaluated:
@@ -67,7 +67,7 @@ def compute_metrics(
     return out
 
 
-def _check_k(k) -> list[int]:
+def check_k(k) -> list[int]:
     if isinstance(k, int):
         k = [k]
     ks = sorted({int(c) for c in k})

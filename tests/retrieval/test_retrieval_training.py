@@ -67,9 +67,9 @@ def test_recipe_selects_on_retrieval_and_reports_test_scores(tmp_path, tiny_home
 
     # results.md, the printout and the model card carry the test table
     md = (run / "results.md").read_text()
-    assert "Retrieval," in md and " test (16 queries" in md and f"| {ret['nDCG@10']:.2f} | {ret['MRR@10']:.2f} | {ret['Recall@100']:.2f} |" in md
+    assert "Retrieval: " in md and " test (16 queries" in md and f"| {ret['nDCG@10']:.2f} | {ret['MRR@10']:.2f} | {ret['Recall@100']:.2f} |" in md
     assert "| teacher |" in md and "| student before |" in md
-    assert "retrieval: " in printed and f"{ret['nDCG@10']:.2f}" in printed and "best dev" not in printed
+    assert "Retrieval: " in printed and f"{ret['nDCG@10']:.2f}" in printed and "best dev" not in printed
     assert f"best retrieval/nDCG@10 {results['best_dev']:.2f} at step {results['best_step']}" in printed
     assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 0
     card = (tmp_path / "export" / "README.md").read_text()

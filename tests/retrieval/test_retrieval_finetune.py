@@ -149,7 +149,7 @@ def test_mine_without_datasets_says_what_to_install(tmp_path, tiny_beir, monkeyp
 
 
 def test_cache_at_teacher_max_length_and_a_finished_stage1_serves_another_stage2(tmp_path, tiny_home, tiny_beir, monkeypatch):
-    from distill.training.trainer import train
+    from distill.training.run import train
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     (tmp_path / "sts" / "stsb").mkdir(parents=True)  # the first 200 pairs of STS-B dev: seconds
@@ -184,8 +184,8 @@ def test_stage2_carries_hpds_head_trains_it_and_exports_what_it_scored(tmp_path,
     from sentence_transformers import SentenceTransformer
 
     from distill.export import export_student
+    from distill.training.run import train
     from distill.training.student_folder import StudentEmbedder, load_saved_student, saved_embedding_head
-    from distill.training.trainer import train
 
     monkeypatch.setenv("DISTILL_HOME", str(tiny_home))
     (tmp_path / "sts" / "stsb").mkdir(parents=True)  # the first 200 pairs of STS-B dev: seconds
