@@ -1,7 +1,8 @@
 """One process per device: torchrun sets RANK / WORLD_SIZE / LOCAL_RANK; a plain run is rank 0 of 1.
 
-Rank 0 builds what is shared on disk (cache, PCA, tokens) while the others wait at a barrier, then
-everyone reads it. Each rank trains on every world-th batch; the contrastive losses gather their
+Every rank encodes its share of a missing teacher cache's shards (data/cache.py: build_cache, with
+`together` / `all_ranks` below: a rank that fails makes every rank fail); rank 0 builds the other
+files shared on disk (PCA, tokens) while the others wait at a barrier, then everyone reads them. Each rank trains on every world-th batch; the contrastive losses gather their
 candidates across ranks (losses/functional.gather_candidates).
 """
 
