@@ -546,7 +546,7 @@ def _build_ranks(spec, corpus, column, max_sentences, out: Path, pca, batch_size
     same_on_every_rank({**spec_identity(spec), "corpus_sources": sources, "column": column, "max_sentences": max_sentences,
                         "shard_size": shard_size, "batch_size": batch_size, "pca": pca},
                        "every rank must build the same cache: the same teacher, corpus and options")
-    lock, model_path = ExitStack(), None
+    lock, model_path, made_folder = ExitStack(), None, rank == 0 and not out.exists()
     try:
         def prepare():
             lock.enter_context(_locked_folder(out))
@@ -615,6 +615,8 @@ def _build_ranks(spec, corpus, column, max_sentences, out: Path, pca, batch_size
         return cache
     finally:
         lock.close()  # rank 0: its nonce, then its lock
+        if made_folder and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+            shutil.rmtree(out, ignore_errors=True)  # as one process: a failed read leaves no folder behind
 
 
 def _best_device():

@@ -73,24 +73,23 @@ def together(fn, only: int | None = None) -> list:
     """Run `fn()` on every rank (or on rank `only`), then `all_ranks` of the results: a list by rank
     (None for the ranks that did not run it); an exception on any rank is raised on every rank.
 
-    With `only`, the other ranks first wait on a key of the group's store (set when `fn` ends, as
-    it ends) rather than inside the collective: one rank's long step (reading a corpus of millions
-    of sentences, assembling a matrix) is not cut short by the collectives' timeout (NCCL's watchdog)."""
+    The ranks first wait for each other on keys of the group's store (each rank sets its own when
+    its `fn` ends, as it ends), and only then meet in the collective: one rank's long step (reading
+    a corpus of millions of sentences, downloading a teacher, assembling a matrix) is not cut short
+    by the collectives' timeout (NCCL's watchdog, 10 minutes by default)."""
     global _together_calls
     value, error = None, None
     _together_calls += 1
     key = f"distill/together/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/{_together_calls}"
-    store = group_store() if only is not None else None
-    if only is None or dist.get_rank() == only:
+    rank, store = dist.get_rank(), group_store()
+    if only is None or rank == only:
         try:
             value = fn()
         except Exception as exc:
             error = exc
-        finally:
-            if store is not None:
-                store.set(key, "done")
-    elif store is not None:
-        store.wait([key], LONG_WAIT)
+    if store is not None:
+        store.set(f"{key}/{rank}", "done")
+        store.wait([f"{key}/{r}" for r in range(dist.get_world_size())], LONG_WAIT)
     return all_ranks(value, error)
 
 
