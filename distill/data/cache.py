@@ -665,13 +665,15 @@ class _RanksBar:
             if self.bar is not None:
                 self.bar.update(n)
             return
-        total = self.store.add(self.key, int(n))
-        if self.bar is not None:
-            self.bar.update(self.start + total - self.bar.n)
+        self._show(self.store.add(self.key, int(n)))
 
     def poll(self) -> None:
         if self.bar is not None and self.store is not None:
-            self.bar.update(self.start + self.store.add(self.key, 0) - self.bar.n)
+            self._show(self.store.add(self.key, 0))
+
+    def _show(self, total: int) -> None:
+        if self.bar is not None and self.start + total > self.bar.n:
+            self.bar.update(self.start + total - self.bar.n)
 
     def close(self) -> None:
         self.poll()
