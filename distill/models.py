@@ -133,4 +133,4 @@ def _needs_sentence_model(folder: Path) -> bool:
         folder_defaults(folder)
     except DistillError:
         return True
-    return bool(folder_prompts(folder)[0])
+    return any(folder_prompts(folder)[0].values())  # sentence-transformers 6 saves empty query/document prompts

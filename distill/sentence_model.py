@@ -42,6 +42,7 @@ from distill.st_format import (
     read_json,
     read_modules,
     role_prompt_name,
+    st_config,
     st_module_classes,
     transformer_folder,
 )
@@ -125,10 +126,11 @@ def describe(spec: TeacherSpec, folder: Path) -> dict:
     declared = declared_max_length(folder, modules)
     max_length = spec.max_length or declared
     dim = _dim_from_files(folder, modules)
-    if spec.truncate_dim is not None and dim is not None and spec.truncate_dim > dim:
-        raise DistillError(f"{_label(spec)}: truncate_dim {spec.truncate_dim} is more than the model's {dim} dimensions")
-    if spec.truncate_dim is not None:
-        dim = spec.truncate_dim
+    truncate_dim = effective_truncate_dim(spec, folder)
+    if truncate_dim is not None and dim is not None and truncate_dim > dim:
+        raise DistillError(f"{_label(spec)}: truncate_dim {truncate_dim} is more than the model's {dim} dimensions")
+    if truncate_dim is not None:
+        dim = truncate_dim
     prompts, default_name = folder_prompts(folder)
     role_prompts = _role_prompts(spec, folder, prompts, default_name)
     return {
@@ -141,9 +143,20 @@ def describe(spec: TeacherSpec, folder: Path) -> dict:
         "prompts": {role or "sentence": text for role, text in role_prompts.items() if text},
         "include_prompt": include_prompt,
         "modules": module_types,
-        "truncate_dim": spec.truncate_dim,
+        "truncate_dim": truncate_dim,
         "teacher_dtype": spec.dtype,
     }
+
+
+def effective_truncate_dim(spec: TeacherSpec, folder: Path) -> int | None:
+    """The width it is served at: the spec's truncate_dim, else the one the folder declares
+    (config_sentence_transformers.json, as `distill export --dims` writes it), as SentenceTransformer serves it."""
+    if spec.truncate_dim is not None:
+        return spec.truncate_dim
+    declared = st_config(folder).get("truncate_dim") if (Path(folder) / "modules.json").is_file() else None
+    if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int) or declared < 1):
+        raise DistillError(f"{Path(folder) / 'config_sentence_transformers.json'}: truncate_dim {declared!r} is not a positive whole number")
+    return declared
 
 
 def _plain_pipeline(spec: TeacherSpec, folder: Path, plan: dict, max_length: int | None):
@@ -189,6 +202,7 @@ class SentenceModel(EmbeddingModel):
         self.max_length = int(st.max_seq_length)
         self.declared_max_length = declared_max_length(folder) if (folder / "modules.json").is_file() else None
         self.prompts = _role_prompts(spec, self.folder, *folder_prompts(self.folder))
+        self.truncate_dim = plan["truncate_dim"]
 
     @classmethod
     def load(cls, spec, *, folder: str | Path | None = None, device=None) -> SentenceModel:
@@ -223,12 +237,13 @@ class SentenceModel(EmbeddingModel):
             raise explain_load_error(folder, exc) from None
         if max_length is not None:
             st.max_seq_length = max_length
+        st.truncate_dim = None  # the full width here; encode truncates to plan["truncate_dim"], as encode does
         model = cls(st, spec, folder, plan)
         width = (getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)()
-        if spec.truncate_dim is not None:
-            if width is not None and spec.truncate_dim > width:
-                raise DistillError(f"{_label(spec)}: truncate_dim {spec.truncate_dim} is more than the model's {width} dimensions")
-            width = spec.truncate_dim
+        if plan["truncate_dim"] is not None:
+            if width is not None and plan["truncate_dim"] > width:
+                raise DistillError(f"{_label(spec)}: truncate_dim {plan['truncate_dim']} is more than the model's {width} dimensions")
+            width = plan["truncate_dim"]
         if width is not None and plan["dim"] is not None and width != plan["dim"]:
             where = "its preset says dim" if spec.dim is not None else "its files say"
             raise DistillError(f"{_label(spec)} gives {width}-d vectors but {where} {plan['dim']}")
@@ -279,8 +294,8 @@ class SentenceModel(EmbeddingModel):
     def forward(self, input_ids, attention_mask, output_hidden_states: bool = False, **extra) -> dict:
         out = self.st({"input_ids": input_ids, "attention_mask": attention_mask})
         emb = out["sentence_embedding"]
-        if self.spec.truncate_dim is not None:
-            emb = emb[..., : self.spec.truncate_dim]
+        if self.truncate_dim is not None:
+            emb = emb[..., : self.truncate_dim]
         return {"embedding": emb}
 
     def num_parameters(self) -> int:
@@ -329,8 +344,8 @@ class SentenceModel(EmbeddingModel):
                     features = self.st.preprocess([sentences[i] for i in idx], prompt=prompt, **task)
                     features = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in features.items()}
                     emb = self.st(features, **task)["sentence_embedding"]
-                    if self.spec.truncate_dim is not None:
-                        emb = emb[..., : self.spec.truncate_dim]
+                    if self.truncate_dim is not None:
+                        emb = emb[..., : self.truncate_dim]
                     out[torch.from_numpy(np.asarray(idx))] = emb.float().cpu()
                     bar.update(len(idx))
         finally:

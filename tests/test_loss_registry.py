@@ -57,7 +57,7 @@ def test_a_recipe_can_set_the_projection(tmp_path, name):
 def test_saved_recipe_gets_the_new_defaults():
     out = saved_recipe_with_defaults({"loss": {"name": "mse", "standardize": "zscore"}, "stage2": {"loss": {"lam": 0.5}}})
     # a run saved before Matryoshka prefixes existed resumes as the plain objective it was
-    assert out["loss"] == {"name": "mse", "standardize": "zscore", "projection": None, "matryoshka_dims": None, "matryoshka_weights": None, "matryoshka_head": "none", "matryoshka_detach": False}
+    assert out["loss"] == {"name": "mse", "standardize": "zscore", "projection": None, "matryoshka_dims": None, "matryoshka_weights": None, "matryoshka_head": "none", "matryoshka_detach": False, "teacher_space": False}
     assert out["stage2"]["loss"] == {"name": "ibkd_supervised", **loss_class("ibkd_supervised").defaults(), "lam": 0.5}
 
 
