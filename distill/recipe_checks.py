@@ -100,9 +100,17 @@ def check_values(recipe) -> None:
 
 def _check_teacher_space(recipe) -> None:
     """loss.teacher_space: a student that stays in the teacher's space (losses/teacher_space.py)."""
+    from distill.presets import find_preset
+
     if recipe.loss.get("matryoshka_dims"):
         raise DistillError("loss.teacher_space with loss.matryoshka_dims: a prefix of the student vector is not in the teacher's "
                            "space; give one of them")
+    if recipe.eval.baselines and (recipe.eval.retrieval.doc_model or recipe.eval.final_retrieval.doc_model):
+        width, teacher = _student_width(recipe), find_preset(recipe.teacher, "teacher") if isinstance(recipe.teacher, str) else None
+        if width is None or teacher is None or width != teacher.dim:
+            raise DistillError("eval.baselines with loss.teacher_space and a doc_model: the untrained student has no head into the "
+                               "teacher's space to score against the teacher's documents; set eval.baselines: false "
+                               "(benchmarks/query_encoder.py scores the teacher in the same run)")
     if recipe.stage2.rows:
         raise DistillError("loss.teacher_space with stage2.rows: stage 2's contrastive fine-tuning moves the student out of the "
                            "teacher's space (its vectors would no longer match the teacher's documents); set stage2.rows=[]")
@@ -246,6 +254,8 @@ def _check_retrieval(e) -> None:
         _need(cfg.max_length is None or cfg.max_length >= 3, f"{key}.max_length", cfg.max_length,
               "unset (each model's own length) or >= 3 (two special tokens and one word piece)")
         _need(cfg.batch_size is None or cfg.batch_size >= 1, f"{key}.batch_size", cfg.batch_size, "unset (eval.batch_size) or >= 1")
+        _need(cfg.doc_model is None or (isinstance(cfg.doc_model, str) and bool(cfg.doc_model.strip())), f"{key}.doc_model",
+              cfg.doc_model, "unset (the student embeds queries and passages), teacher (the recipe's), or a model name or folder")
     r = e.retrieval
     if r.beir is not None:
         try:

@@ -76,8 +76,13 @@ def export_asymmetric(run_dir: str | Path, out: str | Path, *, which: str = "bes
     if not (student_dir / META).is_file():
         raise DistillError(f"{run_dir}: no trained student in it (expected {run_dir / which / META})")
     meta = stage_meta(student_dir)
-    teacher = teacher or meta.get("teacher")
     from distill.presets import model_name
+
+    trained = meta.get("teacher")
+    if teacher and trained and model_name(teacher) != model_name(trained):
+        print(f"distill: warning: --teacher {model_name(teacher)}: the student of {run_dir} was distilled from {model_name(trained)}; "
+              f"its query vectors are in {model_name(trained)}'s space, not in {model_name(teacher)}'s", file=sys.stderr)
+    teacher = teacher or trained
 
     if not teacher:
         raise DistillError(f"{student_dir / META}: names no teacher; give one")

@@ -98,6 +98,10 @@ def test_recipe_refuses_teacher_space_with_stage2_or_prefixes(tmp_path, tiny_hom
         load_recipe(path, [f"stage2.rows=[{tmp_path / 'rows.jsonl'}]"])
     with pytest.raises(DistillError, match="teacher_space with loss.matryoshka_dims"):
         load_recipe(path, ["loss.matryoshka_dims=[16,8]"])
+    with pytest.raises(DistillError, match="eval.baselines with loss.teacher_space and a doc_model: the untrained student has no head"):
+        load_recipe(path, ["eval.baselines=true"])
+    with pytest.raises(DistillError, match=r"eval.final_retrieval.doc_model: must be unset .*, got ''"):
+        load_recipe(path, ["eval.final_retrieval.doc_model=''"])
 
 
 # ------------------------------------------------------------------------------- training and asymmetric scores
@@ -217,3 +221,30 @@ def test_asymmetric_export_refuses_a_student_outside_the_teacher_space(plain_run
     assert not (tmp_path / "x").exists() and [p.name for p in tmp_path.iterdir()] == []  # no temp folder left either
     assert main(["export", str(plain_run), "--asymmetric", "--dims", "8", "--out", str(tmp_path / "x")]) == 2
     assert "--asymmetric with --dims" in capsys.readouterr().err
+
+
+def test_document_vectors_kept_between_processes_by_file_identity(tiny_beir, tmp_path, monkeypatch):
+    """$DISTILL_DOC_VECTORS: the teacher's documents embedded once for several processes; a changed
+    corpus file (its size or time) is a new entry, never a stale one."""
+    import shutil
+
+    from distill.eval.retrieval.asymmetric import STORE_ENV, doc_vectors
+
+    monkeypatch.setenv(STORE_ENV, str(tmp_path / "store"))
+    beir = tmp_path / "beir"
+    shutil.copytree(tiny_beir, beir)
+    data = load_beir(beir, "dev")
+    embed = doc_embedder("tiny-teacher")
+    clear_doc_memo()
+    first = doc_vectors(embed, data.corpus, beir)
+    clear_doc_memo()  # a new process: only the folder remembers
+    again = doc_vectors(embed, data.corpus, beir)
+    assert doc_memo_stats == {"hits": 1, "misses": 0} and np.array_equal(first, again)
+    assert len(list((tmp_path / "store").iterdir())) == 1
+    with open(beir / "corpus.jsonl", "a", encoding="utf-8") as f:  # the file changes: its vectors are embedded anew
+        f.write(json.dumps({"_id": "new", "title": "", "text": "A new abstract about stroke."}) + "\n")
+    changed = load_beir(beir, "dev")
+    clear_doc_memo()
+    fresh = doc_vectors(embed, changed.corpus, beir)
+    assert doc_memo_stats["misses"] == 1 and fresh.shape[0] == first.shape[0] + 1
+    assert len(list((tmp_path / "store").iterdir())) == 2

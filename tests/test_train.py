@@ -162,6 +162,8 @@ def test_torchrun_two_processes_on_cpu(tmp_path, tiny_home):
     assert results["steps"] == 4 and len(results["evals"]) == 2
     # 256 sentences, batch 32 per rank, 2 ranks: 4 steps = 256 sentences seen in all
     assert "best STS-B dev" in proc.stdout
+    # the teacher cache was built by both ranks, each its share of the shards (data/cache.py: _build_ranks)
+    assert "rank 0 of 2" in proc.stdout and "rank 1 of 2" in proc.stdout
 
 
 def _write_triplets(path):

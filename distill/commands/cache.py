@@ -4,22 +4,50 @@ from __future__ import annotations
 
 
 def _cmd_cache(args) -> int:
+    import os
+
     from distill.data.cache import build_cache
     from distill.io import check_writable, write_errors
 
     check_writable(args.out, "--out", folder=True)  # before the corpus is read and the teacher loads
-    # A disk that fills up mid-build keeps the shards written so far: the same command resumes.
-    with write_errors(args.out, "--out", "; once the disk takes it (or with another --out), the same command "
-                                          "resumes the build at the first missing shard"):
-        cache = build_cache(
-            _teacher(args.teacher, args.max_length), args.corpus, args.out, pca=args.pca, column=args.column, max_sentences=args.max_sentences,
-            batch_size=args.batch_size, shard_size=args.shard_size, progress=not args.quiet, precision=args.precision,
-        )
+    rank, device, group = 0, None, int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if group:  # under torchrun: every rank encodes its share of the shards (data/cache.py: _build_ranks)
+        from distill.training.distributed import init_distributed
+
+        rank, _, device = init_distributed()
+    try:
+        # A disk that fills up mid-build keeps the shards written so far: the same command resumes.
+        with write_errors(args.out, "--out", "; once the disk takes it (or with another --out), the same command "
+                                              "resumes the build at the first missing shard"):
+            cache = build_cache(
+                _teacher(args.teacher, args.max_length), args.corpus, args.out, pca=args.pca, column=args.column,
+                max_sentences=args.max_sentences, batch_size=args.batch_size, shard_size=args.shard_size,
+                progress=not args.quiet and rank == 0, precision=args.precision, device=device,
+            )
+    finally:
+        if group:
+            _leave_group()
+    if rank:
+        return 0
     m = cache.manifest
     print(f"{cache.path}: {m['count']:,} sentences x {m['dim']} ({m['teacher']}, {m['pooling']} pooling, "
           f"normalize={m['normalize']}); dropped {m['dropped_empty']:,} empty, {m['dropped_duplicates']:,} duplicates"
           + (f"; PCA to {m['pca']['k']}" if m.get("pca") else ""))
     return 0
+
+
+def _leave_group() -> None:
+    """Leave the process group together; after a failure a peer may be gone already (its
+    connection closed): then only this process's side is torn down."""
+    import torch.distributed as dist
+
+    from distill.training.distributed import teardown
+
+    try:
+        teardown()
+    except RuntimeError:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _teacher(name: str, max_length: int | None):
@@ -40,7 +68,8 @@ def _teacher(name: str, max_length: int | None):
 
 
 def register(sub) -> None:
-    p = sub.add_parser("cache", help="encode a corpus with a teacher once (float16, memory-mapped, resumable)")
+    p = sub.add_parser("cache", help="encode a corpus with a teacher once (float16, memory-mapped, resumable; "
+                                     "under torchrun every process encodes its share of the shards)")
     p.add_argument("--teacher", required=True, help="teacher: a preset (teachers/*.yaml), a hub id (owner/name) or a model folder; "
                         "encoded as sentence-transformers encodes it, each row with its role's prompt")
     p.add_argument("--corpus", required=True, nargs="+", help="text/.gz files (one sentence a line), .jsonl/.csv/.tsv, hub dataset names, beir:DIR[?queries=dev]; "

@@ -30,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ FORMAT_VERSION = 2
 # the keys a version-1 manifest recorded of its teacher
 V1_IDENTITY_KEYS = ("teacher", "teacher_model", "pooling", "normalize", "dim", "max_length")
 STAGING = ".corpus.partial"  # the corpus being read, before build.json says it may replace the cache's
+SHARED_CHECK = ".distill.shared"  # under torchrun, rank 0's nonce: every rank must read it back (a folder shared by all nodes)
 
 
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
@@ -100,7 +102,7 @@ def check_cache_folder(out: Path) -> None:
         raise DistillError(f"cache folder {out}: exists and is not a folder")
     if not out.is_dir():
         return
-    names = {p.name for p in out.iterdir()} - {LOCK_NAME}
+    names = {p.name for p in out.iterdir()} - {LOCK_NAME, SHARED_CHECK}
     if names == {STAGING} and {p.name for p in (out / STAGING).iterdir()} <= _STAGED_NAMES:
         return  # only a corpus read that was killed: read again into it
     if not names:
@@ -332,6 +334,10 @@ def build_cache(
     `precision` is the GPU autocast of the teacher's forward pass: default the spec's dtype, "fp32"
     unless set, as the IBKD authors compute their targets; "bf16" encodes faster on a GPU (the
     stored matrix is float16 either way). The manifest records what ran.
+
+    Under torchrun (a torch.distributed group of more than one process, started before this call)
+    it is a collective: every rank calls it with the same arguments, and the ranks share the
+    shards (`_build_ranks`); the result is the same bytes as one process's build.
     """
     for name, value in (("shard_size", shard_size), ("batch_size", batch_size), ("pca", pca), ("max_sentences", max_sentences)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -342,23 +348,74 @@ def build_cache(
 
         spec = dataclasses.replace(spec, dtype=precision)
     out = Path(out)
+    from distill.training.distributed import world_size
+
+    if world_size() > 1:
+        return _build_ranks(spec, corpus, column, max_sentences, out, pca, batch_size, shard_size, device, progress, encoder)
+    with _locked_folder(out):
+        plan = _prepare(spec, corpus, column, max_sentences, out, pca, shard_size, device, progress, encoder)
+        if isinstance(plan, TeacherCache):  # complete and matching: reused
+            return plan
+        _announce(spec, plan, 1)
+        bar = tqdm(total=plan.count, initial=plan.reused_rows, desc=f"cache {spec.name}", unit="sent", disable=not progress)
+        store = SentenceStore.open(out, plan.count)
+        _encode_shards(spec, store, plan, plan.todo, encoder, batch_size, bar, plan.model_path, plan.device)
+        store.close()
+        bar.close()
+        return _finish(plan, pca, {"shards": plan.n_shards, "shards_reused": plan.n_shards - len(plan.todo),
+                                   "shards_encoded": len(plan.todo)})
+
+
+@contextmanager
+def _locked_folder(out: Path):
+    """Hold the cache folder's lock (checked before and under it); a folder this call made and
+    left holding nothing but the lock (a corpus that failed to read) is removed on the way out."""
     check_cache_folder(out)  # before reading the corpus: a wrong --out fails at once
     made_folder = not out.exists()
     try:
         with folder_lock(out, "teacher cache"):
             check_cache_folder(out)  # again, under the lock
-            return _build_locked(spec, corpus, column, max_sentences, out, pca, batch_size, shard_size, device, progress, encoder,
-                                 precision)
+            yield
     except BaseException:
         if made_folder and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
             shutil.rmtree(out, ignore_errors=True)  # nothing but our lock: a failed read leaves no folder behind
         raise
 
 
-def _build_locked(spec, corpus: list[str] | Corpus, column, max_sentences, out: Path, pca, batch_size: int, shard_size: int,
-                  device, progress: bool, encoder, precision: str) -> TeacherCache:
-    """Under the folder's lock: reuse a complete cache, else read the corpus into the folder, encode
-    the missing shards, assemble the matrix, fit the PCA when asked, and write the manifest last."""
+@dataclass
+class _Plan:
+    """A build set up in its folder (corpus in place, build.json pinned): what a process needs to
+    encode shards of it and, at the end, to write the manifest. Picklable: under torchrun rank 0
+    makes it and every rank gets a copy."""
+
+    out: Path
+    shards: Path
+    count: int
+    shard_size: int
+    identity: dict  # the teacher's and the corpus's, as the manifest records them
+    precision: str  # what runs: build.json pins it
+    todo: list[int]  # shard numbers not on disk yet
+    corpus_meta: dict  # the corpus's fields of the manifest
+    summary: str
+    model_path: Path  # the teacher's folder (rank 0's under torchrun)
+    device: str
+
+    @property
+    def n_shards(self) -> int:
+        return (self.count + self.shard_size - 1) // self.shard_size
+
+    @property
+    def reused_rows(self) -> int:
+        return self.count - self.rows(self.todo)
+
+    def rows(self, shards: list[int]) -> int:
+        return sum(min(self.shard_size, self.count - i * self.shard_size) for i in shards)
+
+
+def _prepare(spec, corpus: list[str] | Corpus, column, max_sentences, out: Path, pca, shard_size: int, device, progress: bool,
+             encoder) -> TeacherCache | _Plan:
+    """Under the folder's lock: a complete cache that matches is reused (PCA added when asked),
+    else the corpus is read into the folder and the build started or resumed: its `_Plan`."""
     from distill.encoder import best_device
     from distill.precision import PRECISIONS
 
@@ -375,8 +432,7 @@ def _build_locked(spec, corpus: list[str] | Corpus, column, max_sentences, out: 
             raise DistillError(f"the corpus {', '.join(corpus.sources)} holds no sentence after dropping empty lines")
         # The teacher's folder, resolved once from the spec (not again from its name, for the identity,
         # the encoder and the manifest's revision: each lookup re-read the preset and could ask the hub).
-        model_path = Path(encoder.source) if encoder is not None else resolve_model(spec.hub_id, offline_source=spec.offline_source,
-                                                                                    revision=spec.revision)
+        model_path = _model_path(spec, encoder)
         identity = {**teacher_identity(spec, model_path), **corpus.identity()}
         if complete:
             cache = TeacherCache.open(out, expect=identity, corpus=corpus)  # refuses a mismatched one, with the field
@@ -398,23 +454,46 @@ def _build_locked(spec, corpus: list[str] | Corpus, column, max_sentences, out: 
         if staged:
             corpus.close()
             shutil.rmtree(out / STAGING, ignore_errors=True)
-    store = SentenceStore.open(out, corpus.count)
-    stats = _encode_shards(spec, store, shards, shard_size, model_path, encoder, run_device, batch_size, params["precision"], progress)
-    store.close()
-    _assemble(out / "embeddings.npy", shards, corpus.count, shard_size, identity["dim"])
+    meta = {"corpus_sources": corpus.sources, "max_sentences": corpus.max_sentences, "count": corpus.count, "read": corpus.read,
+            "dropped_empty": corpus.dropped_empty, "dropped_duplicates": corpus.dropped_duplicates}
+    return _Plan(out, shards, corpus.count, shard_size, identity, params["precision"], missing_shards(shards, corpus.count, shard_size),
+                 meta, corpus.summary(), model_path, str(run_device))
 
+
+def _model_path(spec, encoder) -> Path:
+    return Path(encoder.source) if encoder is not None else resolve_model(spec.hub_id, offline_source=spec.offline_source,
+                                                                          revision=spec.revision)
+
+
+def _announce(spec, plan: _Plan, ranks: int) -> None:
+    reused = plan.n_shards - len(plan.todo)
+    if reused:
+        print(f"[distill] resuming {plan.out}: {reused} of {plan.n_shards} shards already encoded", flush=True)
+    if not plan.todo:
+        return
+    where = f"{ranks} processes ({plan.device} on rank 0)" if ranks > 1 else plan.device
+    # The teacher's pass is the long pole of a run (all-MiniLM-L6-v2 over the 164,834-sentence corpus:
+    # about 10 minutes on 2 CPU cores, against about a minute for a static student's epoch): say so up front.
+    print(f"[distill] teacher {spec.name} encodes {plan.count - plan.reused_rows:,} sentences on {where}: the slow step, done once "
+          "(every later run and loss reuses this cache; an interrupted build resumes from its last shard)", flush=True)
+
+
+def _finish(plan: _Plan, pca, stats: dict, revision: str | None = None) -> TeacherCache:
+    """Every shard is on disk: assemble the matrix, fit the PCA when asked, write the manifest last
+    and remove the shards. `revision`: the teacher's, when already computed."""
+    left = missing_shards(plan.shards, plan.count, plan.shard_size)
+    if left:
+        raise DistillError(f"{plan.shards}: shards {', '.join(f'{i:05d}' for i in left[:5])} missing after the encoding; "
+                           "run the same command again to encode them")
+    out = plan.out
+    _assemble(out / "embeddings.npy", plan.shards, plan.count, plan.shard_size, plan.identity["dim"])
     manifest = {
         "format_version": FORMAT_VERSION,
-        **identity,
-        "teacher_revision": model_revision(model_path),
-        "corpus_sources": corpus.sources,
-        "max_sentences": corpus.max_sentences,
-        "count": corpus.count,
-        "read": corpus.read,
-        "dropped_empty": corpus.dropped_empty,
-        "dropped_duplicates": corpus.dropped_duplicates,
+        **plan.identity,
+        "teacher_revision": revision or model_revision(plan.model_path),
+        **plan.corpus_meta,
         "dtype": "float16",
-        "precision": params["precision"],
+        "precision": plan.precision,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "pca": None,
         "complete": False,
@@ -425,12 +504,199 @@ def _build_locked(spec, corpus: list[str] | Corpus, column, max_sentences, out: 
     # Only now is it a cache: manifest.json with complete=true is written last.
     manifest["complete"] = True
     write_json_atomic(out / "manifest.json", manifest)
-    shutil.rmtree(shards)
+    shutil.rmtree(plan.shards)
     (out / "build.json").unlink()
-    print(f"[distill] teacher cache {out}: {corpus.summary()}, {identity['dim']}-d float16", flush=True)
+    print(f"[distill] teacher cache {out}: {plan.summary}, {plan.identity['dim']}-d float16", flush=True)
     cache = TeacherCache.open(out)
     cache.build_stats = stats
     return cache
+
+
+
+
+def _build_ranks(spec, corpus, column, max_sentences, out: Path, pca, batch_size: int, shard_size: int, device, progress: bool,
+                 encoder) -> TeacherCache:
+    """build_cache as a collective of every rank of the torch.distributed group.
+
+    1. every rank: the build's arguments and the teacher's spec, compared with rank 0's (an error
+       naming the field, on every rank, before anything is read or encoded);
+    2. rank 0: the folder's lock (held to the end), the corpus read into the folder, the build
+       started or resumed (build.json), and a nonce file; the others wait;
+    3. every rank reads the nonce back (else: the folder is not on a shared filesystem); a
+       complete cache is opened by all and returned;
+    4. every rank checks its own teacher's files (identity and weights' revision) and device type
+       against rank 0's, then encodes the missing shards i with i % world == rank (read by index,
+       written atomically: the same function and batches as one process, so the same bytes), adding
+       its rows to a counter in the group's store: rank 0's bar shows the sum;
+    5. rank 0 assembles the matrix and writes the manifest; every rank opens the cache.
+    A rank that fails at any step makes every rank raise (distributed.all_ranks), none waits forever.
+    A killed rank makes the others fail at the next collective (torchrun stops them); the shards
+    written so far stay, and any number of processes resumes the build.
+    """
+    import socket
+    import time
+    from contextlib import ExitStack
+
+    import torch.distributed as dist
+
+    from distill.training.distributed import all_ranks, same_on_every_rank, together
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    sources = list(corpus.sources) if isinstance(corpus, Corpus) else [str(s) for s in corpus]
+    same_on_every_rank({**spec_identity(spec), "corpus_sources": sources, "column": column, "max_sentences": max_sentences,
+                        "shard_size": shard_size, "batch_size": batch_size, "pca": pca},
+                       "every rank must build the same cache: the same teacher, corpus and options")
+    lock, model_path, made_folder = ExitStack(), None, rank == 0 and not out.exists()
+    try:
+        def prepare():
+            lock.enter_context(_locked_folder(out))
+            lock.callback((out / SHARED_CHECK).unlink, missing_ok=True)  # runs first: the nonce goes, then the lock
+            plan = _prepare(spec, corpus, column, max_sentences, out, pca, shard_size, device, progress, encoder)
+            nonce = f"{os.urandom(16).hex()} {socket.gethostname()}"
+            (out / SHARED_CHECK).write_text(nonce, encoding="utf-8")
+            return (None if isinstance(plan, TeacherCache) else plan), nonce
+
+        plan, nonce = together(prepare, only=0)[0]
+        together(lambda: _check_shared(out, nonce))
+        if rank == 0:
+            (out / SHARED_CHECK).unlink(missing_ok=True)
+        if plan is None:  # complete and matching (rank 0 checked it against its corpus)
+            return TeacherCache.open(out)
+
+        def same_teacher():
+            nonlocal model_path
+            if rank == 0:
+                model_path = plan.model_path
+                return model_revision(model_path)
+            model_path = _model_path(spec, encoder)
+            here = {**teacher_identity(spec, model_path), "teacher_revision": model_revision(model_path),
+                    "device": torch_device(encoder.device if encoder is not None else (device or _best_device())).type}
+            there = {**plan.identity, "device": torch_device(plan.device).type}
+            for key, value in here.items():
+                if key != "teacher_revision" and key in there and there[key] != value:
+                    raise DistillError(f"rank {rank} disagrees with rank 0 on {key}: {value!r} here, {there[key]!r} on rank 0; "
+                                       "every rank must encode with the same teacher files, settings and device type")
+            return here["teacher_revision"]
+
+        revisions = together(same_teacher)
+        for r, rev in enumerate(revisions):
+            if rev != revisions[0]:
+                raise DistillError(f"rank {r} disagrees with rank 0 on teacher_revision: {rev!r} there, {revisions[0]!r} on rank 0 "
+                                   "(the teacher's weights differ); every rank must encode with the same teacher files")
+        if rank == 0:
+            _announce(spec, plan, world)
+        mine = plan.todo[rank::world]
+        key = f"distill/cache/{nonce.split()[0]}/rows"
+        bar = _RanksBar(key, tqdm(total=plan.count, initial=plan.reused_rows, desc=f"cache {spec.name}", unit="sent",
+                                  disable=not progress) if rank == 0 else None, plan.reused_rows)
+        error, started = None, time.perf_counter()
+        try:
+            if mine:
+                store = SentenceStore.open(out, plan.count)
+                run_device = encoder.device if encoder is not None else (device or _best_device())
+                _encode_shards(spec, store, plan, mine, encoder, batch_size, bar, model_path, run_device)
+                store.close()
+            print(f"[distill] rank {rank} of {world} ({socket.gethostname()}): encoded {len(mine)} of {plan.n_shards} shards "
+                  f"({plan.rows(mine):,} sentences) in {time.perf_counter() - started:.1f} s", flush=True)
+        except Exception as exc:  # every rank still meets at the barrier: the error is shared below
+            error = exc
+        waiting = dist.barrier(async_op=True)
+        while not waiting.is_completed():  # rank 0's bar moves with the other ranks' shards meanwhile
+            time.sleep(0.2)
+            bar.poll()
+        waiting.wait()
+        bar.close()
+        encoded = all_ranks(len(mine), error)
+        stats = {"shards": plan.n_shards, "shards_reused": plan.n_shards - len(plan.todo), "shards_encoded": len(plan.todo),
+                 "shards_by_rank": encoded}
+        together(lambda: _finish(plan, pca, stats, revisions[0]).path, only=0)
+        cache = TeacherCache.open(out)
+        cache.build_stats = stats
+        return cache
+    finally:
+        lock.close()  # rank 0: its nonce, then its lock
+        if made_folder and out.is_dir() and {p.name for p in out.iterdir()} <= {LOCK_NAME}:
+            shutil.rmtree(out, ignore_errors=True)  # as one process: a failed read leaves no folder behind
+
+
+def _best_device():
+    from distill.encoder import best_device
+
+    return best_device()
+
+
+def _check_shared(out: Path, nonce: str) -> None:
+    """This rank must read rank 0's nonce in the cache folder: else the folder is not the same one
+    on every node. A network filesystem may show a new file late: waited for DISTILL_SHARED_WAIT_S
+    seconds (default 30)."""
+    import socket
+    import time
+
+    deadline = time.monotonic() + float(os.environ.get("DISTILL_SHARED_WAIT_S", "30"))
+    while True:
+        try:
+            if (out / SHARED_CHECK).read_text(encoding="utf-8") == nonce:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+        os.listdir(out) if out.is_dir() else None  # a directory read revalidates a network filesystem's cache
+    raise DistillError(f"cache folder {out}: this rank (on {socket.gethostname()}) does not see the file {SHARED_CHECK} that rank 0 "
+                       f"(on {nonce.split()[-1]}) wrote there; under torchrun the cache folder must be on a filesystem shared by "
+                       "every node (NFS, Lustre, ...), at the same path on each: rank 0 reads the corpus into it and every rank "
+                       "writes its shards there")
+
+
+class _RanksBar:
+    """One bar for every rank's rows: each rank adds the rows it encodes to a counter in the
+    process group's store (torchrun's TCPStore); rank 0's bar shows `start` + the counter. Without a
+    store (a group started without one) rank 0 counts its own rows only."""
+
+    def __init__(self, key: str, bar, start: int):
+        from distill.training.distributed import group_store
+
+        self.key, self.bar, self.start = key, bar, start
+        self.store = group_store()
+
+    def update(self, n: int) -> None:
+        if self.store is None:
+            if self.bar is not None:
+                self.bar.update(n)
+            return
+        self._show(self.store.add(self.key, int(n)))
+
+    def poll(self) -> None:
+        if self.bar is not None and self.store is not None:
+            self._show(self.store.add(self.key, 0))
+
+    def _show(self, total: int) -> None:
+        if self.bar is not None and self.start + total > self.bar.n:
+            self.bar.update(self.start + total - self.bar.n)
+
+    def close(self) -> None:
+        self.poll()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def missing_shards(shards: Path, count: int, shard_size: int) -> list[int]:
+    """The shard numbers of a `count`-row build whose file is not written yet."""
+    return [i for i in range((count + shard_size - 1) // shard_size) if not (shards / f"{i:05d}.npy").is_file()]
+
+
+def _encode_shards(spec, store: SentenceStore, plan: _Plan, todo: list[int], encoder, batch_size: int, bar, model_path: Path,
+                   device) -> None:
+    """Encode the shards `todo` of the plan (each written atomically), the teacher loaded from
+    `model_path` on `device` unless `encoder` is given; `bar` moves batch by batch."""
+    from distill.sentence_model import SentenceModel
+
+    if not todo:
+        return
+    enc = encoder or SentenceModel.load(spec, folder=model_path, device=torch_device(device))
+    for i in todo:
+        _encode_shard(enc, store, i, plan.shard_size, plan.shards, batch_size, plan.precision, bar)
 
 
 def _start_or_resume(out: Path, params: dict) -> Path:
@@ -462,37 +728,6 @@ def _install_store(store: SentenceStore, out: Path, move: bool) -> None:
         else:
             with atomic_path(out / name, fixed=True) as tmp:
                 shutil.copyfile(store.folder / name, tmp)
-
-
-def missing_shards(shards: Path, count: int, shard_size: int) -> list[int]:
-    """The shard numbers of a `count`-row build whose file is not written yet."""
-    return [i for i in range((count + shard_size - 1) // shard_size) if not (shards / f"{i:05d}.npy").is_file()]
-
-
-def _encode_shards(spec, store: SentenceStore, shards: Path, shard_size: int, model_path: Path, encoder, device,
-                   batch_size: int, precision: str, progress: bool) -> dict:
-    """Encode every shard not on disk yet (each written atomically); returns how many were reused / encoded."""
-    from distill.sentence_model import SentenceModel
-
-    n = len(store)
-    n_shards = (n + shard_size - 1) // shard_size
-    todo = missing_shards(shards, n, shard_size)
-    stats = {"shards": n_shards, "shards_reused": n_shards - len(todo), "shards_encoded": len(todo)}
-    if stats["shards_reused"]:
-        print(f"[distill] resuming {shards.parent}: {stats['shards_reused']} of {n_shards} shards already encoded", flush=True)
-    if not todo:
-        return stats
-    left = sum(min(shard_size, n - i * shard_size) for i in todo)  # rows still to encode, without copying the shards
-    # The teacher's pass is the long pole of a run (all-MiniLM-L6-v2 over the 164,834-sentence corpus:
-    # about 10 minutes on 2 CPU cores, against about a minute for a static student's epoch): say so up front.
-    print(f"[distill] teacher {spec.name} encodes {left:,} sentences on {device}: the slow step, done once "
-          "(every later run and loss reuses this cache; an interrupted build resumes from its last shard)", flush=True)
-    enc = encoder or SentenceModel.load(spec, folder=model_path, device=device)
-    bar = tqdm(total=n, initial=min(stats["shards_reused"] * shard_size, n), desc=f"cache {spec.name}", unit="sent", disable=not progress)
-    for i in todo:
-        _encode_shard(enc, store, i, shard_size, shards, batch_size, precision, bar)
-    bar.close()
-    return stats
 
 
 def _encode_shard(encoder, store: SentenceStore, i: int, shard_size: int, shards: Path, batch_size: int, precision: str,

@@ -27,7 +27,7 @@ from distill.losses import build_loss, loss_class
 from distill.models import load_student
 from distill.presets import TeacherSpec, teacher_spec
 from distill.student import EmbeddingModel
-from distill.training.distributed import barrier
+from distill.training.distributed import barrier, world_size
 
 PREPARE_SAMPLE = 2048  # sentences whose untrained embeddings initialise a loss's heads (HPD: 5x its 385 unknowns)
 
@@ -99,8 +99,12 @@ def recipe_teacher(recipe: Recipe) -> TeacherSpec:
     return spec if length is None else dataclasses.replace(spec, max_length=length)
 
 
-def open_or_build_cache(recipe: Recipe, progress: bool = True) -> TeacherCache:
-    """The recipe's teacher cache; built when missing (needs data.corpus), refused when it disagrees."""
+def open_or_build_cache(recipe: Recipe, progress: bool = True, device=None) -> TeacherCache:
+    """The recipe's teacher cache; built when missing (needs data.corpus), refused when it disagrees.
+
+    Under torchrun every rank calls it: a missing cache is built by all of them, each encoding its
+    share of the shards on its `device` (data/cache.py: build_cache), and a complete one is checked
+    by rank 0 against the corpus while the others wait."""
     spec = recipe_teacher(recipe)
     if not recipe.data.cache_dir:
         raise DistillError("data.cache_dir is not set: name the folder of the teacher cache")
@@ -108,12 +112,12 @@ def open_or_build_cache(recipe: Recipe, progress: bool = True) -> TeacherCache:
     if not recipe.data.corpus:
         # no corpus named: trust the cache's own, but still check the teacher
         return TeacherCache.open(cache_dir, expect=teacher_identity(spec))
-    if (cache_dir / "manifest.json").is_file():  # the corpus's identity is enough: counted and hashed, not stored
+    if world_size() == 1 and (cache_dir / "manifest.json").is_file():  # the corpus's identity is enough: counted and hashed, not stored
         corpus = read_corpus(recipe.data.corpus, column=recipe.data.column, max_sentences=recipe.data.max_sentences, keep_text=False,
                              progress=progress)
         return TeacherCache.open(cache_dir, expect={**teacher_identity(spec), **corpus.identity()}, corpus=corpus)
     return build_cache(spec, recipe.data.corpus, cache_dir, pca=_pca_dim(recipe), column=recipe.data.column,
-                       max_sentences=recipe.data.max_sentences, progress=progress)
+                       max_sentences=recipe.data.max_sentences, progress=progress, device=device)
 
 
 def _pca_dim(recipe: Recipe) -> int | None:
@@ -157,11 +161,13 @@ def prepare_loss(loss, student: EmbeddingModel, tokens, targets: torch.Tensor, s
 
 
 def stage1(recipe: Recipe, run_dir: Path, rank: int, world: int, device: torch.device, resume: bool, progress: bool) -> Stage:
-    """Student, loss and batches of stage 1. Rank 0 builds the shared files; the others wait."""
+    """Student, loss and batches of stage 1. Every rank builds the teacher cache (its share of the
+    shards); rank 0 then makes the other shared files (PCA, tokens) while the others wait."""
     main_process = rank == 0
+    cache = open_or_build_cache(recipe, progress=progress and main_process, device=device)
     if not main_process:
         barrier(world)
-    cache = open_or_build_cache(recipe, progress=progress and main_process)
+        cache = TeacherCache.open(cache.path)  # as rank 0 left it (it may have added PCA targets)
     student = load_student(recipe.student, max_length=recipe.data.max_length, device=device, teacher=recipe.teacher,
                          cache_dir=cache.path)
     targets = load_targets(recipe, cache, device)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -157,10 +158,30 @@ def _model_identity(embed) -> tuple:
     return ("digest", digest, id(embed) if digest is None else None)
 
 
+STORE_ENV = "DISTILL_DOC_VECTORS"
+
+
+def _store_file(key: tuple) -> Path | None:
+    """Where $DISTILL_DOC_VECTORS keeps the vectors of `key` (None: unset, memory only). Only named
+    models and corpora named by their file are kept on disk (an in-memory model changes)."""
+    folder = os.environ.get(STORE_ENV)
+    if not folder or key[0][0] != "named" or key[1][0] != "file":
+        return None
+    from distill import __version__
+
+    digest = hashlib.blake2b(repr((key, __version__)).encode(), digest_size=16).hexdigest()
+    return Path(folder).expanduser() / f"docs-{digest}.npy"
+
+
 def doc_vectors(embed, corpus: Mapping, source: str | Path | None = None, batch_size: int | None = None) -> np.ndarray:
     """The corpus's vectors by the document model `embed` (an Embedder), row i for the i-th passage,
-    computed once per (model, length, corpus identity) and then reused."""
+    computed once per (model, length, corpus identity) and then reused. With $DISTILL_DOC_VECTORS
+    set to a folder, the vectors of a named model over a corpus file are also kept there between
+    processes (several runs and a benchmark on one machine: the teacher's documents once), named by
+    a digest of the model's name, length and width, the corpus file's path, size and modification
+    time, and this package's version; a changed file or model name is a new entry."""
     from distill.eval.retrieval.data import as_text_map
+    from distill.io import atomic_path
 
     texts = list(as_text_map(corpus, "corpus").values())
     key = (_model_identity(embed), corpus_identity(corpus, source))
@@ -169,13 +190,27 @@ def doc_vectors(embed, corpus: Mapping, source: str | Path | None = None, batch_
         doc_memo_stats["hits"] += 1
         _doc_memo.move_to_end(key)
         return hit
+    store = _store_file(key)
+    if store is not None and store.is_file():
+        vectors = np.load(store)
+        if vectors.shape[0] == len(texts):
+            doc_memo_stats["hits"] += 1
+            _remember(key, vectors)
+            return vectors
     doc_memo_stats["misses"] += 1
     vectors = np.asarray(embed(texts, batch_size=batch_size), dtype=np.float32)
+    if store is not None:
+        with atomic_path(store) as tmp:
+            np.save(tmp, vectors)
+    _remember(key, vectors)
+    return vectors
+
+
+def _remember(key: tuple, vectors: np.ndarray) -> None:
     if vectors.nbytes <= DOC_MEMO_BYTES:
         _doc_memo[key] = vectors
         while sum(v.nbytes for v in _doc_memo.values()) > DOC_MEMO_BYTES:
             _doc_memo.popitem(last=False)
-    return vectors
 
 
 def clear_doc_memo() -> None:
