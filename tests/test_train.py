@@ -111,6 +111,7 @@ def test_smoke_recipe_end_to_end_on_cpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "| all-minilm-l3-v2 after (ibkd) |" in proc.stdout
+    assert "| STS-B | Avg | sentences/s |" in proc.stdout  # the student's speed, timed on the STS sentences it was scored on
     results = json.loads((run / "results.json").read_text())
     assert (cache / "manifest.json").is_file() and results["sentences"] == 512
     exp = subprocess.run([sys.executable, "-m", "distill.cli", "export", str(run), "--out", str(tmp_path / "exported")], capture_output=True, text=True, cwd=REPO)
