@@ -92,7 +92,7 @@ assert not any(k.startswith("distill") for k in sys.modules), "plain sentence-tr
 """
 
 
-def start_router(folders: dict[str, Path], data, work: Path) -> dict:
+def start_router(folders: dict[str, Path], data, work: Path, docs_file: Path | None = None) -> dict:
     """Start one plain sentence-transformers process per Router folder (no distill in it; they run
     while this process scores the other rows): encode_query of the set's queries, and for the first
     folder encode_document of the corpus (the document route is the same teacher in every folder)."""
@@ -104,9 +104,12 @@ def start_router(folders: dict[str, Path], data, work: Path) -> dict:
     procs = {}
     for i, (name, folder) in enumerate(folders.items()):
         prefix = work / f"router-{name}"
-        procs[name] = (subprocess.Popen([sys.executable, "-c", ROUTER_SCRIPT, str(folder), str(texts), str(prefix), "1" if i == 0 else "0"],
+        with_docs = i == 0 and docs_file is None
+        procs[name] = (subprocess.Popen([sys.executable, "-c", ROUTER_SCRIPT, str(folder), str(texts), str(prefix), "1" if with_docs else "0"],
                                         cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), prefix, folder)
-    return {"procs": procs, "qids": qids, "doc_ids": doc_ids, "first": next(iter(folders))}
+    first = next(iter(folders))
+    return {"procs": procs, "qids": qids, "doc_ids": doc_ids,
+            "docs": str(docs_file) if docs_file is not None else f"{procs[first][1]}-d.npy"}
 
 
 def finish_router(started: dict, data) -> dict[str, dict]:
@@ -121,7 +124,7 @@ def finish_router(started: dict, data) -> dict[str, dict]:
         _out, err = proc.communicate()
         if proc.returncode != 0:
             sys.exit(f"[query_encoder] plain sentence-transformers failed on {folder}:\n{err[-3000:]}")
-    docs = np.load(f"{started['procs'][started['first']][1]}-d.npy")
+    docs = np.load(started["docs"])
     dn = docs / np.maximum(np.linalg.norm(docs, axis=1, keepdims=True), 1e-12)
     out = {}
     for name, (_proc, prefix, _folder) in started["procs"].items():
@@ -146,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--router", action="store_true", help="also export each run --asymmetric and score it with plain sentence-transformers")
+    ap.add_argument("--router-docs", metavar="NPY",
+                    help="with --router: the document vectors a previous run's Router folder gave through plain sentence-transformers "
+                         "(WORK/router-NAME-d.npy; the document route is the same teacher in every folder), instead of encoding them again")
+    ap.add_argument("--merge", action="store_true",
+                    help="add this run's student rows to --json's earlier rows (each row keeps the teacher speed of its own run)")
     ap.add_argument("--work", default="runs/query-encoder", help="export folders and scratch files")
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "query-encoder.json"))
     ap.add_argument("--bench-md", default=str(REPO / "BENCHMARKS.md"), help="the BENCHMARKS.md section ('' to skip)")
@@ -195,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             folders[name] = work / f"router-{name}"
             if not (folders[name] / "modules.json").is_file():
                 export_asymmetric(run, folders[name])
-        router_jobs = start_router(folders, data, work)
+        router_jobs = start_router(folders, data, work, Path(args.router_docs) if args.router_docs else None)
     t = timed("teacher/teacher", evaluate_retrieval, teacher_embed.model, data.queries, data.corpus, data.qrels,
               doc_model=args.teacher, **common)
     teacher_row = {"model": args.teacher, "queries": "teacher", "documents": "teacher", **scores(t), "queries_per_s": round(teacher_qps, 1),
@@ -211,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                    doc_model=args.teacher, **common)
         base = {"model": name, "run": run.name, "student": meta.get("student"), "loss": meta.get("loss"),
                 "best_step": results.get("best_step"), "dev_selection": results.get("best_dev"),
-                "queries_per_s": round(speeds[name], 1), "speedup": round(speeds[name] / teacher_qps, 1)}
+                "queries_per_s": round(speeds[name], 1), "speedup": round(speeds[name] / teacher_qps, 1),
+                "teacher_queries_per_s": round(teacher_qps, 1), "measured": started.isoformat(timespec="minutes")}
         rows.append({**base, "queries": "student", "documents": "student", **scores(ss)})
         rows.append({**base, "queries": "student", "documents": "teacher", **scores(st),
                      "of_teacher": round(100.0 * st["nDCG@10"] / t["nDCG@10"], 1)})
@@ -229,9 +238,21 @@ def main(argv: list[str] | None = None) -> int:
         mix_rows.append({"name": name, "run": run.name, "dev_selection": round(results["best_dev"], 2), "best_step": results.get("best_step"),
                          "corpus": (recipe.get("recipe") or {}).get("data", {}).get("corpus"), **scores(r),
                          "of_teacher": round(100.0 * r["nDCG@10"] / t["nDCG@10"], 1)})
+    mix_rows = list(mix_rows)
+    if args.merge and Path(args.json).is_file():
+        earlier = json.loads(Path(args.json).read_text())
+        names = {name for name, _ in runs}
+        earlier_teacher = next(r for r in earlier["rows"] if r["queries"] == "teacher")
+        kept = [{"teacher_queries_per_s": earlier_teacher["queries_per_s"], "measured": earlier["date"], **r}
+                for r in earlier["rows"] if r["queries"] != "teacher" and r["model"] not in names]
+        rows = [rows[0], *kept, *rows[1:]]
+        mix_rows = [m for m in earlier.get("mix", []) if m["name"] not in {n for n, _ in mix}] + mix_rows
+        commands = [*(earlier.get("commands") or [earlier["command"]]), command_line("query_encoder.py", argv)]
+    else:
+        commands = [command_line("query_encoder.py", argv)]
     device = device_name(torch.device("cpu"))
     report = {"date": started.date().isoformat(), "device": device, "threads": torch.get_num_threads(), "label": args.label,
-              "command": command_line("query_encoder.py", argv), "commit": commit, "data": f"{Path(args.beir).name} {args.split}",
+              "commands": commands, "commit": commit, "data": f"{Path(args.beir).name} {args.split}",
               "queries_timed": len(all_queries), "max_length": args.max_length, "rows": rows, "mix": mix_rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     from distill.io import write_json_atomic
@@ -266,7 +287,9 @@ def write_section(path: Path, report: dict) -> None:
             f"{report['date']}, {report['device']} ({report['threads']} threads{', ' + report['label'] if report['label'] else ''}), "
             f"commit {report['commit']}, {report['data']}, {report['max_length']} tokens, exact cosine search; "
             f"queries/s on the set's {report['queries_timed']} queries (batch 64, fp32, best of 3, same process).", "",
-            f"    {report['command']}", "", table(report)]
+            *(f"    {c}" for c in report["commands"]), "",
+            "Each student row's queries/s and x teacher are against the teacher timed in the same run as it "
+            "(teacher_queries_per_s in the JSON).", "", table(report)]
     if report["mix"]:
         body += ["", "Training data for the query encoder (the same recipe, only the corpus differs; selected on dev, test reported):", "",
                  "| run | training corpus | dev nDCG@10 (selection) | test nDCG@10 | % of teacher |", "|---|---|---:|---:|---:|"]
