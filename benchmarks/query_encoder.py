@@ -92,32 +92,45 @@ assert not any(k.startswith("distill") for k in sys.modules), "plain sentence-tr
 """
 
 
-def router_scores(folders: dict[str, Path], data, work: Path) -> dict[str, dict]:
-    """Each Router folder scored by plain sentence-transformers (no distill in that process): its
-    encode_query against encode_document (documents encoded once, by the first folder: the same teacher)."""
-    import numpy as np
-
-    from distill.eval.retrieval import compute_metrics
-
+def start_router(folders: dict[str, Path], data, work: Path, docs_file: Path | None = None) -> dict:
+    """Start one plain sentence-transformers process per Router folder (no distill in it; they run
+    while this process scores the other rows): encode_query of the set's queries, and for the first
+    folder encode_document of the corpus (the document route is the same teacher in every folder)."""
     qids = [q for q in data.queries if q in data.qrels]
     doc_ids = list(data.corpus)
     texts = work / "texts.json"
     texts.write_text(json.dumps({"queries": [data.queries[q] for q in qids], "docs": [data.corpus[d] for d in doc_ids]}))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    out, docs = {}, None
+    procs = {}
     for i, (name, folder) in enumerate(folders.items()):
         prefix = work / f"router-{name}"
-        done = subprocess.run([sys.executable, "-c", ROUTER_SCRIPT, str(folder), str(texts), str(prefix), "1" if i == 0 else "0"],
-                              cwd=work, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            sys.exit(f"[query_encoder] plain sentence-transformers failed on {folder}:\n{done.stderr[-3000:]}")
+        with_docs = i == 0 and docs_file is None
+        procs[name] = (subprocess.Popen([sys.executable, "-c", ROUTER_SCRIPT, str(folder), str(texts), str(prefix), "1" if with_docs else "0"],
+                                        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), prefix, folder)
+    first = next(iter(folders))
+    return {"procs": procs, "qids": qids, "doc_ids": doc_ids,
+            "docs": str(docs_file) if docs_file is not None else f"{procs[first][1]}-d.npy"}
+
+
+def finish_router(started: dict, data) -> dict[str, dict]:
+    """Wait for `start_router`'s processes; each folder's scores by exact cosine search of its query
+    vectors against the document vectors plain sentence-transformers gave."""
+    import numpy as np
+
+    from distill.eval.retrieval import compute_metrics
+
+    qids, doc_ids = started["qids"], started["doc_ids"]
+    for proc, _prefix, folder in started["procs"].values():
+        _out, err = proc.communicate()
+        if proc.returncode != 0:
+            sys.exit(f"[query_encoder] plain sentence-transformers failed on {folder}:\n{err[-3000:]}")
+    docs = np.load(started["docs"])
+    dn = docs / np.maximum(np.linalg.norm(docs, axis=1, keepdims=True), 1e-12)
+    out = {}
+    for name, (_proc, prefix, _folder) in started["procs"].items():
         q = np.load(f"{prefix}-q.npy")
-        if docs is None:
-            docs = np.load(f"{prefix}-d.npy")
         qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-        dn = docs / np.maximum(np.linalg.norm(docs, axis=1, keepdims=True), 1e-12)
-        sims = qn @ dn.T
-        top = np.argsort(-sims, axis=1, kind="stable")[:, :100]
+        top = np.argsort(-(qn @ dn.T), axis=1, kind="stable")[:, :100]
         run = {qid: [doc_ids[j] for j in row] for qid, row in zip(qids, top)}
         out[name] = scores(compute_metrics(run, {qid: data.qrels[qid] for qid in qids}, (100,)))
     return out
@@ -136,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--router", action="store_true", help="also export each run --asymmetric and score it with plain sentence-transformers")
+    ap.add_argument("--router-docs", metavar="NPY",
+                    help="with --router: the document vectors a previous run's Router folder gave through plain sentence-transformers "
+                         "(WORK/router-NAME-d.npy; the document route is the same teacher in every folder), instead of encoding them again")
+    ap.add_argument("--merge", action="store_true",
+                    help="add this run's student rows to --json's earlier rows (each row keeps the teacher speed of its own run)")
     ap.add_argument("--work", default="runs/query-encoder", help="export folders and scratch files")
     ap.add_argument("--json", default=str(REPO / "benchmarks" / "query-encoder.json"))
     ap.add_argument("--bench-md", default=str(REPO / "BENCHMARKS.md"), help="the BENCHMARKS.md section ('' to skip)")
@@ -165,20 +183,34 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[query_encoder] {what}: {time.perf_counter() - t0:.0f} s", flush=True)
         return out
 
+    # speeds first, all under the same conditions (before the Router processes start)
     teacher_embed = doc_embedder(args.teacher, batch_size=args.batch_size, max_length=args.max_length)
     teacher_qps = timed("teacher speed", qps, teacher_embed, all_queries, args.batch_size, args.repeats)
+    speeds = {}
+    for name, run in runs:
+        taught = trained_teacher(run / "best")
+        if taught is not None and taught != args.teacher:
+            print(f"[query_encoder] warning: {run} was distilled from {taught}, not {args.teacher}", file=sys.stderr)
+        student = Embedder(str(run / "best"), full_length=True, max_length=OWN, batch_size=args.batch_size)
+        speeds[name] = timed(f"{name} speed", qps, student, all_queries, args.batch_size, args.repeats)
+        del student
+    router_jobs = None
+    if args.router:
+        from distill.router import export_asymmetric
+
+        folders = {}
+        for name, run in runs:
+            folders[name] = work / f"router-{name}"
+            if not (folders[name] / "modules.json").is_file():
+                export_asymmetric(run, folders[name])
+        router_jobs = start_router(folders, data, work, Path(args.router_docs) if args.router_docs else None)
     t = timed("teacher/teacher", evaluate_retrieval, teacher_embed.model, data.queries, data.corpus, data.qrels,
               doc_model=args.teacher, **common)
     teacher_row = {"model": args.teacher, "queries": "teacher", "documents": "teacher", **scores(t), "queries_per_s": round(teacher_qps, 1),
                    "speedup": 1.0}
-    rows, students = [teacher_row], {}
+    rows = [teacher_row]
     for name, run in runs:
         best = run / "best"
-        taught = trained_teacher(best)
-        if taught is not None and taught != args.teacher:
-            print(f"[query_encoder] warning: {run} was distilled from {taught}, not {args.teacher}", file=sys.stderr)
-        student = Embedder(str(best), full_length=True, max_length=OWN, batch_size=args.batch_size)
-        s_qps = timed(f"{name} speed", qps, student, all_queries, args.batch_size, args.repeats)
         results = json.loads((run / "results.json").read_text()) if (run / "results.json").is_file() else {}
         meta = json.loads((best / "distill_student.json").read_text())
         ss = timed(f"{name}/{name}", evaluate_retrieval, str(best), data.queries, data.corpus, data.qrels,
@@ -187,21 +219,13 @@ def main(argv: list[str] | None = None) -> int:
                    doc_model=args.teacher, **common)
         base = {"model": name, "run": run.name, "student": meta.get("student"), "loss": meta.get("loss"),
                 "best_step": results.get("best_step"), "dev_selection": results.get("best_dev"),
-                "queries_per_s": round(s_qps, 1), "speedup": round(s_qps / teacher_qps, 1)}
+                "queries_per_s": round(speeds[name], 1), "speedup": round(speeds[name] / teacher_qps, 1),
+                "teacher_queries_per_s": round(teacher_qps, 1), "measured": started.isoformat(timespec="minutes")}
         rows.append({**base, "queries": "student", "documents": "student", **scores(ss)})
         rows.append({**base, "queries": "student", "documents": "teacher", **scores(st),
                      "of_teacher": round(100.0 * st["nDCG@10"] / t["nDCG@10"], 1)})
-        students[name] = run
-    router = {}
-    if args.router:
-        from distill.router import export_asymmetric
-
-        folders = {}
-        for name, run in students.items():
-            folders[name] = work / f"router-{name}"
-            if not (folders[name] / "modules.json").is_file():
-                export_asymmetric(run, folders[name])
-        router = timed("router folders (plain sentence-transformers)", router_scores, folders, data, work)
+    if router_jobs is not None:
+        router = timed("router folders (plain sentence-transformers)", finish_router, router_jobs, data)
         for row in rows:
             if row["queries"] == "student" and row["documents"] == "teacher":
                 row["router_nDCG@10"] = router[row["model"]]["nDCG@10"]
@@ -214,9 +238,21 @@ def main(argv: list[str] | None = None) -> int:
         mix_rows.append({"name": name, "run": run.name, "dev_selection": round(results["best_dev"], 2), "best_step": results.get("best_step"),
                          "corpus": (recipe.get("recipe") or {}).get("data", {}).get("corpus"), **scores(r),
                          "of_teacher": round(100.0 * r["nDCG@10"] / t["nDCG@10"], 1)})
+    mix_rows = list(mix_rows)
+    if args.merge and Path(args.json).is_file():
+        earlier = json.loads(Path(args.json).read_text())
+        names = {name for name, _ in runs}
+        earlier_teacher = next(r for r in earlier["rows"] if r["queries"] == "teacher")
+        kept = [{"teacher_queries_per_s": earlier_teacher["queries_per_s"], "measured": earlier["date"], **r}
+                for r in earlier["rows"] if r["queries"] != "teacher" and r["model"] not in names]
+        rows = [rows[0], *kept, *rows[1:]]
+        mix_rows = [m for m in earlier.get("mix", []) if m["name"] not in {n for n, _ in mix}] + mix_rows
+        commands = [*(earlier.get("commands") or [earlier["command"]]), command_line("query_encoder.py", argv)]
+    else:
+        commands = [command_line("query_encoder.py", argv)]
     device = device_name(torch.device("cpu"))
     report = {"date": started.date().isoformat(), "device": device, "threads": torch.get_num_threads(), "label": args.label,
-              "command": command_line("query_encoder.py", argv), "commit": commit, "data": f"{Path(args.beir).name} {args.split}",
+              "commands": commands, "commit": commit, "data": f"{Path(args.beir).name} {args.split}",
               "queries_timed": len(all_queries), "max_length": args.max_length, "rows": rows, "mix": mix_rows}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     from distill.io import write_json_atomic
@@ -251,7 +287,9 @@ def write_section(path: Path, report: dict) -> None:
             f"{report['date']}, {report['device']} ({report['threads']} threads{', ' + report['label'] if report['label'] else ''}), "
             f"commit {report['commit']}, {report['data']}, {report['max_length']} tokens, exact cosine search; "
             f"queries/s on the set's {report['queries_timed']} queries (batch 64, fp32, best of 3, same process).", "",
-            f"    {report['command']}", "", table(report)]
+            *(f"    {c}" for c in report["commands"]), "",
+            "Each student row's queries/s and x teacher are against the teacher timed in the same run as it "
+            "(teacher_queries_per_s in the JSON).", "", table(report)]
     if report["mix"]:
         body += ["", "Training data for the query encoder (the same recipe, only the corpus differs; selected on dev, test reported):", "",
                  "| run | training corpus | dev nDCG@10 (selection) | test nDCG@10 | % of teacher |", "|---|---|---:|---:|---:|"]
