@@ -14,7 +14,7 @@ sentence_offsets.npy and roles.npy are compared with the first build's, byte for
 
     python benchmarks/cache_ranks.py --teacher all-minilm-l6-v2 --n 4000 --ranks 2 --threads 1,2
 
-Writes benchmarks/cache_ranks.json (one record per build) and adds a row per build to BENCHMARKS.md.
+Appends to benchmarks/cache_ranks.json (one record per build) and adds a row per build to BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
                "batch_size": args.batch_size, "shard_size": args.shard_size}
         records.append(rec)
         print(json.dumps(rec), flush=True)
-    (REPO / "benchmarks" / "cache_ranks.json").write_text(json.dumps(records, indent=1) + "\n", encoding="utf-8")
+    out_json = REPO / "benchmarks" / "cache_ranks.json"
+    earlier = json.loads(out_json.read_text(encoding="utf-8")) if out_json.is_file() else []
+    out_json.write_text(json.dumps(earlier + records, indent=1) + "\n", encoding="utf-8")
     if not args.no_md:
         command = command_line("cache_ranks.py", list(argv if argv is not None else sys.argv[1:]))
         for rec in records:

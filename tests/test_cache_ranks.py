@@ -96,10 +96,12 @@ def _worker(rank: int, world: int, init_file: str, job: dict) -> None:
 
 
 def _spawn(tmp_path: Path, job: dict, name: str) -> list[int]:
-    """Run _worker in 2 fresh processes; their exit codes (a killed rank's peer may fail too)."""
+    """Run _worker in 2 processes forked from this one (the imports are inherited: a spawned
+    process spent about 15 CPU-seconds here importing torch and sentence-transformers); their exit
+    codes (a killed rank's peer may fail too)."""
     import torch.multiprocessing as mp
 
-    ctx = mp.start_processes(_worker, args=(2, str(tmp_path / f"init-{name}"), job), nprocs=2, join=False, start_method="spawn")
+    ctx = mp.start_processes(_worker, args=(2, str(tmp_path / f"init-{name}"), job), nprocs=2, join=False, start_method="fork")
     for p in ctx.processes:
         p.join(timeout=240)
     codes = [p.exitcode for p in ctx.processes]

@@ -2,8 +2,9 @@
 
 Every rank encodes its share of a missing teacher cache's shards (data/cache.py: build_cache, with
 `together` / `all_ranks` below: a rank that fails makes every rank fail); rank 0 builds the other
-files shared on disk (PCA, tokens) while the others wait at a barrier, then everyone reads them. Each rank trains on every world-th batch; the contrastive losses gather their
-candidates across ranks (losses/functional.gather_candidates).
+files shared on disk (PCA, tokens) while the others wait at a barrier, then everyone reads them.
+Each rank trains on every world-th batch; the contrastive losses gather their candidates across
+ranks (losses/functional.gather_candidates).
 """
 
 from __future__ import annotations

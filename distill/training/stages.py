@@ -27,7 +27,7 @@ from distill.losses import build_loss, loss_class
 from distill.models import load_student
 from distill.presets import TeacherSpec, teacher_spec
 from distill.student import EmbeddingModel
-from distill.training.distributed import barrier, world_size
+from distill.training.distributed import barrier, together, world_size
 
 PREPARE_SAMPLE = 2048  # sentences whose untrained embeddings initialise a loss's heads (HPD: 5x its 385 unknowns)
 
@@ -104,7 +104,7 @@ def open_or_build_cache(recipe: Recipe, progress: bool = True, device=None) -> T
 
     Under torchrun every rank calls it: a missing cache is built by all of them, each encoding its
     share of the shards on its `device` (data/cache.py: build_cache), and a complete one is checked
-    by rank 0 against the corpus while the others wait."""
+    by rank 0 against the corpus while the others wait (then all open it; nothing is written)."""
     spec = recipe_teacher(recipe)
     if not recipe.data.cache_dir:
         raise DistillError("data.cache_dir is not set: name the folder of the teacher cache")
@@ -112,10 +112,19 @@ def open_or_build_cache(recipe: Recipe, progress: bool = True, device=None) -> T
     if not recipe.data.corpus:
         # no corpus named: trust the cache's own, but still check the teacher
         return TeacherCache.open(cache_dir, expect=teacher_identity(spec))
-    if world_size() == 1 and (cache_dir / "manifest.json").is_file():  # the corpus's identity is enough: counted and hashed, not stored
+    def open_checked() -> TeacherCache:  # the corpus's identity is enough: counted and hashed, not stored
         corpus = read_corpus(recipe.data.corpus, column=recipe.data.column, max_sentences=recipe.data.max_sentences, keep_text=False,
                              progress=progress)
         return TeacherCache.open(cache_dir, expect={**teacher_identity(spec), **corpus.identity()}, corpus=corpus)
+
+    complete = (cache_dir / "manifest.json").is_file()
+    if world_size() > 1:  # rank 0's view decides; a complete cache is only read (it may be on a read-only mount)
+        complete = together(lambda: complete, only=0)[0]
+        if complete:
+            together(lambda: len(open_checked()), only=0)  # rank 0 checks it against the corpus, the others wait
+            return TeacherCache.open(cache_dir)
+    if complete:
+        return open_checked()
     return build_cache(spec, recipe.data.corpus, cache_dir, pca=_pca_dim(recipe), column=recipe.data.column,
                        max_sentences=recipe.data.max_sentences, progress=progress, device=device)
 
