@@ -3,7 +3,7 @@
     sentence -> the teacher's tokenizer, without [CLS]/[SEP] -> the table's rows -> their mean
 
 This is what model2vec and sentence-transformers' `StaticEmbedding` serve (an nn.EmbeddingBag in
-"mean" mode), at about 20x the sentences/s of a 3-layer MiniLM on a CPU. The export is a plain
+"mean" mode), at many times the sentences/s of a 3-layer MiniLM on a CPU (BENCHMARKS.md, static students). The export is a plain
 sentence-transformers folder whose first module is a `StaticEmbedding`, so `SentenceTransformer(DIR)`
 loads it without this package; its tokenizer.json has no truncation and no special tokens, as
 `StaticEmbedding` tokenizes (add_special_tokens=False, no length limit), so both give one vector.
