@@ -83,6 +83,8 @@ def folder_defaults(path: Path) -> dict:
 
     out: dict = {}
     modules = read_modules(path)
+    if not modules:  # a plain transformers folder declares nothing (its tokenizer's limit is max_positions)
+        return out
     for mod in modules:
         if mod.short == "Normalize":
             out["normalize"] = True

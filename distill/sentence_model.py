@@ -113,10 +113,15 @@ def describe(spec: TeacherSpec, folder: Path) -> dict:
         elif spec.pooling is not None:
             raise DistillError(f"{_label(spec)}: pooling {spec.pooling!r}, but {folder / 'modules.json'} has no Pooling module")
         normalize = any(m.short == "Normalize" for m in modules)
-        if spec.normalize is not None and spec.normalize != normalize:
-            raise DistillError(f"{_label(spec)}: normalize {spec.normalize}, but {folder / 'modules.json'} "
-                               f"{'has' if normalize else 'has no'} Normalize module; leave normalize unset")
         module_types = [m.short for m in modules]
+        if spec.normalize and not normalize:
+            # the spec wins: a Normalize module is appended (cosine scores are unchanged by it; a preset
+            # that caches unit vectors keeps doing so)
+            normalize = True
+            module_types.append("Normalize")
+        elif spec.normalize is False and normalize:
+            raise DistillError(f"{_label(spec)}: normalize false, but {folder / 'modules.json'} has a Normalize module, "
+                               "which a teacher is served with; leave normalize unset")
     else:
         if not (folder / "config.json").is_file():
             raise DistillError(f"{folder}: not a model folder (no modules.json, no config.json)")
@@ -237,6 +242,8 @@ class SentenceModel(EmbeddingModel):
             raise explain_load_error(folder, exc) from None
         if max_length is not None:
             st.max_seq_length = max_length
+        if plan["normalize"] and not any(type(m).__name__ == "Normalize" for m in st):
+            st.append(st_module_classes().Normalize())  # normalize: true on a folder without it (describe)
         st.truncate_dim = None  # the full width here; encode truncates to plan["truncate_dim"], as encode does
         model = cls(st, spec, folder, plan)
         width = (getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension)()
