@@ -206,7 +206,8 @@ class SentenceModel(EmbeddingModel):
         self.tokenizer = st.tokenizer
         self.max_length = int(st.max_seq_length)
         self.declared_max_length = declared_max_length(folder) if (folder / "modules.json").is_file() else None
-        self.prompts = _role_prompts(spec, self.folder, *folder_prompts(self.folder))
+        # role -> prompt text, as describe() resolved them ("" for a plain sentence; no prompt: "")
+        self.prompts = {role: plan["prompts"].get(role or "sentence", "") for role in (*ROLES, "")}
         self.truncate_dim = plan["truncate_dim"]
 
     @classmethod

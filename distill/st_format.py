@@ -126,14 +126,6 @@ def static_folder(folder: Path) -> bool:
     return bool(modules) and modules[0].short == STATIC_MODULE
 
 
-def router_folder(folder: Path) -> bool:
-    try:
-        modules = read_modules(folder)
-    except DistillError:
-        return False
-    return any(m.short == ROUTER_MODULE for m in modules)
-
-
 def pooling_config(folder: Path, entry: ModuleEntry) -> tuple[str, bool]:
     """(our pooling name, include_prompt) of a Pooling module's config.json (either format)."""
     file = Path(folder) / entry.path / "config.json"
@@ -240,13 +232,13 @@ def is_router_folder(folder) -> bool:
         modules = json.loads((Path(folder).expanduser() / "modules.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return isinstance(modules, list) and any(isinstance(m, dict) and str(m.get("type", "")).rsplit(".", 1)[-1] == "Router"
+    return isinstance(modules, list) and any(isinstance(m, dict) and str(m.get("type", "")).rsplit(".", 1)[-1] == ROUTER_MODULE
                                              for m in modules)
 
 
 def is_routed(model) -> bool:
     """True for a SentenceTransformer whose first module is a Router."""
     try:
-        return type(model[0]).__name__ == "Router"
+        return type(model[0]).__name__ == ROUTER_MODULE
     except (TypeError, IndexError, KeyError):
         return False
