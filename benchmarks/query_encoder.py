@@ -23,8 +23,12 @@ teacher documents, SciFact dev) and the same test row for runs that differ only 
 data (documents only against documents plus dev queries, issue 34's "training data for a query
 encoder"); the test figure is reported, never selected on.
 
-Output: --json (default benchmarks/query-encoder.json) and, unless --bench-md '', a BENCHMARKS.md
-section with date, device, command and commit.
+Output: --json (default benchmarks/query-encoder.json: one report per retrieval set, a run
+replaces its own set's and keeps the others) and, unless --bench-md '', a BENCHMARKS.md section
+with a table per set, each with date, device, commands and commit.
+
+    python benchmarks/query_encoder.py --teacher m3e-small --beir ../shared/data/retrieval/cmrc2018 --max-length 512 \
+        --run skip-l2=runs/cmrc2018-query-l2 --run static-256=runs/cmrc2018-query-static --router
 
     python benchmarks/query_encoder.py --run skip-l3=runs/scifact-query-l3 --run static-256=runs/scifact-query-static --router
 """
@@ -239,8 +243,10 @@ def main(argv: list[str] | None = None) -> int:
                          "corpus": (recipe.get("recipe") or {}).get("data", {}).get("corpus"), **scores(r),
                          "of_teacher": round(100.0 * r["nDCG@10"] / t["nDCG@10"], 1)})
     mix_rows = list(mix_rows)
-    if args.merge and Path(args.json).is_file():
-        earlier = json.loads(Path(args.json).read_text())
+    sets = read_sets(Path(args.json))
+    data_name = f"{Path(args.beir).name} {args.split}"
+    if args.merge and data_name in sets:
+        earlier = sets[data_name]
         names = {name for name, _ in runs}
         earlier_teacher = next(r for r in earlier["rows"] if r["queries"] == "teacher")
         kept = [{"teacher_queries_per_s": earlier_teacher["queries_per_s"], "measured": earlier["date"], **r}
@@ -252,16 +258,28 @@ def main(argv: list[str] | None = None) -> int:
         commands = [command_line("query_encoder.py", argv)]
     device = device_name(torch.device("cpu"))
     report = {"date": started.date().isoformat(), "device": device, "threads": torch.get_num_threads(), "label": args.label,
-              "commands": commands, "commit": commit, "data": f"{Path(args.beir).name} {args.split}",
+              "commands": commands, "commit": commit, "data": data_name, "teacher": args.teacher,
               "queries_timed": len(all_queries), "max_length": args.max_length, "rows": rows, "mix": mix_rows}
+    sets[data_name] = report  # the other sets' reports are kept as they were measured
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     from distill.io import write_json_atomic
 
-    write_json_atomic(args.json, report)
+    write_json_atomic(args.json, {"sets": sets})
     print(json.dumps(report, indent=2))
     if args.bench_md:
-        write_section(Path(args.bench_md), report)
+        write_section(Path(args.bench_md), sets)
     return 0
+
+
+def read_sets(path: Path) -> dict[str, dict]:
+    """--json's reports by retrieval set ("scifact test": report); a file of one report (before the
+    Chinese sets) is read as that set's."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    if "sets" in data:
+        return data["sets"]
+    return {data["data"]: {**data, "commands": data.get("commands") or [data["command"]]}}
 
 
 def table(report: dict) -> str:
@@ -279,22 +297,25 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, report: dict) -> None:
-    """Replace (or add) this script's section of BENCHMARKS.md with the run's tables."""
+def write_section(path: Path, sets: dict[str, dict]) -> None:
+    """Replace (or add) this script's section of BENCHMARKS.md: one table per retrieval set."""
     from distill.io import write_text_atomic
 
     body = [SECTION, "",
-            f"{report['date']}, {report['device']} ({report['threads']} threads{', ' + report['label'] if report['label'] else ''}), "
-            f"commit {report['commit']}, {report['data']}, {report['max_length']} tokens, exact cosine search; "
-            f"queries/s on the set's {report['queries_timed']} queries (batch 64, fp32, best of 3, same process).", "",
-            *(f"    {c}" for c in report["commands"]), "",
-            "Each student row's queries/s and x teacher are against the teacher timed in the same run as it "
-            "(teacher_queries_per_s in the JSON).", "", table(report)]
-    if report["mix"]:
-        body += ["", "Training data for the query encoder (the same recipe, only the corpus differs; selected on dev, test reported):", "",
-                 "| run | training corpus | dev nDCG@10 (selection) | test nDCG@10 | % of teacher |", "|---|---|---:|---:|---:|"]
-        for m in report["mix"]:
-            body.append(f"| {m['name']} | {m['run']} | {m['dev_selection']:.2f} | {m['nDCG@10']:.2f} | {m['of_teacher']:.1f} |")
+            "Student queries against the teacher's own document vectors (the index kept), beside the teacher and the student "
+            "alone, on each set's test split (the runs selected on dev). Each student row's queries/s and x teacher are "
+            "against the teacher timed in the same run as it (teacher_queries_per_s in benchmarks/query-encoder.json)."]
+    for report in sets.values():
+        body += ["", f"### {report['data']} (teacher {report.get('teacher', report['rows'][0]['model'])})", "",
+                 f"{report['date']}, {report['device']} ({report['threads']} threads{', ' + report['label'] if report['label'] else ''}), "
+                 f"commit {report['commit']}, {report['max_length']} tokens, exact cosine search; "
+                 f"queries/s on the set's {report['queries_timed']} queries (batch 64, fp32, best of 3, same process).", "",
+                 *(f"    {c}" for c in report["commands"]), "", table(report)]
+        if report["mix"]:
+            body += ["", "Training data for the query encoder (the same recipe, only the corpus differs; selected on dev, test reported):", "",
+                     "| run | training corpus | dev nDCG@10 (selection) | test nDCG@10 | % of teacher |", "|---|---|---:|---:|---:|"]
+            for m in report["mix"]:
+                body.append(f"| {m['name']} | {m['run']} | {m['dev_selection']:.2f} | {m['nDCG@10']:.2f} | {m['of_teacher']:.1f} |")
     text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
     if SECTION in text:
         start = text.index(SECTION)

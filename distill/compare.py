@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from distill.config import Recipe, _check_loss, loss_defaults, parse_override, saved_recipe_with_defaults
+from distill.config import Recipe, check_loss, loss_defaults, parse_override, saved_recipe_with_defaults
 from distill.errors import DistillError
 from distill.io import write_json_atomic
 
@@ -94,7 +94,7 @@ def parse_loss_overrides(items: Sequence[str] | Mapping[str, Mapping[str, Any]] 
         if key == "name":
             raise DistillError(f"--loss-set {text}: the loss name is not a parameter")
         try:
-            _check_loss({"name": loss, key: value})
+            check_loss({"name": loss, key: value})
         except DistillError as exc:
             raise DistillError(f"--loss-set {text}: {exc}") from None
         out.setdefault(loss, {})[key] = value
@@ -109,7 +109,7 @@ def loss_specs(recipe: Recipe, losses: Sequence[str], overrides: Mapping[str, Ma
     for name in losses:
         base = {k: v for k, v in recipe.loss.items() if k != "name"} if recipe.loss["name"] == name else loss_defaults(name)
         try:
-            specs[name] = _check_loss({"name": name, **base, **dict(overrides.get(name, {}))})
+            specs[name] = check_loss({"name": name, **base, **dict(overrides.get(name, {}))})
         except DistillError as exc:
             raise DistillError(f"loss {name}: {exc}") from None
     return specs

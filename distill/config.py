@@ -253,7 +253,7 @@ def _stage1_names() -> list[str]:
     return _stage_names(1)
 
 
-def _check_loss(loss: dict) -> dict:
+def check_loss(loss: dict) -> dict:
     if not isinstance(loss, dict) or "name" not in loss:
         raise DistillError("loss: expected a mapping with a 'name' key (one of " + ", ".join(_stage1_names()) + ")")
     name = loss["name"]
@@ -343,7 +343,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             raise DistillError(f"--set {key}: unknown key {key.split('.')[0]!r}")
         _set_path(tree, key, value)
     try:
-        tree["loss"] = _check_loss(tree.get("loss"))
+        tree["loss"] = check_loss(tree.get("loss"))
         if isinstance(tree.get("stage2"), dict):
             tree["stage2"] = _renamed_stage2_keys(tree["stage2"], "stage2")
         recipe = _build(Recipe, tree, "recipe")

@@ -45,7 +45,6 @@ recognized only when its module is already loaded, so `--backend onnx` stays tor
 from __future__ import annotations
 
 import inspect
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,6 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.errors import DistillError
+from distill.io import read_json
 
 OWN = "own"  # max_length=OWN: the model's own declared length (own_max_length)
 
@@ -256,18 +256,12 @@ ST_CONFIG = "config_sentence_transformers.json"
 _REPRODUCED = ("Transformer", "Pooling", "Normalize", "StaticEmbedding")
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
 
 def declared_dims(folder) -> int | None:
     """The `truncate_dim` a sentence-transformers folder declares in config_sentence_transformers.json
     (None: none); a value that is not a positive whole number is an error naming the file."""
     path = Path(folder).expanduser() / ST_CONFIG
-    cfg = _read_json(path)
+    cfg = read_json(path)
     value = cfg.get("truncate_dim") if isinstance(cfg, dict) else None
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise DistillError(f"{path}: truncate_dim {value!r} is not a positive whole number")
@@ -277,7 +271,7 @@ def declared_dims(folder) -> int | None:
 def beyond_encoder(folder) -> list[str]:
     """The module types of a sentence-transformers folder (modules.json) that our Encoder does not
     reproduce, e.g. ["Dense"]; [] for any other folder."""
-    modules = _read_json(Path(folder).expanduser() / "modules.json")
+    modules = read_json(Path(folder).expanduser() / "modules.json")
     if not isinstance(modules, list):
         return []
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]

@@ -191,6 +191,22 @@ def _non_finite(obj, where: str = "") -> list[str]:
     return []
 
 
+def read_json(path: str | Path):
+    """The JSON value in `path`, or None when the file is missing, unreadable or not JSON: for
+    optional metadata a reader can do without. A file the user must fix is read by its owner,
+    with an error naming it (data/cache.py's manifest, st_format's modules.json)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return None
+
+
+def read_json_object(path: str | Path) -> dict:
+    """read_json's value when it is a JSON object, else {}."""
+    data = read_json(path)
+    return data if isinstance(data, dict) else {}
+
+
 def write_json_atomic(path: str | Path, obj) -> None:
     """Strict JSON: a NaN or infinity is refused (json.dumps would write bare NaN, which is not JSON)."""
     try:

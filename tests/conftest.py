@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -16,6 +17,14 @@ SCIFACT_DIR = SHARED / "data" / "retrieval" / "scifact"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here: never wait on it in tests
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `./run test` runs the suite in parallel workers (pytest-xdist, one per core): each worker, and
+    # every process a test starts, gets one torch thread. Two OpenMP threads per worker on a core
+    # each would wait on each other (the `one_thread` fixture's 20-50x slowdown, worker-wide).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
+    if "torch" in sys.modules:  # imported before this file (a plugin): too late for the variable
+        sys.modules["torch"].set_num_threads(1)
 
 needs_shared = pytest.mark.skipif(not STS_DIR.is_dir(), reason=f"needs the shared STS data at {STS_DIR}")
 

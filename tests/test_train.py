@@ -155,7 +155,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path, tiny_home):
     """DDP through torchrun (gloo on CPU): the same code path as one GPU, candidates gathered across ranks."""
     recipe = recipe_file(tmp_path, steps=4, every=2)
     env = {**os.environ, "DISTILL_HOME": str(tiny_home), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]  # a free port: tests run in parallel
     proc = subprocess.run([*torchrun, "-m", "distill.cli", "train", str(recipe), "--quiet"], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "run" / "results.json").read_text())

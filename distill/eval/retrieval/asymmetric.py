@@ -23,7 +23,6 @@ of its contents.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -32,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.errors import DistillError
+from distill.io import read_json_object
 
 TEACHER = "teacher"  # doc_model: teacher = the recipe's own teacher
 DOC_MEMO_BYTES = 1024 * 2**20  # document vectors kept at most (least recently used first out)
@@ -84,13 +84,6 @@ def check_widths(query_width: int | None, doc_width: int | None, query_name, doc
                            "(loss mse or cosine with teacher_space: true, which adds a head to the teacher's width)")
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
 
 def trained_teacher(model) -> str | None:
     """The teacher a saved student (distill_student.json) or an export of one (.distill-export.json ->
@@ -100,13 +93,13 @@ def trained_teacher(model) -> str | None:
     folder = Path(model).expanduser()
     if not folder.is_dir():
         return None
-    meta = _read_json(folder / "distill_student.json")
+    meta = read_json_object(folder / "distill_student.json") or None
     if meta is None:
-        marker = _read_json(folder / ".distill-export.json") or {}
+        marker = read_json_object(folder / ".distill-export.json")
         student = marker.get("student")
-        meta = _read_json(Path(student) / "distill_student.json") if isinstance(student, str) else None
+        meta = read_json_object(Path(student) / "distill_student.json") or None if isinstance(student, str) else None
         if meta is None:
-            asym = _read_json(folder / "distill_asymmetric.json") or {}
+            asym = read_json_object(folder / "distill_asymmetric.json")
             return asym.get("teacher")
     teacher = (meta or {}).get("teacher")
     return str(teacher) if teacher else None
