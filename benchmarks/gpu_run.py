@@ -429,10 +429,22 @@ def step_decoder(s: Settings, rows: Rows) -> None:
     from distill.config import load_recipe
     from distill.training.run import train
 
+    # The teacher is built here, not downloaded (the GPU machine has no hub): tests/tiny_models.py's
+    # real Qwen3 classes, small config, random weights, MiniLM's tokenizer padding on the left.
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny_models import QUERY_INSTRUCTION, decoder_dir, st_folder
+
     t = time.time()
+    base = decoder_dir(fresh(s.work / "tiny-decoder-base"), s.models_dir / "all-MiniLM-L6-v2")
+    teacher = st_folder(fresh(s.work / "tiny-decoder-teacher"), base, pooling="lasttoken", normalize=True,
+                        prompts={"query": QUERY_INSTRUCTION, "document": ""}, max_seq_length=48)
     out = fresh(s.work / "runs" / "decoder-smoke")
-    results = train(load_recipe(s.decoder_recipe, [*data_sets(s, "decoder", s.corpus[:1]), "train.precision=bf16", f"output.dir={out}"]), progress=False)
-    rows.add(5, "decoder/smoke", "ok", recipe=str(s.decoder_recipe), seconds=round(time.time() - t, 1), **run_rows(results))
+    recipe = load_recipe(s.decoder_recipe, [*data_sets(s, "decoder", s.corpus[:1]), f"teacher.model={teacher}", "train.precision=bf16",
+                                            f"output.dir={out}"])
+    results = train(recipe, progress=False)
+    manifest = json.loads((s.work / "cache" / "decoder" / "manifest.json").read_text())
+    rows.add(5, "decoder/smoke", "ok", recipe=str(s.decoder_recipe), seconds=round(time.time() - t, 1),
+             teacher_pooling=manifest.get("pooling"), teacher_dtype=manifest.get("teacher_dtype"), **run_rows(results))
 
 
 def _beats(a: list[float], b: list[float]) -> dict:

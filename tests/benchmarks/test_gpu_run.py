@@ -93,8 +93,11 @@ def test_dry_run_goes_through_every_step_and_writes_its_rows(tmp_path, minilm_pa
     speed_md = (out / "speed.md").read_text()
     assert "## Teacher cache speed (benchmarks/cache_speed.py)" in speed_md and "## Encode speed (benchmarks/encode_speed.py)" in speed_md
 
-    # 5, 6: the decoder step says why it did not run; the targets are not judged on a CPU
-    assert by["decoder/smoke"][0]["status"] == "skipped" and "smoke-decoder-teacher.yaml does not exist yet" in by["decoder/smoke"][0]["why"]
+    # 5: the decoder teacher (tiny Qwen3 built in the step, last-token pooling) cached and distilled
+    decoder = by["decoder/smoke"][0]
+    assert decoder["status"] == "ok" and decoder["teacher_pooling"] == "lasttoken" and decoder["steps"] == 4, decoder
+    assert decoder["teacher_dtype"] == "bf16" and set(decoder["tasks"]) == {"STS-B"}
+    # 6: the targets are not judged on a CPU
     summary = by["summary/targets"][0]
     assert summary["status"] == "skipped" and "not on a GPU" in summary["why"]
     assert summary["measured"]["ibkd_l3_avg"] == runs[("all-minilm-l3-v2", "ibkd", 42)]["avg"]
