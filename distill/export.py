@@ -159,10 +159,10 @@ def export_student(run_dir: str | Path, out: str | Path, *, which: str = "best",
 
     kept = "; nothing written" + (" (the previous export is kept)" if out.is_dir() and any(out.iterdir()) else "")
     with write_errors(out, "--out", kept), \
-            atomic_dir(out, publish=lambda tmp, target: _publish(tmp, target, run_dir, overwrite)) as tmp:
+            atomic_dir(out, publish=lambda tmp, target: publish_export(tmp, target, run_dir, overwrite)) as tmp:
         model.save(str(tmp), safe_serialization=True)
         (tmp / "README.md").write_text(model_card(run_dir, meta, model, projection, normalize), encoding="utf-8")
-        (tmp / EXPORT_MARKER).write_text(json.dumps({**_marker(run_dir, which, student_dir), "dims": dims, "pca": pca}, indent=2) + "\n")
+        (tmp / EXPORT_MARKER).write_text(json.dumps({**export_marker(run_dir, which, student_dir), "dims": dims, "pca": pca}, indent=2) + "\n")
         if finish is not None:  # e.g. the ONNX files: written before the rename, so the export appears complete or not at all
             finish(tmp)
     return out
@@ -210,14 +210,15 @@ def _pca_dense(enc, head, meta: dict, k: int, student_dir: Path):
     return dense
 
 
-def _marker(run_dir: Path, which: str, student_dir: Path) -> dict:
+def export_marker(run_dir: Path, which: str, student_dir: Path) -> dict:
+    """.distill-export.json's fields: what made the folder (ours to replace later) and from which run."""
     from distill import __version__
 
     return {"tool": "distill", "version": __version__, "source_run": str(run_dir.resolve()), "which": which,
             "student": str(student_dir.resolve()), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
 
 
-def _publish(tmp: Path, out: Path, run_dir: Path, overwrite: bool) -> None:
+def publish_export(tmp: Path, out: Path, run_dir: Path, overwrite: bool) -> None:
     """Rename the finished temp folder into place; replace only a previous export of ours."""
     check_out(run_dir, out, overwrite)  # again: the folder may have changed while the model was written
     replace_dir(tmp, out)  # a previous export (checked by its marker) aside, the new one in, the old one deleted

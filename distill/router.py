@@ -62,7 +62,7 @@ def export_asymmetric(run_dir: str | Path, out: str | Path, *, which: str = "bes
     sentence-transformers folder with a Router (module docstring). `teacher` overrides the run's."""
     from sentence_transformers import SentenceTransformer
 
-    from distill.export import EXPORT_MARKER, _marker, _publish, check_out, export_student, st_module_classes
+    from distill.export import EXPORT_MARKER, check_out, export_marker, export_student, publish_export, st_module_classes
     from distill.io import atomic_dir, check_writable, write_errors
     from distill.saved_student import META, stage_meta
 
@@ -105,11 +105,11 @@ def export_asymmetric(run_dir: str | Path, out: str | Path, *, which: str = "bes
                 "document_max_seq_length": t_len, "loss": meta.get("loss")}
         kept = "; nothing written" + (" (the previous export is kept)" if out.is_dir() and any(out.iterdir()) else "")
         with write_errors(out, "--out", kept), \
-                atomic_dir(out, publish=lambda t, target: _publish(t, target, run_dir, overwrite)) as target:
+                atomic_dir(out, publish=lambda t, target: publish_export(t, target, run_dir, overwrite)) as target:
             model.save(str(target), safe_serialization=True)
             (target / INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
             (target / "README.md").write_text(_card(info), encoding="utf-8")
-            (target / EXPORT_MARKER).write_text(json.dumps({**_marker(run_dir, which, student_dir), "asymmetric": True}, indent=2) + "\n")
+            (target / EXPORT_MARKER).write_text(json.dumps({**export_marker(run_dir, which, student_dir), "asymmetric": True}, indent=2) + "\n")
     print(f"distill: {out}: query -> {meta.get('student')} (trained from {run_dir}), document -> {teacher}, {t_dim}-d", file=sys.stderr)
     return out
 

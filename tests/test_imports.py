@@ -86,3 +86,20 @@ def test_distill_has_no_import_circle():
     found = cycles(import_graph())
     assert not found, "import circles (module groups that import each other, in-function imports included): " + "; ".join(
         " <-> ".join(c) for c in found)
+
+
+def private_imports() -> list[str]:
+    """`from distill.X import _name` anywhere in distill/: a module reaching into another's private
+    names (the two then change together without saying so)."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        mod = module_name(path)
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("distill") and node.module != mod:
+                found += [f"{mod}: from {node.module} import {a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    assert private_imports() == []
