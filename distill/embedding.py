@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.errors import DistillError
-from distill.io import read_json
+from distill.io import try_read_json
 
 OWN = "own"  # max_length=OWN: the model's own declared length (own_max_length)
 
@@ -261,7 +261,7 @@ def declared_dims(folder) -> int | None:
     """The `truncate_dim` a sentence-transformers folder declares in config_sentence_transformers.json
     (None: none); a value that is not a positive whole number is an error naming the file."""
     path = Path(folder).expanduser() / ST_CONFIG
-    cfg = read_json(path)
+    cfg = try_read_json(path)
     value = cfg.get("truncate_dim") if isinstance(cfg, dict) else None
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise DistillError(f"{path}: truncate_dim {value!r} is not a positive whole number")
@@ -271,7 +271,7 @@ def declared_dims(folder) -> int | None:
 def beyond_encoder(folder) -> list[str]:
     """The module types of a sentence-transformers folder (modules.json) that our Encoder does not
     reproduce, e.g. ["Dense"]; [] for any other folder."""
-    modules = read_json(Path(folder).expanduser() / "modules.json")
+    modules = try_read_json(Path(folder).expanduser() / "modules.json")
     if not isinstance(modules, list):
         return []
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]

@@ -191,19 +191,19 @@ def _non_finite(obj, where: str = "") -> list[str]:
     return []
 
 
-def read_json(path: str | Path):
+def try_read_json(path: str | Path):
     """The JSON value in `path`, or None when the file is missing, unreadable or not JSON: for
-    optional metadata a reader can do without. A file the user must fix is read by its owner,
-    with an error naming it (data/cache.py's manifest, st_format's modules.json)."""
+    optional metadata a reader can do without. A file the user must fix is read strictly, with an
+    error naming it and its line (st_format.read_json: model folders; data/cache.py: the manifest)."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         return None
 
 
-def read_json_object(path: str | Path) -> dict:
-    """read_json's value when it is a JSON object, else {}."""
-    data = read_json(path)
+def try_read_json_object(path: str | Path) -> dict:
+    """try_read_json's value when it is a JSON object, else {}."""
+    data = try_read_json(path)
     return data if isinstance(data, dict) else {}
 
 

@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 from distill.errors import DistillError
-from distill.io import read_json_object
+from distill.io import try_read_json_object
 
 # Models whose position ids start at padding_idx + 1 (fairseq's convention).
 RESERVES_PADDING = ("roberta", "xlm-roberta", "camembert", "mpnet")
@@ -46,7 +46,7 @@ def check_tokenizer_files(folder: str | Path, tokenizer) -> None:
         return
     wanted = [TOKENIZER_FILE, *vocab, "tokenizer_config.json"]
     missing = [n for n in wanted if not (folder / n).is_file()]
-    model_type = read_json_object(folder / "config.json").get("model_type", "?")
+    model_type = try_read_json_object(folder / "config.json").get("model_type", "?")
     raise DistillError(
         f"{folder}: no tokenizer files (missing {', '.join(missing)}); transformers would build an empty "
         f"{type(tokenizer).__name__} from config.json's model_type {model_type!r} that reads every word as "
@@ -92,7 +92,7 @@ def explain_load_error(folder: str | Path, exc: BaseException) -> DistillError:
     if damaged is not None:
         return DistillError(damaged)
     if "contains custom code" in text or "trust_remote_code" in text:
-        named = next((folder / n for n in ("config.json", "tokenizer_config.json") if "auto_map" in read_json_object(folder / n)), folder)
+        named = next((folder / n for n in ("config.json", "tokenizer_config.json") if "auto_map" in try_read_json_object(folder / n)), folder)
         return DistillError(f"{named}: its auto_map names the model's own code, which distill never runs (trust_remote_code is off); "
                             "use a model whose architecture transformers has")
     weights = sorted(folder.glob("pytorch_model*.bin")) or sorted(folder.glob("*.bin")) or [folder / "pytorch_model.bin"]
@@ -156,7 +156,7 @@ def position_limit(config) -> int | None:
 
 def folder_position_limit(folder: str | Path) -> int | None:
     """`position_limit` of a model folder's config.json, without loading anything else."""
-    return position_limit(read_json_object(Path(folder) / "config.json"))
+    return position_limit(try_read_json_object(Path(folder) / "config.json"))
 
 
 def check_length(key: str, length: int, name, role: str, *, fetch: bool = False) -> None:

@@ -136,14 +136,14 @@ def _check_prefix_widths(recipe) -> None:
 def _student_width(recipe) -> int | None:
     """The width of the student's own vector from its preset or its folder's config.json (None: not
     known without loading it, e.g. a static model folder)."""
-    from distill.io import read_json_object
+    from distill.io import try_read_json_object
     from distill.presets import student_spec
     from distill.st_format import static_folder as is_static_folder
 
     preset = student_spec(recipe.student)
     if preset is None:  # a folder
         folder = Path(recipe.student).expanduser()
-        width = None if is_static_folder(folder) else read_json_object(folder / "config.json").get("hidden_size")
+        width = None if is_static_folder(folder) else try_read_json_object(folder / "config.json").get("hidden_size")
         return width if isinstance(width, int) and not isinstance(width, bool) else None
     return preset.dim
 

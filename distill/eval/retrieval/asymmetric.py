@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.errors import DistillError
-from distill.io import read_json_object
+from distill.io import try_read_json_object
 
 TEACHER = "teacher"  # doc_model: teacher = the recipe's own teacher
 DOC_MEMO_BYTES = 1024 * 2**20  # document vectors kept at most (least recently used first out)
@@ -93,13 +93,13 @@ def trained_teacher(model) -> str | None:
     folder = Path(model).expanduser()
     if not folder.is_dir():
         return None
-    meta = read_json_object(folder / "distill_student.json") or None
+    meta = try_read_json_object(folder / "distill_student.json") or None
     if meta is None:
-        marker = read_json_object(folder / ".distill-export.json")
+        marker = try_read_json_object(folder / ".distill-export.json")
         student = marker.get("student")
-        meta = read_json_object(Path(student) / "distill_student.json") or None if isinstance(student, str) else None
+        meta = try_read_json_object(Path(student) / "distill_student.json") or None if isinstance(student, str) else None
         if meta is None:
-            asym = read_json_object(folder / "distill_asymmetric.json")
+            asym = try_read_json_object(folder / "distill_asymmetric.json")
             return asym.get("teacher")
     teacher = (meta or {}).get("teacher")
     return str(teacher) if teacher else None
