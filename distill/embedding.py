@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.errors import DistillError
-from distill.io import try_read_json
+from distill.st_format import read_modules, st_config
 
 OWN = "own"  # max_length=OWN: the model's own declared length (own_max_length)
 
@@ -259,23 +259,17 @@ _REPRODUCED = ("Transformer", "Pooling", "Normalize", "StaticEmbedding")
 
 def declared_dims(folder) -> int | None:
     """The `truncate_dim` a sentence-transformers folder declares in config_sentence_transformers.json
-    (None: none); a value that is not a positive whole number is an error naming the file."""
-    path = Path(folder).expanduser() / ST_CONFIG
-    cfg = try_read_json(path)
-    value = cfg.get("truncate_dim") if isinstance(cfg, dict) else None
+    (None: none); a value that is not a positive whole number, or a damaged file, is an error naming it."""
+    value = st_config(Path(folder).expanduser()).get("truncate_dim")
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise DistillError(f"{path}: truncate_dim {value!r} is not a positive whole number")
+        raise DistillError(f"{Path(folder).expanduser() / ST_CONFIG}: truncate_dim {value!r} is not a positive whole number")
     return value
 
 
 def beyond_encoder(folder) -> list[str]:
     """The module types of a sentence-transformers folder (modules.json) that our Encoder does not
-    reproduce, e.g. ["Dense"]; [] for any other folder."""
-    modules = try_read_json(Path(folder).expanduser() / "modules.json")
-    if not isinstance(modules, list):
-        return []
-    kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules if isinstance(m, dict)]
-    return [k for k in kinds if k not in _REPRODUCED]
+    reproduce, e.g. ["Dense"]; [] for any other folder. A damaged modules.json is an error naming it."""
+    return [m.short for m in read_modules(Path(folder).expanduser()) if m.short not in _REPRODUCED]
 
 
 DIMS_HELP = ("serve the model at N dimensions: the first N of each vector, then L2-normalized (for Matryoshka-trained "

@@ -262,3 +262,24 @@ def test_onnx_export_refuses_a_dense_after_a_normalize(tiny_bert_dir, tmp_path):
     SentenceTransformer(modules=[t, m.Pooling(32, pooling_mode="mean"), m.Normalize(), m.Dense(32, 8), m.Normalize()], device="cpu").save(str(folder))
     with pytest.raises(DistillError, match="Dense module 3 comes after a Normalize"):
         export_onnx(folder, log=lambda msg: None)
+
+
+def test_a_damaged_or_wrong_truncate_dim_is_an_error_naming_the_file(tmp_path, minilm_path):
+    """The folder's config_sentence_transformers.json is read strictly (st_format's reader): a file
+    cut short names itself and its line, a truncate_dim that is no positive whole number names the
+    value, instead of being passed over or failing later inside sentence-transformers."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(minilm_path, folder)
+    config = folder / "config_sentence_transformers.json"
+    config.write_text('{"truncate_dim": 8,\n')
+    with pytest.raises(DistillError, match=r"config_sentence_transformers\.json:2: not valid JSON"):
+        Embedder(str(folder))
+    config.write_text('{"truncate_dim": 0}\n')
+    with pytest.raises(DistillError, match="truncate_dim 0 is not a positive whole number"):
+        Embedder(str(folder))
+    (folder / "modules.json").write_text("[{\"idx\": 0,\n")  # read for the modules our Encoder does not reproduce
+    config.write_text("{}\n")
+    with pytest.raises(DistillError, match=r"modules\.json:\d+: not valid JSON"):
+        Embedder(str(folder))
