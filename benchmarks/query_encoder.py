@@ -304,7 +304,8 @@ def write_section(path: Path, sets: dict[str, dict]) -> None:
     body = [SECTION, "",
             "Student queries against the teacher's own document vectors (the index kept), beside the teacher and the student "
             "alone, on each set's test split (the runs selected on dev). Each student row's queries/s and x teacher are "
-            "against the teacher timed in the same run as it (teacher_queries_per_s in benchmarks/query-encoder.json)."]
+            "against the teacher timed in the same run as it (teacher_queries_per_s in benchmarks/query-encoder.json). "
+            "How each run was trained (recipe and overrides) and how it was chosen on dev: docs/keep-your-index.md, \"Measured\"."]
     for report in sets.values():
         body += ["", f"### {report['data']} (teacher {report.get('teacher', report['rows'][0]['model'])})", "",
                  f"{report['date']}, {report['device']} ({report['threads']} threads{', ' + report['label'] if report['label'] else ''}), "
