@@ -314,9 +314,11 @@ def write_section(path: Path, sets: dict[str, dict]) -> None:
                  *(f"    {c}" for c in report["commands"]), "", table(report)]
         if report["mix"]:
             body += ["", "Training data for the query encoder (the same recipe, only the corpus differs; selected on dev, test reported):", "",
-                     "| run | training corpus | dev nDCG@10 (selection) | test nDCG@10 | % of teacher |", "|---|---|---:|---:|---:|"]
+                     "| run | training corpus (the cache's sources) | dev nDCG@10 (selection) | test nDCG@10 | % of teacher |",
+                     "|---|---|---:|---:|---:|"]
             for m in report["mix"]:
-                body.append(f"| {m['name']} | {m['run']} | {m['dev_selection']:.2f} | {m['nDCG@10']:.2f} | {m['of_teacher']:.1f} |")
+                corpus = ", ".join(f"`{c.rsplit('/', 1)[-1]}`" for c in m.get("corpus") or []) or m["run"]
+                body.append(f"| {m['name']} | {corpus} | {m['dev_selection']:.2f} | {m['nDCG@10']:.2f} | {m['of_teacher']:.1f} |")
     text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmarks\n"
     if SECTION in text:
         start = text.index(SECTION)
