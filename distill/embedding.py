@@ -256,7 +256,6 @@ ST_CONFIG = "config_sentence_transformers.json"
 _REPRODUCED = ("Transformer", "Pooling", "Normalize", "StaticEmbedding")
 
 
-
 def declared_dims(folder) -> int | None:
     """The `truncate_dim` a sentence-transformers folder declares in config_sentence_transformers.json
     (None: none); a value that is not a positive whole number, or a damaged file, is an error naming it."""

@@ -142,7 +142,6 @@ def weights_only_reason(exc: BaseException) -> str:
     return (lines[-1] if lines else type(exc).__name__).split(" Please use", 1)[0][:200]
 
 
-
 def position_limit(config) -> int | None:
     """The most tokens a model takes (a config object or config.json's dict), None when it has no
     absolute position embeddings to count."""

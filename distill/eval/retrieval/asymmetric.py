@@ -84,7 +84,6 @@ def check_widths(query_width: int | None, doc_width: int | None, query_name, doc
                            "(loss mse or cosine with teacher_space: true, which adds a head to the teacher's width)")
 
 
-
 def trained_teacher(model) -> str | None:
     """The teacher a saved student (distill_student.json) or an export of one (.distill-export.json ->
     its student's folder) was distilled from; None when the folder does not say."""
