@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.errors import DistillError
-from distill.st_format import read_modules, st_config
+from distill.st_format import declared_truncate_dim, read_modules
 
 OWN = "own"  # max_length=OWN: the model's own declared length (own_max_length)
 
@@ -259,10 +259,7 @@ _REPRODUCED = ("Transformer", "Pooling", "Normalize", "StaticEmbedding")
 def declared_dims(folder) -> int | None:
     """The `truncate_dim` a sentence-transformers folder declares in config_sentence_transformers.json
     (None: none); a value that is not a positive whole number, or a damaged file, is an error naming it."""
-    value = st_config(Path(folder).expanduser()).get("truncate_dim")
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise DistillError(f"{Path(folder).expanduser() / ST_CONFIG}: truncate_dim {value!r} is not a positive whole number")
-    return value
+    return declared_truncate_dim(Path(folder).expanduser())
 
 
 def beyond_encoder(folder) -> list[str]:

@@ -37,12 +37,12 @@ from distill.st_format import (
     ST_POOLING,
     check_module_types,
     declared_max_length,
+    declared_truncate_dim,
     folder_prompts,
     pooling_config,
     read_json,
     read_modules,
     role_prompt_name,
-    st_config,
     st_module_classes,
     transformer_folder,
 )
@@ -158,10 +158,7 @@ def effective_truncate_dim(spec: TeacherSpec, folder: Path) -> int | None:
     (config_sentence_transformers.json, as `distill export --dims` writes it), as SentenceTransformer serves it."""
     if spec.truncate_dim is not None:
         return spec.truncate_dim
-    declared = st_config(folder).get("truncate_dim") if (Path(folder) / "modules.json").is_file() else None
-    if declared is not None and (isinstance(declared, bool) or not isinstance(declared, int) or declared < 1):
-        raise DistillError(f"{Path(folder) / 'config_sentence_transformers.json'}: truncate_dim {declared!r} is not a positive whole number")
-    return declared
+    return declared_truncate_dim(folder) if (Path(folder) / "modules.json").is_file() else None
 
 
 def _plain_pipeline(spec: TeacherSpec, folder: Path, plan: dict, max_length: int | None):

@@ -157,6 +157,15 @@ def st_config(folder: Path) -> dict:
     return data
 
 
+def declared_truncate_dim(folder: Path) -> int | None:
+    """The `truncate_dim` config_sentence_transformers.json declares (as `distill export --dims`
+    writes it; None: none); a value that is not a positive whole number is an error naming the file."""
+    value = st_config(folder).get("truncate_dim")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise DistillError(f"{Path(folder) / 'config_sentence_transformers.json'}: truncate_dim {value!r} is not a positive whole number")
+    return value
+
+
 def folder_prompts(folder: Path) -> tuple[dict[str, str], str | None]:
     """The prompts a folder declares (name -> text) and its default_prompt_name."""
     cfg = st_config(folder)

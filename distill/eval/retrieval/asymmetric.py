@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.errors import DistillError
-from distill.io import try_read_json_object
+from distill.io import atomic_path, try_read_json_object
 
 TEACHER = "teacher"  # doc_model: teacher = the recipe's own teacher
 DOC_MEMO_BYTES = 1024 * 2**20  # document vectors kept at most (least recently used first out)
@@ -92,15 +92,13 @@ def trained_teacher(model) -> str | None:
     folder = Path(model).expanduser()
     if not folder.is_dir():
         return None
-    meta = try_read_json_object(folder / "distill_student.json") or None
-    if meta is None:
-        marker = try_read_json_object(folder / ".distill-export.json")
-        student = marker.get("student")
-        meta = try_read_json_object(Path(student) / "distill_student.json") or None if isinstance(student, str) else None
-        if meta is None:
-            asym = try_read_json_object(folder / "distill_asymmetric.json")
-            return asym.get("teacher")
-    teacher = (meta or {}).get("teacher")
+    meta = try_read_json_object(folder / "distill_student.json")
+    if not meta:
+        student = try_read_json_object(folder / ".distill-export.json").get("student")
+        meta = try_read_json_object(Path(student) / "distill_student.json") if isinstance(student, str) else {}
+        if not meta:
+            return try_read_json_object(folder / "distill_asymmetric.json").get("teacher")
+    teacher = meta.get("teacher")
     return str(teacher) if teacher else None
 
 
@@ -173,7 +171,6 @@ def doc_vectors(embed, corpus: Mapping, source: str | Path | None = None, batch_
     a digest of the model's name, length and width, the corpus file's path, size and modification
     time, and this package's version; a changed file or model name is a new entry."""
     from distill.eval.retrieval.data import as_text_map
-    from distill.io import atomic_path
 
     texts = list(as_text_map(corpus, "corpus").values())
     key = (_model_identity(embed), corpus_identity(corpus, source))
