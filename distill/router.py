@@ -37,7 +37,6 @@ import tempfile
 from pathlib import Path
 
 from distill.errors import DistillError
-from distill.st_format import is_routed, is_router_folder  # noqa: F401 (detection lives in the format module)
 
 INFO = "distill_asymmetric.json"
 

@@ -236,13 +236,10 @@ def write_st_modules(folder: Path, pooling: str, max_seq_length: int | None) -> 
 
 
 def is_router_folder(folder) -> bool:
-    """True for a sentence-transformers folder whose modules.json names a Router."""
-    try:
-        modules = json.loads((Path(folder).expanduser() / "modules.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(modules, list) and any(isinstance(m, dict) and str(m.get("type", "")).rsplit(".", 1)[-1] == ROUTER_MODULE
-                                             for m in modules)
+    """True for a sentence-transformers folder whose modules.json names a Router (False for a hub id
+    or a folder without modules.json; a damaged modules.json is an error naming it, as everywhere)."""
+    folder = Path(folder).expanduser()
+    return folder.is_dir() and any(m.short == ROUTER_MODULE for m in read_modules(folder))
 
 
 def is_routed(model) -> bool:

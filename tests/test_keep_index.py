@@ -212,6 +212,14 @@ def test_router_folder_in_encode_similarity_and_pipeline(space_run, tmp_path, ca
     assert abs(next(r["score"] for r in shown["results"] if r["sentence"] == texts[1]) - expected) < 1e-4
     result = pipeline(str(out))({"source_sentence": texts[0], "sentences_to_compare": [texts[1]]})
     assert abs(result["scores"][0] - expected) < 1e-4
+    # how those commands know the folder serves two roles: its modules.json, read strictly
+    from distill.errors import DistillError
+    from distill.st_format import is_router_folder
+
+    assert is_router_folder(out) and not is_router_folder(run / "best") and not is_router_folder("owner/not-a-folder")
+    (out / "modules.json").write_text('[{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers')
+    with pytest.raises(DistillError, match=r"modules\.json:1: not valid JSON"):
+        is_router_folder(out)
 
 
 def test_asymmetric_export_refuses_a_student_outside_the_teacher_space(plain_run, tmp_path, capsys):
