@@ -5,36 +5,47 @@ Used two ways:
 - as a distillation corpus source (`data.corpus`, `distill cache --corpus`): `beir:FOLDER` reads
   every passage of FOLDER/corpus.jsonl ("title text", BEIR's join; the document role);
   `beir:FOLDER?queries=SPLIT` adds the queries judged in FOLDER/qrels/SPLIT.tsv after them (the
-  query role: a teacher with a query prompt encodes them as queries). No file is written: the teacher
-  cache's manifest records the source string and the sha256 of what it read.
+  query role: a teacher with a query prompt encodes them as queries); `&sentences=query` (or
+  `=document`) adds every passage's sentences after those, with that role: short in-domain texts, the
+  pseudo-queries of cropping (Contriever, Izacard et al. 2022, trains on spans cut from documents as
+  queries). A query encoder sees short texts only, and an index owner has the documents. No file
+  is written: the teacher cache's manifest records the source string and the sha256 of what it read.
 - by `distill mine` (distill/data/mining.py): the split's (query, positive) pairs.
 
-Test queries never enter training: `queries=test` is refused, and a query of another split whose
-text is also a query judged in qrels/test.tsv is left out (SciFact has two: dev claims 871 and
-1291 are test claims 870 and 1292 word for word, with the same relevant abstract).
+Test queries never enter training: `queries=test` is refused, and a query of another split (or a
+passage's sentence) whose text is also a query judged in qrels/test.tsv is left out (SciFact has
+two: dev claims 871 and 1291 are test claims 870 and 1292 word for word, with the same relevant
+abstract; three of DuReader-robust's passages hold a test query as a sentence of its own).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from distill.data.readers import is_jsonl, iter_jsonl, join_title
-from distill.data.sentence_store import DOCUMENT, QUERY
+from distill.data.sentence_store import DOCUMENT, QUERY, ROLES
 from distill.errors import DistillError
 
 PREFIX = "beir:"
 TEST_SPLIT = "test"  # BEIR's reporting split: its queries are never trained on
+# Where a sentence ends: Chinese / Japanese full stops, question and exclamation marks, semicolons,
+# newlines, and Western . ! ? ; when a space follows (so "3.5", "U.S.A" and "e.g." inside a word stay).
+SENTENCE_END = re.compile(r"[。！？；\n]|[.!?;](?=\s)")
+MIN_SENTENCE_CHARS = 4  # shorter pieces ("1、", "OK") are list markers and fragments, not queries
 
 
 @dataclass(frozen=True)
 class BeirSource:
     folder: Path
     queries: str | None  # the split whose queries follow the passages; None: passages only
+    sentences: str | None = None  # the role of the passages' sentences added after them; None: none
 
     def __str__(self) -> str:
-        return f"{PREFIX}{self.folder}" + (f"?queries={self.queries}" if self.queries else "")
+        options = [f"{k}={v}" for k, v in (("queries", self.queries), ("sentences", self.sentences)) if v]
+        return f"{PREFIX}{self.folder}" + ("?" + "&".join(options) if options else "")
 
 
 def is_beir_source(source: str) -> bool:
@@ -42,20 +53,34 @@ def is_beir_source(source: str) -> bool:
 
 
 def parse_source(source: str) -> BeirSource:
-    """`beir:FOLDER` or `beir:FOLDER?queries=SPLIT` -> BeirSource; anything else is an error naming the source."""
+    """`beir:FOLDER[?queries=SPLIT][&sentences=ROLE]` -> BeirSource; anything else is an error naming the source."""
+    usage = "beir:FOLDER, beir:FOLDER?queries=SPLIT, beir:FOLDER?queries=SPLIT&sentences=query"
     if not is_beir_source(source):
-        raise DistillError(f"{source!r}: not a BEIR source (beir:FOLDER or beir:FOLDER?queries=SPLIT)")
+        raise DistillError(f"{source!r}: not a BEIR source ({usage})")
     body = source[len(PREFIX):]
     folder, _, query = body.partition("?")
-    split = None
-    if query:
-        key, eq, value = query.partition("=")
-        if key != "queries" or not eq or not value.strip():
-            raise DistillError(f"corpus source {source!r}: after '?' expected queries=SPLIT (e.g. beir:{folder}?queries=dev), got {query!r}")
-        split = value.strip()
+    options: dict[str, str] = {}
+    for part in query.split("&") if query else []:
+        key, eq, value = part.partition("=")
+        if key not in ("queries", "sentences") or not eq or not value.strip():
+            raise DistillError(f"corpus source {source!r}: after '?' expected queries=SPLIT and/or sentences=query|document "
+                               f"(e.g. beir:{folder}?queries=dev&sentences=query), got {part!r}")
+        if key in options:
+            raise DistillError(f"corpus source {source!r}: {key} given twice")
+        options[key] = value.strip()
+    sentences = options.get("sentences")
+    if sentences is not None and sentences not in ROLES:
+        raise DistillError(f"corpus source {source!r}: sentences={sentences!r}: the role the passages' sentences get, "
+                           f"one of {', '.join(ROLES)}")
     if not folder.strip():
         raise DistillError(f"corpus source {source!r}: no folder after 'beir:'")
-    return BeirSource(Path(folder).expanduser(), split)
+    return BeirSource(Path(folder).expanduser(), options.get("queries"), sentences)
+
+
+def split_sentences(text: str) -> list[str]:
+    """TEXT's sentences, whitespace-normalized, in order; pieces under MIN_SENTENCE_CHARS left out."""
+    pieces = (" ".join(piece.split()) for piece in SENTENCE_END.split(text))
+    return [p for p in pieces if len(p) >= MIN_SENTENCE_CHARS]
 
 
 def check_training_split(split: str, what: str) -> None:
@@ -132,7 +157,8 @@ def load_training_split(folder: str | Path, split: str) -> TrainingSplit:
 
 def iter_beir_source(source: str) -> Iterator[tuple[int, str, int]]:
     """(position from 1, text, role): every passage of the folder ("title text", the document
-    role), then the split's queries (if named; the query role)."""
+    role), then the split's queries (if named; the query role), then the passages' sentences (if
+    asked for; their role), none of them a test query's text."""
     spec = parse_source(source)
     if not spec.folder.is_dir():
         raise DistillError(f"corpus source {source!r}: {spec.folder} is not a folder (expected a BEIR folder: corpus.jsonl, queries.jsonl, qrels/)")
@@ -142,7 +168,17 @@ def iter_beir_source(source: str) -> Iterator[tuple[int, str, int]]:
         check_training_split(spec.queries, f"corpus source {source!r}")
         data = load_training_split(spec.folder, spec.queries)
         passages, queries = data.passages, data.queries
-    for position, (title, text) in enumerate(passages.values(), start=1):
+    position = 0
+    for title, text in passages.values():
+        position += 1
         yield position, join_title(title, text), DOCUMENT
-    for position, text in enumerate(queries.values(), start=len(passages) + 1):
+    for text in queries.values():
+        position += 1
         yield position, text, QUERY
+    if spec.sentences is not None:
+        banned, role = test_query_texts(spec.folder), ROLES[spec.sentences]
+        for title, text in passages.values():  # the title is a sentence of its own
+            for sentence in split_sentences(title) + split_sentences(text):
+                position += 1
+                if sentence not in banned:  # split_sentences normalizes whitespace as test_query_texts does
+                    yield position, sentence, role

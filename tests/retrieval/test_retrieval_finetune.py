@@ -47,6 +47,31 @@ def test_beir_corpus_source_has_passages_and_dev_queries_never_a_test_query(tmp_
             read_corpus([source])
 
 
+def test_beir_source_adds_the_passages_sentences_with_a_role_never_a_test_query(tmp_path):
+    """`&sentences=query`: each passage's sentences after the passages and queries (Chinese and
+    Western sentence ends, a decimal point is not one), short pieces and test-query texts left out."""
+    folder = _beir(tmp_path / "b", {"d1": ("", "小米6防水等级是IP67。它能防溅水！价格 3.5 千元；OK"),
+                                    "d2": ("A title", "First sentence here. Second one?\nthird  line e.g.x"),
+                                    "d3": ("", "月经后几天可以同房？一般是3到7天。")},
+                   {"q1": "小米6防水等级", "q2": "月经后几天可以同房", "q3": "防水"},
+                   {"dev": {"q1": ["d1"], "q3": ["d1"]}, "test": {"q2": ["d3"]}})
+    corpus = read_corpus([f"beir:{folder}?queries=dev&sentences=query"])
+    passages = ["小米6防水等级是IP67。它能防溅水！价格 3.5 千元；OK", "A title First sentence here. Second one? third  line e.g.x",
+                "月经后几天可以同房？一般是3到7天。"]  # (the corpus reader makes a row's newline a space)
+    sentences = ["小米6防水等级是IP67", "它能防溅水", "价格 3.5 千元", "A title", "First sentence here", "Second one",
+                 "third line e.g.x", "一般是3到7天"]  # "OK" is too short; test query q2's text is left out
+    assert corpus.sentences[:] == passages + ["小米6防水等级", "防水"] + sentences
+    assert list(corpus.sentences.roles) == [0, 0, 0, 1, 1] + [1] * len(sentences)
+    as_documents = read_corpus([f"beir:{folder}?sentences=document"])
+    # documents only: the passages, then their sentences as documents (no queries asked for)
+    assert as_documents.sentences[:] == corpus.sentences[:3] + sentences and set(as_documents.sentences.roles) == {0}
+    for source, message in [(f"beir:{folder}?queries=dev&sentences=yes", r"sentences='yes': the role the passages' sentences get"),
+                            (f"beir:{folder}?queries=dev&queries=dev", r"queries given twice"),
+                            (f"beir:{folder}?queries=dev&crops=query", r"expected queries=SPLIT and/or sentences=query\|document")]:
+        with pytest.raises(DistillError, match=message):
+            read_corpus([source])
+
+
 def test_the_scifact_recipes_corpus_holds_no_test_query(scifact_dir):
     recipe = load_recipe(REPO / "configs" / "scifact-minilm-l3.yaml")
     corpus = read_corpus(recipe.data.corpus, max_sentences=recipe.data.max_sentences)
