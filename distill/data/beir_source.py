@@ -31,9 +31,10 @@ from distill.errors import DistillError
 
 PREFIX = "beir:"
 TEST_SPLIT = "test"  # BEIR's reporting split: its queries are never trained on
-# Where a sentence ends: Chinese / Japanese full stops, question and exclamation marks, semicolons,
-# newlines, and Western . ! ? ; when a space follows (so "3.5", "U.S.A" and "e.g." inside a word stay).
-SENTENCE_END = re.compile(r"[。！？；\n]|[.!?;](?=\s)")
+# Where a sentence ends: full-width and ASCII question and exclamation marks and semicolons (Chinese
+# web text often has "?" with no space after it), newlines, the Chinese full stop, and "." before a
+# space or a CJK character (so "3.5", "U.S.A" and "e.g." inside a word stay whole).
+SENTENCE_END = re.compile(r"[。！？；!?;\n]|\.(?=\s|[\u3400-\u9fff])")
 MIN_SENTENCE_CHARS = 4  # shorter pieces ("1、", "OK") are list markers and fragments, not queries
 
 

@@ -50,16 +50,16 @@ def test_beir_corpus_source_has_passages_and_dev_queries_never_a_test_query(tmp_
 def test_beir_source_adds_the_passages_sentences_with_a_role_never_a_test_query(tmp_path):
     """`&sentences=query`: each passage's sentences after the passages and queries (Chinese and
     Western sentence ends, a decimal point is not one), short pieces and test-query texts left out."""
-    folder = _beir(tmp_path / "b", {"d1": ("", "小米6防水等级是IP67。它能防溅水！价格 3.5 千元；OK"),
+    folder = _beir(tmp_path / "b", {"d1": ("", "小米6防水等级是IP67。它能防溅水!价格 3.5 千元;OK"),
                                     "d2": ("A title", "First sentence here. Second one?\nthird  line e.g.x"),
-                                    "d3": ("", "月经后几天可以同房？一般是3到7天。")},
+                                    "d3": ("", "月经后几天可以同房?一般是3到7天.之后")},
                    {"q1": "小米6防水等级", "q2": "月经后几天可以同房", "q3": "防水"},
                    {"dev": {"q1": ["d1"], "q3": ["d1"]}, "test": {"q2": ["d3"]}})
     corpus = read_corpus([f"beir:{folder}?queries=dev&sentences=query"])
-    passages = ["小米6防水等级是IP67。它能防溅水！价格 3.5 千元；OK", "A title First sentence here. Second one? third  line e.g.x",
-                "月经后几天可以同房？一般是3到7天。"]  # (the corpus reader makes a row's newline a space)
+    passages = ["小米6防水等级是IP67。它能防溅水!价格 3.5 千元;OK", "A title First sentence here. Second one? third  line e.g.x",
+                "月经后几天可以同房?一般是3到7天.之后"]  # (the corpus reader makes a row's newline a space)
     sentences = ["小米6防水等级是IP67", "它能防溅水", "价格 3.5 千元", "A title", "First sentence here", "Second one",
-                 "third line e.g.x", "一般是3到7天"]  # "OK" is too short; test query q2's text is left out
+                 "third line e.g.x", "一般是3到7天"]  # "OK" and "之后" are too short; test query q2's text is left out
     assert corpus.sentences[:] == passages + ["小米6防水等级", "防水"] + sentences
     assert list(corpus.sentences.roles) == [0, 0, 0, 1, 1] + [1] * len(sentences)
     as_documents = read_corpus([f"beir:{folder}?sentences=document"])
@@ -70,6 +70,27 @@ def test_beir_source_adds_the_passages_sentences_with_a_role_never_a_test_query(
                             (f"beir:{folder}?queries=dev&crops=query", r"expected queries=SPLIT and/or sentences=query\|document")]:
         with pytest.raises(DistillError, match=message):
             read_corpus([source])
+
+
+BEIR_RECIPES = sorted(p.name for p in (REPO / "configs").glob("*.yaml") if "beir:" in p.read_text())
+
+
+@pytest.mark.parametrize("name", BEIR_RECIPES)
+def test_no_recipe_trains_on_a_test_query(name, monkeypatch):
+    """Every committed recipe with a `beir:` corpus source, read as training reads it: no row is the
+    text of a query judged in that folder's qrels/test.tsv (queries, passages' sentences)."""
+    from distill.data.beir_source import is_beir_source, parse_source, test_query_texts
+
+    monkeypatch.chdir(REPO)  # a recipe's relative paths are the working directory's: the repository root
+    recipe = load_recipe(REPO / "configs" / name)
+    folders = [parse_source(s).folder for s in recipe.data.corpus if is_beir_source(s)]
+    if not all((f / "corpus.jsonl").is_file() for f in folders):
+        pytest.skip(f"needs the shared BEIR folders {', '.join(map(str, folders))}")
+    with read_corpus(recipe.data.corpus, max_sentences=recipe.data.max_sentences) as corpus:
+        rows = {" ".join(t.split()) for t in corpus.sentences}
+    for folder in folders:
+        banned = test_query_texts(folder)
+        assert banned and not banned & rows, (name, sorted(banned & rows)[:5])
 
 
 def test_the_scifact_recipes_corpus_holds_no_test_query(scifact_dir):
