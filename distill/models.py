@@ -58,11 +58,13 @@ def served_student_preset(name: str) -> bool:
     return isinstance(find_preset(name, "student"), StudentSpec)
 
 
-def load_student(value, *, max_length: int | None = None, device=None, teacher=None, cache_dir: str | Path | None = None):
+def load_student(value, *, max_length: int | None = None, device=None, teacher=None, cache_dir: str | Path | None = None,
+                 progress: bool = True):
     """The student a run trains: a preset, hub id, mapping ({model, layers, pooling, ...}) or folder.
 
     `teacher`: the recipe's teacher, which a static student preset builds its table from (init:
-    distill) and takes its tokenizer from by default; `cache_dir`: where that table is kept."""
+    distill) and takes its tokenizer from by default; `cache_dir`: where that table is kept;
+    `progress`: the bar of that table's computation (off under --quiet)."""
     from distill.encoder import Encoder
 
     spec = student_spec(value)
@@ -72,7 +74,7 @@ def load_student(value, *, max_length: int | None = None, device=None, teacher=N
         if teacher is None:
             raise DistillError(f"student preset {spec.name!r} is a static student: it is built from a teacher (the recipe's), "
                                "not loaded on its own; train it (`distill train`) and use the run's folder")
-        return StaticStudent.from_spec(spec, teacher, max_length=max_length, device=device, cache_dir=cache_dir)
+        return StaticStudent.from_spec(spec, teacher, max_length=max_length, device=device, cache_dir=cache_dir, progress=progress)
     if spec is None:  # a folder: what it holds
         return _load_folder(Path(str(value)).expanduser(), max_length=max_length, device=device, serve=False)
     folder = resolve_model(spec.hub_id, offline_source=spec.offline_source)

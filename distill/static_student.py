@@ -205,7 +205,8 @@ class StaticStudent(EmbeddingModel):
         return student.to(device or best_device()).eval()
 
     @classmethod
-    def from_spec(cls, spec, teacher: str, max_length: int | None = None, device=None, cache_dir: str | Path | None = None) -> StaticStudent:
+    def from_spec(cls, spec, teacher: str, max_length: int | None = None, device=None, cache_dir: str | Path | None = None,
+                  progress: bool = True) -> StaticStudent:
         """A new static student as its preset says: the tokenizer of `spec.tokenizer` (or the
         teacher's), the table from `distill_table` (init: distill; computed once and kept in
         `cache_dir`, the teacher cache) or random (init: random)."""
@@ -224,7 +225,8 @@ class StaticStudent(EmbeddingModel):
             g = torch.Generator().manual_seed(0)
             table = torch.randn(vocab_size, spec.dim, generator=g) / spec.dim**0.5
         else:
-            table = torch.from_numpy(cached_distill_table(t_spec, tokenizer, spec.dim, spec.weighting, cache_dir=cache_dir))
+            table = torch.from_numpy(cached_distill_table(t_spec, tokenizer, spec.dim, spec.weighting, cache_dir=cache_dir,
+                                                          progress=progress))
         student = cls(tokenizer, table, max_length=max_length or NO_LIMIT)
         student.source = f"{spec.name} (from {teacher})"
         return student.to(device or best_device()).eval()

@@ -178,7 +178,7 @@ def stage1(recipe: Recipe, run_dir: Path, rank: int, world: int, device: torch.d
         barrier(world)
         cache = TeacherCache.open(cache.path)  # as rank 0 left it (it may have added PCA targets)
     student = load_student(recipe.student, max_length=recipe.data.max_length, device=device, teacher=recipe.teacher,
-                         cache_dir=cache.path)
+                         cache_dir=cache.path, progress=progress and main_process)
     targets = load_targets(recipe, cache, device)
     loss = build_loss(recipe.loss, student_dim=student.dim, teacher_dim=int(targets.shape[1])).to(device)
     if loss.wants_all_targets:  # e.g. MSE's z-score statistics over the whole cache
