@@ -26,7 +26,11 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else None
-    except yaml.YAMLError:
+    except yaml.YAMLError as exc:
+        if raw.lstrip()[:1] in ("[", "{"):  # meant as a list or mapping: kept as text it would fail later, far from here
+            problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+            raise DistillError(f"--set {text!r}: the value is not a valid YAML list or mapping ({problem}); quote an item "
+                               "that holds ':' or '?' (e.g. data.corpus=['beir:DIR?queries=dev', 'more.txt'])") from None
         value = raw
     return key.strip(), value
 

@@ -46,6 +46,10 @@ def test_defaults_and_overrides(tmp_path):
         (BASE.replace("all-minilm-l6-v2", "no-such-teacher"), [], r"teacher: teacher 'no-such-teacher': not a preset \(teachers: .*\), not a model folder, not a hub id"),
         ("student: all-minilm-l3-v2\nloss: {name: mse}\n", [], r"missing key teacher"),
         (BASE, ["loss.lam"], r"expected key=value"),
+        # a list whose item holds ':' and '?' unquoted: not YAML; said here, not later as a file named "[beir:..."
+        (BASE, ["data.corpus=[beir:../b?queries=dev, more.txt]"],
+         r"--set 'data\.corpus=\[beir:\.\./b\?queries=dev, more\.txt\]': the value is not a valid YAML list or mapping "
+         r"\(expected ',' or '\]', but got '\?'\); quote an item"),
     ],
 )
 def test_bad_recipes_name_the_key(tmp_path, text, overrides, message):
