@@ -72,7 +72,7 @@ def register(sub) -> None:
                                      "under torchrun every process encodes its share of the shards)")
     p.add_argument("--teacher", required=True, help="teacher: a preset (teachers/*.yaml), a hub id (owner/name) or a model folder; "
                         "encoded as sentence-transformers encodes it, each row with its role's prompt")
-    p.add_argument("--corpus", required=True, nargs="+", help="text/.gz files (one sentence a line), .jsonl/.csv/.tsv, hub dataset names, beir:DIR[?queries=dev]; "
+    p.add_argument("--corpus", required=True, nargs="+", help="text/.gz files (one sentence a line), .jsonl/.csv/.tsv, hub dataset names, beir:DIR[?queries=dev][&sentences=query]; "
                         "prefix query: for rows a teacher should encode as queries (query:questions.txt)")
     p.add_argument("--out", required=True, help="cache folder")
     p.add_argument("--pca", type=int, help="also store the targets projected to K PCA dims (HPD; the paper uses 128)")

@@ -4,7 +4,7 @@ Sources: plain text or .gz (one sentence per line), JSONL (.jsonl[.gz], one obje
 text under `column`), CSV/TSV (.csv/.tsv[.gz], header line, text under `column`), or a hub
 dataset name (owner/name, split "train", text under `column`; streamed, never downloaded whole),
 a local dataset folder (data files `datasets.load_dataset` reads, or a `save_to_disk` folder), or
-a BEIR folder's passages and one split's queries (`beir:FOLDER?queries=dev`,
+a BEIR folder's passages, one split's queries and the passages' sentences (`beir:FOLDER?queries=dev&sentences=query`,
 distill/data/beir_source.py). Empty lines and exact duplicates (after stripping surrounding
 whitespace) are dropped and counted; a sentence's inner newlines become spaces (the store keeps
 one sentence per line). Non-UTF-8 input is an error naming the file and line.
@@ -189,7 +189,7 @@ def iter_dataset_rows(ds, column: str | None, where: str) -> Iterator[tuple[int,
 def iter_source(source: str, column: str | None = None) -> Iterator[tuple[int, str, int]]:
     """(line or row number, raw text, role) of one source (`split_role`: a "query:" prefix gives the query role)."""
     role, body = split_role(source)
-    if is_beir_source(body):  # beir:FOLDER[?queries=SPLIT]: passages (and a split's queries) of a BEIR folder
+    if is_beir_source(body):  # beir:FOLDER[?queries=SPLIT][&sentences=ROLE]: passages (queries, sentences) of a BEIR folder
         if role is not None:
             raise DistillError(f"corpus source {source!r}: a beir: source gives its own roles (passages: document, queries: query); "
                                "drop the role prefix")
