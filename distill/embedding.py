@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.errors import DistillError
-from distill.st_format import declared_truncate_dim, read_modules
+from distill.st_format import ST_CONFIG, declared_truncate_dim, read_modules
 
 OWN = "own"  # max_length=OWN: the model's own declared length (own_max_length)
 
@@ -74,7 +74,7 @@ class Embedder:
         self.role = check_role(role)
         declared = None  # the width a named folder declares it is served at (truncate_dim)
         if isinstance(model, (str, Path)) and Path(model).expanduser().is_dir():
-            declared = declared_dims(model)
+            declared = declared_truncate_dim(Path(model).expanduser())  # a damaged file: an error naming it
         if check_backend(backend, onnx_file, quantized) == "onnx":
             if isinstance(model, (str, Path)):
                 model = OnnxEncoder.load(model, quantized=quantized, onnx_file=onnx_file)
@@ -251,15 +251,8 @@ def truncate(emb: np.ndarray, dims: int) -> np.ndarray:
     return (head / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-ST_CONFIG = "config_sentence_transformers.json"
 # sentence-transformers modules our Encoder / StaticStudent reproduce from a folder (distill.encoder)
 _REPRODUCED = ("Transformer", "Pooling", "Normalize", "StaticEmbedding")
-
-
-def declared_dims(folder) -> int | None:
-    """The `truncate_dim` a sentence-transformers folder declares in config_sentence_transformers.json
-    (None: none); a value that is not a positive whole number, or a damaged file, is an error naming it."""
-    return declared_truncate_dim(Path(folder).expanduser())
 
 
 def beyond_encoder(folder) -> list[str]:

@@ -146,9 +146,12 @@ def pooling_config(folder: Path, entry: ModuleEntry) -> tuple[str, bool]:
     return OUR_POOLING[mode], bool(cfg.get("include_prompt", True))
 
 
+ST_CONFIG = "config_sentence_transformers.json"  # prompts, similarity, truncate_dim
+
+
 def st_config(folder: Path) -> dict:
     """config_sentence_transformers.json ({} when absent)."""
-    file = Path(folder) / "config_sentence_transformers.json"
+    file = Path(folder) / ST_CONFIG
     data = read_json(file)
     if data is None:
         return {}
@@ -162,7 +165,7 @@ def declared_truncate_dim(folder: Path) -> int | None:
     writes it; None: none); a value that is not a positive whole number is an error naming the file."""
     value = st_config(folder).get("truncate_dim")
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise DistillError(f"{Path(folder) / 'config_sentence_transformers.json'}: truncate_dim {value!r} is not a positive whole number")
+        raise DistillError(f"{Path(folder) / ST_CONFIG}: truncate_dim {value!r} is not a positive whole number")
     return value
 
 
